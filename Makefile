@@ -1,0 +1,61 @@
+# towerserve: `make run` builds data + artifacts if missing and serves; `make test` runs the suite.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DATA   ?= data/seed
+ARTIFACTS ?= artifacts/seed
+PORT   ?= 50051
+# Tests and tools find the packaged MiniLM offline; never reach for the hub.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export USE_TF := 0
+
+.PHONY: run test test-all install data artifacts serve bench proto proto-check clean
+
+install: $(STAMP)
+
+# Reinstall only when the project's dependency list changes, so `make test` stays fast.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+$(DATA)/users.csv: | $(STAMP)
+	$(VENV)/bin/towerserve generate --out $(DATA) --users 10000 --items 1000 --seed 42
+
+data: $(DATA)/users.csv
+	$(VENV)/bin/towerserve baselines --data $(DATA)
+
+$(ARTIFACTS)/manifest.json: $(DATA)/users.csv | $(STAMP)
+	$(VENV)/bin/towerserve train --data $(DATA) --out $(ARTIFACTS) --model all
+
+$(ARTIFACTS)/serving/manifest.json: $(ARTIFACTS)/manifest.json
+	$(VENV)/bin/towerserve export --artifacts $(ARTIFACTS)
+
+artifacts: $(ARTIFACTS)/serving/manifest.json
+
+run: data artifacts
+	@echo "Serving $(ARTIFACTS)/serving on port $(PORT). Try, from another shell:"
+	@echo "  $(VENV)/bin/towerserve recommend --target localhost:$(PORT) --user tec_0001 -n 5"
+	@echo "  grpcurl -plaintext -d '{\"user_id\": \"tec_0001\", \"top_n\": 5}' localhost:$(PORT) towerserve.v1.Recommender/Recommend"
+	$(VENV)/bin/towerserve serve --artifacts $(ARTIFACTS)/serving --port $(PORT)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not gpu"
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q
+
+proto: $(STAMP)
+	$(PY) proto/generate.py
+
+proto-check: $(STAMP)
+	$(PY) proto/generate.py --check
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_metrics.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -1,0 +1,101 @@
+"""A minimal compressed-sparse-row set of (user, item) pairs, pure numpy, shared by trainer and server."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class CSR:
+    """Which items each user has, as CSR arrays (rows = users, columns = items).
+
+    Attributes:
+        indptr: int64 [n_rows + 1]; row ``u`` owns ``indices[indptr[u]:indptr[u + 1]]``.
+        indices: int32 [nnz]; column ids, sorted and unique within each row.
+        n_cols: number of columns (items).
+    """
+
+    indptr: np.ndarray
+    indices: np.ndarray
+    n_cols: int
+
+    @property
+    def n_rows(self) -> int:
+        return len(self.indptr) - 1
+
+    @property
+    def nnz(self) -> int:
+        return int(self.indptr[-1])
+
+    @classmethod
+    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> "CSR":
+        """Builds the set from pair arrays; duplicate pairs collapse to one."""
+        rows = np.asarray(rows, dtype=np.int64)
+        cols = np.asarray(cols, dtype=np.int64)
+        if len(rows) != len(cols):
+            raise ValueError(f"rows and cols differ in length ({len(rows)} != {len(cols)})")
+        if len(rows) and (rows.min() < 0 or rows.max() >= n_rows):
+            raise ValueError(f"row ids must be in [0, {n_rows}) (got {rows.min()}..{rows.max()})")
+        if len(cols) and (cols.min() < 0 or cols.max() >= n_cols):
+            raise ValueError(f"column ids must be in [0, {n_cols}) (got {cols.min()}..{cols.max()})")
+        # One sort on the combined key gives row-major order and makes duplicates adjacent.
+        key = np.unique(rows * n_cols + cols)
+        r, c = np.divmod(key, n_cols)
+        indptr = np.zeros(n_rows + 1, dtype=np.int64)
+        np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
+        return cls(indptr=indptr, indices=c.astype(np.int32), n_cols=int(n_cols))
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray) -> "CSR":
+        """Builds the set from a 0/1 (or boolean) matrix [n_rows, n_cols]."""
+        r, c = np.nonzero(dense)
+        return cls.from_pairs(r, c, dense.shape[0], dense.shape[1])
+
+    def row(self, u: int) -> np.ndarray:
+        return self.indices[self.indptr[u] : self.indptr[u + 1]]
+
+    def row_lengths(self) -> np.ndarray:
+        return np.diff(self.indptr)
+
+    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
+        """Returns (rows int64 [nnz], cols int32 [nnz]) in row-major order."""
+        return np.repeat(np.arange(self.n_rows), self.row_lengths()), self.indices
+
+    def dense_rows(self, rows: np.ndarray) -> np.ndarray:
+        """Returns a bool matrix [len(rows), n_cols] marking each selected row's columns."""
+        rows = np.asarray(rows, dtype=np.int64)
+        out = np.zeros((len(rows), self.n_cols), dtype=bool)
+        lengths = self.indptr[rows + 1] - self.indptr[rows]
+        local = np.repeat(np.arange(len(rows)), lengths)
+        out[local, self.gather(rows)] = True
+        return out
+
+    def gather(self, rows: np.ndarray) -> np.ndarray:
+        """Returns the concatenated column ids of the selected rows, in their order."""
+        rows = np.asarray(rows, dtype=np.int64)
+        starts, ends = self.indptr[rows], self.indptr[rows + 1]
+        lengths = ends - starts
+        if lengths.sum() == 0:
+            return np.zeros(0, dtype=np.int32)
+        # Vectorised ranges: positions start..end-1 for every selected row.
+        offsets = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+        return self.indices[np.arange(lengths.sum()) + offsets]
+
+    def save(self, path: Path | str) -> None:
+        np.savez(path, indptr=self.indptr, indices=self.indices, n_cols=np.int64(self.n_cols))
+
+    @classmethod
+    def load(cls, path: Path | str) -> "CSR":
+        with np.load(path) as z:
+            return cls(indptr=z["indptr"], indices=z["indices"], n_cols=int(z["n_cols"]))
+
+    def union(self, other: "CSR") -> "CSR":
+        """Returns the pairs in either set (same shape required)."""
+        if (self.n_rows, self.n_cols) != (other.n_rows, other.n_cols):
+            raise ValueError("shapes differ")
+        r1, c1 = self.pairs()
+        r2, c2 = other.pairs()
+        return CSR.from_pairs(np.concatenate([r1, r2]), np.concatenate([c1, c2]), self.n_rows, self.n_cols)
