@@ -63,6 +63,59 @@ def cmd_baselines(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- train
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from towerserve.trainer.text import EncoderConfig
+    from towerserve.trainer.train import PRESETS, TrainConfig, train
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)} (got {args.preset!r})")
+    fit = PRESETS[args.preset]
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    encoder = EncoderConfig(model=args.encoder or "", pooling=args.pooling, threads=args.threads,
+                            cache_dir=None if args.no_cache else (args.cache_dir or EncoderConfig().cache_dir))
+    cfg = TrainConfig(
+        models=("seed", "two_tower") if args.model == "all" else (args.model,),
+        preset=args.preset, fit=replace(fit, **overrides) if overrides else None, encoder=encoder,
+        seed=args.seed, embedding_dim=args.embedding_dim, cold=not args.no_cold, progress=not args.quiet,
+    )
+    metrics = train(args.data, args.out, cfg)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
+    for split, table in metrics.items():
+        print(f"\n{split} split")
+        print(metrics_table(table, SUMMARY_METRICS + ("notebook_score",)))
+    print(f"\nartifacts: {args.out} (report: {Path(args.out) / 'report' / 'report.md'})")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- export
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from towerserve.export.bundle import ExportConfig, main_export
+    from towerserve.export.encoder import EncoderExportConfig
+
+    cfg = ExportConfig(
+        encoder=EncoderExportConfig(opset=args.opset, optimize=not args.no_optimize, int8=not args.no_int8,
+                                    fp16=not args.no_fp16),
+        parity_users=args.parity_users, out=args.out, triton=args.triton,
+    )
+    manifest = main_export(args.artifacts, cfg)
+    enc = manifest["encoder"]
+    print(f"\nserving artifacts: {args.out or Path(args.artifacts) / 'serving'}")
+    print(f"default model: {manifest['default_model']} ({manifest['models'][manifest['default_model']]['model_version']}); "
+          f"encoder variant: {enc['default_variant']} (of {', '.join(enc['variants'])})")
+    if args.triton:
+        print(f"triton model repository: {args.triton}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -100,6 +153,49 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", type=Path, help="also write the comparison as a PNG bar chart here")
     p.add_argument("--json", action="store_true", help='print {"random": {...}, "mostpop": {...}, "oracle": {...}}')
     p.set_defaults(func=cmd_baselines)
+
+    p = sub.add_parser("train", help="embed texts, train the models on the holdout and cold splits, write artifacts",
+                       description="Embed profession/personality/description/features/category with a BERT-family "
+                                   "encoder, train the notebook's seed model and the personalised two_tower on the "
+                                   "notebook's split (and a cold split), evaluate against the baselines and write the "
+                                   "artifacts folder with metrics.json and a report.")
+    p.add_argument("--data", required=True, type=Path, help="folder with users.csv, items.csv and interactions")
+    p.add_argument("--out", required=True, type=Path, help="artifacts folder to write (replaced atomically)")
+    p.add_argument("--model", choices=("seed", "two_tower", "all"), default="all", help="which model(s) (default all)")
+    p.add_argument("--preset", choices=("default", "notebook"), default="default",
+                   help="default: all training rows, batch 4096, early stopping; notebook: the notebook's 200,000-row "
+                        "sample, 10 epochs, batch 32")
+    p.add_argument("--encoder", help="BERT-family model name or folder (default: packaged all-MiniLM-L6-v2); "
+                                     "e.g. bert-base-uncased if it is in your Hugging Face cache")
+    p.add_argument("--pooling", choices=("mean", "notebook"), default="mean",
+                   help="mean: average real tokens only (default); notebook: average padding in, as the notebook did")
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--embedding-dim", type=int, default=32, help="two_tower embedding width (default 32)")
+    p.add_argument("--seed", type=int, default=42, help="seed for splits, sampling and initialisation (default 42)")
+    p.add_argument("--threads", type=int, help="torch threads for the encoder (default: torch's choice)")
+    p.add_argument("--cache-dir", type=Path, help="embedding cache (default ~/.cache/towerserve/embeddings or "
+                                                   "$TOWERSERVE_CACHE/embeddings)")
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start split")
+    p.add_argument("--json", action="store_true", help="print metrics.json")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("export", help="convert the encoder and towers to ONNX with parity checks (and Triton)",
+                       description="Convert the text encoder (pooling inside the graph; optimised, int8 and fp16 "
+                                   "variants) and every trained model's towers to ONNX, check each against its "
+                                   "torch/Keras reference on real inputs, precompute item vectors and write "
+                                   "ARTIFACTS/serving with a sha256 manifest. Nothing is replaced if a check fails.")
+    p.add_argument("--artifacts", required=True, type=Path, help="the folder `towerserve train --out` wrote")
+    p.add_argument("--out", type=Path, help="serving folder to write (default ARTIFACTS/serving)")
+    p.add_argument("--triton", type=Path, help="also write a Triton Inference Server model repository here")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--parity-users", type=int, default=1000, help="users checked per tower (default 1000)")
+    p.add_argument("--no-optimize", action="store_true", help="skip the ORT transformer-optimised encoder")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder")
+    p.add_argument("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
+    p.set_defaults(func=cmd_export)
 
     return parser
 

@@ -40,6 +40,7 @@ class Split:
     Attributes:
         name: "holdout" or "cold".
         train: positives the model may see.
+        train_pairs: the same positives in the order the notebook feeds them to training.
         test: positives it is judged on.
         negatives: sampled non-positives for training (label 0).
         notebook_pairs: one test positive per user, for the notebook's mean-score metric.
@@ -48,6 +49,7 @@ class Split:
 
     name: str
     train: CSR
+    train_pairs: Pairs
     test: CSR
     negatives: Pairs
     notebook_pairs: Pairs
@@ -176,6 +178,7 @@ def holdout_split(positives: CSR, user_ids: np.ndarray, test_size: float = 0.2, 
     return Split(
         name="holdout",
         train=CSR.from_pairs(train.users, train.items, n_users, n_items),
+        train_pairs=train,
         test=CSR.from_pairs(test.users, test.items, n_users, n_items),
         negatives=negatives,
         notebook_pairs=one_per_user(test, user_ids, seed),
@@ -208,6 +211,7 @@ def cold_split(positives: CSR, user_ids: np.ndarray, user_frac: float = 0.1, ite
     return Split(
         name="cold",
         train=train,
+        train_pairs=Pairs(u[warm], i[warm]),
         test=CSR.from_pairs(test_pairs.users, test_pairs.items, n_users, n_items),
         negatives=uniform_negatives(positives, negatives_per_user, seed, users=warm_users, allowed_items=warm_items),
         notebook_pairs=one_per_user(test_pairs, user_ids, seed),

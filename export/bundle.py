@@ -1,0 +1,261 @@
+"""`towerserve export`: train artifacts -> a verified serving folder (ONNX, vectors, catalogue, manifest)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables
+from towerserve.server.manifest import FORMAT_VERSION, SERVING_FORMAT, ArtifactError, file_entries, sha256_file
+
+from . import encoder as enc_export
+from .parity import ParityReport
+from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, export_model
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVING_DIR = "serving"
+TRAIN_FORMAT = "towerserve-train"
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What `towerserve export` writes and checks.
+
+    Attributes:
+        encoder: which encoder variants to build (see EncoderExportConfig).
+        parity_users: users checked per tower (the notebook-scale acceptance asks for 1,000).
+        atol: fp32 tolerance for every parity line.
+        out: serving folder (default ARTIFACTS/serving).
+        triton: also write a Triton model repository here.
+    """
+
+    encoder: enc_export.EncoderExportConfig = enc_export.EncoderExportConfig()
+    parity_users: int = 1000
+    atol: float = 1e-4
+    out: Path | None = None
+    triton: Path | None = None
+
+
+def read_train_manifest(artifacts: Path) -> dict:
+    path = artifacts / "manifest.json"
+    if not path.is_file():
+        raise ArtifactError(path, "not found: run `towerserve train --out ARTIFACTS` first")
+    manifest = json.loads(path.read_text())
+    if manifest.get("format") != TRAIN_FORMAT:
+        raise ArtifactError(path, f"format is {manifest.get('format')!r}, expected {TRAIN_FORMAT!r}")
+    return manifest
+
+
+def _raw(artifacts: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    import pandas as pd
+
+    users = pd.read_csv(artifacts / "users.csv", dtype={"user_id": str})
+    items = pd.read_csv(artifacts / "items.csv", dtype={"item_id": str})
+    return {"age": users["age"].to_numpy(np.float64)}, {"price": items["price"].to_numpy(np.float64)}
+
+
+def _features(specs: list[FieldSpec], tables, raw) -> np.ndarray:
+    return assemble(specs, {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs})
+
+
+def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: ParityReport) -> dict:
+    """Builds encoder variants in tmp/encoder and checks each against the training-time torch vectors."""
+    from towerserve.server.encoder import OnnxTextEncoder
+
+    enc = train["encoder"]
+    out = tmp / "encoder"
+    out.mkdir()
+    t0 = time.perf_counter()
+    fp32, input_names, _ = enc_export.export_fp32(enc["model"], enc["pooling"], out, cfg.encoder)
+    from transformers import AutoConfig
+
+    mcfg = AutoConfig.from_pretrained(enc["model"])
+    heads, hidden = int(mcfg.num_attention_heads), int(mcfg.hidden_size)
+    variants = {"fp32": {"file": "encoder/model.onnx", "precision": "fp32", "device": "cpu"}}
+    if cfg.encoder.optimize:
+        enc_export.optimize(fp32, out / "model.opt.onnx", heads, hidden)
+        variants["optimized"] = {"file": "encoder/model.opt.onnx", "precision": "fp32", "device": "cpu"}
+    if cfg.encoder.int8:
+        enc_export.quantize_int8(fp32, out / "model.int8.onnx")
+        variants["int8"] = {"file": "encoder/model.int8.onnx", "precision": "int8", "device": "cpu"}
+    if cfg.encoder.fp16:
+        import onnxruntime as ort
+
+        gpu = "CUDAExecutionProvider" in ort.get_available_providers()
+        enc_export.optimize(fp32, out / "model.fp16.onnx", heads, hidden, use_gpu=gpu, fp16=True)
+        variants["fp16"] = {"file": "encoder/model.fp16.onnx", "precision": "fp16", "device": "cuda"}
+    build_s = time.perf_counter() - t0
+
+    # Reference: the vectors training computed with torch for every distinct text of every field.
+    padded = enc.get("padded_lengths", {})
+    for name, v in variants.items():
+        if v["device"] == "cuda":
+            import onnxruntime as ort
+
+            if "CUDAExecutionProvider" not in ort.get_available_providers():
+                report.skip(f"encoder {name}", "needs CUDA; checked where onnxruntime-gpu runs")
+                v["parity"] = "skipped: no CUDA on the exporting machine"
+                continue
+        runner = OnnxTextEncoder(tmp / v["file"], out / "tokenizer.json", enc["pooling"],
+                                 providers=("CUDAExecutionProvider", "CPUExecutionProvider") if v["device"] == "cuda"
+                                 else ("CPUExecutionProvider",), threads=2)
+        ok = True
+        cos_means = []
+        for field in sorted(enc["max_lengths"]):
+            ref = tables[field].vectors
+            got = runner.encode(list(tables[field].texts), enc["max_lengths"][field], padded.get(field))
+            label = f"encoder {name} / {field} ({len(ref)} texts)"
+            if v["precision"] == "int8":
+                c = report.cosine(label, ref, got, enc_export.INT8_MIN_COSINE, required=False)
+            elif v["precision"] == "fp16":
+                c = report.cosine(label, ref, got, 0.999)
+            else:
+                c = report.allclose(label, ref, got, cfg.atol)
+            ok &= c.ok
+            from .parity import cosine_rows
+
+            cos_means.append(float(cosine_rows(ref, got).mean()))
+        v["cosine_mean"] = min(cos_means)
+        v["accepted"] = bool(ok)
+    if "int8" in variants and not variants["int8"]["accepted"]:
+        (out / "model.int8.onnx").unlink()
+        del variants["int8"]
+    default = "int8" if "int8" in variants else "fp32"
+    return {
+        "model": enc["model"], "fingerprint": enc["fingerprint"], "pooling": enc["pooling"], "dim": enc["dim"],
+        "max_lengths": enc["max_lengths"], "padded_lengths": padded, "inputs": input_names, "output": "embedding",
+        "tokenizer_file": "encoder/tokenizer.json", "opset": cfg.encoder.opset, "variants": variants,
+        "default_variant": default, "gpu_variant": "fp16" if "fp16" in variants else "fp32", "build_seconds": build_s,
+    }
+
+
+def export_models(artifacts: Path, tmp: Path, train: dict, tables, raw_user, raw_item, cfg: ExportConfig,
+                  report: ParityReport) -> dict:
+    """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors."""
+    import onnxruntime as ort
+
+    entries = {}
+    rng = np.random.default_rng(0)
+    for kind, info in train["models"].items():
+        splits = {}
+        for split, s in info["splits"].items():
+            rel = Path("models") / kind / split
+            paths = export_model(artifacts / s["model"], kind, tmp / rel, cfg.encoder.opset)
+            model, user_k, item_k = paths.pop("keras")
+            uspec = [FieldSpec.from_json(d) for d in s["features"]["user"]]
+            ispec = [FieldSpec.from_json(d) for d in s["features"]["item"]]
+            U, I = _features(uspec, tables, raw_user), _features(ispec, tables, raw_item)
+            users = np.sort(rng.choice(len(U), size=min(cfg.parity_users, len(U)), replace=False))
+            sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+            uo = sess["user_tower"].run([USER_OUTPUT], {"user_features": U[users]})[0]
+            io = sess["item_tower"].run([ITEM_OUTPUT], {"item_features": I})[0]
+            report.allclose(f"{kind}/{split} user_tower ({len(users)} users)", np.asarray(user_k(U[users])), uo, cfg.atol)
+            report.allclose(f"{kind}/{split} item_tower (all {len(I)} items)", np.asarray(item_k(I)), io, cfg.atol)
+            pairs_i = rng.integers(0, len(I), size=len(users))
+            ref = np.asarray(model([U[users], I[pairs_i]])).reshape(-1)
+            full = sess["full"].run([SCORE_OUTPUT], {"user_features": U[users], "item_features": I[pairs_i]})[0].reshape(-1)
+            report.allclose(f"{kind}/{split} full model ({len(users)} pairs)", ref, full, cfg.atol)
+            dot = 1.0 / (1.0 + np.exp(-np.einsum("nd,nd->n", uo, io[pairs_i])))
+            report.allclose(f"{kind}/{split} sigmoid(user . item) vs Keras model", ref, dot, cfg.atol)
+            np.save(tmp / rel / "item_vectors.npy", io.astype(np.float32))
+            splits[split] = {
+                "user_tower": {"file": str(rel / "user_tower.onnx"), "input": "user_features", "output": USER_OUTPUT,
+                               "input_dim": int(U.shape[1]), "output_dim": int(uo.shape[1])},
+                "item_tower": {"file": str(rel / "item_tower.onnx"), "input": "item_features", "output": ITEM_OUTPUT,
+                               "input_dim": int(I.shape[1]), "output_dim": int(io.shape[1])},
+                "full": {"file": str(rel / "full.onnx"), "inputs": ["user_features", "item_features"], "output": SCORE_OUTPUT},
+                "item_vectors_file": str(rel / "item_vectors.npy"),
+                "features": s["features"],
+            }
+        digest = hashlib.sha256()
+        for part in ("user_tower", "item_tower"):
+            digest.update(sha256_file(tmp / splits["holdout"][part]["file"]).encode())
+        entries[kind] = {"kind": kind, "user_independent": kind == "seed", "splits": splits,
+                         "model_version": f"{kind}-{digest.hexdigest()[:10]}"}
+    return entries
+
+
+TRITON_README = """# towerserve Triton model repository
+
+Written by `towerserve export --triton`. Serve it with
+`tritonserver --model-repository=<this folder>`.
+
+- `text_encoder` (fp32) / `text_encoder_fp16` (GPU): inputs are token ids, attention mask and
+  token type ids from the tokenizer in `{tokenizer}` (truncate per field: {lengths}); the output is
+  the pooled ({pooling}) sentence embedding.
+- `user_tower` / `item_tower`: the `{model}` model's towers. Inputs are the feature vectors
+  described in the serving manifest (`features`); a pair's score is `sigmoid(user_vector . item_vector)`.
+  Precomputed item vectors for the catalogue are in `{vectors}`.
+
+Ranking (dot products, masking seen items, top-k) happens in the caller; towerserve's own gRPC
+server does all of it in one request.
+"""
+
+
+def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> dict:
+    """Builds ARTIFACTS/serving (or cfg.out) atomically; raises ParityError before replacing anything."""
+    from towerserve.trainer.artifacts import atomic_dir, package_versions, write_json
+
+    artifacts = Path(artifacts)
+    train = read_train_manifest(artifacts)
+    for name in ("embeddings.npz", "users.csv", "items.csv", *train["splits"].values()):
+        if not (artifacts / name).is_file():
+            raise ArtifactError(artifacts / name, "missing from the training artifacts")
+    t0 = time.perf_counter()
+    tables = load_tables(artifacts / "embeddings.npz")
+    raw_user, raw_item = _raw(artifacts)
+    report = ParityReport()
+    out = Path(cfg.out) if cfg.out else artifacts / SERVING_DIR
+    with atomic_dir(out) as tmp:
+        encoder = export_encoder(tmp, train, tables, cfg, report)
+        models = export_models(artifacts, tmp, train, tables, raw_user, raw_item, cfg, report)
+        report.raise_if_failed()  # before the rename: a failed export replaces nothing
+        (tmp / "catalog").mkdir()
+        for name in ("users.csv", "items.csv", "embeddings.npz"):
+            shutil.copy2(artifacts / name, tmp / "catalog" / name)
+        (tmp / "splits").mkdir()
+        for split, rel in train["splits"].items():
+            shutil.copy2(artifacts / rel, tmp / "splits" / Path(rel).name)
+        metrics = json.loads((artifacts / "metrics.json").read_text()) if (artifacts / "metrics.json").is_file() else {}
+        manifest = {
+            "format": SERVING_FORMAT, "format_version": FORMAT_VERSION,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "default_model": train["default_model"],
+            "encoder": encoder,
+            "models": models,
+            "catalog": {"users_file": "catalog/users.csv", "items_file": "catalog/items.csv",
+                        "embeddings_file": "catalog/embeddings.npz", "users": train["data"]["users"],
+                        "items": train["data"]["items"]},
+            "splits": {s: {"file": f"splits/{Path(rel).name}"} for s, rel in train["splits"].items()},
+            "training": {"data": train["data"], "recipe": train["recipe"], "metrics": metrics},
+            "parity": report.to_json(),
+            "export_seconds": time.perf_counter() - t0,
+            "versions": package_versions(("numpy", "onnx", "onnxruntime", "tf2onnx", "tensorflow", "keras", "torch",
+                                          "transformers", "tokenizers")),
+        }
+        manifest["files"] = file_entries(tmp)
+        write_json(tmp / "manifest.json", manifest)
+    if cfg.triton:
+        default = manifest["models"][manifest["default_model"]]["splits"]["holdout"]
+        repo = {"text_encoder": (out / "encoder" / "model.onnx", 256),
+                "user_tower": (out / default["user_tower"]["file"], 1024),
+                "item_tower": (out / default["item_tower"]["file"], 4096)}
+        if "fp16" in encoder["variants"]:
+            repo["text_encoder_fp16"] = (out / encoder["variants"]["fp16"]["file"], 512)
+        readme = TRITON_README.format(tokenizer=out / "encoder" / "tokenizer.json", lengths=encoder["max_lengths"],
+                                      pooling=encoder["pooling"], model=manifest["default_model"],
+                                      vectors=out / default["item_vectors_file"])
+        from .triton import write_repository
+
+        with atomic_dir(cfg.triton) as ttmp:
+            write_repository(ttmp, repo, readme)
+    _LOGGER.info("exported %s in %.1f s", out, time.perf_counter() - t0)
+    return manifest

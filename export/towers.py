@@ -1,0 +1,58 @@
+"""Keras towers -> ONNX with tf2onnx: user tower, item tower and the full model, with stable tensor names."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+_LOGGER = logging.getLogger(__name__)
+
+USER_OUTPUT, ITEM_OUTPUT, SCORE_OUTPUT = "user_vector", "item_vector", "score"
+
+
+def _rename_output(proto, new: str) -> None:
+    """Gives the graph's single output a contract name (tf2onnx names it after the last Keras layer)."""
+    old = proto.graph.output[0].name
+    if old == new:
+        return
+    for node in proto.graph.node:
+        for j, name in enumerate(node.output):
+            if name == old:
+                node.output[j] = new
+        for j, name in enumerate(node.input):
+            if name == old:
+                node.input[j] = new
+    proto.graph.output[0].name = new
+
+
+def keras_to_onnx(model, path: Path, output_name: str, opset: int = 17) -> Path:
+    """Converts a Keras functional model with float32 [batch, dim] inputs; the batch axis is dynamic."""
+    import tensorflow as tf
+    import tf2onnx
+
+    spec = tuple(tf.TensorSpec((None, int(t.shape[1])), tf.float32, name=t.name.split(":")[0]) for t in model.inputs)
+    proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
+    _rename_output(proto, output_name)
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def export_model(model_path: Path, kind: str, out_dir: Path, opset: int = 17) -> dict[str, Path]:
+    """Writes user_tower.onnx, item_tower.onnx and full.onnx for one trained model.
+
+    Returns:
+        {"user_tower": path, "item_tower": path, "full": path, "keras": the loaded model (for parity)}.
+    """
+    import keras
+
+    from towerserve.trainer.models import serving_towers
+
+    model = keras.saving.load_model(model_path)
+    user, item = serving_towers(model, kind)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {
+        "user_tower": keras_to_onnx(user, out_dir / "user_tower.onnx", USER_OUTPUT, opset),
+        "item_tower": keras_to_onnx(item, out_dir / "item_tower.onnx", ITEM_OUTPUT, opset),
+        "full": keras_to_onnx(model, out_dir / "full.onnx", SCORE_OUTPUT, opset),
+        "keras": (model, user, item),
+    }

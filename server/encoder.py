@@ -1,0 +1,77 @@
+"""The text encoder at serving time: Rust tokenizer + ONNX Runtime graph with pooling inside."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .runtime import make_session
+
+_LOGGER = logging.getLogger(__name__)
+
+
+class OnnxTextEncoder:
+    """Embeds texts with an exported encoder graph; matches trainer.text.TextEncoder's output.
+
+    Args:
+        model_path: the ONNX graph (inputs input_ids, attention_mask[, token_type_ids]; output embedding).
+        tokenizer_path: tokenizer.json saved beside it.
+        pooling: "mean" or "notebook". Notebook pooling averages padding in, so callers pass the
+            length the training run padded that field to (``pad_to``; manifest ``padded_lengths``).
+        providers, threads: passed to :func:`make_session`.
+        batch_size: texts per graph run.
+    """
+
+    def __init__(self, model_path: Path | str, tokenizer_path: Path | str, pooling: str = "mean",
+                 providers: Sequence[str] = ("CPUExecutionProvider",),
+                 threads: int = 1, batch_size: int = 64):
+        from tokenizers import Tokenizer
+
+        self.session = make_session(model_path, providers, threads)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_name = self.session.get_outputs()[0].name
+        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
+        self.tokenizer.no_padding()
+        self.tokenizer.no_truncation()
+        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self.pooling = pooling
+        self.batch_size = batch_size
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def tokenize(self, texts: Sequence[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+        """Token ids, mask and type ids [b, t] as int64, truncated to max_length, padded to the batch
+        max (or to ``pad_to`` under notebook pooling)."""
+        self.tokenizer.enable_truncation(min(max_length, pad_to) if pad_to else max_length)
+        encs = self.tokenizer.encode_batch(list(texts))
+        width = pad_to if (pad_to and self.pooling == "notebook") else max(len(e.ids) for e in encs)
+        ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encs), width), dtype=np.int64)
+        types = np.zeros((len(encs), width), dtype=np.int64)
+        for r, e in enumerate(encs):
+            n = min(len(e.ids), width)
+            ids[r, :n] = e.ids[:n]
+            mask[r, :n] = 1
+            types[r, :n] = e.type_ids[:n]
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        return {k: v for k, v in feeds.items() if k in self.input_names}
+
+    def encode(self, texts: Sequence[str], max_length: int, pad_to: int | None = None) -> np.ndarray:
+        """float32 [len(texts), dim]. Similar lengths are batched together to waste little on padding."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.session.get_outputs()[0].shape[-1] or 0), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        out: np.ndarray | None = None
+        for start in range(0, len(texts), self.batch_size):
+            idx = order[start : start + self.batch_size]
+            vecs = self.session.run([self.output_name], self.tokenize([texts[j] for j in idx], max_length, pad_to))[0]
+            if out is None:
+                out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+            out[idx] = vecs
+        return out

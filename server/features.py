@@ -1,0 +1,99 @@
+"""How raw user/item attributes become model input vectors; one spec shared by trainer and server."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+TEXT, MINMAX = "text", "minmax"
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One slice of a model's input vector.
+
+    Attributes:
+        name: the attribute (column) it comes from, e.g. "profession" or "age".
+        kind: "text" (a sentence embedding of ``dim`` floats) or "minmax" (one scaled float).
+        dim: its width in the input vector.
+        max_length: tokens kept when embedding (text only).
+        lo, hi: min-max scaler fitted on training data (minmax only); x -> (x - lo) / (hi - lo).
+    """
+
+    name: str
+    kind: str
+    dim: int
+    max_length: int = 0
+    lo: float = 0.0
+    hi: float = 1.0
+
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        span = self.hi - self.lo
+        # A constant training column carries no signal; map it to 0 rather than dividing by zero.
+        return np.zeros_like(values, dtype=np.float32) if span == 0 else ((values - self.lo) / span).astype(np.float32)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "FieldSpec":
+        return cls(**{k: d[k] for k in ("name", "kind", "dim", "max_length", "lo", "hi") if k in d})
+
+
+def input_dim(specs: Sequence[FieldSpec]) -> int:
+    return int(sum(s.dim for s in specs))
+
+
+def assemble(specs: Sequence[FieldSpec], parts: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Concatenates the fields in spec order.
+
+    Args:
+        specs: the model's field specs for one side (user or item).
+        parts: per field, text -> float [n, dim] embeddings, minmax -> raw values [n].
+
+    Returns:
+        float32 [n, input_dim(specs)].
+    """
+    cols = []
+    for s in specs:
+        v = np.asarray(parts[s.name])
+        if s.kind == TEXT:
+            if v.ndim != 2 or v.shape[1] != s.dim:
+                raise ValueError(f"field {s.name!r}: expected embeddings [n, {s.dim}] (got {v.shape})")
+            cols.append(v.astype(np.float32, copy=False))
+        elif s.kind == MINMAX:
+            cols.append(s.scale(v.astype(np.float64)).reshape(-1, 1))
+        else:
+            raise ValueError(f"field {s.name!r}: unknown kind {s.kind!r}")
+    return np.concatenate(cols, axis=1)
+
+
+@dataclass(frozen=True)
+class FieldTable:
+    """A text field of a catalogue: its distinct strings, their vectors and each entity's row."""
+
+    texts: np.ndarray    # str [n_unique]
+    vectors: np.ndarray  # float32 [n_unique, dim]
+    index: np.ndarray    # int32 [n_entities] -> row in texts/vectors
+
+    def per_entity(self, rows: np.ndarray | None = None) -> np.ndarray:
+        idx = self.index if rows is None else self.index[rows]
+        return self.vectors[idx]
+
+
+def save_tables(path: Path | str, tables: Mapping[str, FieldTable]) -> None:
+    arrays = {}
+    for name, t in tables.items():
+        arrays[f"{name}.texts"] = t.texts.astype(str)
+        arrays[f"{name}.vectors"] = t.vectors.astype(np.float32)
+        arrays[f"{name}.index"] = t.index.astype(np.int32)
+    np.savez(path, **arrays)
+
+
+def load_tables(path: Path | str) -> dict[str, FieldTable]:
+    with np.load(path) as z:
+        names = sorted({k.rsplit(".", 1)[0] for k in z.files})
+        return {n: FieldTable(z[f"{n}.texts"], z[f"{n}.vectors"], z[f"{n}.index"]) for n in names}

@@ -1,0 +1,117 @@
+"""Keras models: the notebook's `seed`, the personalized `two_tower`, and their dot-product serving towers.
+
+Every model here scores a pair as ``sigmoid(user_vec . item_vec)`` once decomposed, so the server needs
+one user-tower pass and one matrix-vector product per request:
+
+* ``two_tower``: user MLP -> [u, 1], item MLP -> [v, b]; logit = u.v + b (b: a learned item bias).
+* ``seed``: logit = w_u . relu(W_u x_u) + w_i . relu(W_i x_i) + c, i.e. [s_u, 1] . [1, c_i]. The
+  ranking is ``c_i`` for everybody: the notebook's architecture cannot personalise.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+# TensorFlow's C++ start-up chatter (CPU features, graph attribute notices) buries the progress bars.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+from keras import layers  # noqa: E402
+
+MODEL_KINDS = ("seed", "two_tower")
+USER_INPUT, ITEM_INPUT = "user_features", "item_features"
+
+
+def _ones_column(name: str) -> layers.Dense:
+    """A frozen Dense(1) that outputs 1.0 for any input: a constant column built from stock layers,
+    so the model saves, loads and converts to ONNX without custom code."""
+    return layers.Dense(1, kernel_initializer="zeros", bias_initializer="ones", trainable=False, name=name)
+
+
+def build_seed(user_dim: int, item_dim: int) -> keras.Model:
+    """The notebook's model exactly: Dense(64, relu) per side, Concatenate, Dense(1, sigmoid)."""
+    user_in = keras.Input((user_dim,), name=USER_INPUT)
+    item_in = keras.Input((item_dim,), name=ITEM_INPUT)
+    hu = layers.Dense(64, activation="relu", name="user_dense")(user_in)
+    hi = layers.Dense(64, activation="relu", name="item_dense")(item_in)
+    out = layers.Dense(1, activation="sigmoid", name="head")(layers.Concatenate(name="concat")([hu, hi]))
+    return keras.Model([user_in, item_in], out, name="seed")
+
+
+def _tower(in_dim: int, hidden: tuple[int, ...], dim: int, side: str) -> keras.Model:
+    x = keras.Input((in_dim,), name=USER_INPUT if side == "user" else ITEM_INPUT)
+    h = x
+    for j, width in enumerate(hidden):
+        h = layers.Dense(width, activation="relu", name=f"{side}_hidden{j}")(h)
+    emb = layers.Dense(dim, name=f"{side}_embedding")(h)
+    # The extra column turns "dot + item bias" into a plain dot product for serving.
+    extra = _ones_column(f"{side}_one")(h) if side == "user" else layers.Dense(1, name="item_bias")(h)
+    return keras.Model(x, layers.Concatenate(name=f"{side}_vector")([emb, extra]), name=f"{side}_tower")
+
+
+def build_two_tower(user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)) -> keras.Model:
+    """User and item MLPs to ``dim``-d embeddings (+ item bias); score = sigmoid(dot)."""
+    user_in = keras.Input((user_dim,), name=USER_INPUT)
+    item_in = keras.Input((item_dim,), name=ITEM_INPUT)
+    u = _tower(user_dim, hidden, dim, "user")(user_in)
+    v = _tower(item_dim, hidden, dim, "item")(item_in)
+    logit = layers.Dot(axes=1, name="dot")([u, v])
+    return keras.Model([user_in, item_in], layers.Activation("sigmoid", name="score")(logit), name="two_tower")
+
+
+def build(kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)) -> keras.Model:
+    if kind == "seed":
+        return build_seed(user_dim, item_dim)
+    if kind == "two_tower":
+        return build_two_tower(user_dim, item_dim, dim, hidden)
+    raise ValueError(f"model kind must be one of {MODEL_KINDS} (got {kind!r})")
+
+
+def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Model]:
+    """Splits a trained model into (user tower, item tower) with logit = user_vec . item_vec.
+
+    The towers share the trained layers (no copies), so they stay exact.
+    """
+    if kind == "two_tower":
+        return model.get_layer("user_tower"), model.get_layer("item_tower")
+    if kind != "seed":
+        raise ValueError(f"model kind must be one of {MODEL_KINDS} (got {kind!r})")
+    kernel, bias = model.get_layer("head").get_weights()  # kernel [128, 1]: user half, then item half
+    width = model.get_layer("user_dense").units
+
+    def side(name: str, dense: str, w: np.ndarray, b: np.ndarray, ones_first: bool) -> keras.Model:
+        x = keras.Input((model.get_layer(dense).kernel.shape[0],), name=USER_INPUT if name == "user" else ITEM_INPUT)
+        h = model.get_layer(dense)(x)
+        part = layers.Dense(1, name=f"{name}_head_part")
+        s = part(h)
+        part.set_weights([w, b])
+        one = _ones_column(f"{name}_one")(h)
+        out = layers.Concatenate(name=f"{name}_vector")([one, s] if ones_first else [s, one])
+        return keras.Model(x, out, name=f"{name}_tower")
+
+    user = side("user", "user_dense", kernel[:width], np.zeros(1, dtype=kernel.dtype), ones_first=False)
+    item = side("item", "item_dense", kernel[width:], bias, ones_first=True)
+    return user, item
+
+
+def user_independent(kind: str) -> bool:
+    """True when every user gets the same ranking (the seed model's concat-linear head)."""
+    return kind == "seed"
+
+
+def frozen_lookup(table: np.ndarray, name: str) -> layers.Embedding:
+    """An Embedding holding a fixed feature table, so training feeds ids instead of copying rows."""
+    emb = layers.Embedding(table.shape[0], table.shape[1], trainable=False, name=name)
+    emb.build((None,))
+    emb.set_weights([table.astype(np.float32)])
+    return emb
+
+
+def with_lookup(model: keras.Model, user_table: np.ndarray, item_table: np.ndarray) -> keras.Model:
+    """Wraps a feature-level model so it takes (user id, item id) and looks the features up itself."""
+    u = keras.Input((), dtype="int32", name="user_idx")
+    i = keras.Input((), dtype="int32", name="item_idx")
+    out = model([frozen_lookup(user_table, "user_lookup")(u), frozen_lookup(item_table, "item_lookup")(i)])
+    return keras.Model([u, i], out, name=f"{model.name}_by_id")

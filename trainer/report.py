@@ -1,0 +1,48 @@
+"""The training report: a Markdown summary with metric tables and PNG plots against the baselines."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from towerserve.clients.tables import metrics_table
+
+from .plots import metric_bars, training_curves
+
+REPORT_METRICS = ("ndcg@10", "recall@10", "hitrate@10", "map@10", "mrr", "auc", "coverage@10", "notebook_score")
+BASELINES = ("random", "mostpop", "oracle")
+
+
+def ratios(metrics: dict, model: str, key: str = "ndcg@10") -> dict[str, float | None]:
+    """The model's ``key`` as a multiple of each baseline's (None where a baseline is missing)."""
+    value = metrics[model][key]
+    return {b: (value / metrics[b][key] if metrics.get(b) and metrics[b][key] else None) for b in BASELINES}
+
+
+def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> Path:
+    """Writes report/report.md, report/training_curves.png and report/metrics_<split>.png."""
+    out = root / "report"
+    out.mkdir(exist_ok=True)
+    training_curves(histories, out / "training_curves.png")
+    lines = [
+        "# towerserve training report", "",
+        f"Data: `{manifest['data']['root']}` — {manifest['data']['users']} users × {manifest['data']['items']} items, "
+        f"{manifest['data']['positives']} positives ({100 * manifest['data']['density']:.2f} %).",
+        f"Encoder: `{Path(manifest['encoder']['model']).name}` ({manifest['encoder']['dim']} dims, "
+        f"{manifest['encoder']['pooling']} pooling). Recipe: `{manifest['recipe']['preset']}`. "
+        f"Default (served) model: **{manifest['default_model']}** (best holdout NDCG@10).", "",
+    ]
+    for split, table in metrics.items():
+        order = [m for m in manifest["models"]] + [b for b in BASELINES]
+        rows = {k: table.get(k) for k in order if k in table}
+        metric_bars(rows, ["ndcg@10", "recall@10", "hitrate@10", "mrr"], out / f"metrics_{split}.png",
+                    title=f"{split} split: models against baselines")
+        lines += [f"## {split} split", "", "```", metrics_table(rows, REPORT_METRICS), "```", ""]
+        for model in manifest["models"]:
+            r = ratios(table, model)
+            parts = [f"{r[b]:.2f}× {b}" for b in BASELINES if r[b] is not None]
+            lines.append(f"- {model}: NDCG@10 = " + ", ".join(parts))
+        lines += ["", f"![{split}](metrics_{split}.png)", ""]
+    lines += ["## Training curves", "", "![curves](training_curves.png)", "", "## Timings (seconds)", ""]
+    lines += [f"- {k}: {v:.1f}" for k, v in manifest["timings"].items()]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out / "report.md"

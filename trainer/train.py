@@ -1,0 +1,319 @@
+"""`towerserve train`: embed, split, fit every model on the holdout and cold splits, evaluate, write artifacts."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, save_tables
+from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
+
+from . import baselines, splits
+from .artifacts import atomic_dir, package_versions, write_json
+from .data import Dataset, load_dataset
+from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
+
+_LOGGER = logging.getLogger(__name__)
+
+TRAIN_FORMAT = "towerserve-train"
+FORMAT_VERSION = 1
+# Which attributes each model reads. `seed` keeps the notebook's inputs exactly; `two_tower` also
+# reads personality and category, which the data set has and the notebook ignored.
+FEATURE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "seed": {"user": ("profession", "age"), "item": ("description", "features", "price")},
+    "two_tower": {"user": ("profession", "personality", "age"), "item": ("description", "features", "category", "price")},
+}
+NUMERIC_FIELDS = ("age", "price")
+SPLITS = ("holdout", "cold")
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """One training recipe.
+
+    Attributes:
+        epochs: the most epochs; early stopping may end sooner.
+        batch_size: rows per step. 4096 keeps a step's fixed cost small next to its work on 2 cores.
+        learning_rate: Adam's.
+        validation: share of rows held out to watch val_loss.
+        random_validation: draw the validation rows at random (default) or take the last ones, as
+            Keras' ``validation_split`` did in the notebook.
+        patience: epochs without val_loss improvement before stopping (0: no early stopping).
+        sample: train on the first ``sample`` rows of the notebook's shuffle (None: all rows).
+    """
+
+    epochs: int = 8
+    batch_size: int = 4096
+    learning_rate: float = 1e-3
+    validation: float = 0.05
+    random_validation: bool = True
+    patience: int = 1
+    sample: int | None = None
+
+
+# The notebook's recipe: 200,000 shuffled rows, 10 epochs, batch 32, last 10 % for validation.
+NOTEBOOK_FIT = FitConfig(epochs=10, batch_size=32, validation=0.1, random_validation=False, patience=0, sample=200_000)
+PRESETS = {"default": FitConfig(), "notebook": NOTEBOOK_FIT}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything `towerserve train` decides.
+
+    Attributes:
+        models: kinds to train ("seed", "two_tower").
+        preset: "default" or "notebook" (see PRESETS); ``fit`` overrides it when given.
+        encoder: text encoder settings.
+        seed: seeds splits, sampling, initialisation and shuffling.
+        embedding_dim: two_tower embedding width (the served vectors are one wider: the bias column).
+        hidden: two_tower hidden layer widths.
+        ks: metric cut-offs.
+        cold: also train and evaluate on the cold split.
+        progress: show progress bars.
+    """
+
+    models: tuple[str, ...] = ("seed", "two_tower")
+    preset: str = "default"
+    fit: FitConfig | None = None
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    seed: int = 42
+    embedding_dim: int = 32
+    hidden: tuple[int, ...] = (128,)
+    ks: tuple[int, ...] = DEFAULT_KS
+    cold: bool = True
+    progress: bool = True
+
+    def recipe(self) -> FitConfig:
+        if self.preset not in PRESETS:
+            raise ValueError(f"preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
+        return self.fit or PRESETS[self.preset]
+
+
+def embed_fields(ds: Dataset, encoder: TextEncoder, fields: set[str], progress: bool) -> tuple[dict[str, FieldTable], dict[str, int]]:
+    """Embeds each text field's distinct strings once; returns tables and (notebook pooling) pad lengths."""
+    tables, padded = {}, {}
+    for name in sorted(fields):
+        frame = ds.users if name in ds.users.columns else ds.items
+        uniq, index = np.unique(frame[name].astype(str).to_numpy(), return_inverse=True)
+        vecs = encoder.encode(list(uniq), MAX_LENGTHS[name], desc=f"embed {name}", progress=progress)
+        tables[name] = FieldTable(uniq.astype(str), vecs, index.astype(np.int32))
+        if encoder.config.pooling == "notebook":
+            padded[name] = encoder.padded_length(list(uniq), MAX_LENGTHS[name])
+    return tables, padded
+
+
+def field_specs(names: tuple[str, ...], tables: dict[str, FieldTable], raw: dict[str, np.ndarray],
+                fit_rows: np.ndarray) -> list[FieldSpec]:
+    """Specs for one side; min-max scalers are fitted on ``fit_rows`` (the split's training entities)."""
+    specs = []
+    for n in names:
+        if n in NUMERIC_FIELDS:
+            vals = raw[n][fit_rows]
+            specs.append(FieldSpec(n, MINMAX, 1, lo=float(vals.min()), hi=float(vals.max())))
+        else:
+            specs.append(FieldSpec(n, TEXT, int(tables[n].vectors.shape[1]), max_length=MAX_LENGTHS[n]))
+    return specs
+
+
+def feature_matrix(specs: list[FieldSpec], tables: dict[str, FieldTable], raw: dict[str, np.ndarray]) -> np.ndarray:
+    parts = {s.name: (raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity()) for s in specs}
+    return assemble(specs, parts)
+
+
+def training_rows(split: splits.Split, recipe: FitConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(users, items, labels): training positives then sampled negatives, shuffled as the recipe says."""
+    # Parity order: the notebook concatenates its train positives (split order) and the negatives.
+    pu, pi = split.train_pairs.users, split.train_pairs.items
+    u = np.concatenate([pu, split.negatives.users]).astype(np.int32)
+    i = np.concatenate([pi, split.negatives.items]).astype(np.int32)
+    y = np.concatenate([np.ones(len(pu)), np.zeros(len(split.negatives))]).astype(np.float32)
+    if recipe.sample is not None:
+        # interactions.sample(frac=1, random_state=42).head(200000)
+        order = np.random.RandomState(seed).permutation(len(u))[: recipe.sample]
+    else:
+        order = np.random.default_rng([seed, 7]).permutation(len(u))
+    return u[order], i[order], y[order]
+
+
+class _Progress:
+    """A tqdm bar per epoch for Keras fit (imported lazily with Keras)."""
+
+    @staticmethod
+    def make(desc: str, epochs: int, steps: int, enabled: bool):
+        import keras
+        from tqdm import tqdm
+
+        class Cb(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="step",
+                                disable=not enabled, leave=True)
+
+            def on_train_batch_end(self, batch, logs=None):
+                self.bar.update(1)
+
+            def on_epoch_end(self, epoch, logs=None):
+                logs = logs or {}
+                self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items() if "loss" in k})
+                self.bar.close()
+
+        return Cb()
+
+
+def fit_model(kind: str, U: np.ndarray, I: np.ndarray, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+              cfg: TrainConfig, recipe: FitConfig, desc: str):
+    """Builds and trains one model; returns (feature-level Keras model, history dict, seconds)."""
+    import keras
+
+    from .models import build, with_lookup
+
+    keras.utils.set_random_seed(cfg.seed)
+    model = build(kind, U.shape[1], I.shape[1], cfg.embedding_dim, cfg.hidden)
+    trainable = with_lookup(model, U, I)
+    trainable.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="binary_crossentropy",
+                      metrics=[keras.metrics.AUC(name="auc")])
+    u, i, y = rows
+    n_val = int(round(recipe.validation * len(y)))
+    # Rows arrive shuffled, so the last n_val are a random sample (and exactly Keras' validation_split).
+    tr, va = slice(0, len(y) - n_val), slice(len(y) - n_val, len(y))
+    callbacks = [_Progress.make(desc, recipe.epochs, -(-(len(y) - n_val) // recipe.batch_size), cfg.progress)]
+    if recipe.patience > 0 and n_val > 0:
+        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, min_delta=1e-4,
+                                                       restore_best_weights=True))
+    t0 = time.perf_counter()
+    hist = trainable.fit([u[tr], i[tr]], y[tr], batch_size=recipe.batch_size, epochs=recipe.epochs,
+                         validation_data=([u[va], i[va]], y[va]) if n_val else None,
+                         shuffle=True, verbose=0, callbacks=callbacks)
+    seconds = time.perf_counter() - t0
+    history = {k: [float(x) for x in v] for k, v in hist.history.items()}
+    return model, history, seconds
+
+
+def tower_scores(model, kind: str, U: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors [n_users, d], item vectors [n_items, d]); logits = users @ items.T."""
+    from .models import serving_towers
+
+    ut, it = serving_towers(model, kind)
+    # A direct call, not predict(): predict traces a new tf.function for every fresh tower model.
+    return (np.asarray(ut(U, training=False), dtype=np.float32), np.asarray(it(I, training=False), dtype=np.float32))
+
+
+def evaluate_model(uvec: np.ndarray, ivec: np.ndarray, split: splits.Split, ks) -> dict[str, float]:
+    """Full-ranking metrics plus the notebook's mean holdout score."""
+    metrics = full_ranking_metrics(lambda users: uvec[users] @ ivec.T, split.test, split.train, ks)
+    nb = split.notebook_pairs
+    logits = np.einsum("nd,nd->n", uvec[nb.users], ivec[nb.items])
+    metrics["notebook_score"] = notebook_metric(1.0 / (1.0 + np.exp(-logits)))
+    return metrics
+
+
+def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainConfig()) -> dict:
+    """Runs the whole training job and writes the artifacts folder (atomically).
+
+    Returns:
+        metrics.json's content: ``{"holdout": {"seed": {...}, "two_tower": {...}, "random": ...}, "cold": ...}``.
+    """
+    import tensorflow as tf
+
+    for kind in cfg.models:
+        if kind not in FEATURE_SETS:
+            raise ValueError(f"model must be one of {sorted(FEATURE_SETS)} (got {kind!r})")
+    recipe = cfg.recipe()
+    tf.config.experimental.enable_op_determinism()  # same seed -> same weights -> same metrics
+    t_start = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    ds = load_dataset(data_dir)
+    encoder = TextEncoder(cfg.encoder)
+    needed = {f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS}
+    t0 = time.perf_counter()
+    tables, padded = embed_fields(ds, encoder, needed, cfg.progress)
+    timings["embed_s"] = time.perf_counter() - t0
+
+    raw_user = {"age": ds.users["age"].to_numpy(dtype=np.float64)}
+    raw_item = {"price": ds.items["price"].to_numpy(dtype=np.float64)}
+    ids = ds.users["user_id"].to_numpy()
+    t0 = time.perf_counter()
+    split_objs = {"holdout": splits.holdout_split(ds.positives, ids, seed=cfg.seed)}
+    if cfg.cold:
+        split_objs["cold"] = splits.cold_split(ds.positives, ids, seed=cfg.seed)
+    timings["split_s"] = time.perf_counter() - t0
+
+    metrics: dict[str, dict] = {}
+    histories: dict[str, dict] = {}
+    model_entries: dict[str, dict] = {k: {"kind": k, "splits": {}} for k in cfg.models}
+    with atomic_dir(out_dir) as tmp:
+        for split_name, split in split_objs.items():
+            t0 = time.perf_counter()
+            metrics[split_name] = dict(baselines.evaluate_baselines(split.train, split.test, ds.root, cfg.ks))
+            timings[f"baselines_{split_name}_s"] = time.perf_counter() - t0
+            warm_users = np.setdiff1d(np.arange(ds.n_users), split.cold_users)
+            warm_items = np.setdiff1d(np.arange(ds.n_items), split.cold_items)
+            rows = training_rows(split, recipe, cfg.seed)
+            for kind in cfg.models:
+                uspec = field_specs(FEATURE_SETS[kind]["user"], tables, raw_user, warm_users)
+                ispec = field_specs(FEATURE_SETS[kind]["item"], tables, raw_item, warm_items)
+                U = feature_matrix(uspec, tables, raw_user)
+                I = feature_matrix(ispec, tables, raw_item)
+                model, history, secs = fit_model(kind, U, I, rows, cfg, recipe, f"{kind}/{split_name}")
+                t0 = time.perf_counter()
+                uvec, ivec = tower_scores(model, kind, U, I)
+                m = evaluate_model(uvec, ivec, split, cfg.ks)
+                m["train_seconds"] = secs
+                m["epochs"] = len(history.get("loss", []))
+                metrics[split_name][kind] = m
+                timings[f"fit_{kind}_{split_name}_s"] = secs
+                timings[f"eval_{kind}_{split_name}_s"] = time.perf_counter() - t0
+                histories[f"{kind}/{split_name}"] = history
+                rel = Path("models") / kind / split_name
+                (tmp / rel).mkdir(parents=True, exist_ok=True)
+                model.save(tmp / rel / "model.keras")
+                write_json(tmp / rel / "history.json", history)
+                model_entries[kind]["splits"][split_name] = {
+                    "model": str(rel / "model.keras"),
+                    "features": {"user": [s.to_json() for s in uspec], "item": [s.to_json() for s in ispec]},
+                    "user_dim": int(U.shape[1]), "item_dim": int(I.shape[1]),
+                    "epochs": m["epochs"], "train_seconds": secs,
+                }
+                _LOGGER.info("%s/%s: ndcg@10 %.4f (mostpop %.4f) in %.1f s", kind, split_name, m.get("ndcg@10", 0),
+                             metrics[split_name]["mostpop"].get("ndcg@10", 0), secs)
+            (tmp / "splits").mkdir(exist_ok=True)
+            split.save(tmp / "splits" / f"{split_name}.npz")
+
+        # The served default is the best model on the holdout ranking, not on the notebook's mean score.
+        default = max(cfg.models, key=lambda k: metrics["holdout"][k]["ndcg@10"])
+        save_tables(tmp / "embeddings.npz", tables)
+        ds.users.to_csv(tmp / "users.csv", index=False)
+        ds.items.to_csv(tmp / "items.csv", index=False)
+        timings["total_s"] = time.perf_counter() - t_start
+        write_json(tmp / "metrics.json", metrics)
+        manifest = {
+            "format": TRAIN_FORMAT, "format_version": FORMAT_VERSION,
+            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "data": {"root": str(Path(data_dir).resolve()), "users": ds.n_users, "items": ds.n_items,
+                     "positives": ds.positives.nnz, "density": ds.density},
+            "encoder": {"model": encoder.model_ref, "fingerprint": encoder.fingerprint, "pooling": cfg.encoder.pooling,
+                        "dim": encoder.dim, "max_lengths": {f: MAX_LENGTHS[f] for f in sorted(needed)},
+                        "padded_lengths": padded},
+            "recipe": {"preset": cfg.preset, "fit": asdict(recipe), "seed": cfg.seed, "embedding_dim": cfg.embedding_dim,
+                       "hidden": list(cfg.hidden), "ks": list(cfg.ks)},
+            "models": model_entries,
+            "default_model": default,
+            "splits": {s: f"splits/{s}.npz" for s in split_objs},
+            "timings": timings,
+            "versions": package_versions(("numpy", "tensorflow", "keras", "torch", "transformers", "pandas")),
+            "platform": platform.platform(),
+        }
+        write_json(tmp / "manifest.json", manifest)
+        from .report import write_report
+
+        write_report(tmp, manifest, metrics, histories)
+    _LOGGER.info("wrote %s in %.1f s (default model: %s)", out_dir, timings["total_s"], default)
+    return metrics
