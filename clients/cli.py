@@ -116,6 +116,29 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    # One BLAS/OpenMP thread per process: gRPC's thread pool is where the parallelism comes from, and
+    # a 1000 x 33 matrix-vector product gains nothing from more. Must precede numpy's import.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from towerserve.server.app import ServerConfig, serve
+
+    cfg = ServerConfig.from_env(
+        artifacts=args.artifacts, host=args.host, port=args.port, workers=args.workers, threads=args.threads,
+        max_concurrent_rpcs=args.max_concurrent_rpcs, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca, metrics_port=args.metrics_port, grace=args.grace, device=args.device,
+        model=args.model, encoder_variant=args.encoder_variant,
+    )
+    if cfg.artifacts is None:
+        raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
+    return serve(cfg)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -196,6 +219,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder")
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("serve", help="serve the Recommender gRPC service from exported artifacts",
+                       description="Serve towerserve.v1.Recommender (plus grpc.health.v1 and reflection) on ONNX "
+                                   "Runtime. Every option can also come from TOWERSERVE_<OPTION> environment "
+                                   "variables (e.g. TOWERSERVE_PORT); flags win. SIGTERM drains and exits 0; SIGHUP "
+                                   "reloads the artifacts folder.")
+    p.add_argument("--artifacts", type=Path, help="serving folder written by `towerserve export` (ARTIFACTS/serving)")
+    p.add_argument("--host", help="listen address (default [::])")
+    p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    p.add_argument("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
+    p.add_argument("--threads", type=int, help="gRPC handler threads per process (default 16)")
+    p.add_argument("--max-concurrent-rpcs", type=int, help="beyond this, RESOURCE_EXHAUSTED (default 256)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every RPC but health")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    p.add_argument("--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus metrics over HTTP on this port (+ worker index)")
+    p.add_argument("--grace", type=float, help="seconds to drain in-flight RPCs on SIGTERM (default 10)")
+    p.add_argument("--device", choices=("cpu", "cuda"), help="ONNX Runtime device (default cpu; cuda falls back to "
+                                                                "cpu with a warning when unavailable)")
+    p.add_argument("--model", choices=("seed", "two_tower"), help="model to serve (default: best holdout NDCG@10)")
+    p.add_argument("--encoder-variant", choices=("fp32", "optimized", "int8", "fp16"),
+                   help="text encoder graph (default: int8 on CPU when it passed its gate, fp16 on CUDA)")
+    p.set_defaults(func=cmd_serve)
 
     return parser
 

@@ -53,6 +53,7 @@ def full_ranking_metrics(
     ks: Iterable[int] = DEFAULT_KS,
     users: np.ndarray | None = None,
     chunk_users: int = 2048,
+    on_chunk: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Ranks every item for every evaluated user and scores the ranking against held-out positives.
 
@@ -66,6 +67,7 @@ def full_ranking_metrics(
         ks: cut-offs for the top-K metrics.
         users: restrict evaluation to these user ids (default: every user).
         chunk_users: users scored at once; bounds memory at chunk_users x n_items floats.
+        on_chunk: called before each chunk; may raise to abandon the evaluation (e.g. a deadline).
 
     Returns:
         ``{"hitrate@10": ..., "precision@10", "recall@10", "ndcg@10", "map@10", "coverage@10",
@@ -89,6 +91,8 @@ def full_ranking_metrics(
     n_users = n_auc = 0
 
     for start in range(0, len(candidates), chunk_users):
+        if on_chunk is not None:
+            on_chunk()
         u = candidates[start : start + chunk_users]
         scores = np.array(score_fn(u), dtype=np.float32)  # a copy: masking writes into it
         if scores.shape != (len(u), n_items):

@@ -220,11 +220,8 @@ def cold_split(positives: CSR, user_ids: np.ndarray, user_frac: float = 0.1, ite
     )
 
 
-def load_split(path) -> tuple[str, CSR, CSR, Pairs, np.ndarray, np.ndarray]:
-    """Reads what :meth:`Split.save` wrote: (name, train, test, notebook pairs, cold users, cold items)."""
-    with np.load(path) as z:
-        n_items = int(z["n_items"])
-        train = CSR(z["train_indptr"], z["train_indices"], n_items)
-        test = CSR(z["test_indptr"], z["test_indices"], n_items)
-        return (str(z["name"]), train, test, Pairs(z["notebook_users"], z["notebook_items"]),
-                z["cold_users"], z["cold_items"])
+def load_split(path):
+    """Reads what :meth:`Split.save` wrote (the server's reader: one format, one parser)."""
+    from towerserve.server.splits import load_recorded_split
+
+    return load_recorded_split(path)

@@ -1,0 +1,561 @@
+"""The serving engine: a verified artifacts folder in memory, answering with ONNX Runtime and numpy.
+
+A request for a known user runs one user-tower pass and one matrix-vector product over item vectors
+computed at export; then masking and an ``argpartition`` top-k. Readers never lock: the catalogue
+is an immutable snapshot that UpsertItems replaces by a single reference assignment.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from .csr import CSR
+from .encoder import OnnxTextEncoder
+from .errors import DeadlineExceeded, InvalidArgument, NotFound
+from .features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, load_tables
+from .manifest import ArtifactError, check_dims, load_manifest
+from .metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
+from .runtime import CPU, CUDA, make_session, resolve_providers
+from .splits import RecordedSplit, load_recorded_split
+
+_LOGGER = logging.getLogger(__name__)
+
+SHORT_TEXT_LIMIT = 200    # ids, profession, personality, category
+LONG_TEXT_LIMIT = 5000    # description, features
+MAX_AGE = 150.0
+MAX_K = 1000
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits (reported by GetModelInfo so clients can plan batches)."""
+
+    max_top_n: int = 1000
+    max_score_pairs: int = 10_000
+    max_upsert_items: int = 1000
+    max_inline_interactions: int = 200_000
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How an artifacts folder is loaded.
+
+    Attributes:
+        model: model kind to serve (None: the manifest's default, the best holdout NDCG@10).
+        device: "cpu" or "cuda" (falls back to CPU, visibly, where CUDA is not available).
+        encoder_variant: fp32 / optimized / int8 / fp16 (None: int8 on CPU when it passed its gate,
+            fp16 on CUDA).
+        tower_threads: ORT threads per tower session; 1, because parallelism comes from gRPC's pool.
+        encoder_threads: ORT threads for the text encoder.
+        verify_hashes: check every file's sha256 against the manifest at load.
+        limits: request size limits.
+    """
+
+    model: str | None = None
+    device: str = "cpu"
+    encoder_variant: str | None = None
+    tower_threads: int = 1
+    encoder_threads: int = 1
+    verify_hashes: bool = True
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass(frozen=True)
+class UserAttrs:
+    """An unseen user's attributes (None: not given)."""
+
+    age: float
+    profession: str
+    personality: str | None = None
+
+
+@dataclass(frozen=True)
+class NewItemData:
+    item_id: str
+    description: str
+    features: str
+    price: float
+    category: str
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """An immutable snapshot of the items; replaced whole by UpsertItems."""
+
+    ids: list[str]
+    index: dict[str, int]
+    price: np.ndarray          # float64 [n]
+    category: list[str]
+    category_code: np.ndarray  # int32 [n], into categories
+    categories: list[str]
+    description: list[str]
+    features: list[str]
+    vectors: np.ndarray        # float32 [n, d] of the served model
+    order: np.ndarray | None   # best-first item order when the ranking is user-independent
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _Tower:
+    """One (model, split) pair of ONNX towers with its feature specs."""
+
+    def __init__(self, root: Path, entry: dict, providers: Sequence[str], threads: int):
+        self.user_specs = [FieldSpec.from_json(d) for d in entry["features"]["user"]]
+        self.item_specs = [FieldSpec.from_json(d) for d in entry["features"]["item"]]
+        u, i = entry["user_tower"], entry["item_tower"]
+        self.user_session = make_session(root / u["file"], providers, threads)
+        self.item_session = make_session(root / i["file"], providers, threads)
+        self.user_in, self.user_out = u["input"], u["output"]
+        self.item_in, self.item_out = i["input"], i["output"]
+        for sess, spec, d, f in ((self.user_session, self.user_specs, u, u["file"]),
+                                 (self.item_session, self.item_specs, i, i["file"])):
+            check_dims(root / f, "input width", d["input_dim"], int(sess.get_inputs()[0].shape[1]))
+            check_dims(root / f, "feature spec width", d["input_dim"], sum(s.dim for s in spec))
+        self.dim = int(u["output_dim"])
+        vec_path = root / entry["item_vectors_file"]
+        self.item_vectors = np.load(vec_path).astype(np.float32)
+        check_dims(vec_path, "vector width", self.dim, int(self.item_vectors.shape[1]))
+        self._all_users: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def users(self, features: np.ndarray) -> np.ndarray:
+        return self.user_session.run([self.user_out], {self.user_in: features})[0]
+
+    def items(self, features: np.ndarray) -> np.ndarray:
+        return self.item_session.run([self.item_out], {self.item_in: features})[0]
+
+    def all_user_vectors(self, build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray], n_users: int) -> np.ndarray:
+        """Every known user's vector, computed once (Evaluate reuses it)."""
+        with self._lock:
+            if self._all_users is None:
+                out = np.empty((n_users, self.dim), dtype=np.float32)
+                for start in range(0, n_users, 4096):
+                    rows = np.arange(start, min(n_users, start + 4096))
+                    out[rows] = self.users(build_features(self.user_specs, rows))
+                self._all_users = out
+            return self._all_users
+
+
+class _TextVectors:
+    """Text -> vector for one field: the exported table first, then the ONNX encoder (LRU-cached)."""
+
+    def __init__(self, table: FieldTable, max_length: int, pad_to: int | None, cache_size: int = 10_000):
+        self.known = {str(t): r for r, t in enumerate(table.texts)}
+        self.table = table.vectors
+        self.max_length = max_length
+        self.pad_to = pad_to
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+
+    def get(self, texts: Sequence[str], encoder: OnnxTextEncoder) -> np.ndarray:
+        out = np.empty((len(texts), self.table.shape[1]), dtype=np.float32)
+        missing: list[int] = []
+        with self.lock:
+            for j, t in enumerate(texts):
+                r = self.known.get(t)
+                if r is not None:
+                    out[j] = self.table[r]
+                elif t in self.cache:
+                    self.cache.move_to_end(t)
+                    out[j] = self.cache[t]
+                else:
+                    missing.append(j)
+        if missing:
+            uniq = sorted({texts[j] for j in missing})
+            vecs = dict(zip(uniq, encoder.encode(uniq, self.max_length, self.pad_to)))
+            with self.lock:
+                for t, v in vecs.items():
+                    self.cache[t] = v
+                    if len(self.cache) > self.cache_size:
+                        self.cache.popitem(last=False)
+            for j in missing:
+                out[j] = vecs[texts[j]]
+        return out
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            return list(csv.DictReader(fh))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ArtifactError(path, f"unreadable ({err})") from err
+
+
+def _check_text(name: str, value: str, limit: int, required: bool = True) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def validate_attrs(attrs: UserAttrs, needs_personality: bool) -> None:
+    if not math.isfinite(attrs.age) or attrs.age <= 0 or attrs.age > MAX_AGE:
+        raise InvalidArgument(f"user.age must be in (0, {MAX_AGE:g}] (got {attrs.age})")
+    _check_text("user.profession", attrs.profession, SHORT_TEXT_LIMIT)
+    if needs_personality:
+        if not attrs.personality:
+            raise InvalidArgument("user.personality is required: the served model reads it (see GetModelInfo.user_fields)")
+        _check_text("user.personality", attrs.personality, SHORT_TEXT_LIMIT)
+
+
+class Engine:
+    """Loads ``root`` (a folder written by `towerserve export`) and answers requests.
+
+    Raises:
+        ArtifactError: a file is missing, tampered with or inconsistent (named in the message).
+    """
+
+    def __init__(self, root: Path | str, config: EngineConfig = EngineConfig()):
+        t0 = time.perf_counter()
+        self.root = Path(root).resolve()
+        self.config = config
+        self.limits = config.limits
+        self.manifest = m = load_manifest(self.root, verify_hashes=config.verify_hashes)
+        self.kind = config.model or m["default_model"]
+        if self.kind not in m["models"]:
+            raise ArtifactError(self.root / "manifest.json", f"has no model {self.kind!r} (has {sorted(m['models'])})")
+        entry = m["models"][self.kind]
+        self.model_version = entry["model_version"]
+        self.user_independent = bool(entry["user_independent"])
+        providers = resolve_providers(config.device)
+        self.towers = {s: _Tower(self.root, e, providers, config.tower_threads) for s, e in entry["splits"].items()}
+        if "holdout" not in self.towers:
+            raise ArtifactError(self.root / "manifest.json", f"model {self.kind!r} has no holdout split to serve")
+        self.serving = self.towers["holdout"]
+
+        enc = m["encoder"]
+        variant = config.encoder_variant or (enc["gpu_variant"] if CUDA in providers else enc["default_variant"])
+        if variant not in enc["variants"]:
+            raise ArtifactError(self.root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})")
+        self.encoder_variant = variant
+        self.encoder = OnnxTextEncoder(self.root / enc["variants"][variant]["file"], self.root / enc["tokenizer_file"],
+                                       enc["pooling"], providers, config.encoder_threads)
+        check_dims(self.root / enc["variants"][variant]["file"], "embedding width", int(enc["dim"]),
+                   int(self.encoder.session.get_outputs()[0].shape[1] or enc["dim"]))
+        self.encoder_name = Path(enc["model"]).name
+        padded = enc.get("padded_lengths", {})
+
+        tables = load_tables(self.root / m["catalog"]["embeddings_file"])
+        self.text = {f: _TextVectors(tables[f], int(enc["max_lengths"][f]), padded.get(f)) for f in tables}
+        self.user_fields = [s.name for s in self.serving.user_specs]
+        self.item_fields = [s.name for s in self.serving.item_specs]
+
+        users = _read_csv(self.root / m["catalog"]["users_file"])
+        self.user_ids = [r["user_id"] for r in users]
+        self.user_index = {u: j for j, u in enumerate(self.user_ids)}
+        self.user_age = np.array([float(r["age"]) for r in users])
+        self.user_rows = {f: tables[f].index for f in ("profession", "personality") if f in tables}
+        for f, rows in self.user_rows.items():
+            check_dims(self.root / m["catalog"]["embeddings_file"], f"{f} rows", len(users), len(rows))
+
+        items = _read_csv(self.root / m["catalog"]["items_file"])
+        check_dims(self.root / m["catalog"]["items_file"], "item rows", len(self.serving.item_vectors), len(items))
+        self.item_rows = {f: tables[f].index for f in ("description", "features", "category") if f in tables}
+        self.splits: dict[str, RecordedSplit] = {s: load_recorded_split(self.root / e["file"]) for s, e in m["splits"].items()}
+        holdout = self.splits["holdout"]
+        check_dims(self.root / m["splits"]["holdout"]["file"], "users", len(users), holdout.train.n_rows)
+        self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
+        self._write_lock = threading.Lock()
+        self.catalog = self._make_catalog(
+            ids=[r["item_id"] for r in items], price=np.array([float(r["price"]) for r in items]),
+            category=[r["category"] for r in items], description=[r["description"] for r in items],
+            features=[r["features"] for r in items], vectors=self.serving.item_vectors,
+        )
+        self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.providers = sorted({p for t in self.towers.values() for s in (t.user_session, t.item_session)
+                                 for p in s.get_providers()} | set(self.encoder.providers))
+        self.load_seconds = time.perf_counter() - t0
+        _LOGGER.info("loaded %s (%s, %d users, %d items, encoder %s/%s, providers %s) in %.2f s", self.root,
+                     self.model_version, len(self.user_ids), len(self.catalog), self.encoder_name, variant,
+                     self.providers, self.load_seconds)
+
+    # ------------------------------------------------------------------------------------- features
+
+    def _make_catalog(self, ids, price, category, description, features, vectors) -> Catalog:
+        categories = sorted(set(category))
+        code = {c: j for j, c in enumerate(categories)}
+        order = None
+        if self.user_independent:
+            # Every user ranks items the same way: sort once with any user's vector.
+            u0 = self.serving.users(self._user_features(self.serving.user_specs, np.array([0])))[0]
+            order = np.argsort(-(vectors @ u0), kind="stable")
+        return Catalog(ids=list(ids), index={x: j for j, x in enumerate(ids)}, price=np.asarray(price, dtype=np.float64),
+                       category=list(category), category_code=np.array([code[c] for c in category], dtype=np.int32),
+                       categories=categories, description=list(description), features=list(features),
+                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), order=order)
+
+    def _user_features(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
+        parts = {}
+        for s in specs:
+            if s.kind == MINMAX:
+                parts[s.name] = self.user_age[rows]
+            else:
+                parts[s.name] = self.text[s.name].table[self.user_rows[s.name][rows]]
+        return assemble(specs, parts)
+
+    def _attr_features(self, specs: list[FieldSpec], attrs: Sequence[UserAttrs]) -> np.ndarray:
+        parts = {}
+        for s in specs:
+            if s.kind == MINMAX:
+                parts[s.name] = np.array([a.age for a in attrs])
+            else:
+                parts[s.name] = self.text[s.name].get([getattr(a, s.name) for a in attrs], self.encoder)
+        return assemble(specs, parts)
+
+    def user_index_of(self, user_id: str) -> int:
+        idx = self.user_index.get(user_id)
+        if idx is None:
+            raise NotFound(f"unknown user_id {user_id!r}")
+        return idx
+
+    def user_vectors(self, refs: Sequence[int | UserAttrs], tower: _Tower | None = None) -> np.ndarray:
+        """Vectors [len(refs), d] for known users (int index) and unseen ones (UserAttrs)."""
+        tower = tower or self.serving
+        needs_personality = "personality" in [s.name for s in tower.user_specs]
+        known = [j for j, r in enumerate(refs) if not isinstance(r, UserAttrs)]
+        new = [j for j, r in enumerate(refs) if isinstance(r, UserAttrs)]
+        feats = np.empty((len(refs), sum(s.dim for s in tower.user_specs)), dtype=np.float32)
+        if known:
+            feats[known] = self._user_features(tower.user_specs, np.array([refs[j] for j in known]))
+        if new:
+            attrs = [refs[j] for j in new]
+            for a in attrs:
+                validate_attrs(a, needs_personality)
+            feats[new] = self._attr_features(tower.user_specs, attrs)
+        return tower.users(feats)
+
+    # ------------------------------------------------------------------------------------- requests
+
+    def recommend(self, user: str | UserAttrs, top_n: int, exclude_seen: bool = True,
+                  price_min: float | None = None, price_max: float | None = None,
+                  categories: Sequence[str] = (), exclude_item_ids: Sequence[str] = ()) -> tuple[Catalog, np.ndarray, np.ndarray]:
+        """Top-N for one user.
+
+        Returns:
+            (catalogue snapshot, item rows int64 [k], scores float32 [k]) best first; k <= top_n.
+        """
+        if not 1 <= top_n <= self.limits.max_top_n:
+            raise InvalidArgument(f"top_n must be in [1, {self.limits.max_top_n}] (got {top_n})")
+        for name, v in (("price_range.min", price_min), ("price_range.max", price_max)):
+            if v is not None and not math.isfinite(v):
+                raise InvalidArgument(f"{name} must be a finite number (got {v})")
+        if price_min is not None and price_max is not None and price_min > price_max:
+            raise InvalidArgument(f"price_range.min {price_min} is above price_range.max {price_max}")
+        cat = self.catalog  # one snapshot for the whole request
+        ref = self.user_index_of(user) if isinstance(user, str) else user
+        u = self.user_vectors([ref])[0]
+        n = len(cat)
+        banned = np.zeros(n, dtype=bool)
+        if exclude_seen and not isinstance(ref, UserAttrs):
+            banned[self.seen.row(ref)] = True
+        if price_min is not None:
+            banned |= cat.price < price_min
+        if price_max is not None:
+            banned |= cat.price > price_max
+        if categories:
+            allowed = np.zeros(len(cat.categories) + 1, dtype=bool)
+            for c in categories:
+                j = cat.categories.index(c) if c in cat.categories else -1
+                if j >= 0:
+                    allowed[j] = True
+            banned |= ~allowed[cat.category_code]
+        for item_id in exclude_item_ids:
+            j = cat.index.get(item_id)
+            if j is not None:
+                banned[j] = True
+        if cat.order is not None:
+            top = cat.order[~banned[cat.order]][:top_n]
+            logits = cat.vectors[top] @ u
+        else:
+            scores = cat.vectors @ u
+            scores[banned] = -np.inf
+            k = min(top_n, n - int(banned.sum()))
+            if k <= 0:
+                return cat, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+            top = np.argpartition(-scores, k - 1)[:k] if k < n else np.arange(n)
+            top = top[np.argsort(-scores[top], kind="stable")]
+            logits = scores[top]
+        return cat, top, (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def score(self, pairs: Sequence[tuple[str | UserAttrs, str]]) -> np.ndarray:
+        """Probabilities for (user, item id) pairs, float32 [len(pairs)]."""
+        if not 1 <= len(pairs) <= self.limits.max_score_pairs:
+            raise InvalidArgument(f"pairs must hold 1..{self.limits.max_score_pairs} pairs (got {len(pairs)})")
+        cat = self.catalog
+        items = np.empty(len(pairs), dtype=np.int64)
+        refs: list[int | UserAttrs] = []
+        slot: dict[object, int] = {}
+        which = np.empty(len(pairs), dtype=np.int64)
+        for j, (user, item_id) in enumerate(pairs):
+            i = cat.index.get(item_id)
+            if i is None:
+                raise NotFound(f"unknown item_id {item_id!r} (pair {j})")
+            items[j] = i
+            key = self.user_index_of(user) if isinstance(user, str) else user
+            if key not in slot:  # each distinct user goes through the tower once
+                slot[key] = len(refs)
+                refs.append(key)
+            which[j] = slot[key]
+        uvec = self.user_vectors(refs)
+        logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
+        return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
+
+    def evaluate(self, split: str = "holdout", ks: Sequence[int] = DEFAULT_KS, protocol: str = "full",
+                 inline: Sequence[tuple[str, str]] | None = None,
+                 check: Callable[[], None] | None = None) -> tuple[dict[str, float], int]:
+        """Metrics of the served model (the cold split uses the model trained without those users/items).
+
+        Returns:
+            (metrics, users evaluated).
+        """
+        ks = list(ks) or list(DEFAULT_KS)
+        bad = [k for k in ks if not 1 <= k <= MAX_K]
+        if bad:
+            raise InvalidArgument(f"ks must be in [1, {MAX_K}] (got {bad})")
+        if protocol not in ("full", "notebook"):
+            raise InvalidArgument(f"protocol must be 'full' or 'notebook' (got {protocol!r})")
+        if inline is not None:
+            if not 1 <= len(inline) <= self.limits.max_inline_interactions:
+                raise InvalidArgument(f"interactions must hold 1..{self.limits.max_inline_interactions} pairs "
+                                      f"(got {len(inline)})")
+            split = "holdout"
+        if split not in self.splits or split not in self.towers:
+            raise InvalidArgument(f"split must be one of {sorted(set(self.splits) & set(self.towers))} (got {split!r})")
+        rec = self.splits[split]
+        tower = self.towers[split]
+        n_items = rec.train.n_cols
+        vectors = tower.item_vectors[:n_items]  # recorded splits rank the exported catalogue
+        if check:
+            check()
+        users_vec = tower.all_user_vectors(self._user_features, len(self.user_ids))
+        if inline is not None:
+            cat = self.catalog
+            u = np.empty(len(inline), dtype=np.int64)
+            i = np.empty(len(inline), dtype=np.int64)
+            for j, (uid, iid) in enumerate(inline):
+                u[j] = self.user_index_of(uid)
+                ii = cat.index.get(iid)
+                if ii is None or ii >= n_items:
+                    raise NotFound(f"unknown item_id {iid!r} (interaction {j})")
+                i[j] = ii
+            test = CSR.from_pairs(u, i, len(self.user_ids), n_items)
+            rng = np.random.default_rng(42)
+            lengths = test.row_lengths()
+            nb_users = np.flatnonzero(lengths)
+            nb_items = test.indices[test.indptr[nb_users] + rng.integers(0, lengths[nb_users])]
+        else:
+            test = rec.test
+            nb_users, nb_items = rec.notebook_users, rec.notebook_items
+        logits = np.einsum("nd,nd->n", users_vec[nb_users], vectors[nb_items])
+        metrics = {"notebook_score": notebook_metric(1.0 / (1.0 + np.exp(-logits)))}
+        n_users = len(nb_users)
+        if protocol == "full":
+            full = full_ranking_metrics(lambda uu: users_vec[uu] @ vectors.T, test, rec.train, ks, on_chunk=check)
+            n_users = int(full.pop("users"))
+            metrics.update(full)
+        return metrics, n_users
+
+    def upsert_items(self, items: Sequence[NewItemData]) -> tuple[int, int, int]:
+        """Adds or replaces items (encoder + item tower), then swaps the catalogue snapshot.
+
+        Returns:
+            (inserted, updated, catalogue size).
+        """
+        if not 1 <= len(items) <= self.limits.max_upsert_items:
+            raise InvalidArgument(f"items must hold 1..{self.limits.max_upsert_items} items (got {len(items)})")
+        seen_ids = set()
+        for j, it in enumerate(items):
+            _check_text(f"items[{j}].item_id", it.item_id, SHORT_TEXT_LIMIT)
+            _check_text(f"items[{j}].description", it.description, LONG_TEXT_LIMIT)
+            _check_text(f"items[{j}].features", it.features, LONG_TEXT_LIMIT)
+            _check_text(f"items[{j}].category", it.category, SHORT_TEXT_LIMIT)
+            if not math.isfinite(it.price) or it.price < 0:
+                raise InvalidArgument(f"items[{j}].price must be finite and >= 0 (got {it.price})")
+            if it.item_id in seen_ids:
+                raise InvalidArgument(f"items[{j}].item_id {it.item_id!r} appears twice in the request")
+            seen_ids.add(it.item_id)
+        spec = self.serving.item_specs
+        parts = {}
+        for s in spec:
+            if s.kind == MINMAX:
+                parts[s.name] = np.array([it.price for it in items])
+            else:
+                parts[s.name] = self.text[s.name].get([getattr(it, s.name) for it in items], self.encoder)
+        vecs = self.serving.items(assemble(spec, parts))
+        with self._write_lock:  # writers queue here; readers keep using the old snapshot meanwhile
+            cat = self.catalog
+            ids, price = list(cat.ids), cat.price.copy()
+            category, description, features = list(cat.category), list(cat.description), list(cat.features)
+            vectors = cat.vectors
+            new_rows = [it for it in items if it.item_id not in cat.index]
+            if new_rows:
+                vectors = np.concatenate([vectors, np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)])
+                price = np.concatenate([price, np.zeros(len(new_rows))])
+            else:
+                vectors = vectors.copy()
+            index = dict(cat.index)
+            inserted = updated = 0
+            for it, v in zip(items, vecs):
+                j = index.get(it.item_id)
+                if j is None:
+                    j = len(ids)
+                    index[it.item_id] = j
+                    ids.append(it.item_id)
+                    category.append(it.category)
+                    description.append(it.description)
+                    features.append(it.features)
+                    inserted += 1
+                else:
+                    category[j], description[j], features[j] = it.category, it.description, it.features
+                    updated += 1
+                price[j] = it.price
+                vectors[j] = v
+            self.catalog = self._make_catalog(ids, price, category, description, features, vectors)
+        return inserted, updated, len(self.catalog)
+
+    def warm_up(self) -> None:
+        """One pass through every session, so the first real request pays no lazy initialisation."""
+        if self.user_ids:
+            self.recommend(self.user_ids[0], 10)
+        self.encoder.encode(["warm up"], 16)
+
+    def info(self) -> dict:
+        train = self.manifest.get("training", {}).get("metrics", {}).get("holdout", {}).get(self.kind, {})
+        return {
+            "model_version": self.model_version, "model_kind": self.kind,
+            "user_independent_ranking": self.user_independent, "item_count": len(self.catalog),
+            "user_count": len(self.user_ids), "providers": self.providers, "encoder": self.encoder_name,
+            "encoder_variant": self.encoder_variant, "vector_dim": self.serving.dim,
+            "user_fields": self.user_fields, "item_fields": self.item_fields,
+            "training_metrics": {k: float(v) for k, v in train.items() if isinstance(v, (int, float))},
+            "versions": {f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
+            "artifacts": str(self.root), "loaded_at": self.loaded_at,
+            "max_top_n": self.limits.max_top_n, "max_score_pairs": self.limits.max_score_pairs,
+            "max_upsert_items": self.limits.max_upsert_items,
+            "max_inline_interactions": self.limits.max_inline_interactions,
+            "categories": list(self.catalog.categories),
+        }
+
+
+def check_deadline(time_remaining: Callable[[], float | None], need: float = 0.0) -> Callable[[], None]:
+    """A callable that raises DeadlineExceeded once the client's deadline is (about to be) passed."""
+
+    def check() -> None:
+        left = time_remaining()
+        if left is not None and left <= need:
+            raise DeadlineExceeded(f"deadline exceeded ({max(left, 0.0) * 1000:.0f} ms left)")
+
+    return check

@@ -1,0 +1,66 @@
+"""Domain errors, each carrying its gRPC status code; ERROR_TABLE is the one documented mapping."""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServingError(Exception):
+    """Base of every error a client is meant to see; ``code`` is its gRPC status."""
+
+    code = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ServingError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(ServingError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Unavailable(ServingError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ResourceExhausted(ServingError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unauthenticated(ServingError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class DeadlineExceeded(ServingError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class FailedPrecondition(ServingError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+GENERIC_INTERNAL = "internal error; the server logged the details"
+
+# (condition, status code): the README's "Errors" table and tests/test_server_errors.py are built
+# from this list, so code, documentation and tests cannot drift apart.
+ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
+    ("unknown user_id or item_id", grpc.StatusCode.NOT_FOUND),
+    ("top_n <= 0 or > max_top_n", grpc.StatusCode.INVALID_ARGUMENT),
+    ("empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions)", grpc.StatusCode.INVALID_ARGUMENT),
+    ("neither user_id nor user attributes", grpc.StatusCode.INVALID_ARGUMENT),
+    ("age NaN, <= 0 or > 150; price NaN or < 0; inverted price range", grpc.StatusCode.INVALID_ARGUMENT),
+    ("text empty where required, or over its length limit", grpc.StatusCode.INVALID_ARGUMENT),
+    ("a required attribute missing (e.g. personality for a model that reads it)", grpc.StatusCode.INVALID_ARGUMENT),
+    ("ks outside 1..1000; duplicate ids in one UpsertItems", grpc.StatusCode.INVALID_ARGUMENT),
+    ("request bytes that do not parse (e.g. invalid UTF-8 in a string)", grpc.StatusCode.INVALID_ARGUMENT),
+    ("model not loaded or warming up (health NOT_SERVING)", grpc.StatusCode.UNAVAILABLE),
+    ("more concurrent RPCs than --max-concurrent-rpcs", grpc.StatusCode.RESOURCE_EXHAUSTED),
+    ("missing or wrong bearer token (with --token)", grpc.StatusCode.UNAUTHENTICATED),
+    ("deadline too short for the work (checked before and during Evaluate)", grpc.StatusCode.DEADLINE_EXCEEDED),
+    ("Reload of a bad artifacts folder (the old model keeps serving)", grpc.StatusCode.FAILED_PRECONDITION),
+    ("anything unexpected (generic message, traceback logged)", grpc.StatusCode.INTERNAL),
+]

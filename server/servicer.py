@@ -1,0 +1,234 @@
+"""gRPC servicers: proto <-> engine conversion, validation and the one place errors become status codes."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from towerserve.v1 import recommender_pb2 as pb
+
+from .engine import Engine, EngineConfig, NewItemData, UserAttrs, check_deadline
+from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError, Unavailable
+from .manifest import ArtifactError
+
+_LOGGER = logging.getLogger(__name__)
+
+SERVICE = "towerserve.v1.Recommender"
+ADMIN_SERVICE = "towerserve.v1.Admin"
+SPLITS = {pb.SPLIT_UNSPECIFIED: "holdout", pb.SPLIT_HOLDOUT: "holdout", pb.SPLIT_COLD: "cold"}
+PROTOCOLS = {pb.PROTOCOL_UNSPECIFIED: "full", pb.PROTOCOL_FULL: "full", pb.PROTOCOL_NOTEBOOK: "notebook"}
+
+
+@dataclass(frozen=True)
+class _Undecodable:
+    """Stands in for a request whose bytes did not parse, so the handler can answer INVALID_ARGUMENT."""
+
+    type_name: str
+    error: str
+
+
+def lenient(message_cls) -> Callable[[bytes], object]:
+    """A request deserializer that reports parse errors to the handler instead of failing the RPC
+    with INTERNAL ("Exception deserializing request") inside gRPC."""
+
+    def deserialize(data: bytes):
+        try:
+            return message_cls.FromString(data)
+        except DecodeError as err:
+            return _Undecodable(message_cls.DESCRIPTOR.full_name, str(err))
+
+    return deserialize
+
+
+def rpc(method):
+    """Maps ServingError to its status code and anything else to INTERNAL (traceback logged).
+
+    ``context.abort`` raises, so it is called outside the ``try``. A successful call gets a
+    ``server-timing`` trailer with the server-side compute time in milliseconds.
+    """
+
+    @functools.wraps(method)
+    def wrapper(self, request, context):
+        t0 = time.perf_counter()
+        try:
+            if isinstance(request, _Undecodable):
+                raise InvalidArgument(f"request is not a valid {request.type_name}: {request.error}")
+            response = method(self, request, context)
+        except ServingError as err:
+            code, message = err.code, err.message
+        except Exception:
+            _LOGGER.exception("unexpected error in %s", method.__name__)
+            code, message = grpc.StatusCode.INTERNAL, GENERIC_INTERNAL
+        else:
+            context.set_trailing_metadata((("server-timing", f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"),))
+            return response
+        context.abort(code, message)
+
+    return wrapper
+
+
+class EngineHolder:
+    """The engine currently served; swapped atomically on reload (readers take one reference)."""
+
+    def __init__(self, artifacts: Path | None, config: EngineConfig, on_ready: Callable[[bool], None] = lambda ok: None):
+        self.artifacts = artifacts
+        self.config = config
+        self._engine: Engine | None = None
+        self._reload_lock = threading.Lock()
+        self._on_ready = on_ready
+
+    def get(self) -> Engine:
+        engine = self._engine
+        if engine is None:
+            raise Unavailable("the model is loading; retry shortly (health reports NOT_SERVING until it is ready)")
+        return engine
+
+    @property
+    def ready(self) -> bool:
+        return self._engine is not None
+
+    def load(self, artifacts: Path | str | None = None) -> tuple[Engine, Engine | None, float]:
+        """Loads and warms a new engine, then swaps it in; the old one serves until the swap.
+
+        Returns:
+            (new engine, previous engine or None, seconds).
+
+        Raises:
+            ArtifactError: the folder is bad; nothing was swapped.
+        """
+        with self._reload_lock:
+            t0 = time.perf_counter()
+            path = Path(artifacts) if artifacts else self.artifacts
+            if path is None:
+                raise ArtifactError("<none>", "no artifacts folder given")
+            engine = Engine(path, self.config)
+            engine.warm_up()
+            previous, self._engine = self._engine, engine
+            self.artifacts = path
+            self._on_ready(True)
+            return engine, previous, time.perf_counter() - t0
+
+
+def _user(msg) -> str | UserAttrs:
+    which = msg.WhichOneof("user_ref")
+    if which == "user_id":
+        if not msg.user_id:
+            raise InvalidArgument("user_id must not be empty")
+        return msg.user_id
+    if which == "user":
+        a = msg.user
+        return UserAttrs(age=a.age, profession=a.profession, personality=a.personality or None)
+    raise InvalidArgument("give either user_id or user attributes (age, profession[, personality])")
+
+
+class RecommenderServicer:
+    """towerserve.v1.Recommender over an EngineHolder."""
+
+    def __init__(self, holder: EngineHolder):
+        self.holder = holder
+
+    @rpc
+    def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+        engine = self.holder.get()
+        pr = request.price_range if request.HasField("price_range") else None
+        cat, top, scores = engine.recommend(
+            _user(request), request.top_n,
+            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
+            price_min=pr.min if pr is not None and pr.HasField("min") else None,
+            price_max=pr.max if pr is not None and pr.HasField("max") else None,
+            categories=list(request.categories), exclude_item_ids=list(request.exclude_item_ids),
+        )
+        response = pb.RecommendResponse(model_version=engine.model_version)
+        add = response.items.add
+        for j, s in zip(top.tolist(), scores.tolist()):
+            add(item_id=cat.ids[j], score=s, price=cat.price[j], description=cat.description[j],
+                features=cat.features[j], category=cat.category[j])
+        return response
+
+    @rpc
+    def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+        engine = self.holder.get()
+        pairs = []
+        for j, p in enumerate(request.pairs):
+            if not p.item_id:
+                raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
+            pairs.append((_user(p), p.item_id))
+        scores = engine.score(pairs)
+        return pb.ScoreResponse(scores=scores.tolist(), model_version=engine.model_version)
+
+    @rpc
+    def Evaluate(self, request: pb.EvaluateRequest, context) -> pb.EvaluateResponse:
+        engine = self.holder.get()
+        t0 = time.perf_counter()
+        if request.split not in SPLITS:
+            raise InvalidArgument(f"unknown split {request.split}")
+        if request.protocol not in PROTOCOLS:
+            raise InvalidArgument(f"unknown protocol {request.protocol}")
+        inline = [(x.user_id, x.item_id) for x in request.interactions] or None
+        check = check_deadline(context.time_remaining)
+        metrics, users = engine.evaluate(SPLITS[request.split], list(request.ks), PROTOCOLS[request.protocol], inline, check)
+        return pb.EvaluateResponse(metrics=metrics, users=users, seconds=time.perf_counter() - t0,
+                                   model_version=engine.model_version,
+                                   split="inline" if inline else SPLITS[request.split],
+                                   protocol=PROTOCOLS[request.protocol])
+
+    @rpc
+    def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
+        return pb.GetModelInfoResponse(**self.holder.get().info())
+
+    @rpc
+    def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
+        engine = self.holder.get()
+        items = [NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items]
+        inserted, updated, count = engine.upsert_items(items)
+        return pb.UpsertItemsResponse(inserted=inserted, updated=updated, item_count=count,
+                                      model_version=engine.model_version)
+
+
+class AdminServicer:
+    """towerserve.v1.Admin: hot reload."""
+
+    def __init__(self, holder: EngineHolder):
+        self.holder = holder
+
+    @rpc
+    def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
+        try:
+            engine, previous, seconds = self.holder.load(request.artifacts or None)
+        except (ArtifactError, OSError, ValueError) as err:
+            _LOGGER.error("reload refused, still serving the previous model: %s", err)
+            raise FailedPrecondition(f"reload refused, still serving the previous model: {err}") from err
+        _LOGGER.info("reloaded %s -> %s in %.2f s", previous.model_version if previous else None, engine.model_version, seconds)
+        return pb.ReloadResponse(model_version=engine.model_version,
+                                 previous_model_version=previous.model_version if previous else "", seconds=seconds)
+
+
+_RECOMMENDER_METHODS = {
+    "Recommend": (pb.RecommendRequest, pb.RecommendResponse),
+    "Score": (pb.ScoreRequest, pb.ScoreResponse),
+    "Evaluate": (pb.EvaluateRequest, pb.EvaluateResponse),
+    "GetModelInfo": (pb.GetModelInfoRequest, pb.GetModelInfoResponse),
+    "UpsertItems": (pb.UpsertItemsRequest, pb.UpsertItemsResponse),
+}
+
+
+def generic_handlers(holder: EngineHolder) -> list[grpc.GenericRpcHandler]:
+    """Method handlers for both services, with lenient request parsing."""
+
+    def build(service: str, servicer, methods) -> grpc.GenericRpcHandler:
+        return grpc.method_handlers_generic_handler(service, {
+            name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=lenient(req),
+                                                      response_serializer=resp.SerializeToString)
+            for name, (req, resp) in methods.items()
+        })
+
+    return [build(SERVICE, RecommenderServicer(holder), _RECOMMENDER_METHODS),
+            build(ADMIN_SERVICE, AdminServicer(holder), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)})]

@@ -1,0 +1,69 @@
+"""Builds small, real artifacts for tests: tiny BERT, tiny data, real training, real export (cached per path)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+os.environ["USE_TF"] = "0"
+
+N_USERS, N_ITEMS = 240, 48
+
+
+def tiny_bert(path: Path) -> Path:
+    """A 2-layer, 32-wide BERT with seeded random weights and MiniLM's real tokenizer, saved to ``path``."""
+    if (path / "config.json").is_file():
+        return path
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    from towerserve.trainer.text import default_model
+
+    tok = BertTokenizerFast.from_pretrained(default_model())
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=256)
+    BertModel(cfg).eval().save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def tiny_data(path: Path, seed: int = 3) -> Path:
+    if (path / "users.csv").is_file():
+        return path
+    from towerserve.trainer import synth
+
+    synth.generate(path, N_USERS, N_ITEMS, seed=seed, progress=False)
+    return path
+
+
+def tiny_train(path: Path, data: Path, encoder: Path, models=("seed", "two_tower"), seed: int = 42) -> Path:
+    """Trains on tiny data with the tiny BERT (a few seconds); no embedding cache so tests stay hermetic."""
+    if (path / "manifest.json").is_file():
+        return path
+    from towerserve.trainer.text import EncoderConfig
+    from towerserve.trainer.train import FitConfig, TrainConfig, train
+
+    cfg = TrainConfig(models=tuple(models), fit=FitConfig(epochs=3, batch_size=256, patience=0),
+                      encoder=EncoderConfig(model=str(encoder), cache_dir=None), seed=seed,
+                      embedding_dim=8, hidden=(16,), progress=False)
+    train(data, path, cfg)
+    return path
+
+
+def tiny_export(artifacts: Path) -> Path:
+    """Exports with every encoder variant (the tiny graph makes that quick); returns the serving folder."""
+    serving = artifacts / "serving"
+    if (serving / "manifest.json").is_file():
+        return serving
+    from towerserve.export.bundle import ExportConfig, main_export
+
+    main_export(artifacts, ExportConfig(parity_users=200))
+    return serving
+
+
+def copy_serving(serving: Path, dst: Path) -> Path:
+    """A private copy a test may tamper with."""
+    shutil.copytree(serving, dst)
+    return dst
