@@ -67,3 +67,14 @@ def copy_serving(serving: Path, dst: Path) -> Path:
     """A private copy a test may tamper with."""
     shutil.copytree(serving, dst)
     return dst
+
+
+def build_all(base: Path) -> dict[str, Path]:
+    """The whole tiny pipeline under ``base/pipeline``; idempotent, so test modules share one build
+    per session when they pass ``tmp_path_factory.getbasetemp()``."""
+    root = Path(base) / "pipeline"
+    root.mkdir(parents=True, exist_ok=True)
+    bert = tiny_bert(root / "bert")
+    data = tiny_data(root / "data")
+    artifacts = tiny_train(root / "artifacts", data, bert)
+    return {"bert": bert, "data": data, "artifacts": artifacts, "serving": tiny_export(artifacts)}
