@@ -99,6 +99,9 @@ def full_ranking_metrics(
             raise ValueError(f"score_fn returned {scores.shape}, expected {(len(u), n_items)}")
         if np.isnan(scores).any():
             raise ValueError("score_fn returned NaN scores")
+        # -inf is how masked items are marked below; a model's own -inf becomes the lowest finite
+        # score, so it still ranks last among candidates but above the masked items.
+        scores[np.isneginf(scores)] = np.finfo(np.float32).min
         seen = train.dense_rows(u) if train is not None else np.zeros_like(scores, dtype=bool)
         rel = test.dense_rows(u) & ~seen
         n_rel = rel.sum(axis=1)

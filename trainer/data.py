@@ -152,9 +152,10 @@ def load_items(path: Path) -> pd.DataFrame:
 
 
 def _load_matrix(path: Path, user_index: dict[str, int], item_index: dict[str, int]) -> CSR:
-    with open(path, newline="", encoding="utf-8") as fh:
+    # utf-8-sig: spreadsheet "CSV UTF-8" exports start with a byte order mark.
+    with open(path, newline="", encoding="utf-8-sig") as fh:
         try:
-            header = next(csv.reader(fh))
+            header = [h.strip() for h in next(csv.reader(fh))]
         except StopIteration:
             raise DataError(path, "file is empty") from None
     if "user_id" not in header:
@@ -168,32 +169,34 @@ def _load_matrix(path: Path, user_index: dict[str, int], item_index: dict[str, i
     unknown = [c for c in item_cols if c not in item_index]
     if unknown:
         raise DataError(path, f"column is not an item_id in {ITEMS_FILE} ({len(unknown)} such columns)", column=unknown[0])
-    df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False, low_memory=False)
+    try:
+        df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False, low_memory=False, encoding="utf-8-sig")
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise DataError(path, f"not a readable CSV file ({err})") from err
+    df.columns = [str(c).strip() for c in df.columns]
     ids = df["user_id"].str.strip()
     dup = ids.duplicated().to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
-        raise DataError(path, f"duplicate user_id '{ids.iloc[r]}'", line=_line(r), column="user_id")
+        first = int(np.flatnonzero(ids.eq(ids.iloc[r]).to_numpy())[0])
+        raise DataError(path, f"duplicate user_id '{ids.iloc[r]}' (first on line {_line(first)})",
+                        line=_line(r), column="user_id")
     rows = ids.map(user_index)
     missing = rows.isna().to_numpy()
     if missing.any():
         r = int(np.flatnonzero(missing)[0])
         raise DataError(path, f"user_id '{ids.iloc[r]}' is not in {USERS_FILE}", line=_line(r), column="user_id")
     block = df[item_cols]
-    if not all(pd.api.types.is_integer_dtype(t) for t in block.dtypes):
-        # Some column holds text, floats or blanks: find the first offending cell for the message.
-        for col in item_cols:
-            if pd.api.types.is_integer_dtype(block[col].dtype):
-                continue
-            as_text = block[col].astype(str).str.strip()
-            bad = ~as_text.isin(["0", "1"]).to_numpy()
-            r = int(np.flatnonzero(bad)[0])
-            raise DataError(path, f"cell {as_text.iloc[r]!r} is not 0 or 1 (user_id '{ids.iloc[r]}')", line=_line(r), column=col)
-    values = block.to_numpy()
-    bad = (values != 0) & (values != 1)
-    if bad.any():
-        r, c = (int(x[0]) for x in np.nonzero(bad))
-        raise DataError(path, f"cell {values[r, c]!r} is not 0 or 1 (user_id '{ids.iloc[r]}')", line=_line(r), column=item_cols[c])
+    values = block.to_numpy() if all(pd.api.types.is_integer_dtype(t) for t in block.dtypes) else None
+    bad_cells = None if values is None else (values != 0) & (values != 1)
+    if values is None or bad_cells.any():
+        # Only on error: re-read as text so the message quotes the offending cell exactly as written.
+        text = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")[df.columns].iloc[:, 1:]
+        text.columns = item_cols
+        stripped = text.apply(lambda col: col.str.strip()).to_numpy()
+        r, c = (int(x[0]) for x in np.nonzero((stripped != "0") & (stripped != "1")))
+        raise DataError(path, f"cell {stripped[r, c]!r} is not 0 or 1 (user_id '{ids.iloc[r]}')",
+                        line=_line(r), column=item_cols[c])
     r, c = np.nonzero(values)
     col_items = np.array([item_index[x] for x in item_cols], dtype=np.int64)
     return CSR.from_pairs(rows.to_numpy(dtype=np.int64)[r], col_items[c], len(user_index), len(item_index))
@@ -223,10 +226,13 @@ def _load_long(path: Path, user_index: dict[str, int], item_index: dict[str, int
             r = int(np.flatnonzero(bad)[0])
             raise DataError(path, f"label {text.iloc[r]!r} is not 0 or 1", line=_line(r), column="label")
         label = text.eq("1").to_numpy()
-    dup = pd.DataFrame({"u": users, "i": items}).duplicated().to_numpy()
+    pairs = pd.DataFrame({"u": users, "i": items})
+    dup = pairs.duplicated().to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
-        raise DataError(path, f"duplicate pair ({users.iloc[r]}, {items.iloc[r]})", line=_line(r))
+        first = int(np.flatnonzero(((pairs["u"] == users.iloc[r]) & (pairs["i"] == items.iloc[r])).to_numpy())[0])
+        raise DataError(path, f"duplicate pair ({users.iloc[r]}, {items.iloc[r]}) (first on line {_line(first)})",
+                        line=_line(r))
     u = users.map(user_index).to_numpy(dtype=np.int64)[label]
     i = items.map(item_index).to_numpy(dtype=np.int64)[label]
     return CSR.from_pairs(u, i, len(user_index), len(item_index))

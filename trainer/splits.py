@@ -150,6 +150,8 @@ def uniform_negatives(exclude: CSR, per_user: int, seed: int, users: np.ndarray 
         banned_cols = np.ones(n_items, dtype=bool)
         banned_cols[allowed_items] = False
     k = min(per_user, n_items)
+    if len(users) == 0 or k == 0:
+        return Pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
     step = max(1, chunk_cells // n_items)
     out_u, out_i = [], []
     for b, start in enumerate(range(0, len(users), step)):
