@@ -139,6 +139,142 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(cfg)
 
 
+# ---------------------------------------------------------------------------------------------- client
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    import os
+
+    p.add_argument("--target", default=os.environ.get("TOWERSERVE_TARGET", "localhost:50051"),
+                   help="server host:port (default $TOWERSERVE_TARGET or localhost:50051)")
+    p.add_argument("--token", default=os.environ.get("TOWERSERVE_TOKEN"), help="bearer token (default $TOWERSERVE_TOKEN)")
+    p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA certificate (PEM)")
+    p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS (PEM)")
+    p.add_argument("--tls-key", type=Path, help="client key for mutual TLS (PEM)")
+    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline in seconds (default 30)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _client(args: argparse.Namespace):
+    from .client import TLS, RecommenderClient
+
+    tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    return RecommenderClient(args.target, tls=tls, token=args.token, timeout=args.timeout)
+
+
+def _user_arg(args: argparse.Namespace):
+    from .client import User
+
+    if args.user and (args.age is not None or args.profession):
+        raise ValueError("give --user ID or --age/--profession[/--personality], not both")
+    if args.user:
+        return {"user_id": args.user}
+    if args.age is None or not args.profession:
+        raise ValueError("give --user ID, or --age and --profession (and --personality) for an unseen user")
+    return {"user": User(args.age, args.profession, args.personality or "")}
+
+
+def _print_json(obj) -> None:
+    from dataclasses import asdict, is_dataclass
+
+    print(json.dumps(asdict(obj) if is_dataclass(obj) else obj, indent=2, sort_keys=True))
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    from .tables import format_table
+
+    with _client(args) as client:
+        rec = client.recommend(**_user_arg(args), top_n=args.n, exclude_seen=not args.include_seen,
+                               price_min=args.price_min, price_max=args.price_max, categories=args.category or (),
+                               exclude_item_ids=args.exclude or ())
+    if args.json:
+        _print_json(rec)
+        return 0
+    rows = [[j + 1, it.item_id, round(it.score, 4), it.price, it.category, _clip(it.description, 70)]
+            for j, it in enumerate(rec.items)]
+    print(format_table(["#", "item_id", "score", "price", "category", "description"], rows))
+    print(f"model {rec.model_version}")
+    return 0
+
+
+def _clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from .tables import format_table
+
+    pairs = []
+    for spec in args.pair:
+        user, sep, item = spec.partition(":")
+        if not sep or not user or not item:
+            raise ValueError(f"--pair takes USER_ID:ITEM_ID (got {spec!r})")
+        pairs.append((user, item))
+    with _client(args) as client:
+        scores = client.score(pairs)
+    if args.json:
+        _print_json(scores)
+        return 0
+    print(format_table(["user_id", "item_id", "score"], [[u, i, round(s, 4)] for (u, i), s in zip(pairs, scores.scores)]))
+    print(f"model {scores.model_version}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        ev = client.evaluate(split=args.split, ks=args.ks, protocol=args.protocol)
+    if args.json:
+        _print_json(ev)
+        return 0
+    from .tables import format_table
+
+    print(format_table(["metric", "value"], [[k, ev.metrics[k]] for k in sorted(ev.metrics)]))
+    print(f"{ev.split} split, {ev.protocol} protocol, {ev.users} users, {ev.seconds * 1000:.1f} ms server-side, "
+          f"model {ev.model_version}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        info = client.model_info()
+        health = client.health()
+    if args.json:
+        from dataclasses import asdict
+
+        _print_json({**asdict(info), "health": health})
+        return 0
+    from .tables import format_table
+
+    rows = [["health", health], ["model_version", info.model_version], ["model_kind", info.model_kind],
+            ["user_independent_ranking", str(info.user_independent_ranking)], ["items", info.item_count],
+            ["users", info.user_count], ["providers", ", ".join(info.providers)],
+            ["encoder", f"{info.encoder} ({info.encoder_variant})"], ["vector_dim", info.vector_dim],
+            ["user_fields", ", ".join(info.user_fields)], ["item_fields", ", ".join(info.item_fields)],
+            ["artifacts", info.artifacts], ["loaded_at", info.loaded_at],
+            ["limits", f"top_n {info.max_top_n}, score pairs {info.max_score_pairs}, upsert {info.max_upsert_items}"]]
+    rows += [[f"training {k}", v] for k, v in sorted(info.training_metrics.items()) if k in SUMMARY_METRICS]
+    print(format_table(["field", "value"], rows))
+    return 0
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    from .loadtest import LoadTestConfig, parse_duration, read_ids, result_json, run_loadtest
+
+    users = read_ids(args.users) if args.users else ()
+    items = read_ids(args.items or args.users, "item_id") if args.rpc == "score" and (args.items or args.users) else ()
+    cfg = LoadTestConfig(
+        target=args.target, rpc=args.rpc, concurrency=args.concurrency, duration=parse_duration(args.duration),
+        rate=args.rate, warmup=parse_duration(args.warmup), user_ids=users, item_ids=items, top_n=args.top_n,
+        procs=args.procs, token=args.token, tls_root=args.tls_ca, timeout=args.timeout,
+        evaluate_protocol=args.evaluate_protocol, progress=not args.json,
+    )
+    result = run_loadtest(cfg)
+    if args.out:
+        Path(args.out).write_text(result_json(result) + "\n")
+    print(result_json(result) if args.json else result.table())
+    return 0 if result.ok else 1
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
@@ -244,6 +380,59 @@ def build_parser() -> argparse.ArgumentParser:
                    help="text encoder graph (default: int8 on CPU when it passed its gate, fp16 on CUDA)")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("recommend", help="top-N items for a user (by id, or by attributes for a new user)",
+                       description="Call Recommend and print the items as a table (or JSON).")
+    _connection_args(p)
+    p.add_argument("--user", help="known user id, e.g. tec_0001")
+    p.add_argument("--age", type=float, help="unseen user: age")
+    p.add_argument("--profession", help="unseen user: profession")
+    p.add_argument("--personality", help="unseen user: personality (when the model reads it)")
+    p.add_argument("-n", type=int, default=10, help="how many items (default 10)")
+    p.add_argument("--include-seen", action="store_true", help="do not drop items the user already interacted with")
+    p.add_argument("--price-min", type=float, help="only items at or above this price")
+    p.add_argument("--price-max", type=float, help="only items at or below this price")
+    p.add_argument("--category", action="append", help="only this category (repeatable)")
+    p.add_argument("--exclude", action="append", help="never return this item id (repeatable)")
+    p.set_defaults(func=cmd_recommend)
+
+    p = sub.add_parser("score", help="scores for (user, item) pairs", description="Call Score for USER_ID:ITEM_ID pairs.")
+    _connection_args(p)
+    p.add_argument("--pair", action="append", required=True, help="USER_ID:ITEM_ID (repeatable)")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("evaluate", help="ranking metrics of the served model, computed by the server",
+                       description="Call Evaluate on a split recorded in the served artifacts.")
+    _connection_args(p)
+    p.add_argument("--split", choices=("holdout", "cold"), default="holdout", help="default holdout")
+    p.add_argument("--ks", type=_ks, default=(5, 10, 20), help="cut-offs, comma-separated (default 5,10,20)")
+    p.add_argument("--protocol", choices=("full", "notebook"), default="full",
+                   help="full ranking metrics (default) or only the notebook's mean holdout score")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("info", help="what the server is serving (model, providers, versions, limits)",
+                       description="Call GetModelInfo and the health Check.")
+    _connection_args(p)
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("loadtest", help="load-test one RPC: closed loop (--concurrency) or open loop (--rate)",
+                       description="Drive one RPC with N requests in flight (closed loop) or Poisson arrivals at "
+                                   "--rate per second (open loop), user ids drawn from a data set, and report QPS, "
+                                   "p50/p90/p99/max latency and errors by status code. --rpc health hits the "
+                                   "server's standard health Check: its empty-RPC ceiling.")
+    _connection_args(p)
+    p.add_argument("--rpc", choices=("recommend", "score", "evaluate", "health"), default="recommend")
+    p.add_argument("--concurrency", type=int, default=32, help="requests in flight, closed loop (default 32)")
+    p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
+    p.add_argument("--duration", default="30s", help="measured time, e.g. 30s, 2m (default 30s)")
+    p.add_argument("--warmup", default="2s", help="unmeasured start (default 2s)")
+    p.add_argument("--users", type=Path, help="users.csv, or a data/artifacts folder holding one")
+    p.add_argument("--items", type=Path, help="items.csv for --rpc score (default: beside --users)")
+    p.add_argument("--top-n", type=int, default=10, help="Recommend top_n (default 10)")
+    p.add_argument("--evaluate-protocol", choices=("notebook", "full"), default="notebook")
+    p.add_argument("--procs", type=int, default=1, help="generator processes (default 1)")
+    p.add_argument("--out", type=Path, help="also write the JSON result here")
+    p.set_defaults(func=cmd_loadtest)
+
     return parser
 
 
@@ -255,7 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:
+        from .client import TowerserveError
+
+        if not isinstance(err, (ValueError, FileNotFoundError, TowerserveError)):
+            raise
         # Data and argument errors carry their own message (file, line, column); a traceback adds nothing.
         if args.verbose:
             raise

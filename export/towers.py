@@ -45,10 +45,14 @@ def export_model(model_path: Path, kind: str, out_dir: Path, opset: int = 17) ->
     """
     import keras
 
+    from towerserve.server.manifest import ArtifactError
     from towerserve.trainer.models import serving_towers
 
-    model = keras.saving.load_model(model_path)
-    user, item = serving_towers(model, kind)
+    try:
+        model = keras.saving.load_model(model_path)
+        user, item = serving_towers(model, kind)
+    except (ValueError, KeyError, OSError) as err:
+        raise ArtifactError(model_path, f"is not a loadable {kind!r} model ({err})") from err
     out_dir.mkdir(parents=True, exist_ok=True)
     return {
         "user_tower": keras_to_onnx(user, out_dir / "user_tower.onnx", USER_OUTPUT, opset),

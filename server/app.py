@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Mapping
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from towerserve.v1 import recommender_pb2
 
 from .engine import EngineConfig, Limits
-from .interceptors import AuthInterceptor, MetricsInterceptor
+from .interceptors import AuthInterceptor, Metrics, MetricsInterceptor
 from .servicer import ADMIN_SERVICE, SERVICE, EngineHolder, generic_handlers
 
 _LOGGER = logging.getLogger(__name__)
@@ -36,7 +37,8 @@ class ServerConfig:
         artifacts: the serving folder (`towerserve export` output).
         host, port: where to listen; port 0 picks a free port (tests).
         workers: processes sharing the port through SO_REUSEPORT, forked before any server exists.
-        threads: gRPC handler threads per process.
+        threads: worker threads per process for slow work (Evaluate, UpsertItems, text encoding,
+            reload); fast requests run on the gRPC event loop itself.
         max_concurrent_rpcs: beyond this, new RPCs get RESOURCE_EXHAUSTED instead of queueing.
         token: bearer token every RPC but health must carry (never logged).
         tls_cert, tls_key: serve TLS with this certificate chain and key.
@@ -100,35 +102,88 @@ class ServerConfig:
             raise ValueError(f"--workers must be >= 1 (got {self.workers})")
         if self.workers > 1 and self.port == 0:
             raise ValueError("--workers > 1 needs a fixed --port: the workers share it")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda (got {self.device!r})")
+        for name in ("threads", "max_concurrent_rpcs", "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.grace < 0:
+            raise ValueError(f"--grace must be >= 0 (got {self.grace})")
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(model=self.model, device=self.device, encoder_variant=self.encoder_variant, limits=Limits())
 
 
-@dataclass
 class RunningServer:
-    """A started server and its handles (tests use it directly)."""
+    """A started grpc.aio server driven from ordinary threads (tests and the CLI use it directly).
 
-    server: grpc.Server
-    port: int
-    holder: EngineHolder
-    health: health.HealthServicer
-    config: ServerConfig
+    The server lives on an asyncio loop in a background thread; these methods are thread-safe,
+    synchronous wrappers around it.
+    """
 
-    def set_serving(self, serving: bool) -> None:
+    def __init__(self, cfg: ServerConfig, metrics_registry=None):
+        self.config = cfg
+        self.metrics = Metrics(metrics_registry)
+        self.executor = futures.ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="work")
+        self.holder = EngineHolder(cfg.artifacts, cfg.engine_config(), on_ready=self.set_serving)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
+        self._thread.start()
+        self.port = 0
+        self.server: grpc.aio.Server | None = None
+        self.health = health_aio.HealthServicer()
+
+    def _run(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    async def _build(self) -> None:
+        cfg = self.config
+        interceptors = [MetricsInterceptor(self.metrics)]  # outermost: refused calls are counted too
+        if cfg.token:
+            interceptors.append(AuthInterceptor(cfg.token))
+        size = cfg.max_message_mb * 1024 * 1024
+        options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
+                   ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]
+        server = grpc.aio.server(interceptors=interceptors, options=options,
+                                 maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor))
+        reflection.enable_server_reflection((
+            recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
+            recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ), server)
+        address = f"{cfg.host}:{cfg.port}"
+        creds = _credentials(cfg)
+        self.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        await self._set(False)
+        await server.start()
+        self.server = server
+
+    async def _set(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for service in ("", SERVICE, ADMIN_SERVICE):
-            self.health.set(service, status)
+            await self.health.set(service, status)
+
+    def set_serving(self, serving: bool) -> None:
+        self._run(self._set(serving))
 
     def load(self, artifacts: Path | str | None = None) -> None:
-        """Loads (or reloads) the engine; health turns SERVING once it is warm."""
+        """Loads (or reloads) the engine in the calling thread; health turns SERVING once it is warm."""
         self.holder.load(artifacts)
-        self.set_serving(True)
 
     def stop(self, grace: float | None = None) -> None:
         """NOT_SERVING first (so load balancers drain), then stop accepting and wait for in-flight RPCs."""
-        self.set_serving(False)
-        self.server.stop(self.config.grace if grace is None else grace).wait()
+        if self.server is not None:
+            self.set_serving(False)
+            self._run(self.server.stop(self.config.grace if grace is None else grace))
+            self.server = None
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.executor.shutdown(wait=False, cancel_futures=True)
 
 
 def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
@@ -142,45 +197,30 @@ def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
 def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
     """Builds, binds and starts a server whose health is NOT_SERVING until :meth:`RunningServer.load`.
 
+    Args:
+        cfg: the configuration (validated here).
+        metrics_registry: a prometheus_client CollectorRegistry (default: a new one per server).
+
     Returns:
         The running server; ``port`` is the bound port (useful with port 0).
     """
-    interceptors = [MetricsInterceptor(metrics_registry)]
-    if cfg.token:
-        interceptors.insert(0, AuthInterceptor(cfg.token))
-    size = cfg.max_message_mb * 1024 * 1024
-    options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-               ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.threads, thread_name_prefix="rpc"),
-                         interceptors=interceptors, options=options, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    running = RunningServer(server=server, port=0, holder=None, health=health_servicer, config=cfg)  # type: ignore[arg-type]
-    running.holder = EngineHolder(cfg.artifacts, cfg.engine_config())
-    server.add_generic_rpc_handlers(generic_handlers(running.holder))
-    reflection.enable_server_reflection((
-        recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
-        recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        reflection.SERVICE_NAME,
-    ), server)
-    address = f"{cfg.host}:{cfg.port}"
-    creds = _credentials(cfg)
-    running.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
-    if running.port == 0:
-        raise OSError(f"could not bind {address}")
-    running.set_serving(False)
-    server.start()
+    cfg.validate()
+    running = RunningServer(cfg, metrics_registry)
+    try:
+        running._run(running._build())
+    except BaseException:
+        running.stop(0)
+        raise
     return running
 
 
 def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
     """Runs one server process until SIGTERM/SIGINT; SIGHUP reloads the artifacts folder."""
+    running = create_server(cfg)
     if cfg.metrics_port is not None:
         from prometheus_client import start_http_server
 
-        start_http_server(cfg.metrics_port + worker)
-    running = create_server(cfg)
+        start_http_server(cfg.metrics_port + worker, registry=running.metrics.registry)
     tag = f"worker {worker} (pid {os.getpid()})"
     _LOGGER.info("%s listening on %s:%d (%s%s); loading %s", tag, cfg.host, running.port,
                  "TLS" if cfg.tls_cert else "plaintext", ", token required" if cfg.token else "", cfg.artifacts)
@@ -212,40 +252,68 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
 
 
 def serve(cfg: ServerConfig) -> int:
-    """Serves until SIGTERM; with workers > 1, forks them first and supervises."""
+    """Serves until SIGTERM; with workers > 1, forks them first and supervises (restarting crashes)."""
     cfg.validate()
     if cfg.workers == 1:
         return _serve_one(cfg)
-    # Fork before any gRPC server, channel or ORT session exists in this process (gRPC's
-    # multiprocessing example): each child then builds its own and binds with SO_REUSEPORT.
-    children = []
-    for w in range(cfg.workers):
-        pid = os.fork()
-        if pid == 0:
-            code = 1
-            try:
-                code = _serve_one(cfg, w)
-            finally:
-                os._exit(code)
-        children.append(pid)
-    _LOGGER.info("supervisor %d: workers %s on port %d", os.getpid(), children, cfg.port)
+    children: dict[int, int] = {}  # pid -> worker index
+    stopping = threading.Event()
 
     def forward(signum, _frame):
-        for pid in children:
+        if signum in (signal.SIGTERM, signal.SIGINT):
+            stopping.set()
+        for pid in list(children):
             try:
                 os.kill(pid, signum)
             except ProcessLookupError:
                 pass
 
-    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(s, forward)
-    worst = 0
-    for pid in children:
-        while True:
+    # Handlers first: a SIGTERM arriving while workers are being forked must still reach them.
+    for s_ in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(s_, forward)
+
+    def spawn(w: int) -> None:
+        # Fork before any gRPC server, channel or ORT session exists in this process (gRPC's
+        # multiprocessing example): each child builds its own and binds with SO_REUSEPORT.
+        pid = os.fork()
+        if pid == 0:
+            for s_ in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(s_, signal.SIG_DFL)
+            code = 1
             try:
-                _, status = os.waitpid(pid, 0)
-                break
-            except InterruptedError:
-                continue
-        worst = max(worst, os.waitstatus_to_exitcode(status))
+                code = _serve_one(cfg, w)
+            finally:
+                os._exit(code)
+        children[pid] = w
+
+    for w in range(cfg.workers):
+        spawn(w)
+    _LOGGER.info("supervisor %d: workers %s on port %d", os.getpid(), sorted(children), cfg.port)
+    worst = 0
+    restarts: list[float] = []
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        w = children.pop(pid, None)
+        code = os.waitstatus_to_exitcode(status)
+        if w is None:
+            continue
+        if stopping.is_set():
+            worst = max(worst, code)
+            continue
+        # A worker died on its own: restart it, unless workers keep dying (then give up loudly).
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > 3 * cfg.workers:
+            _LOGGER.error("workers keep exiting (last: worker %d, code %d); shutting down", w, code)
+            stopping.set()
+            forward(signal.SIGTERM, None)
+            worst = max(worst, code or 1)
+            continue
+        _LOGGER.warning("worker %d (pid %d) exited with code %d; restarting it", w, pid, code)
+        spawn(w)
     return worst

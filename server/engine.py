@@ -33,7 +33,20 @@ _LOGGER = logging.getLogger(__name__)
 SHORT_TEXT_LIMIT = 200    # ids, profession, personality, category
 LONG_TEXT_LIMIT = 5000    # description, features
 MAX_AGE = 150.0
+MAX_PRICE = 1e9           # beyond this a price is a unit or typing error, and scaling it overflows
 MAX_K = 1000
+# Keys of the training metrics that are bookkeeping, not metrics (left out of GetModelInfo).
+_NOT_METRICS = ("epochs", "train_seconds", "users")
+
+
+def _show(value: str, width: int = 60) -> str:
+    """A bounded repr for error messages: an id of 20,000 characters must not bloat the status."""
+    return repr(value) if len(value) <= width else repr(value[:width]) + f"... ({len(value)} characters)"
+
+
+def _check_id(name: str, value: str) -> None:
+    if len(value) > SHORT_TEXT_LIMIT:
+        raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {SHORT_TEXT_LIMIT}")
 
 
 @dataclass(frozen=True)
@@ -102,6 +115,7 @@ class Catalog:
     features: list[str]
     vectors: np.ndarray        # float32 [n, d] of the served model
     order: np.ndarray | None   # best-first item order when the ranking is user-independent
+    nan_rows: np.ndarray       # rows whose vector is not finite (never recommended)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -237,18 +251,22 @@ class Engine:
         self.serving = self.towers["holdout"]
 
         enc = m["encoder"]
+        tables = load_tables(self.root / m["catalog"]["embeddings_file"])
         variant = config.encoder_variant or (enc["gpu_variant"] if CUDA in providers else enc["default_variant"])
         if variant not in enc["variants"]:
             raise ArtifactError(self.root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})")
-        self.encoder_variant = variant
-        self.encoder = OnnxTextEncoder(self.root / enc["variants"][variant]["file"], self.root / enc["tokenizer_file"],
-                                       enc["pooling"], providers, config.encoder_threads)
-        check_dims(self.root / enc["variants"][variant]["file"], "embedding width", int(enc["dim"]),
-                   int(self.encoder.session.get_outputs()[0].shape[1] or enc["dim"]))
-        self.encoder_name = Path(enc["model"]).name
         padded = enc.get("padded_lengths", {})
-
-        tables = load_tables(self.root / m["catalog"]["embeddings_file"])
+        self.encoder = self._encoder(enc, variant, providers, config.encoder_threads)
+        if not enc["variants"][variant].get("accepted", False):
+            # Export could not check this variant (fp16 needs CUDA): check it here, on the device
+            # that will run it, against the training-time vectors; fall back to fp32 if it disagrees.
+            ok, detail = self._self_check(tables, enc, padded)
+            if not ok:
+                _LOGGER.warning("encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail)
+                variant = "fp32"
+                self.encoder = self._encoder(enc, variant, providers, config.encoder_threads)
+        self.encoder_variant = variant
+        self.encoder_name = enc.get("name") or Path(enc["model"]).name
         self.text = {f: _TextVectors(tables[f], int(enc["max_lengths"][f]), padded.get(f)) for f in tables}
         self.user_fields = [s.name for s in self.serving.user_specs]
         self.item_fields = [s.name for s in self.serving.item_specs]
@@ -282,6 +300,25 @@ class Engine:
                      self.model_version, len(self.user_ids), len(self.catalog), self.encoder_name, variant,
                      self.providers, self.load_seconds)
 
+    def _encoder(self, enc: dict, variant: str, providers, threads: int) -> OnnxTextEncoder:
+        path = self.root / enc["variants"][variant]["file"]
+        encoder = OnnxTextEncoder(path, self.root / enc["tokenizer_file"], enc["pooling"], providers, threads)
+        check_dims(path, "embedding width", int(enc["dim"]), int(encoder.session.get_outputs()[0].shape[1] or enc["dim"]))
+        return encoder
+
+    def _self_check(self, tables: dict[str, FieldTable], enc: dict, padded: dict, sample: int = 32,
+                    min_cosine: float = 0.999) -> tuple[bool, str]:
+        field_name = max(tables, key=lambda f: len(tables[f].texts))
+        table = tables[field_name]
+        texts = [str(t) for t in table.texts[:sample]]
+        try:
+            got = self.encoder.encode(texts, int(enc["max_lengths"][field_name]), padded.get(field_name))
+        except Exception as err:  # an ORT kernel missing on this device, for instance
+            return False, f"{type(err).__name__}: {err}"
+        ref = table.vectors[: len(texts)]
+        cos = (got * ref).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
+        return bool(cos.mean() >= min_cosine), f"cosine mean {cos.mean():.5f} on {len(texts)} {field_name} texts"
+
     # ------------------------------------------------------------------------------------- features
 
     def _make_catalog(self, ids, price, category, description, features, vectors) -> Catalog:
@@ -292,10 +329,11 @@ class Engine:
             # Every user ranks items the same way: sort once with any user's vector.
             u0 = self.serving.users(self._user_features(self.serving.user_specs, np.array([0])))[0]
             order = np.argsort(-(vectors @ u0), kind="stable")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return Catalog(ids=list(ids), index={x: j for j, x in enumerate(ids)}, price=np.asarray(price, dtype=np.float64),
                        category=list(category), category_code=np.array([code[c] for c in category], dtype=np.int32),
                        categories=categories, description=list(description), features=list(features),
-                       vectors=np.ascontiguousarray(vectors, dtype=np.float32), order=order)
+                       vectors=vectors, order=order, nan_rows=np.flatnonzero(~np.isfinite(vectors).all(axis=1)))
 
     def _user_features(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
         parts = {}
@@ -318,7 +356,8 @@ class Engine:
     def user_index_of(self, user_id: str) -> int:
         idx = self.user_index.get(user_id)
         if idx is None:
-            raise NotFound(f"unknown user_id {user_id!r}")
+            _check_id("user_id", user_id)
+            raise NotFound(f"unknown user_id {_show(user_id)}")
         return idx
 
     def user_vectors(self, refs: Sequence[int | UserAttrs], tower: _Tower | None = None) -> np.ndarray:
@@ -376,6 +415,8 @@ class Engine:
             j = cat.index.get(item_id)
             if j is not None:
                 banned[j] = True
+        if cat.nan_rows.size:  # defensive: an item whose vector is not finite is never returned
+            banned[cat.nan_rows] = True
         if cat.order is not None:
             top = cat.order[~banned[cat.order]][:top_n]
             logits = cat.vectors[top] @ u
@@ -402,7 +443,8 @@ class Engine:
         for j, (user, item_id) in enumerate(pairs):
             i = cat.index.get(item_id)
             if i is None:
-                raise NotFound(f"unknown item_id {item_id!r} (pair {j})")
+                _check_id(f"pairs[{j}].item_id", item_id)
+                raise NotFound(f"unknown item_id {_show(item_id)} (pair {j})")
             items[j] = i
             key = self.user_index_of(user) if isinstance(user, str) else user
             if key not in slot:  # each distinct user goes through the tower once
@@ -449,7 +491,8 @@ class Engine:
                 u[j] = self.user_index_of(uid)
                 ii = cat.index.get(iid)
                 if ii is None or ii >= n_items:
-                    raise NotFound(f"unknown item_id {iid!r} (interaction {j})")
+                    _check_id(f"interactions[{j}].item_id", iid)
+                    raise NotFound(f"unknown item_id {_show(iid)} (interaction {j})")
                 i[j] = ii
             test = CSR.from_pairs(u, i, len(self.user_ids), n_items)
             rng = np.random.default_rng(42)
@@ -482,8 +525,8 @@ class Engine:
             _check_text(f"items[{j}].description", it.description, LONG_TEXT_LIMIT)
             _check_text(f"items[{j}].features", it.features, LONG_TEXT_LIMIT)
             _check_text(f"items[{j}].category", it.category, SHORT_TEXT_LIMIT)
-            if not math.isfinite(it.price) or it.price < 0:
-                raise InvalidArgument(f"items[{j}].price must be finite and >= 0 (got {it.price})")
+            if not math.isfinite(it.price) or not 0 <= it.price <= MAX_PRICE:
+                raise InvalidArgument(f"items[{j}].price must be in [0, {MAX_PRICE:g}] (got {it.price})")
             if it.item_id in seen_ids:
                 raise InvalidArgument(f"items[{j}].item_id {it.item_id!r} appears twice in the request")
             seen_ids.add(it.item_id)
@@ -495,6 +538,10 @@ class Engine:
             else:
                 parts[s.name] = self.text[s.name].get([getattr(it, s.name) for it in items], self.encoder)
         vecs = self.serving.items(assemble(spec, parts))
+        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
+        if bad.size:
+            raise InvalidArgument(f"items[{int(bad[0])}] ({_show(items[int(bad[0])].item_id)}): the item tower "
+                                  "produced non-finite values for these attributes")
         with self._write_lock:  # writers queue here; readers keep using the old snapshot meanwhile
             cat = self.catalog
             ids, price = list(cat.ids), cat.price.copy()
@@ -540,14 +587,31 @@ class Engine:
             "user_count": len(self.user_ids), "providers": self.providers, "encoder": self.encoder_name,
             "encoder_variant": self.encoder_variant, "vector_dim": self.serving.dim,
             "user_fields": self.user_fields, "item_fields": self.item_fields,
-            "training_metrics": {k: float(v) for k, v in train.items() if isinstance(v, (int, float))},
-            "versions": {f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
+            "training_metrics": {k: float(v) for k, v in train.items()
+                                 if isinstance(v, (int, float)) and k not in _NOT_METRICS},
+            "versions": {**{f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
+                         **{f"serve.{k}": v for k, v in SERVING_VERSIONS.items()}},
             "artifacts": str(self.root), "loaded_at": self.loaded_at,
             "max_top_n": self.limits.max_top_n, "max_score_pairs": self.limits.max_score_pairs,
             "max_upsert_items": self.limits.max_upsert_items,
             "max_inline_interactions": self.limits.max_inline_interactions,
             "categories": list(self.catalog.categories),
         }
+
+
+def _serving_versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {}
+    for name in ("towerserve", "onnxruntime", "numpy", "grpcio", "protobuf", "tokenizers"):
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+SERVING_VERSIONS = _serving_versions()
 
 
 def check_deadline(time_remaining: Callable[[], float | None], need: float = 0.0) -> Callable[[], None]:

@@ -56,11 +56,14 @@ def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ArtifactError(path, f"not valid JSON ({err})") from err
+    if not isinstance(manifest, dict):
+        raise ArtifactError(path, f"must be a JSON object (got {type(manifest).__name__})")
     if manifest.get("format") != SERVING_FORMAT:
         raise ArtifactError(path, f"format is {manifest.get('format')!r}, expected {SERVING_FORMAT!r}")
     if manifest.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(path, f"format_version {manifest.get('format_version')} is not {FORMAT_VERSION}")
-    files = manifest.get("files", {})
+    _check_structure(path, manifest)
+    files = manifest["files"]
     for rel, entry in files.items():
         p = root / rel
         if not p.is_file():
@@ -73,6 +76,36 @@ def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict:
         if rel not in files:
             raise ArtifactError(root / rel, "used by manifest.json but has no sha256 entry")
     return manifest
+
+
+# Keys the server relies on, with their JSON types: a manifest missing one is refused by name here
+# rather than failing later with a KeyError deep in the engine.
+_REQUIRED: dict[str, type] = {"default_model": str, "encoder": dict, "models": dict, "catalog": dict, "splits": dict,
+                              "files": dict}
+_REQUIRED_ENCODER = {"variants": dict, "default_variant": str, "gpu_variant": str, "tokenizer_file": str,
+                     "max_lengths": dict, "pooling": str, "dim": int, "model": str}
+_REQUIRED_SPLIT = {"user_tower": dict, "item_tower": dict, "item_vectors_file": str, "features": dict}
+
+
+def _check_structure(path: Path, m: dict) -> None:
+    def need(obj: dict, spec: dict[str, type], where: str) -> None:
+        for key, kind in spec.items():
+            if not isinstance(obj.get(key), kind):
+                raise ArtifactError(path, f"{where}{key} is missing or not a {kind.__name__}")
+
+    need(m, _REQUIRED, "")
+    need(m["encoder"], _REQUIRED_ENCODER, "encoder.")
+    if not m["models"]:
+        raise ArtifactError(path, "models is empty")
+    for name, model in m["models"].items():
+        if not isinstance(model, dict) or not isinstance(model.get("splits"), dict) or "model_version" not in model:
+            raise ArtifactError(path, f"models.{name} needs splits and model_version")
+        for split, entry in model["splits"].items():
+            if not isinstance(entry, dict):
+                raise ArtifactError(path, f"models.{name}.splits.{split} is not an object")
+            need(entry, _REQUIRED_SPLIT, f"models.{name}.splits.{split}.")
+    if m["default_model"] not in m["models"]:
+        raise ArtifactError(path, f"default_model {m['default_model']!r} is not among models {sorted(m['models'])}")
 
 
 def referenced_files(manifest: dict) -> list[str]:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
 import time
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -51,17 +53,17 @@ def lenient(message_cls) -> Callable[[bytes], object]:
 def rpc(method):
     """Maps ServingError to its status code and anything else to INTERNAL (traceback logged).
 
-    ``context.abort`` raises, so it is called outside the ``try``. A successful call gets a
+    ``context.abort`` raises, so it is awaited outside the ``try``. A successful call gets a
     ``server-timing`` trailer with the server-side compute time in milliseconds.
     """
 
     @functools.wraps(method)
-    def wrapper(self, request, context):
+    async def wrapper(self, request, context):
         t0 = time.perf_counter()
         try:
             if isinstance(request, _Undecodable):
                 raise InvalidArgument(f"request is not a valid {request.type_name}: {request.error}")
-            response = method(self, request, context)
+            response = await method(self, request, context)
         except ServingError as err:
             code, message = err.code, err.message
         except Exception:
@@ -70,7 +72,7 @@ def rpc(method):
         else:
             context.set_trailing_metadata((("server-timing", f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"),))
             return response
-        context.abort(code, message)
+        await context.abort(code, message)
 
     return wrapper
 
@@ -109,8 +111,12 @@ class EngineHolder:
             path = Path(artifacts) if artifacts else self.artifacts
             if path is None:
                 raise ArtifactError("<none>", "no artifacts folder given")
-            engine = Engine(path, self.config)
-            engine.warm_up()
+            try:
+                engine = Engine(path, self.config)
+                engine.warm_up()
+            except (KeyError, TypeError, AttributeError, IndexError) as err:
+                # A manifest that passed the format checks but lacks structure the engine needs.
+                raise ArtifactError(Path(path) / "manifest.json", f"inconsistent ({type(err).__name__}: {err})") from err
             previous, self._engine = self._engine, engine
             self.artifacts = path
             self._on_ready(True)
@@ -130,22 +136,35 @@ def _user(msg) -> str | UserAttrs:
 
 
 class RecommenderServicer:
-    """towerserve.v1.Recommender over an EngineHolder."""
+    """towerserve.v1.Recommender over an EngineHolder.
 
-    def __init__(self, holder: EngineHolder):
+    Handlers run on the event loop: a known user's Recommend is ~50 us of work, cheaper inline than
+    a thread hand-off. Work that can take milliseconds or more (text encoding for unseen users or
+    items, big Score batches, Evaluate) goes to ``executor`` so it never stalls the loop.
+    """
+
+    INLINE_SCORE_PAIRS = 64
+
+    def __init__(self, holder: EngineHolder, executor: Executor | None = None):
         self.holder = holder
+        self.executor = executor
+
+    async def _offload(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
 
     @rpc
-    def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
+    async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
         engine = self.holder.get()
         pr = request.price_range if request.HasField("price_range") else None
-        cat, top, scores = engine.recommend(
-            _user(request), request.top_n,
-            exclude_seen=request.exclude_seen if request.HasField("exclude_seen") else True,
-            price_min=pr.min if pr is not None and pr.HasField("min") else None,
-            price_max=pr.max if pr is not None and pr.HasField("max") else None,
-            categories=list(request.categories), exclude_item_ids=list(request.exclude_item_ids),
-        )
+        user = _user(request)
+        args = (user, request.top_n, request.exclude_seen if request.HasField("exclude_seen") else True,
+                pr.min if pr is not None and pr.HasField("min") else None,
+                pr.max if pr is not None and pr.HasField("max") else None,
+                list(request.categories), list(request.exclude_item_ids))
+        if isinstance(user, str):
+            cat, top, scores = engine.recommend(*args)
+        else:  # an unseen user may need the text encoder
+            cat, top, scores = await self._offload(engine.recommend, *args)
         response = pb.RecommendResponse(model_version=engine.model_version)
         add = response.items.add
         for j, s in zip(top.tolist(), scores.tolist()):
@@ -154,18 +173,21 @@ class RecommenderServicer:
         return response
 
     @rpc
-    def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
+    async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         engine = self.holder.get()
         pairs = []
         for j, p in enumerate(request.pairs):
             if not p.item_id:
                 raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
             pairs.append((_user(p), p.item_id))
-        scores = engine.score(pairs)
+        if len(pairs) <= self.INLINE_SCORE_PAIRS and all(isinstance(u, str) for u, _ in pairs):
+            scores = engine.score(pairs)
+        else:
+            scores = await self._offload(engine.score, pairs)
         return pb.ScoreResponse(scores=scores.tolist(), model_version=engine.model_version)
 
     @rpc
-    def Evaluate(self, request: pb.EvaluateRequest, context) -> pb.EvaluateResponse:
+    async def Evaluate(self, request: pb.EvaluateRequest, context) -> pb.EvaluateResponse:
         engine = self.holder.get()
         t0 = time.perf_counter()
         if request.split not in SPLITS:
@@ -174,35 +196,38 @@ class RecommenderServicer:
             raise InvalidArgument(f"unknown protocol {request.protocol}")
         inline = [(x.user_id, x.item_id) for x in request.interactions] or None
         check = check_deadline(context.time_remaining)
-        metrics, users = engine.evaluate(SPLITS[request.split], list(request.ks), PROTOCOLS[request.protocol], inline, check)
+        metrics, users = await self._offload(engine.evaluate, SPLITS[request.split], list(request.ks),
+                                             PROTOCOLS[request.protocol], inline, check)
         return pb.EvaluateResponse(metrics=metrics, users=users, seconds=time.perf_counter() - t0,
                                    model_version=engine.model_version,
                                    split="inline" if inline else SPLITS[request.split],
                                    protocol=PROTOCOLS[request.protocol])
 
     @rpc
-    def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
+    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
         return pb.GetModelInfoResponse(**self.holder.get().info())
 
     @rpc
-    def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
+    async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
         engine = self.holder.get()
         items = [NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items]
-        inserted, updated, count = engine.upsert_items(items)
+        inserted, updated, count = await self._offload(engine.upsert_items, items)
         return pb.UpsertItemsResponse(inserted=inserted, updated=updated, item_count=count,
                                       model_version=engine.model_version)
 
 
 class AdminServicer:
-    """towerserve.v1.Admin: hot reload."""
+    """towerserve.v1.Admin: hot reload (loading runs in the executor; requests keep flowing)."""
 
-    def __init__(self, holder: EngineHolder):
+    def __init__(self, holder: EngineHolder, executor: Executor | None = None):
         self.holder = holder
+        self.executor = executor
 
     @rpc
-    def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
+    async def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
         try:
-            engine, previous, seconds = self.holder.load(request.artifacts or None)
+            engine, previous, seconds = await asyncio.get_running_loop().run_in_executor(
+                self.executor, self.holder.load, request.artifacts or None)
         except (ArtifactError, OSError, ValueError) as err:
             _LOGGER.error("reload refused, still serving the previous model: %s", err)
             raise FailedPrecondition(f"reload refused, still serving the previous model: {err}") from err
@@ -220,7 +245,7 @@ _RECOMMENDER_METHODS = {
 }
 
 
-def generic_handlers(holder: EngineHolder) -> list[grpc.GenericRpcHandler]:
+def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> list[grpc.GenericRpcHandler]:
     """Method handlers for both services, with lenient request parsing."""
 
     def build(service: str, servicer, methods) -> grpc.GenericRpcHandler:
@@ -230,5 +255,5 @@ def generic_handlers(holder: EngineHolder) -> list[grpc.GenericRpcHandler]:
             for name, (req, resp) in methods.items()
         })
 
-    return [build(SERVICE, RecommenderServicer(holder), _RECOMMENDER_METHODS),
-            build(ADMIN_SERVICE, AdminServicer(holder), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)})]
+    return [build(SERVICE, RecommenderServicer(holder, executor), _RECOMMENDER_METHODS),
+            build(ADMIN_SERVICE, AdminServicer(holder, executor), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)})]

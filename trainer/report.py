@@ -27,7 +27,7 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
         "# towerserve training report", "",
         f"Data: `{manifest['data']['root']}` — {manifest['data']['users']} users × {manifest['data']['items']} items, "
         f"{manifest['data']['positives']} positives ({100 * manifest['data']['density']:.2f} %).",
-        f"Encoder: `{Path(manifest['encoder']['model']).name}` ({manifest['encoder']['dim']} dims, "
+        f"Encoder: `{manifest['encoder'].get('name', manifest['encoder']['model'])}` ({manifest['encoder']['dim']} dims, "
         f"{manifest['encoder']['pooling']} pooling). Recipe: `{manifest['recipe']['preset']}`. "
         f"Default (served) model: **{manifest['default_model']}** (best holdout NDCG@10).", "",
     ]

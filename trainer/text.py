@@ -60,20 +60,40 @@ class EncoderConfig:
             raise ValueError(f"batch_size must be >= 1 (got {self.batch_size})")
 
 
-def model_fingerprint(model_ref: str) -> str:
-    """A short hash that changes when the model's config or weight files change."""
-    h = hashlib.sha256()
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".h5", ".onnx")
+
+
+def resolve_model_dir(model_ref: str) -> Path:
+    """The local folder of a model given by folder or by name (from the Hugging Face cache only).
+
+    Raises:
+        ValueError: neither a folder nor a cached model; this machine cannot download one.
+    """
     path = Path(model_ref)
     if path.is_dir():
-        h.update((path / "config.json").read_bytes() if (path / "config.json").is_file() else path.name.encode())
-        for f in sorted(path.iterdir()):
-            if f.suffix in (".safetensors", ".bin", ".h5", ".onnx"):
-                h.update(f"{f.name}:{f.stat().st_size}".encode())
-    else:
-        from transformers import AutoConfig
+        return path
+    try:
+        from huggingface_hub import snapshot_download
 
-        h.update(model_ref.encode())
-        h.update(AutoConfig.from_pretrained(model_ref).to_json_string().encode())
+        return Path(snapshot_download(model_ref, local_files_only=True))
+    except Exception as err:  # hub errors are many types (LocalEntryNotFoundError, HFValidationError, ...)
+        raise ValueError(
+            f"cannot load text encoder {model_ref!r}: not a local folder and not in the Hugging Face cache "
+            f"(models cannot be downloaded here); pass a local path with --encoder ({type(err).__name__})"
+        ) from err
+
+
+def model_fingerprint(model_ref: str) -> str:
+    """A short hash of the model's config and weight *contents*: same architecture, other weights,
+    other fingerprint (the embedding cache is keyed by it)."""
+    path = resolve_model_dir(model_ref)
+    h = hashlib.sha256()
+    h.update((path / "config.json").read_bytes() if (path / "config.json").is_file() else path.name.encode())
+    for f in sorted(path.iterdir()):
+        if f.suffix in WEIGHT_SUFFIXES:
+            h.update(f.name.encode())
+            with open(f, "rb") as fh:
+                h.update(hashlib.file_digest(fh, "sha256").digest())
     return h.hexdigest()[:16]
 
 
@@ -85,7 +105,8 @@ class TextEncoder:
         self.model_ref = self.config.model or default_model()
         self._model = None
         self._tokenizer = None
-        self.fingerprint = model_fingerprint(self.model_ref)
+        self.model_dir = resolve_model_dir(self.model_ref)
+        self.fingerprint = model_fingerprint(str(self.model_dir))
 
     def _load(self):
         if self._model is not None:
@@ -96,8 +117,8 @@ class TextEncoder:
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         try:
-            self._tokenizer = AutoTokenizer.from_pretrained(self.model_ref)
-            self._model = AutoModel.from_pretrained(self.model_ref).eval()
+            self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+            self._model = AutoModel.from_pretrained(self.model_dir).eval()
         except OSError as err:
             raise ValueError(
                 f"cannot load text encoder {self.model_ref!r}: not a local folder and not in the Hugging Face "
@@ -118,7 +139,7 @@ class TextEncoder:
     def dim(self) -> int:
         from transformers import AutoConfig
 
-        return int(AutoConfig.from_pretrained(self.model_ref).hidden_size)
+        return int(AutoConfig.from_pretrained(self.model_dir).hidden_size)
 
     def padded_length(self, texts: Sequence[str], max_length: int) -> int:
         """The notebook's padding: the longest tokenised text in the call, capped at max_length."""
@@ -134,6 +155,8 @@ class TextEncoder:
             desc: progress-bar label.
         """
         texts = [str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
         unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
         unique = [str(u) for u in unique]
         pad_to = self.padded_length(unique, max_length) if self.config.pooling == "notebook" else None
@@ -192,7 +215,7 @@ class _Cache:
             try:
                 with np.load(self._path) as z:
                     self._rows = dict(zip(z["keys"].tolist(), z["vecs"]))
-            except (OSError, ValueError, KeyError) as err:  # a torn or foreign file is rebuilt, not fatal
+            except Exception as err:  # torn (BadZipFile, EOFError) or foreign: rebuilt, never fatal
                 _LOGGER.warning("ignoring unreadable embedding cache %s (%s)", self._path, err)
 
     def key(self, text: str) -> str:

@@ -91,10 +91,24 @@ class TrainConfig:
     cold: bool = True
     progress: bool = True
 
-    def recipe(self) -> FitConfig:
+    def __post_init__(self):
+        bad = [k for k in self.models if k not in FEATURE_SETS] or ([] if self.models else [""])
+        if bad:
+            raise ValueError(f"model must be one of {sorted(FEATURE_SETS)} (got {bad[0]!r})")
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
+        if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
+            raise ValueError(f"embedding_dim and hidden widths must be >= 1 (got {self.embedding_dim}, {self.hidden})")
+
+    def recipe(self) -> FitConfig:
         return self.fit or PRESETS[self.preset]
+
+
+def encoder_name(model_ref: str) -> str:
+    """A readable encoder name for reports and GetModelInfo (the packaged default has a path)."""
+    from .text import default_model
+
+    return "all-MiniLM-L6-v2 (packaged)" if model_ref == default_model() else model_ref
 
 
 def embed_fields(ds: Dataset, encoder: TextEncoder, fields: set[str], progress: bool) -> tuple[dict[str, FieldTable], dict[str, int]]:
@@ -180,7 +194,8 @@ def fit_model(kind: str, U: np.ndarray, I: np.ndarray, rows: tuple[np.ndarray, n
     trainable.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="binary_crossentropy",
                       metrics=[keras.metrics.AUC(name="auc")])
     u, i, y = rows
-    n_val = int(round(recipe.validation * len(y)))
+    # Keras' validation_split arithmetic: the first floor(n * (1 - v)) rows train, the rest validate.
+    n_val = len(y) - int(np.floor(len(y) * (1.0 - recipe.validation)))
     # Rows arrive shuffled, so the last n_val are a random sample (and exactly Keras' validation_split).
     tr, va = slice(0, len(y) - n_val), slice(len(y) - n_val, len(y))
     callbacks = [_Progress.make(desc, recipe.epochs, -(-(len(y) - n_val) // recipe.batch_size), cfg.progress)]
@@ -299,7 +314,8 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "data": {"root": str(Path(data_dir).resolve()), "users": ds.n_users, "items": ds.n_items,
                      "positives": ds.positives.nnz, "density": ds.density},
-            "encoder": {"model": encoder.model_ref, "fingerprint": encoder.fingerprint, "pooling": cfg.encoder.pooling,
+            "encoder": {"model": encoder.model_ref, "name": encoder_name(encoder.model_ref),
+                        "fingerprint": encoder.fingerprint, "pooling": cfg.encoder.pooling,
                         "dim": encoder.dim, "max_lengths": {f: MAX_LENGTHS[f] for f in sorted(needed)},
                         "padded_lengths": padded},
             "recipe": {"preset": cfg.preset, "fit": asdict(recipe), "seed": cfg.seed, "embedding_dim": cfg.embedding_dim,
