@@ -223,7 +223,10 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
         print(file=sys.stderr)
 
     try:
-        await channel.channel_ready()
+        try:
+            await asyncio.wait_for(channel.channel_ready(), timeout=cfg.timeout)
+        except asyncio.TimeoutError:
+            raise ConnectionError(f"cannot connect to {cfg.target} within {cfg.timeout:g} s") from None
         tasks = [asyncio.create_task(progress())] if cfg.progress and worker == 0 else []
         if cfg.rate is None:
             await asyncio.gather(*(closed() for _ in range(cfg.concurrency)))

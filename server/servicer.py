@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import struct
 import threading
 import time
 from concurrent.futures import Executor
@@ -123,6 +124,40 @@ class EngineHolder:
             return engine, previous, time.perf_counter() - t0
 
 
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+_SCORE = struct.Struct("<Bf")  # Item.score: field 2, wire type 5 (fixed32) -> tag byte 0x15
+
+
+def recommend_wire(wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str) -> bytes:
+    """A serialized RecommendResponse, spliced from each item's pre-serialized fields.
+
+    Byte-for-byte what protobuf would produce (tests compare against SerializeToString), at a
+    fraction of the cost of building ten messages per request on the event loop.
+    """
+    parts = []
+    for j, score in zip(rows, scores):
+        head, tail = wire[j]
+        body = head + (_SCORE.pack(0x15, score) if score != 0.0 else b"") + tail  # proto3 omits a zero score
+        parts.append(b"\x0a" + _varint(len(body)) + body)  # RecommendResponse.items: field 1, length-delimited
+    if model_version:
+        mv = model_version.encode()
+        parts.append(b"\x12" + _varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
+    return b"".join(parts)
+
+
+def _serialize(message) -> bytes:
+    """Responses are messages, or bytes already serialized by recommend_wire."""
+    return message if isinstance(message, bytes) else message.SerializeToString()
+
+
 def _user(msg) -> str | UserAttrs:
     which = msg.WhichOneof("user_ref")
     if which == "user_id":
@@ -165,12 +200,7 @@ class RecommenderServicer:
             cat, top, scores = engine.recommend(*args)
         else:  # an unseen user may need the text encoder
             cat, top, scores = await self._offload(engine.recommend, *args)
-        response = pb.RecommendResponse(model_version=engine.model_version)
-        add = response.items.add
-        for j, s in zip(top.tolist(), scores.tolist()):
-            add(item_id=cat.ids[j], score=s, price=cat.price[j], description=cat.description[j],
-                features=cat.features[j], category=cat.category[j])
-        return response
+        return recommend_wire(cat.wire, top, scores, engine.model_version)
 
     @rpc
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
@@ -251,7 +281,7 @@ def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> 
     def build(service: str, servicer, methods) -> grpc.GenericRpcHandler:
         return grpc.method_handlers_generic_handler(service, {
             name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=lenient(req),
-                                                      response_serializer=resp.SerializeToString)
+                                                      response_serializer=_serialize)
             for name, (req, resp) in methods.items()
         })
 
