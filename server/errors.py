@@ -65,3 +65,10 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ("Reload of a bad artifacts folder (the old model keeps serving)", grpc.StatusCode.FAILED_PRECONDITION),
     ("anything unexpected (generic message, traceback logged)", grpc.StatusCode.INTERNAL),
 ]
+
+
+def error_table_markdown() -> str:
+    """ERROR_TABLE as the Markdown table in the README (a test keeps the two identical)."""
+    rows = ["| condition | gRPC status |", "|---|---|"]
+    rows += [f"| {condition} | `{code.name}` |" for condition, code in ERROR_TABLE]
+    return "\n".join(rows)

@@ -10,15 +10,9 @@ one user-tower pass and one matrix-vector product per request:
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-# TensorFlow's C++ start-up chatter (CPU features, graph attribute notices) buries the progress bars.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
+import keras  # the package __init__ has set KERAS_BACKEND and TF_CPP_MIN_LOG_LEVEL
+import numpy as np
+from keras import layers
 
 MODEL_KINDS = ("seed", "two_tower")
 USER_INPUT, ITEM_INPUT = "user_features", "item_features"
