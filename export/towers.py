@@ -30,6 +30,9 @@ def keras_to_onnx(model, path: Path, output_name: str, opset: int = 17) -> Path:
     import tensorflow as tf
     import tf2onnx
 
+    # tf2onnx logs every optimizer pass at INFO; the parity lines are what the reader needs.
+    logging.getLogger("tf2onnx").setLevel(logging.WARNING)
+
     spec = tuple(tf.TensorSpec((None, int(t.shape[1])), tf.float32, name=t.name.split(":")[0]) for t in model.inputs)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     _rename_output(proto, output_name)

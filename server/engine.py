@@ -432,13 +432,13 @@ class Engine:
                 parts[s.name] = self.text[s.name].table[self.user_rows[s.name][rows]]
         return assemble(specs, parts)
 
-    def _attr_features(self, specs: list[FieldSpec], attrs: Sequence[UserAttrs]) -> np.ndarray:
+    def _record_features(self, specs: list[FieldSpec], records: Sequence[UserAttrs | NewItemData]) -> np.ndarray:
+        """Input vectors for records that carry raw attributes (unseen users, new items): numbers are
+        scaled, texts looked up in the exported tables or encoded (and cached)."""
         parts = {}
         for s in specs:
-            if s.kind == MINMAX:
-                parts[s.name] = np.array([a.age for a in attrs])
-            else:
-                parts[s.name] = self.text[s.name].get([getattr(a, s.name) for a in attrs], self.encoder)
+            values = [getattr(r, s.name) for r in records]
+            parts[s.name] = np.array(values, dtype=np.float64) if s.kind == MINMAX else self.text[s.name].get(values, self.encoder)
         return assemble(specs, parts)
 
     def user_index_of(self, user_id: str) -> int:
@@ -461,7 +461,7 @@ class Engine:
         for a in attrs:
             validate_attrs(a, needs_personality)
         out = np.empty((len(refs), tower.dim), dtype=np.float32)
-        out[new] = tower.users(self._attr_features(tower.user_specs, attrs))
+        out[new] = tower.users(self._record_features(tower.user_specs, attrs))
         known = [j for j, r in enumerate(refs) if not isinstance(r, UserAttrs)]
         if known:
             out[known] = known_vecs[[refs[j] for j in known]]
@@ -645,14 +645,7 @@ class Engine:
             if it.item_id in seen_ids:
                 raise InvalidArgument(f"items[{j}].item_id {it.item_id!r} appears twice in the request")
             seen_ids.add(it.item_id)
-        spec = self.serving.item_specs
-        parts = {}
-        for s in spec:
-            if s.kind == MINMAX:
-                parts[s.name] = np.array([it.price for it in items])
-            else:
-                parts[s.name] = self.text[s.name].get([getattr(it, s.name) for it in items], self.encoder)
-        vecs = self.serving.items(assemble(spec, parts))
+        vecs = self.serving.items(self._record_features(self.serving.item_specs, items))
         bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
         if bad.size:
             raise InvalidArgument(f"items[{int(bad[0])}] ({_show(items[int(bad[0])].item_id)}): the item tower "

@@ -26,12 +26,7 @@ def metric_bars(results: dict[str, dict[str, float] | None], metrics: Sequence[s
     ax.set_ylim(0, max([results[n].get(m, 0.0) for n in names for m in metrics] + [0.01]) * 1.25)
     ax.set_title(title)
     ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def training_curves(histories: dict[str, dict[str, list[float]]], path: Path | str) -> Path:
@@ -45,9 +40,13 @@ def training_curves(histories: dict[str, dict[str, list[float]]], path: Path | s
         ax.set_xlabel("epoch")
         ax.set_ylabel("binary cross-entropy")
         ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path | str) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    plt.close(fig)  # figures are not garbage-collected while pyplot holds them
     return path
