@@ -148,6 +148,7 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", default=os.environ.get("TOWERSERVE_TARGET", "localhost:50051"),
                    help="server host:port (default $TOWERSERVE_TARGET or localhost:50051)")
     p.add_argument("--token", default=os.environ.get("TOWERSERVE_TOKEN"), help="bearer token (default $TOWERSERVE_TOKEN)")
+    p.add_argument("--tls", action="store_true", help="use TLS with the system's trusted certificates")
     p.add_argument("--tls-ca", type=Path, help="use TLS, trusting this CA certificate (PEM)")
     p.add_argument("--tls-cert", type=Path, help="client certificate for mutual TLS (PEM)")
     p.add_argument("--tls-key", type=Path, help="client key for mutual TLS (PEM)")
@@ -158,14 +159,17 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
 def _client(args: argparse.Namespace):
     from .client import TLS, RecommenderClient
 
-    tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if args.tls_ca else None
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    use_tls = args.tls or args.tls_ca or args.tls_cert
+    tls = TLS(args.tls_ca, args.tls_cert, args.tls_key) if use_tls else None
     return RecommenderClient(args.target, tls=tls, token=args.token, timeout=args.timeout)
 
 
 def _user_arg(args: argparse.Namespace):
     from .client import User
 
-    if args.user and (args.age is not None or args.profession):
+    if args.user and (args.age is not None or args.profession or args.personality):
         raise ValueError("give --user ID or --age/--profession[/--personality], not both")
     if args.user:
         return {"user_id": args.user}
@@ -236,8 +240,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        info = client.model_info()
         health = client.health()
+        if health != "SERVING":  # GetModelInfo would only answer UNAVAILABLE while the model loads
+            print(json.dumps({"health": health}) if args.json else f"health {health}: the model is not loaded yet")
+            return 1
+        info = client.model_info()
     if args.json:
         from dataclasses import asdict
 
@@ -265,7 +272,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     cfg = LoadTestConfig(
         target=args.target, rpc=args.rpc, concurrency=args.concurrency, duration=parse_duration(args.duration),
         rate=args.rate, warmup=parse_duration(args.warmup), user_ids=users, item_ids=items, top_n=args.top_n,
-        procs=args.procs, token=args.token, tls_root=args.tls_ca, timeout=args.timeout,
+        procs=args.procs, token=args.token, tls_root=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+        timeout=args.timeout,
         evaluate_protocol=args.evaluate_protocol, progress=not args.json,
     )
     result = run_loadtest(cfg)
@@ -447,7 +455,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         from .client import TowerserveError
 
-        if not isinstance(err, (ValueError, FileNotFoundError, TowerserveError)):
+        if not isinstance(err, (ValueError, FileNotFoundError, ConnectionError, TowerserveError)):
             raise
         # Data and argument errors carry their own message (file, line, column); a traceback adds nothing.
         if args.verbose:

@@ -352,7 +352,8 @@ class RecommenderClient(_Base):
         return ReloadResult(r.model_version, r.previous_model_version, r.seconds)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
-        """The standard health status: SERVING, NOT_SERVING, SERVICE_UNKNOWN or UNKNOWN."""
+        """The standard health Check: SERVING or NOT_SERVING ("" is the whole server). A service
+        the server does not know raises TowerserveError with NOT_FOUND, as the protocol says."""
         return _health_status(self._call("Health", _health_request(service), timeout))
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import math
 import multiprocessing as mp
 import random
 import re
 import sys
-import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -73,7 +73,8 @@ class LoadTestConfig:
         top_n: Recommend's top_n. score_pairs: pairs per Score request.
         evaluate_protocol: "notebook" or "full".
         procs: generator processes (each with its own event loop and connection).
-        token: bearer token. tls_root: CA file for TLS (None: plaintext).
+        token: bearer token. tls_root: CA file for TLS (None: plaintext); tls_cert/tls_key: client
+            certificate for mutual TLS.
         timeout: per-request deadline.
         max_in_flight: open-loop cap; arrivals beyond it are counted as dropped.
         seed: request sampling seed.
@@ -93,6 +94,8 @@ class LoadTestConfig:
     procs: int = 1
     token: str | None = field(default=None, repr=False)
     tls_root: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
     timeout: float = 10.0
     max_in_flight: int = 20_000
     seed: int = 0
@@ -109,6 +112,10 @@ class LoadTestConfig:
             raise ValueError(f"--rpc {self.rpc} needs user ids (--users users.csv or an artifacts folder)")
         if self.rpc == "score" and not self.item_ids:
             raise ValueError("--rpc score needs item ids (--items items.csv or an artifacts folder)")
+        if self.evaluate_protocol not in ("notebook", "full"):
+            raise ValueError(f"evaluate_protocol must be 'notebook' or 'full' (got {self.evaluate_protocol!r})")
+        if self.warmup < 0 or self.timeout <= 0 or self.top_n < 1 or self.score_pairs < 1:
+            raise ValueError("warmup must be >= 0, timeout > 0, top_n and score_pairs >= 1")
 
 
 @dataclass
@@ -164,7 +171,8 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     s = sorted(latencies)
 
     def rank(q: float) -> float:
-        return s[min(len(s) - 1, max(0, int(round(q * len(s))) - 1))] * 1e3
+        # Nearest rank: the smallest value with at least q of the samples at or below it.
+        return s[min(len(s) - 1, max(0, math.ceil(q * len(s) - 1e-9) - 1))] * 1e3
 
     return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": s[-1] * 1e3,
             "mean": sum(s) / len(s) * 1e3}
@@ -174,7 +182,9 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
     """Runs one generator; returns (latencies s, errors by code, dropped, measured seconds)."""
     rng = random.Random(cfg.seed * 1000 + worker)
     method, pool = _requests(cfg, rng)
-    creds = grpc.ssl_channel_credentials(Path(cfg.tls_root).read_bytes()) if cfg.tls_root else None
+    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
+    creds = grpc.ssl_channel_credentials(read(cfg.tls_root), read(cfg.tls_key), read(cfg.tls_cert)) \
+        if (cfg.tls_root or cfg.tls_cert) else None
     channel = grpc.aio.secure_channel(cfg.target, creds) if creds else grpc.aio.insecure_channel(cfg.target)
     call = channel.unary_unary(method)  # bytes in, bytes out: nothing decoded on the hot path
     metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
@@ -198,7 +208,9 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
         finally:
             in_flight -= 1
         now = loop.time()
-        if scheduled >= t_measure and now <= t_end + cfg.timeout:
+        # Closed loop: only calls finishing inside the window count (QPS = completions / window).
+        # Open loop: every call scheduled inside the window counts, however late it finishes.
+        if scheduled >= t_measure and (now <= t_end if cfg.rate is None else scheduled < t_end):
             if code is None:
                 latencies.append(now - scheduled)
             else:
@@ -262,10 +274,12 @@ def _worker(args) -> tuple[list[float], dict[str, int], int, float]:
 def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
     """Runs the test (in ``procs`` processes when > 1) and aggregates the measurements."""
     cfg.validate()
+    concurrency = cfg.concurrency
     if cfg.procs == 1:
         parts = [asyncio.run(_run(cfg))]
     else:
         share = replace(cfg, concurrency=max(1, cfg.concurrency // cfg.procs))
+        concurrency = share.concurrency * cfg.procs  # what was really in flight
         with mp.get_context("spawn").Pool(cfg.procs) as pool:
             parts = pool.map(_worker, [(share, w) for w in range(cfg.procs)])
     latencies = [x for p in parts for x in p[0]]
@@ -277,7 +291,7 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
     seconds = cfg.duration
     requests = len(latencies) + sum(errors.values())
     return LoadTestResult(
-        rpc=cfg.rpc, mode="closed" if cfg.rate is None else "open", concurrency=cfg.concurrency, rate=cfg.rate,
+        rpc=cfg.rpc, mode="closed" if cfg.rate is None else "open", concurrency=concurrency, rate=cfg.rate,
         seconds=seconds, requests=requests, ok=len(latencies), qps=len(latencies) / seconds,
         latency_ms=percentiles(latencies), errors=errors, dropped=dropped,
     )

@@ -114,7 +114,8 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
             got = runner.encode(list(tables[field].texts), enc["max_lengths"][field], padded.get(field))
             label = f"encoder {name} / {field} ({len(ref)} texts)"
             if v["precision"] == "int8":
-                c = report.cosine(label, ref, got, enc_export.INT8_MIN_COSINE, required=False)
+                c = report.cosine(label, ref, got, enc_export.INT8_MIN_COSINE, required=False,
+                                  min_worst=enc_export.INT8_MIN_WORST_COSINE)
             elif v["precision"] == "fp16":
                 c = report.cosine(label, ref, got, 0.999, required=False)
             else:

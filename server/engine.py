@@ -8,6 +8,7 @@ is an immutable snapshot that UpsertItems replaces by a single reference assignm
 from __future__ import annotations
 
 import csv
+import itertools
 import logging
 import math
 import threading
@@ -22,10 +23,10 @@ import numpy as np
 from .csr import CSR
 from .encoder import OnnxTextEncoder
 from .errors import DeadlineExceeded, InvalidArgument, NotFound
-from .features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, load_tables
+from .features import MINMAX, FieldSpec, FieldTable, assemble, load_tables
 from .manifest import ArtifactError, check_dims, load_manifest
 from .metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
-from .runtime import CPU, CUDA, make_session, resolve_providers
+from .runtime import CUDA, make_session, resolve_providers
 from .splits import RecordedSplit, load_recorded_split
 
 _LOGGER = logging.getLogger(__name__)
@@ -53,7 +54,13 @@ def _walk_candidates(cat: Catalog, user: int, top_n: int, excluded: set[int], pr
     user's top-M unseen items) runs out before top_n are found and more items exist beyond it."""
     rows, probs = [], []
     price, code = cat.price_list, cat.code_list
-    for j, p in zip(cat.cand_rows[user].tolist(), cat.cand_probs[user].tolist()):
+    # Most requests stop after about top_n entries: convert a short head first, the rest on demand.
+    head = top_n + 16
+    cand_rows, cand_probs = cat.cand_rows[user], cat.cand_probs[user]
+    pairs = zip(cand_rows[:head].tolist(), cand_probs[:head].tolist())
+    if head < len(cand_rows):
+        pairs = itertools.chain(pairs, zip(cand_rows[head:].tolist(), cand_probs[head:].tolist()))
+    for j, p in pairs:
         if j < 0:
             return rows, probs  # the list held every unseen item: nothing more exists
         if j in excluded or (price_min is not None and price[j] < price_min) or \
@@ -304,9 +311,10 @@ class Engine:
             raise ArtifactError(self.root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})")
         padded = enc.get("padded_lengths", {})
         self.encoder = self._encoder(enc, variant, providers, config.encoder_threads)
-        if not enc["variants"][variant].get("accepted", False):
-            # Export could not check this variant (fp16 needs CUDA): check it here, on the device
-            # that will run it, against the training-time vectors; fall back to fp32 if it disagrees.
+        if not enc["variants"][variant].get("accepted", False) or CUDA in self.encoder.providers:
+            # Export checks variants on its own machine (often CPU only); a variant it could not
+            # check, or any graph now running on CUDA, is checked here on the device that runs it,
+            # against the training-time vectors, with a fall-back to fp32 if it disagrees.
             ok, detail = self._self_check(tables, enc, padded)
             if not ok:
                 _LOGGER.warning("encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
+from typing import Iterator
 
 os.environ["USE_TF"] = "0"
 
@@ -78,3 +80,34 @@ def build_all(base: Path) -> dict[str, Path]:
     data = tiny_data(root / "data")
     artifacts = tiny_train(root / "artifacts", data, bert)
     return {"bert": bert, "data": data, "artifacts": artifacts, "serving": tiny_export(artifacts)}
+
+
+@contextlib.contextmanager
+def running_server(serving: Path, load: bool = True, registry=None, **overrides) -> Iterator:
+    """A real server on 127.0.0.1:0, stopped on exit; ``overrides`` go to ServerConfig.
+
+    Each server gets its own metrics registry (``registry`` or a new one), so several servers can
+    live in one test process.
+    """
+    from prometheus_client import CollectorRegistry
+
+    from towerserve.server.app import ServerConfig, create_server
+
+    running = create_server(ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),
+                            metrics_registry=registry if registry is not None else CollectorRegistry())
+    try:
+        if load:
+            running.load()
+        yield running
+    finally:
+        running.stop(0)
+
+
+@contextlib.contextmanager
+def server_and_channel(serving: Path, load: bool = True, **overrides) -> Iterator:
+    """:func:`running_server` plus an insecure channel to it: yields (running, channel)."""
+    import grpc
+
+    with running_server(serving, load, **overrides) as running:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield running, channel

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -15,10 +14,9 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from prometheus_client import CollectorRegistry
 
 import pipeline
-from towerserve.server.app import ServerConfig, create_server
+from pipeline import server_and_channel as running_server
 from towerserve.server.splits import load_recorded_split
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
@@ -29,25 +27,6 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 
 # ------------------------------------------------------------------------------------------ fixtures
-
-
-@contextlib.contextmanager
-def running_server(serving: Path, load: bool = True, **overrides):
-    """A real server on 127.0.0.1:0 and a channel to it; stopped on exit.
-
-    Each server gets its own metrics registry: the default (process-global) one refuses a second
-    server in the same process (see test_server_errors.py::test_two_servers_in_one_process).
-    """
-    cfg = ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides)
-    running = create_server(cfg, metrics_registry=CollectorRegistry())
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        if load:
-            running.load()
-        yield running, channel
-    finally:
-        channel.close()
-        running.stop(0)
 
 
 @pytest.fixture(scope="module")

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
-import json
 import logging
 import subprocess
 import sys
@@ -20,6 +18,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 import pipeline
+from pipeline import server_and_channel as running_server
 from towerserve.server.app import ServerConfig, create_server
 from towerserve.server.engine import check_deadline
 from towerserve.server.errors import ERROR_TABLE, GENERIC_INTERNAL, DeadlineExceeded
@@ -48,21 +47,6 @@ ELSEWHERE = {
     "Reload of a bad artifacts folder": "test_server_ops.py::test_hot_reload_under_load_then_a_bad_folder_is_refused",
     "anything unexpected": "test_unexpected_errors_are_internal_with_a_generic_message",
 }
-
-
-@contextlib.contextmanager
-def running_server(serving: Path, load: bool = True, **overrides):
-    """A real server on 127.0.0.1:0 (own metrics registry) and a channel to it; stopped on exit."""
-    running = create_server(ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),
-                            metrics_registry=CollectorRegistry())
-    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    try:
-        if load:
-            running.load()
-        yield running, channel
-    finally:
-        channel.close()
-        running.stop(0)
 
 
 @pytest.fixture(scope="module")

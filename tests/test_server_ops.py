@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 import pipeline
+from pipeline import running_server
 from towerserve.server.app import ServerConfig, create_server
 from towerserve.server.engine import Engine
 from towerserve.server.manifest import ArtifactError
@@ -32,19 +33,6 @@ from towerserve.v1 import recommender_pb2_grpc
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 TOKEN = "s3cret"
-
-
-@contextlib.contextmanager
-def running_server(serving: Path, load: bool = True, **overrides):
-    """A real server on 127.0.0.1:0 with its own metrics registry (the global one takes a single server)."""
-    running = create_server(ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),
-                            metrics_registry=CollectorRegistry())
-    try:
-        if load:
-            running.load()
-        yield running
-    finally:
-        running.stop(0)
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.artifacts import atomic_dir  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402
 from towerserve.trainer.train import (  # noqa: E402
-    NOTEBOOK_FIT, PRESETS, TRAIN_FORMAT, TrainConfig, field_specs, train, training_rows)
+    NOTEBOOK_FIT, PRESETS, TRAIN_FORMAT, TrainConfig, field_specs, training_rows)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODELS = ("seed", "two_tower")
