@@ -194,7 +194,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(rec)
         return 0
-    rows = [[j + 1, it.item_id, round(it.score, 4), it.price, it.category, _clip(it.description, 70)]
+    rows = [[j + 1, it.item_id, round(it.score, 4), f"{it.price:,.2f}", it.category, _clip(it.description, 70)]
             for j, it in enumerate(rec.items)]
     print(format_table(["#", "item_id", "score", "price", "category", "description"], rows))
     print(f"model {rec.model_version}")
