@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
@@ -59,11 +58,10 @@ def median(xs: Sequence[float]) -> float:
 
 
 def pct(xs: Sequence[float], q: float) -> float:
-    """Nearest-rank percentile: the smallest sample with at least q of the samples at or below it."""
-    if not xs:
-        return float("nan")
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, math.ceil(q * len(s) - 1e-9) - 1))]
+    """Nearest-rank percentile, the load-test harness's own rule (NaN for no samples)."""
+    from towerserve.clients.loadtest import nearest_rank
+
+    return nearest_rank(sorted(xs), q) if xs else float("nan")
 
 
 def verdict(ok: bool) -> str:

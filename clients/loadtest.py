@@ -164,18 +164,19 @@ def _requests(cfg: LoadTestConfig, rng: random.Random, n: int = 2048) -> tuple[s
     return RECOMMENDER + "Evaluate", [pb.EvaluateRequest(protocol=proto).SerializeToString()]
 
 
+def nearest_rank(sorted_values: Sequence[float], q: float) -> float:
+    """The smallest value with at least a share q of the samples at or below it (sorted input)."""
+    n = len(sorted_values)
+    return sorted_values[min(n - 1, max(0, math.ceil(q * n - 1e-9) - 1))]
+
+
 def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     """p50/p90/p99/max/mean in milliseconds (nearest rank)."""
     if not latencies:
         return {}
     s = sorted(latencies)
-
-    def rank(q: float) -> float:
-        # Nearest rank: the smallest value with at least q of the samples at or below it.
-        return s[min(len(s) - 1, max(0, math.ceil(q * len(s) - 1e-9) - 1))] * 1e3
-
-    return {"p50": rank(0.50), "p90": rank(0.90), "p99": rank(0.99), "max": s[-1] * 1e3,
-            "mean": sum(s) / len(s) * 1e3}
+    return {"p50": nearest_rank(s, 0.50) * 1e3, "p90": nearest_rank(s, 0.90) * 1e3, "p99": nearest_rank(s, 0.99) * 1e3,
+            "max": s[-1] * 1e3, "mean": sum(s) / len(s) * 1e3}
 
 
 async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[str, int], int, float]:
