@@ -215,10 +215,11 @@ def _health_request(service: str) -> bytes:
     # grpc.health.v1.HealthCheckRequest{service = 1}; encoded by hand so the client needs no
     # grpcio-health-checking.
     data = service.encode()
-    return (b"\x0a" + _varint(len(data)) + data) if data else b""
+    return (b"\x0a" + encode_varint(len(data)) + data) if data else b""
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """Protobuf base-128 varint (used for hand-spliced messages here and in the server)."""
     out = bytearray()
     while True:
         byte = n & 0x7F

@@ -341,7 +341,7 @@ class Engine:
         holdout = self.splits["holdout"]
         check_dims(self.root / m["splits"]["holdout"]["file"], "users", len(users), holdout.train.n_rows)
         self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
-        self.serving.all_user_vectors(self._user_features, len(self.user_ids))  # known users: at load
+        self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
         self.catalog = self._make_catalog(
             ids=[r["item_id"] for r in items], price=np.array([float(r["price"]) for r in items]),
@@ -377,17 +377,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------- features
 
-    def _candidates(self, vectors: np.ndarray, nan_rows: np.ndarray) -> dict[str, np.ndarray]:
+    def _candidates(self, vectors64: np.ndarray, nan_rows: np.ndarray) -> dict[str, np.ndarray]:
         """Each known user's exact top-M unseen items (score desc, ties by row, as the exact path).
 
         Built block by block with a few large numpy calls, off the request path (load, upsert).
         """
-        n_users, n_items = len(self.user_ids), len(vectors)
+        n_users, n_items = len(self.user_ids), len(vectors64)
         m = min(self.config.candidates, n_items)
         if m <= 0 or n_users * n_items > CANDIDATE_MAX_CELLS:
             return {}
-        users = self.serving.all_user_vectors(self._user_features, n_users).astype(np.float64)
-        vectors64 = vectors.astype(np.float64)  # the snapshot keeps this copy too (built just after)
+        users = self.known_user_vectors().astype(np.float64)
         rows = np.full((n_users, m), -1, dtype=np.int32)
         probs = np.zeros((n_users, m), dtype=np.float32)
         for start in range(0, n_users, 2048):
@@ -413,23 +412,24 @@ class Engine:
         order = None
         if self.user_independent:
             # Every user ranks items the same way: sort once with any user's vector.
-            u0 = self.serving.users(self._user_features(self.serving.user_specs, np.array([0])))[0]
-            order = np.argsort(-(vectors @ u0), kind="stable")
+            order = np.argsort(-(vectors @ self.known_user_vectors()[0]), kind="stable")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        vectors64 = vectors.astype(np.float64)
+        category_code = np.array([code[c] for c in category], dtype=np.int32)
         price = np.asarray(price, dtype=np.float64)
         nan_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if order is not None and nan_rows.size:
             order = order[~np.isin(order, nan_rows)]
         return Catalog(ids=list(ids), index={x: j for j, x in enumerate(ids)}, price=price,
-                       category=list(category), category_code=np.array([code[c] for c in category], dtype=np.int32),
+                       category=list(category), category_code=category_code,
                        categories=categories, description=list(description), features=list(features),
-                       vectors=vectors, vectors64=vectors.astype(np.float64), order=order, nan_rows=nan_rows,
+                       vectors=vectors, vectors64=vectors64, order=order, nan_rows=nan_rows,
                        category_set=frozenset(categories),
                        order_list=order.tolist() if order is not None else [],
                        wire=wire if wire is not None else [item_wire(i, p, d, f, c) for i, p, d, f, c in
                                                            zip(ids, price.tolist(), description, features, category)],
-                       price_list=price.tolist(), code_list=[code[c] for c in category],
-                       **self._candidates(vectors, nan_rows))
+                       price_list=price.tolist(), code_list=category_code.tolist(),
+                       **self._candidates(vectors64, nan_rows))
 
     def _user_features(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
         parts = {}
@@ -449,6 +449,10 @@ class Engine:
             parts[s.name] = np.array(values, dtype=np.float64) if s.kind == MINMAX else self.text[s.name].get(values, self.encoder)
         return assemble(specs, parts)
 
+    def known_user_vectors(self, tower: _Tower | None = None) -> np.ndarray:
+        """Every known user's vector for ``tower`` (default: the served one), computed once."""
+        return (tower or self.serving).all_user_vectors(self._user_features, len(self.user_ids))
+
     def user_index_of(self, user_id: str) -> int:
         idx = self.user_index.get(user_id)
         if idx is None:
@@ -460,7 +464,7 @@ class Engine:
         """Vectors [len(refs), d] for known users (int index: computed at load) and unseen ones
         (UserAttrs: one user-tower pass for the request)."""
         tower = tower or self.serving
-        known_vecs = tower.all_user_vectors(self._user_features, len(self.user_ids))
+        known_vecs = self.known_user_vectors(tower)
         new = [j for j, r in enumerate(refs) if isinstance(r, UserAttrs)]
         if not new:
             return known_vecs[np.asarray(refs, dtype=np.int64)]
@@ -507,8 +511,7 @@ class Engine:
             hit = _walk_candidates(cat, ref, top_n, excluded, price_min, price_max, codes)
             if hit is not None:
                 return cat, *hit
-        u = self.serving._all_users[ref] if known and self.serving._all_users is not None \
-            else self.user_vectors([ref])[0]
+        u = self.known_user_vectors()[ref] if known else self.user_vectors([ref])[0]
         if known and exclude_seen:
             excluded.update(self.seen.row(ref).tolist())
         allowed = None
@@ -605,7 +608,7 @@ class Engine:
         vectors = tower.item_vectors[:n_items]  # recorded splits rank the exported catalogue
         if check:
             check()
-        users_vec = tower.all_user_vectors(self._user_features, len(self.user_ids))
+        users_vec = self.known_user_vectors(tower)
         if inline is not None:
             cat = self.catalog
             u = np.empty(len(inline), dtype=np.int64)

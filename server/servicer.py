@@ -16,6 +16,7 @@ from typing import Callable
 import grpc
 from google.protobuf.message import DecodeError
 
+from towerserve.clients.client import encode_varint
 from towerserve.v1 import recommender_pb2 as pb
 
 from .engine import Engine, EngineConfig, NewItemData, UserAttrs, check_deadline
@@ -124,15 +125,6 @@ class EngineHolder:
             return engine, previous, time.perf_counter() - t0
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 _SCORE = struct.Struct("<Bf")  # Item.score: field 2, wire type 5 (fixed32) -> tag byte 0x15
 
 
@@ -146,10 +138,10 @@ def recommend_wire(wire: list[tuple[bytes, bytes]], rows: list[int], scores: lis
     for j, score in zip(rows, scores):
         head, tail = wire[j]
         body = head + (_SCORE.pack(0x15, score) if score != 0.0 else b"") + tail  # proto3 omits a zero score
-        parts.append(b"\x0a" + _varint(len(body)) + body)  # RecommendResponse.items: field 1, length-delimited
+        parts.append(b"\x0a" + encode_varint(len(body)) + body)  # RecommendResponse.items: field 1, length-delimited
     if model_version:
         mv = model_version.encode()
-        parts.append(b"\x12" + _varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
+        parts.append(b"\x12" + encode_varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
     return b"".join(parts)
 
 

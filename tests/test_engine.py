@@ -50,7 +50,7 @@ def test_candidate_lists_answer_exactly_like_the_exact_path(serving, model):
 
 def test_candidate_lists_hold_each_users_best_unseen_items(serving):
     engine = Engine(serving, EngineConfig(model="two_tower", candidates=6))
-    users = engine.serving.all_user_vectors(engine._user_features, len(engine.user_ids))
+    users = engine.known_user_vectors()
     for u in (0, 7, len(engine.user_ids) - 1):
         scores = engine.catalog.vectors.astype(np.float64) @ users[u].astype(np.float64)
         seen = set(engine.seen.row(u).tolist())
