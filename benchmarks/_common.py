@@ -12,8 +12,8 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "data" / "seed"
@@ -43,8 +43,10 @@ def serving_dir(artifacts: Path) -> Path:
         return artifacts / "serving"
     if (artifacts / "encoder").is_dir() and (artifacts / "manifest.json").is_file():
         return artifacts
-    raise SystemExit(f"{artifacts}: no serving folder (expected {artifacts / 'serving' / 'manifest.json'}); "
-                     f"run `make artifacts` or pass --artifacts")
+    raise SystemExit(
+        f"{artifacts}: no serving folder (expected {artifacts / 'serving' / 'manifest.json'}); "
+        f"run `make artifacts` or pass --artifacts"
+    )
 
 
 def free_port() -> int:
@@ -69,16 +71,25 @@ def verdict(ok: bool) -> str:
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
-            "loadavg": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 def write_result(name: str, payload: dict) -> Path:
     """benchmarks/out/<name>.json, with when and where it ran."""
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     path = OUT_DIR / f"{name}.json"
-    doc = {"benchmark": name, "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "machine": machine(), "note": NOTE, **payload}
+    doc = {
+        "benchmark": name,
+        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "machine": machine(),
+        "note": NOTE,
+        **payload,
+    }
     path.write_text(json.dumps(doc, indent=2, sort_keys=False, default=float) + "\n")
     return path
 
@@ -100,7 +111,7 @@ class ServerProcess:
         self.exit_code: int | None = None
         self.ready_seconds = float("nan")
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         self.start()
         return self
 
@@ -114,9 +125,10 @@ class ServerProcess:
 
     def start(self, timeout: float = 180.0) -> None:
         t0 = time.perf_counter()
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=child_env(),
-                                     cwd=ROOT)
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop(), outlives this call
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=child_env(), cwd=ROOT
+        )
         try:
             self.wait_serving(timeout)
         except BaseException:
@@ -131,8 +143,9 @@ class ServerProcess:
         with RecommenderClient(self.target, timeout=2.0, retry=RetryPolicy(attempts=1)) as client:
             while True:
                 if self.proc.poll() is not None:
-                    raise RuntimeError(f"server exited with code {self.proc.returncode} before SERVING:\n"
-                                       f"{self.log_tail()}")
+                    raise RuntimeError(
+                        f"server exited with code {self.proc.returncode} before SERVING:\n{self.log_tail()}"
+                    )
                 try:
                     # With --workers N the port answers as soon as one worker is up; wait for all of
                     # them (each logs "worker i (pid p) SERVING"), or a generator's connection could
@@ -186,9 +199,14 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     """Cells printed as given (format numbers before); columns of numbers are right-aligned."""
     cells = [["-" if v is None else str(v) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[c]) for r in cells]) for c, h in enumerate(headers)]
-    right = [bool(cells) and all(_NUMERIC.match(r[c]) or r[c] in ("", "-") for r in cells) for c in range(len(headers))]
+    right = [
+        bool(cells) and all(_NUMERIC.match(r[c]) or r[c] in ("", "-") for r in cells)
+        for c in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if right[c] else v.ljust(w) for c, (v, w) in enumerate(zip(values, widths))).rstrip()
+        return "  ".join(
+            v.rjust(w) if right[c] else v.ljust(w) for c, (v, w) in enumerate(zip(values, widths))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])

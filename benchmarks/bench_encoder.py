@@ -15,12 +15,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_ARTIFACTS, DEFAULT_DATA, OFFLINE_ENV, median, serving_dir, table, verdict,  # noqa: E402
-                     write_result)
+from _common import (  # noqa: E402
+    DEFAULT_ARTIFACTS,
+    DEFAULT_DATA,
+    OFFLINE_ENV,
+    median,
+    serving_dir,
+    table,
+    verdict,
+    write_result,
+)
 
 os.environ.update(OFFLINE_ENV)
 
@@ -52,10 +60,18 @@ def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS,
-                        help=f"training artifacts (its serving/ folder is used; default {DEFAULT_ARTIFACTS})")
-    parser.add_argument("--data", type=Path, help=f"read items.csv from this data folder instead (e.g. {DEFAULT_DATA})")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (default 3; median reported)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        help=f"training artifacts (its serving/ folder is used; default {DEFAULT_ARTIFACTS})",
+    )
+    parser.add_argument(
+        "--data", type=Path, help=f"read items.csv from this data folder instead (e.g. {DEFAULT_DATA})"
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved timing rounds (default 3; median reported)"
+    )
     parser.add_argument("--limit", type=int, help="only the first N descriptions (default: all)")
     parser.add_argument("--no-fp16", action="store_true", help="skip the fp16 graph (slow on CPU)")
     args = parser.parse_args()
@@ -76,7 +92,7 @@ def main() -> None:
     runners: dict[str, Callable[[list[str]], np.ndarray]] = {}
     remarks: dict[str, str] = {"torch eager": "reference"}
     torch_enc = TextEncoder(EncoderConfig(pooling="mean", batch_size=BATCH, threads=THREADS, cache_dir=None))
-    torch_enc.model  # load now
+    _ = torch_enc.model  # load now, outside the timed runs
     runners["torch eager"] = lambda t: torch_enc.encode(t, MAX_LENGTH, progress=False)
     for name, (variant, file, remark) in ONNX_VARIANTS.items():
         path = serving / "encoder" / file
@@ -86,8 +102,9 @@ def main() -> None:
             print(f"  {name}: {path} absent, skipped")
             continue
         try:
-            runner = OnnxTextEncoder(path, serving / enc["tokenizer_file"], enc["pooling"], threads=THREADS,
-                                     batch_size=BATCH)
+            runner = OnnxTextEncoder(
+                path, serving / enc["tokenizer_file"], enc["pooling"], threads=THREADS, batch_size=BATCH
+            )
             runner.encode(texts[:BATCH], MAX_LENGTH)
         except Exception as err:  # noqa: BLE001 - fp16 may have no CPU kernels
             print(f"  {name}: does not run on CPU here ({type(err).__name__}: {str(err)[:120]}), skipped")
@@ -106,8 +123,10 @@ def main() -> None:
             out = run(texts)
             times[name].append(time.perf_counter() - t0)
             outputs[name] = out
-        print(f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runners),
-              file=sys.stderr)
+        print(
+            f"  round {r + 1}/{args.rounds}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in runners),
+            file=sys.stderr,
+        )
 
     default = enc["default_variant"]
     default_name = next((n for n, (v, _, _) in ONNX_VARIANTS.items() if v == default), default)
@@ -117,34 +136,81 @@ def main() -> None:
     for name in runners:
         secs = median(times[name])
         cos = cosine_rows(ref, outputs[name])
-        rows.append({"variant": name, "seconds": secs, "texts_per_s": len(texts) / secs, "speedup": base / secs,
-                     "speedup_best_runs": base_best / min(times[name]),
-                     "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                     "server_default": name == default_name, "remark": remarks.get(name, ""),
-                     "runs_s": times[name]})
+        rows.append(
+            {
+                "variant": name,
+                "seconds": secs,
+                "texts_per_s": len(texts) / secs,
+                "speedup": base / secs,
+                "speedup_best_runs": base_best / min(times[name]),
+                "cosine_mean": float(cos.mean()),
+                "cosine_min": float(cos.min()),
+                "server_default": name == default_name,
+                "remark": remarks.get(name, ""),
+                "runs_s": times[name],
+            }
+        )
 
-    print(f"\ntext encoder on {len(texts)} item descriptions ({items_csv}), max_length {MAX_LENGTH}, batch {BATCH}, "
-          f"{THREADS} threads, median of {args.rounds} interleaved rounds")
-    print(table(
-        ["variant", "seconds", "texts/s", "speed-up", "best/best", "cos mean", "cos min", "server", "note"],
-        [[r["variant"], f"{r['seconds']:.2f}", f"{r['texts_per_s']:.0f}", f"{r['speedup']:.2f}x",
-          f"{r['speedup_best_runs']:.2f}x",
-          f"{r['cosine_mean']:.5f}", f"{r['cosine_min']:.5f}", "default" if r["server_default"] else "",
-          r["remark"]] for r in rows]))
-    print("speed-up: median vs median; best/best: fastest run vs fastest run (less sensitive to a noisy neighbour)")
+    print(
+        f"\ntext encoder on {len(texts)} item descriptions ({items_csv}), max_length {MAX_LENGTH}, batch {BATCH}, "
+        f"{THREADS} threads, median of {args.rounds} interleaved rounds"
+    )
+    print(
+        table(
+            [
+                "variant",
+                "seconds",
+                "texts/s",
+                "speed-up",
+                "best/best",
+                "cos mean",
+                "cos min",
+                "server",
+                "note",
+            ],
+            [
+                [
+                    r["variant"],
+                    f"{r['seconds']:.2f}",
+                    f"{r['texts_per_s']:.0f}",
+                    f"{r['speedup']:.2f}x",
+                    f"{r['speedup_best_runs']:.2f}x",
+                    f"{r['cosine_mean']:.5f}",
+                    f"{r['cosine_min']:.5f}",
+                    "default" if r["server_default"] else "",
+                    r["remark"],
+                ]
+                for r in rows
+            ],
+        )
+    )
+    print(
+        "speed-up: median vs median; best/best: fastest run vs fastest run (less sensitive to a noisy neighbour)"
+    )
     d = next((r for r in rows if r["server_default"]), None)
     if d is None:
         ok = False
         print(f"server default variant {default!r}: not measured here -> FAIL")
     else:
         ok = d["speedup"] >= TARGET_SPEEDUP and d["cosine_mean"] >= TARGET_COSINE
-        print(f"server default ({default_name}): {d['speedup']:.2f}x torch eager at cosine mean {d['cosine_mean']:.4f} "
-              f"(min {d['cosine_min']:.4f}); target >= {TARGET_SPEEDUP}x at cosine >= {TARGET_COSINE}: {verdict(ok)}")
-    path = write_result("bench_encoder", {
-        "texts": len(texts), "source": str(items_csv), "max_length": MAX_LENGTH, "batch": BATCH, "threads": THREADS,
-        "rounds": args.rounds, "server_default_variant": default, "variants": rows,
-        "target": {"speedup": TARGET_SPEEDUP, "cosine_mean": TARGET_COSINE, "pass": ok},
-    })
+        print(
+            f"server default ({default_name}): {d['speedup']:.2f}x torch eager at cosine mean {d['cosine_mean']:.4f} "
+            f"(min {d['cosine_min']:.4f}); target >= {TARGET_SPEEDUP}x at cosine >= {TARGET_COSINE}: {verdict(ok)}"
+        )
+    path = write_result(
+        "bench_encoder",
+        {
+            "texts": len(texts),
+            "source": str(items_csv),
+            "max_length": MAX_LENGTH,
+            "batch": BATCH,
+            "threads": THREADS,
+            "rounds": args.rounds,
+            "server_default_variant": default,
+            "variants": rows,
+            "target": {"speedup": TARGET_SPEEDUP, "cosine_mean": TARGET_COSINE, "pass": ok},
+        },
+    )
     print(f"wrote {path}")
 
 

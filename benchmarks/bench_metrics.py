@@ -15,7 +15,13 @@ import time
 import numpy as np
 
 from towerserve.server.csr import CSR
-from towerserve.server.metrics import DEFAULT_KS, _sortable_keys, dense_score_fn, full_ranking_metrics, topk_indices
+from towerserve.server.metrics import (
+    DEFAULT_KS,
+    _sortable_keys,
+    dense_score_fn,
+    full_ranking_metrics,
+    topk_indices,
+)
 
 TARGET_S = 1.0
 
@@ -40,8 +46,16 @@ def timed(fn, repeats: int) -> tuple[float, object]:
 
 def breakdown(scores: np.ndarray, train: CSR, test: CSR, chunk: int = 2048) -> dict[str, float]:
     """Seconds spent in each building block over all chunks (one pass; indicative, not additive to the total)."""
-    phases = dict.fromkeys(("score copy + NaN check", "masks (dense_rows)", "top-k (argpartition)", "row sort (mrr/auc)",
-                            "keys + searchsorted"), 0.0)
+    phases = dict.fromkeys(
+        (
+            "score copy + NaN check",
+            "masks (dense_rows)",
+            "top-k (argpartition)",
+            "row sort (mrr/auc)",
+            "keys + searchsorted",
+        ),
+        0.0,
+    )
     users = np.arange(scores.shape[0])
     for start in range(0, len(users), chunk):
         u = users[start : start + chunk]
@@ -80,15 +94,21 @@ def main() -> None:
     fn = dense_score_fn(scores)
     full_ranking_metrics(fn, test, train, DEFAULT_KS)  # warm-up: page in the arrays, load BLAS
     median, metrics = timed(lambda: full_ranking_metrics(fn, test, train, DEFAULT_KS), args.repeats)
-    print(f"full-ranking metrics, {args.users} users x {args.items} items: median {median:.2f} s over "
-          f"{args.repeats} runs (target < {TARGET_S:.0f} s)")
-    print(f"  train density {train.nnz / scores.size:.3f}, test density {test.nnz / scores.size:.3f}, "
-          f"{int(metrics['users'])} users evaluated; random scores give ndcg@10 {metrics['ndcg@10']:.4f}, "
-          f"auc {metrics['auc']:.4f}")
+    print(
+        f"full-ranking metrics, {args.users} users x {args.items} items: median {median:.2f} s over "
+        f"{args.repeats} runs (target < {TARGET_S:.0f} s)"
+    )
+    print(
+        f"  train density {train.nnz / scores.size:.3f}, test density {test.nnz / scores.size:.3f}, "
+        f"{int(metrics['users'])} users evaluated; random scores give ndcg@10 {metrics['ndcg@10']:.4f}, "
+        f"auc {metrics['auc']:.4f}"
+    )
     phases = breakdown(scores, train, test)
     for name, seconds in phases.items():
         print(f"  {name:<24} {seconds:.3f} s")
-    print(f"  {'rest (sums, bincounts)':<24} {max(0.0, median - sum(phases.values())):.3f} s (median minus the above)")
+    print(
+        f"  {'rest (sums, bincounts)':<24} {max(0.0, median - sum(phases.values())):.3f} s (median minus the above)"
+    )
 
 
 if __name__ == "__main__":

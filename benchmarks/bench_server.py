@@ -20,8 +20,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (DEFAULT_ARTIFACTS, OFFLINE_ENV, ServerProcess, median, pct, serving_dir, table,  # noqa: E402
-                     verdict, write_result)
+from _common import (  # noqa: E402
+    DEFAULT_ARTIFACTS,
+    OFFLINE_ENV,
+    ServerProcess,
+    median,
+    pct,
+    serving_dir,
+    table,
+    verdict,
+    write_result,
+)
 
 os.environ.update(OFFLINE_ENV)
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -45,15 +54,28 @@ def time_calls(fn, args_list) -> list[float]:
 
 
 def stats_ms(xs: list[float]) -> dict[str, float]:
-    return {"n": len(xs), "median_ms": median(xs) * 1e3, "p99_ms": pct(xs, 0.99) * 1e3, "mean_ms": sum(xs) / len(xs) * 1e3}
+    return {
+        "n": len(xs),
+        "median_ms": median(xs) * 1e3,
+        "p99_ms": pct(xs, 0.99) * 1e3,
+        "mean_ms": sum(xs) / len(xs) * 1e3,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS,
-                        help=f"training artifacts (its serving/ folder is used; default {DEFAULT_ARTIFACTS})")
-    parser.add_argument("--requests", type=int, default=5000, help="in-process Recommend calls per path (default 5000)")
-    parser.add_argument("--grpc-requests", type=int, default=2000, help="Recommend calls over gRPC (default 2000)")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        default=DEFAULT_ARTIFACTS,
+        help=f"training artifacts (its serving/ folder is used; default {DEFAULT_ARTIFACTS})",
+    )
+    parser.add_argument(
+        "--requests", type=int, default=5000, help="in-process Recommend calls per path (default 5000)"
+    )
+    parser.add_argument(
+        "--grpc-requests", type=int, default=2000, help="Recommend calls over gRPC (default 2000)"
+    )
     parser.add_argument("--repeats", type=int, default=3, help="Evaluate repeats after the first (default 3)")
     parser.add_argument("--quick", action="store_true", help="500 requests, 300 over gRPC, 1 Evaluate repeat")
     parser.add_argument("--seed", type=int, default=0)
@@ -79,19 +101,28 @@ def main() -> None:
     exact = Engine(serving, EngineConfig(candidates=0))
     exact.warm_up()
     exact_load_s = time.perf_counter() - t0
-    result["load"] = {"engine_s": load_s, "warm_up_s": warm_s, "engine_candidates0_s": exact_load_s,
-                      "model_version": engine.model_version, "model_kind": engine.kind,
-                      "users": len(engine.user_ids), "items": len(engine.catalog),
-                      "encoder_variant": engine.encoder_variant}
-    print(f"engine load {load_s:.2f} s (+ warm-up {warm_s * 1e3:.1f} ms) for {len(engine.user_ids)} users x "
-          f"{len(engine.catalog)} items, model {engine.model_version}, encoder {engine.encoder_variant}; "
-          f"with candidates=0: {exact_load_s:.2f} s")
+    result["load"] = {
+        "engine_s": load_s,
+        "warm_up_s": warm_s,
+        "engine_candidates0_s": exact_load_s,
+        "model_version": engine.model_version,
+        "model_kind": engine.kind,
+        "users": len(engine.user_ids),
+        "items": len(engine.catalog),
+        "encoder_variant": engine.encoder_variant,
+    }
+    print(
+        f"engine load {load_s:.2f} s (+ warm-up {warm_s * 1e3:.1f} ms) for {len(engine.user_ids)} users x "
+        f"{len(engine.catalog)} items, model {engine.model_version}, encoder {engine.encoder_variant}; "
+        f"with candidates=0: {exact_load_s:.2f} s"
+    )
 
     # ---------------------------------------------------------------- Recommend, in process
     def work(eng):
         def call(user):
             cat, top, scores = eng.recommend(user, 10)
             return recommend_wire(cat.wire, top, scores, eng.model_version)
+
         return call
 
     users = [rng.choice(engine.user_ids) for _ in range(args.requests)]
@@ -104,15 +135,22 @@ def main() -> None:
 
     def attrs(j: int, new_text: bool = False) -> UserAttrs:
         prof = rng.choice(professions) + (f" and part-time consultant #{j}" if new_text else "")
-        return UserAttrs(age=rng.choice(new_ages), profession=prof,
-                         personality=rng.choice(personalities) if personalities else None)
+        return UserAttrs(
+            age=rng.choice(new_ages),
+            profession=prof,
+            personality=rng.choice(personalities) if personalities else None,
+        )
 
     n_cold = max(50, args.requests // 10)
     cases = [
         ("known user, candidate lists (default)", work(engine), users),
         ("known user, exact path (candidates=0)", work(exact), users),
         ("unseen user by attributes (known texts)", work(engine), [attrs(j) for j in range(n_cold)]),
-        ("unseen user, new profession text (encoder)", work(engine), [attrs(j, True) for j in range(n_cold // 5)]),
+        (
+            "unseen user, new profession text (encoder)",
+            work(engine),
+            [attrs(j, True) for j in range(n_cold // 5)],
+        ),
     ]
     recommend_rows = []
     for name, fn, inputs in cases:
@@ -122,11 +160,21 @@ def main() -> None:
     default_ms = recommend_rows[0]["median_ms"]
     ok_rec = default_ms <= TARGET_RECOMMEND_MS
     print("\nRecommend work per request, in process (engine.recommend(user, 10) + recommend_wire)")
-    print(table(["case", "calls", "median ms", "p99 ms", "mean ms"],
-                [[r["case"], r["n"], f"{r['median_ms']:.4f}", f"{r['p99_ms']:.4f}", f"{r['mean_ms']:.4f}"]
-                 for r in recommend_rows]))
+    print(
+        table(
+            ["case", "calls", "median ms", "p99 ms", "mean ms"],
+            [
+                [r["case"], r["n"], f"{r['median_ms']:.4f}", f"{r['p99_ms']:.4f}", f"{r['mean_ms']:.4f}"]
+                for r in recommend_rows
+            ],
+        )
+    )
     print(f"known-user median {default_ms:.4f} ms; target <= {TARGET_RECOMMEND_MS} ms: {verdict(ok_rec)}")
-    result["recommend_in_process"] = {"cases": recommend_rows, "target_median_ms": TARGET_RECOMMEND_MS, "pass": ok_rec}
+    result["recommend_in_process"] = {
+        "cases": recommend_rows,
+        "target_median_ms": TARGET_RECOMMEND_MS,
+        "pass": ok_rec,
+    }
 
     # ---------------------------------------------------------------- Evaluate, in process
     eval_rows = []
@@ -137,13 +185,38 @@ def main() -> None:
             metrics, n_users = engine.evaluate("holdout", ks, protocol)
             runs.append(time.perf_counter() - t0)
         rep = median(runs[1:])
-        eval_rows.append({"protocol": protocol, "users": n_users, "first_s": runs[0], "repeat_median_s": rep,
-                          "runs_s": runs, "target_s": target, "pass": max(runs[0], rep) < target,
-                          "ndcg@10": metrics.get("ndcg@10"), "notebook_score": metrics["notebook_score"]})
-    print("\nEvaluate (holdout, in process; user vectors were computed at load, so the first call does no extra work)")
-    print(table(["protocol", "users", "first ms", f"median of {args.repeats} repeats ms", "target", "verdict"],
-                [[r["protocol"], r["users"], f"{r['first_s'] * 1e3:.2f}", f"{r['repeat_median_s'] * 1e3:.2f}",
-                  f"< {r['target_s']:.0f} s", verdict(r["pass"])] for r in eval_rows]))
+        eval_rows.append(
+            {
+                "protocol": protocol,
+                "users": n_users,
+                "first_s": runs[0],
+                "repeat_median_s": rep,
+                "runs_s": runs,
+                "target_s": target,
+                "pass": max(runs[0], rep) < target,
+                "ndcg@10": metrics.get("ndcg@10"),
+                "notebook_score": metrics["notebook_score"],
+            }
+        )
+    print(
+        "\nEvaluate (holdout, in process; user vectors were computed at load, so the first call does no extra work)"
+    )
+    print(
+        table(
+            ["protocol", "users", "first ms", f"median of {args.repeats} repeats ms", "target", "verdict"],
+            [
+                [
+                    r["protocol"],
+                    r["users"],
+                    f"{r['first_s'] * 1e3:.2f}",
+                    f"{r['repeat_median_s'] * 1e3:.2f}",
+                    f"< {r['target_s']:.0f} s",
+                    verdict(r["pass"]),
+                ]
+                for r in eval_rows
+            ],
+        )
+    )
     result["evaluate_in_process"] = eval_rows
     del exact
 
@@ -156,12 +229,16 @@ def main() -> None:
     server = ServerProcess(serving, tag="bench_server")
     try:
         server.start()
-        print(f"\nreal server: `{' '.join(server.cmd)}` SERVING after {server.ready_seconds:.1f} s (pid {server.pid})")
+        print(
+            f"\nreal server: `{' '.join(server.cmd)}` SERVING after {server.ready_seconds:.1f} s (pid {server.pid})"
+        )
         compute, wall = [], []
         with grpc.insecure_channel(server.target) as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
-            reqs = [pb.RecommendRequest(user_id=rng.choice(engine.user_ids), top_n=10)
-                    for _ in range(args.grpc_requests + 50)]
+            reqs = [
+                pb.RecommendRequest(user_id=rng.choice(engine.user_ids), top_n=10)
+                for _ in range(args.grpc_requests + 50)
+            ]
             for j, req in enumerate(reqs):
                 t0 = time.perf_counter()
                 resp, call = stub.Recommend.with_call(req, timeout=10)
@@ -180,15 +257,31 @@ def main() -> None:
     c, w = stats_ms(compute), stats_ms(wall)
     rss_mb, hwm_mb = mem["VmRSS"] / 1024, mem["VmHWM"] / 1024
     ok_rss = max(rss_mb, hwm_mb) <= TARGET_RSS_MB
-    print(table(["Recommend over gRPC, one at a time", "calls", "median ms", "p99 ms"],
-                [["server-timing compute (trailer)", c["n"], f"{c['median_ms']:.4f}", f"{c['p99_ms']:.4f}"],
-                 ["client wall time (sync stub)", w["n"], f"{w['median_ms']:.4f}", f"{w['p99_ms']:.4f}"]]))
-    print(f"server RSS after the run: VmRSS {rss_mb:.0f} MB, VmHWM (peak) {hwm_mb:.0f} MB; target <= "
-          f"{TARGET_RSS_MB:.0f} MB: {verdict(ok_rss)}")
+    print(
+        table(
+            ["Recommend over gRPC, one at a time", "calls", "median ms", "p99 ms"],
+            [
+                ["server-timing compute (trailer)", c["n"], f"{c['median_ms']:.4f}", f"{c['p99_ms']:.4f}"],
+                ["client wall time (sync stub)", w["n"], f"{w['median_ms']:.4f}", f"{w['p99_ms']:.4f}"],
+            ],
+        )
+    )
+    print(
+        f"server RSS after the run: VmRSS {rss_mb:.0f} MB, VmHWM (peak) {hwm_mb:.0f} MB; target <= "
+        f"{TARGET_RSS_MB:.0f} MB: {verdict(ok_rss)}"
+    )
     print(f"SIGTERM -> exit code {rc}: {verdict(rc == 0)}")
-    result["grpc"] = {"server_ready_s": server.ready_seconds, "compute": c, "client_wall": w,
-                      "vmrss_mb": rss_mb, "vmhwm_mb": hwm_mb, "target_rss_mb": TARGET_RSS_MB, "rss_pass": ok_rss,
-                      "sigterm_exit_code": rc, "sigterm_pass": rc == 0}
+    result["grpc"] = {
+        "server_ready_s": server.ready_seconds,
+        "compute": c,
+        "client_wall": w,
+        "vmrss_mb": rss_mb,
+        "vmhwm_mb": hwm_mb,
+        "target_rss_mb": TARGET_RSS_MB,
+        "rss_pass": ok_rss,
+        "sigterm_exit_code": rc,
+        "sigterm_pass": rc == 0,
+    }
     path = write_result("bench_server", result)
     print(f"wrote {path}")
 

@@ -47,9 +47,15 @@ def ndcg(metrics: dict, kind: str) -> float | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help=f"data set folder; generated (10,000 x 1,000, seed 42) if missing (default {DEFAULT_DATA})")
-    parser.add_argument("--quick", action="store_true", help="generate and use 2,000 users x 300 items instead")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help=f"data set folder; generated (10,000 x 1,000, seed 42) if missing (default {DEFAULT_DATA})",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="generate and use 2,000 users x 300 items instead"
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary artifacts folder")
     args = parser.parse_args()
 
@@ -59,13 +65,36 @@ def main() -> None:
     try:
         data = tmp / "data" if args.quick else args.data
         if args.quick or not (data / "users.csv").is_file():
-            size = ["--users", "2000", "--items", "300"] if args.quick else ["--users", "10000", "--items", "1000"]
-            steps["generate_s"] = run_step("generate", ["generate", "--out", str(data), *size, "--seed", "42", "-q"],
-                                           OUT_DIR / "bench_train-generate.log")
+            size = (
+                ["--users", "2000", "--items", "300"]
+                if args.quick
+                else ["--users", "10000", "--items", "1000"]
+            )
+            steps["generate_s"] = run_step(
+                "generate",
+                ["generate", "--out", str(data), *size, "--seed", "42", "-q"],
+                OUT_DIR / "bench_train-generate.log",
+            )
         artifacts = tmp / "artifacts"
-        steps["train_s"] = run_step("train", ["train", "--data", str(data), "--out", str(artifacts), "--model", "all",
-                                              "--cache-dir", str(tmp / "cache"), "-q"], OUT_DIR / "bench_train-train.log")
-        steps["export_s"] = run_step("export", ["export", "--artifacts", str(artifacts)], OUT_DIR / "bench_train-export.log")
+        steps["train_s"] = run_step(
+            "train",
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(artifacts),
+                "--model",
+                "all",
+                "--cache-dir",
+                str(tmp / "cache"),
+                "-q",
+            ],
+            OUT_DIR / "bench_train-train.log",
+        )
+        steps["export_s"] = run_step(
+            "export", ["export", "--artifacts", str(artifacts)], OUT_DIR / "bench_train-export.log"
+        )
 
         metrics = json.loads((artifacts / "metrics.json").read_text())
         manifest = json.loads((artifacts / "manifest.json").read_text())
@@ -79,8 +108,12 @@ def main() -> None:
     t = manifest["timings"]
     fit = {k: v for k, v in t.items() if k.startswith("fit_")}
     evals = {k: v for k, v in t.items() if k.startswith("eval_") or k.startswith("baselines_")}
-    phases = [("embed (fresh cache)", t.get("embed_s", 0.0)), ("splits", t.get("split_s", 0.0)),
-              ("fit (all models, both splits)", sum(fit.values())), ("evaluate (models + baselines)", sum(evals.values()))]
+    phases = [
+        ("embed (fresh cache)", t.get("embed_s", 0.0)),
+        ("splits", t.get("split_s", 0.0)),
+        ("fit (all models, both splits)", sum(fit.values())),
+        ("evaluate (models + baselines)", sum(evals.values())),
+    ]
     accounted = sum(v for _, v in phases)
     phases.append(("rest (load, save, report)", t["total_s"] - accounted))
     phases.append(("train total (manifest)", t["total_s"]))
@@ -88,20 +121,42 @@ def main() -> None:
 
     data_info = manifest["data"]
     scale = "quick scale (targets are set for seed scale)" if args.quick else "seed scale"
-    print(f"\n{scale}, end to end: {data_info['users']} users x {data_info['items']} items, "
-          f"{data_info['positives']} positives; encoder {manifest['encoder']['name']}")
-    print(table(["step", "wall s", "target", "verdict"], [
-        ["towerserve train --model all", f"{steps['train_s']:.1f}", f"<= {TARGET_TRAIN_S:.0f} s",
-         verdict(steps["train_s"] <= TARGET_TRAIN_S)],
-        ["towerserve export", f"{steps['export_s']:.1f}", f"<= {TARGET_EXPORT_S:.0f} s",
-         verdict(steps["export_s"] <= TARGET_EXPORT_S)],
-    ] + ([["towerserve generate", f"{steps['generate_s']:.1f}", "", ""]] if "generate_s" in steps else [])))
+    print(
+        f"\n{scale}, end to end: {data_info['users']} users x {data_info['items']} items, "
+        f"{data_info['positives']} positives; encoder {manifest['encoder']['name']}"
+    )
+    print(
+        table(
+            ["step", "wall s", "target", "verdict"],
+            [
+                [
+                    "towerserve train --model all",
+                    f"{steps['train_s']:.1f}",
+                    f"<= {TARGET_TRAIN_S:.0f} s",
+                    verdict(steps["train_s"] <= TARGET_TRAIN_S),
+                ],
+                [
+                    "towerserve export",
+                    f"{steps['export_s']:.1f}",
+                    f"<= {TARGET_EXPORT_S:.0f} s",
+                    verdict(steps["export_s"] <= TARGET_EXPORT_S),
+                ],
+            ]
+            + (
+                [["towerserve generate", f"{steps['generate_s']:.1f}", "", ""]]
+                if "generate_s" in steps
+                else []
+            ),
+        )
+    )
     print("\ntrain breakdown (manifest.json timings)")
     print(table(["phase", "seconds"], [[n, f"{v:.1f}"] for n, v in phases]))
     print(table(["fit", "seconds"], [[k[4:-2], f"{v:.1f}"] for k, v in sorted(fit.items())]))
-    print(f"export: {serving.get('export_seconds', float('nan')):.1f} s inside main_export "
-          f"(encoder variants built in {serving['encoder'].get('build_seconds', float('nan')):.1f} s; "
-          f"variants {', '.join(serving['encoder']['variants'])}, default {serving['encoder']['default_variant']})")
+    print(
+        f"export: {serving.get('export_seconds', float('nan')):.1f} s inside main_export "
+        f"(encoder variants built in {serving['encoder'].get('build_seconds', float('nan')):.1f} s; "
+        f"variants {', '.join(serving['encoder']['variants'])}, default {serving['encoder']['default_variant']})"
+    )
 
     scores = {k: ndcg(metrics, k) for k in ("two_tower", "seed", "mostpop", "oracle", "random")}
     ratios = {}
@@ -112,14 +167,29 @@ def main() -> None:
     print(table(["ratio", "value"], [[k, "-" if v is None else f"{v:.3f}"] for k, v in ratios.items()]))
     print(f"served default model: {manifest['default_model']}")
 
-    path = write_result("bench_train", {
-        "quick": args.quick, "data": data_info, "steps_s": steps,
-        "targets": {"train_s": TARGET_TRAIN_S, "train_pass": steps["train_s"] <= TARGET_TRAIN_S,
-                    "export_s": TARGET_EXPORT_S, "export_pass": steps["export_s"] <= TARGET_EXPORT_S},
-        "timings": t, "phases_s": dict(phases), "export_seconds": serving.get("export_seconds"),
-        "ndcg@10": scores, "ratios": ratios, "default_model": manifest["default_model"],
-        "epochs": {f"{k}/{s}": v["epochs"] for k, e in manifest["models"].items() for s, v in e["splits"].items()},
-    })
+    path = write_result(
+        "bench_train",
+        {
+            "quick": args.quick,
+            "data": data_info,
+            "steps_s": steps,
+            "targets": {
+                "train_s": TARGET_TRAIN_S,
+                "train_pass": steps["train_s"] <= TARGET_TRAIN_S,
+                "export_s": TARGET_EXPORT_S,
+                "export_pass": steps["export_s"] <= TARGET_EXPORT_S,
+            },
+            "timings": t,
+            "phases_s": dict(phases),
+            "export_seconds": serving.get("export_seconds"),
+            "ndcg@10": scores,
+            "ratios": ratios,
+            "default_model": manifest["default_model"],
+            "epochs": {
+                f"{k}/{s}": v["epochs"] for k, e in manifest["models"].items() for s, v in e["splits"].items()
+            },
+        },
+    )
     print(f"wrote {path}")
 
 

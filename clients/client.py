@@ -10,9 +10,10 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import grpc
 
@@ -162,13 +163,22 @@ class TLS:
 
 def _user_fields(user: str | User) -> dict[str, Any]:
     if isinstance(user, User):
-        return {"user": pb.UserAttributes(age=user.age, profession=user.profession, personality=user.personality)}
+        return {
+            "user": pb.UserAttributes(age=user.age, profession=user.profession, personality=user.personality)
+        }
     return {"user_id": user}
 
 
-def _recommend_request(user, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids) -> pb.RecommendRequest:
-    req = pb.RecommendRequest(top_n=top_n, exclude_seen=exclude_seen, categories=list(categories),
-                              exclude_item_ids=list(exclude_item_ids), **_user_fields(user))
+def _recommend_request(
+    user, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+) -> pb.RecommendRequest:
+    req = pb.RecommendRequest(
+        top_n=top_n,
+        exclude_seen=exclude_seen,
+        categories=list(categories),
+        exclude_item_ids=list(exclude_item_ids),
+        **_user_fields(user),
+    )
     if price_min is not None:
         req.price_range.min = price_min
     if price_max is not None:
@@ -177,8 +187,13 @@ def _recommend_request(user, top_n, exclude_seen, price_min, price_max, categori
 
 
 def _recommendation(r: pb.RecommendResponse) -> Recommendation:
-    return Recommendation([RecommendedItem(i.item_id, i.score, i.price, i.description, i.features, i.category)
-                           for i in r.items], r.model_version)
+    return Recommendation(
+        [
+            RecommendedItem(i.item_id, i.score, i.price, i.description, i.features, i.category)
+            for i in r.items
+        ],
+        r.model_version,
+    )
 
 
 def _score_request(pairs: Sequence[tuple[str | User, str]]) -> pb.ScoreRequest:
@@ -190,8 +205,12 @@ def _evaluate_request(split, ks, protocol, interactions) -> pb.EvaluateRequest:
         raise ValueError(f"split must be one of {sorted(SPLITS)} (got {split!r})")
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)} (got {protocol!r})")
-    return pb.EvaluateRequest(split=SPLITS[split], ks=list(ks), protocol=PROTOCOLS[protocol],
-                              interactions=[pb.Interaction(user_id=u, item_id=i) for u, i in interactions or ()])
+    return pb.EvaluateRequest(
+        split=SPLITS[split],
+        ks=list(ks),
+        protocol=PROTOCOLS[protocol],
+        interactions=[pb.Interaction(user_id=u, item_id=i) for u, i in interactions or ()],
+    )
 
 
 def _evaluation(r: pb.EvaluateResponse) -> Evaluation:
@@ -200,15 +219,42 @@ def _evaluation(r: pb.EvaluateResponse) -> Evaluation:
 
 def _model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
     return ModelInfo(
-        r.model_version, r.model_kind, r.user_independent_ranking, r.item_count, r.user_count, list(r.providers),
-        r.encoder, r.encoder_variant, r.vector_dim, list(r.user_fields), list(r.item_fields), dict(r.training_metrics),
-        dict(r.versions), r.artifacts, r.loaded_at, r.max_top_n, r.max_score_pairs, r.max_upsert_items,
-        r.max_inline_interactions, list(r.categories))
+        r.model_version,
+        r.model_kind,
+        r.user_independent_ranking,
+        r.item_count,
+        r.user_count,
+        list(r.providers),
+        r.encoder,
+        r.encoder_variant,
+        r.vector_dim,
+        list(r.user_fields),
+        list(r.item_fields),
+        dict(r.training_metrics),
+        dict(r.versions),
+        r.artifacts,
+        r.loaded_at,
+        r.max_top_n,
+        r.max_score_pairs,
+        r.max_upsert_items,
+        r.max_inline_interactions,
+        list(r.categories),
+    )
 
 
 def _upsert_request(items: Sequence[ItemData]) -> pb.UpsertItemsRequest:
-    return pb.UpsertItemsRequest(items=[pb.NewItem(item_id=i.item_id, description=i.description, features=i.features,
-                                                   price=i.price, category=i.category) for i in items])
+    return pb.UpsertItemsRequest(
+        items=[
+            pb.NewItem(
+                item_id=i.item_id,
+                description=i.description,
+                features=i.features,
+                price=i.price,
+                category=i.category,
+            )
+            for i in items
+        ]
+    )
 
 
 def _health_request(service: str) -> bytes:
@@ -235,13 +281,27 @@ def _health_status(data: bytes) -> str:
 
 
 _METHODS: dict[str, tuple[str, Callable, Callable]] = {
-    "Recommend": (RECOMMENDER + "Recommend", pb.RecommendRequest.SerializeToString, pb.RecommendResponse.FromString),
+    "Recommend": (
+        RECOMMENDER + "Recommend",
+        pb.RecommendRequest.SerializeToString,
+        pb.RecommendResponse.FromString,
+    ),
     "Score": (RECOMMENDER + "Score", pb.ScoreRequest.SerializeToString, pb.ScoreResponse.FromString),
-    "Evaluate": (RECOMMENDER + "Evaluate", pb.EvaluateRequest.SerializeToString, pb.EvaluateResponse.FromString),
-    "GetModelInfo": (RECOMMENDER + "GetModelInfo", pb.GetModelInfoRequest.SerializeToString,
-                     pb.GetModelInfoResponse.FromString),
-    "UpsertItems": (RECOMMENDER + "UpsertItems", pb.UpsertItemsRequest.SerializeToString,
-                    pb.UpsertItemsResponse.FromString),
+    "Evaluate": (
+        RECOMMENDER + "Evaluate",
+        pb.EvaluateRequest.SerializeToString,
+        pb.EvaluateResponse.FromString,
+    ),
+    "GetModelInfo": (
+        RECOMMENDER + "GetModelInfo",
+        pb.GetModelInfoRequest.SerializeToString,
+        pb.GetModelInfoResponse.FromString,
+    ),
+    "UpsertItems": (
+        RECOMMENDER + "UpsertItems",
+        pb.UpsertItemsRequest.SerializeToString,
+        pb.UpsertItemsResponse.FromString,
+    ),
     "Reload": (ADMIN + "Reload", pb.ReloadRequest.SerializeToString, pb.ReloadResponse.FromString),
     "Health": (HEALTH_CHECK, None, None),  # raw bytes both ways
 }
@@ -252,7 +312,9 @@ def _credentials(tls: TLS | bool | None) -> grpc.ChannelCredentials | None:
         return None
     tls = TLS() if tls is True else tls
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-    return grpc.ssl_channel_credentials(read(tls.root_certificates), read(tls.client_key), read(tls.client_cert))
+    return grpc.ssl_channel_credentials(
+        read(tls.root_certificates), read(tls.client_key), read(tls.client_cert)
+    )
 
 
 def _channel_options(tls: TLS | bool | None, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
@@ -263,9 +325,16 @@ def _channel_options(tls: TLS | bool | None, options: Sequence[tuple[str, Any]])
 
 
 class _Base:
-    def __init__(self, target: str, *, tls: TLS | bool | None = None, token: str | None = None,
-                 timeout: float | None = 10.0, retry: RetryPolicy = RetryPolicy(),
-                 options: Sequence[tuple[str, Any]] = ()):
+    def __init__(
+        self,
+        target: str,
+        *,
+        tls: TLS | bool | None = None,
+        token: str | None = None,
+        timeout: float | None = 10.0,
+        retry: RetryPolicy = RetryPolicy(),
+        options: Sequence[tuple[str, Any]] = (),
+    ):
         self.target = target
         self.timeout = timeout
         self.retry = retry
@@ -294,12 +363,17 @@ class RecommenderClient(_Base):
 
     def __init__(self, target: str, **kwargs):
         super().__init__(target, **kwargs)
-        self._channel = (grpc.secure_channel(target, self._creds, self._options) if self._creds
-                         else grpc.insecure_channel(target, self._options))
-        self._calls = {name: self._channel.unary_unary(path, request_serializer=ser, response_deserializer=de)
-                       for name, (path, ser, de) in _METHODS.items()}
+        self._channel = (
+            grpc.secure_channel(target, self._creds, self._options)
+            if self._creds
+            else grpc.insecure_channel(target, self._options)
+        )
+        self._calls = {
+            name: self._channel.unary_unary(path, request_serializer=ser, response_deserializer=de)
+            for name, (path, ser, de) in _METHODS.items()
+        }
 
-    def __enter__(self) -> "RecommenderClient":
+    def __enter__(self) -> RecommenderClient:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -322,24 +396,48 @@ class RecommenderClient(_Base):
                         continue
                 raise self._error(name, err) from None
 
-    def recommend(self, user_id: str | None = None, *, user: User | None = None, top_n: int = 10,
-                  exclude_seen: bool = True, price_min: float | None = None, price_max: float | None = None,
-                  categories: Sequence[str] = (), exclude_item_ids: Sequence[str] = (),
-                  timeout: float | None = None) -> Recommendation:
+    def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        user: User | None = None,
+        top_n: int = 10,
+        exclude_seen: bool = True,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        categories: Sequence[str] = (),
+        exclude_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Recommendation:
         """Top-N items for a known user (``user_id``) or an unseen one (``user``)."""
         who = _who(user_id, user)
-        return _recommendation(self._call("Recommend", _recommend_request(
-            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids), timeout))
+        return _recommendation(
+            self._call(
+                "Recommend",
+                _recommend_request(
+                    who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+                ),
+                timeout,
+            )
+        )
 
     def score(self, pairs: Sequence[tuple[str | User, str]], timeout: float | None = None) -> Scores:
         """Probabilities for (user id or User, item id) pairs, in order."""
         r = self._call("Score", _score_request(pairs), timeout)
         return Scores(list(r.scores), r.model_version)
 
-    def evaluate(self, split: str = "holdout", ks: Sequence[int] = (5, 10, 20), protocol: str = "full",
-                 interactions: Sequence[tuple[str, str]] | None = None, timeout: float | None = None) -> Evaluation:
+    def evaluate(
+        self,
+        split: str = "holdout",
+        ks: Sequence[int] = (5, 10, 20),
+        protocol: str = "full",
+        interactions: Sequence[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+    ) -> Evaluation:
         """Ranking metrics of the served model on a recorded split or inline (user, item) positives."""
-        return _evaluation(self._call("Evaluate", _evaluate_request(split, ks, protocol, interactions), timeout))
+        return _evaluation(
+            self._call("Evaluate", _evaluate_request(split, ks, protocol, interactions), timeout)
+        )
 
     def model_info(self, timeout: float | None = None) -> ModelInfo:
         return _model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout))
@@ -363,12 +461,17 @@ class AsyncRecommenderClient(_Base):
 
     def __init__(self, target: str, **kwargs):
         super().__init__(target, **kwargs)
-        self._channel = (grpc.aio.secure_channel(target, self._creds, self._options) if self._creds
-                         else grpc.aio.insecure_channel(target, self._options))
-        self._calls = {name: self._channel.unary_unary(path, request_serializer=ser, response_deserializer=de)
-                       for name, (path, ser, de) in _METHODS.items()}
+        self._channel = (
+            grpc.aio.secure_channel(target, self._creds, self._options)
+            if self._creds
+            else grpc.aio.insecure_channel(target, self._options)
+        )
+        self._calls = {
+            name: self._channel.unary_unary(path, request_serializer=ser, response_deserializer=de)
+            for name, (path, ser, de) in _METHODS.items()
+        }
 
-    async def __aenter__(self) -> "AsyncRecommenderClient":
+    async def __aenter__(self) -> AsyncRecommenderClient:
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -391,21 +494,45 @@ class AsyncRecommenderClient(_Base):
                         continue
                 raise self._error(name, err) from None
 
-    async def recommend(self, user_id: str | None = None, *, user: User | None = None, top_n: int = 10,
-                        exclude_seen: bool = True, price_min: float | None = None, price_max: float | None = None,
-                        categories: Sequence[str] = (), exclude_item_ids: Sequence[str] = (),
-                        timeout: float | None = None) -> Recommendation:
+    async def recommend(
+        self,
+        user_id: str | None = None,
+        *,
+        user: User | None = None,
+        top_n: int = 10,
+        exclude_seen: bool = True,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        categories: Sequence[str] = (),
+        exclude_item_ids: Sequence[str] = (),
+        timeout: float | None = None,
+    ) -> Recommendation:
         who = _who(user_id, user)
-        return _recommendation(await self._call("Recommend", _recommend_request(
-            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids), timeout))
+        return _recommendation(
+            await self._call(
+                "Recommend",
+                _recommend_request(
+                    who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+                ),
+                timeout,
+            )
+        )
 
     async def score(self, pairs: Sequence[tuple[str | User, str]], timeout: float | None = None) -> Scores:
         r = await self._call("Score", _score_request(pairs), timeout)
         return Scores(list(r.scores), r.model_version)
 
-    async def evaluate(self, split: str = "holdout", ks: Sequence[int] = (5, 10, 20), protocol: str = "full",
-                       interactions: Sequence[tuple[str, str]] | None = None, timeout: float | None = None) -> Evaluation:
-        return _evaluation(await self._call("Evaluate", _evaluate_request(split, ks, protocol, interactions), timeout))
+    async def evaluate(
+        self,
+        split: str = "holdout",
+        ks: Sequence[int] = (5, 10, 20),
+        protocol: str = "full",
+        interactions: Sequence[tuple[str, str]] | None = None,
+        timeout: float | None = None,
+    ) -> Evaluation:
+        return _evaluation(
+            await self._call("Evaluate", _evaluate_request(split, ks, protocol, interactions), timeout)
+        )
 
     async def model_info(self, timeout: float | None = None) -> ModelInfo:
         return _model_info(await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout))

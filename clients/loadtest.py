@@ -16,9 +16,9 @@ import multiprocessing as mp
 import random
 import re
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Sequence
 
 import grpc
 
@@ -113,7 +113,9 @@ class LoadTestConfig:
         if self.rpc == "score" and not self.item_ids:
             raise ValueError("--rpc score needs item ids (--items items.csv or an artifacts folder)")
         if self.evaluate_protocol not in ("notebook", "full"):
-            raise ValueError(f"evaluate_protocol must be 'notebook' or 'full' (got {self.evaluate_protocol!r})")
+            raise ValueError(
+                f"evaluate_protocol must be 'notebook' or 'full' (got {self.evaluate_protocol!r})"
+            )
         if self.warmup < 0 or self.timeout <= 0 or self.top_n < 1 or self.score_pairs < 1:
             raise ValueError("warmup must be >= 0, timeout > 0, top_n and score_pairs >= 1")
 
@@ -137,11 +139,25 @@ class LoadTestResult:
 
     def table(self) -> str:
         lat = self.latency_ms
-        rows = [[self.rpc, self.mode, self.concurrency if self.rate is None else f"{self.rate:g}/s", self.requests,
-                 round(self.qps, 1), lat.get("p50"), lat.get("p90"), lat.get("p99"), lat.get("max"),
-                 sum(self.errors.values()) + self.dropped]]
-        out = format_table(["rpc", "mode", "load", "requests", "qps", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
-                           rows, digits=3)
+        rows = [
+            [
+                self.rpc,
+                self.mode,
+                self.concurrency if self.rate is None else f"{self.rate:g}/s",
+                self.requests,
+                round(self.qps, 1),
+                lat.get("p50"),
+                lat.get("p90"),
+                lat.get("p99"),
+                lat.get("max"),
+                sum(self.errors.values()) + self.dropped,
+            ]
+        ]
+        out = format_table(
+            ["rpc", "mode", "load", "requests", "qps", "p50 ms", "p90 ms", "p99 ms", "max ms", "errors"],
+            rows,
+            digits=3,
+        )
         if self.errors:
             out += "\nerrors by code: " + ", ".join(f"{k}: {v}" for k, v in sorted(self.errors.items()))
         if self.dropped:
@@ -155,11 +171,19 @@ def _requests(cfg: LoadTestConfig, rng: random.Random, n: int = 2048) -> tuple[s
         return HEALTH_CHECK, [b""]
     if cfg.rpc == "recommend":
         users = [rng.choice(cfg.user_ids) for _ in range(n)]
-        return RECOMMENDER + "Recommend", [pb.RecommendRequest(user_id=u, top_n=cfg.top_n).SerializeToString() for u in users]
+        return RECOMMENDER + "Recommend", [
+            pb.RecommendRequest(user_id=u, top_n=cfg.top_n).SerializeToString() for u in users
+        ]
     if cfg.rpc == "score":
-        return RECOMMENDER + "Score", [pb.ScoreRequest(pairs=[
-            pb.ScorePair(user_id=rng.choice(cfg.user_ids), item_id=rng.choice(cfg.item_ids)) for _ in range(cfg.score_pairs)
-        ]).SerializeToString() for _ in range(n // 8)]
+        return RECOMMENDER + "Score", [
+            pb.ScoreRequest(
+                pairs=[
+                    pb.ScorePair(user_id=rng.choice(cfg.user_ids), item_id=rng.choice(cfg.item_ids))
+                    for _ in range(cfg.score_pairs)
+                ]
+            ).SerializeToString()
+            for _ in range(n // 8)
+        ]
     proto = pb.PROTOCOL_NOTEBOOK if cfg.evaluate_protocol == "notebook" else pb.PROTOCOL_FULL
     return RECOMMENDER + "Evaluate", [pb.EvaluateRequest(protocol=proto).SerializeToString()]
 
@@ -175,8 +199,13 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
     if not latencies:
         return {}
     s = sorted(latencies)
-    return {"p50": nearest_rank(s, 0.50) * 1e3, "p90": nearest_rank(s, 0.90) * 1e3, "p99": nearest_rank(s, 0.99) * 1e3,
-            "max": s[-1] * 1e3, "mean": sum(s) / len(s) * 1e3}
+    return {
+        "p50": nearest_rank(s, 0.50) * 1e3,
+        "p90": nearest_rank(s, 0.90) * 1e3,
+        "p99": nearest_rank(s, 0.99) * 1e3,
+        "max": s[-1] * 1e3,
+        "mean": sum(s) / len(s) * 1e3,
+    }
 
 
 async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[str, int], int, float]:
@@ -184,8 +213,11 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
     rng = random.Random(cfg.seed * 1000 + worker)
     method, pool = _requests(cfg, rng)
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-    creds = grpc.ssl_channel_credentials(read(cfg.tls_root), read(cfg.tls_key), read(cfg.tls_cert)) \
-        if (cfg.tls_root or cfg.tls_cert) else None
+    creds = (
+        grpc.ssl_channel_credentials(read(cfg.tls_root), read(cfg.tls_key), read(cfg.tls_cert))
+        if (cfg.tls_root or cfg.tls_cert)
+        else None
+    )
     channel = grpc.aio.secure_channel(cfg.target, creds) if creds else grpc.aio.insecure_channel(cfg.target)
     call = channel.unary_unary(method)  # bytes in, bytes out: nothing decoded on the hot path
     metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
@@ -230,15 +262,20 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
             phase = "warmup" if now < t_measure else f"{now - t_measure:5.1f}s/{cfg.duration:g}s"
             recent = latencies[last:]
             p99 = percentiles(recent).get("p99", 0.0) if recent else 0.0
-            print(f"\r[{cfg.rpc} {phase}] {done} ok+err  {len(recent)} ok/s  p99 {p99:.2f} ms  "
-                  f"errors {sum(errors.values())}   ", end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{cfg.rpc} {phase}] {done} ok+err  {len(recent)} ok/s  p99 {p99:.2f} ms  "
+                f"errors {sum(errors.values())}   ",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
             last = len(latencies)
         print(file=sys.stderr)
 
     try:
         try:
             await asyncio.wait_for(channel.channel_ready(), timeout=cfg.timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise ConnectionError(f"cannot connect to {cfg.target} within {cfg.timeout:g} s") from None
         tasks = [asyncio.create_task(progress())] if cfg.progress and worker == 0 else []
         if cfg.rate is None:
@@ -292,9 +329,17 @@ def run_loadtest(cfg: LoadTestConfig) -> LoadTestResult:
     seconds = cfg.duration
     requests = len(latencies) + sum(errors.values())
     return LoadTestResult(
-        rpc=cfg.rpc, mode="closed" if cfg.rate is None else "open", concurrency=concurrency, rate=cfg.rate,
-        seconds=seconds, requests=requests, ok=len(latencies), qps=len(latencies) / seconds,
-        latency_ms=percentiles(latencies), errors=errors, dropped=dropped,
+        rpc=cfg.rpc,
+        mode="closed" if cfg.rate is None else "open",
+        concurrency=concurrency,
+        rate=cfg.rate,
+        seconds=seconds,
+        requests=requests,
+        ok=len(latencies),
+        qps=len(latencies) / seconds,
+        latency_ms=percentiles(latencies),
+        errors=errors,
+        dropped=dropped,
     )
 
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 
 def _cell(value: Any, digits: int) -> str:
@@ -17,10 +18,15 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: 
     """Left-aligns text and right-aligns numbers under a header and a rule."""
     cells = [[_cell(v, digits) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[c]) for r in cells]) for c, h in enumerate(headers)]
-    numeric = [all(isinstance(row[c], (int, float)) or row[c] is None for row in rows) and rows for c in range(len(headers))]
+    numeric = [
+        all(isinstance(row[c], (int, float)) or row[c] is None for row in rows) and rows
+        for c in range(len(headers))
+    ]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.rjust(w) if numeric[c] else v.ljust(w) for c, (v, w) in enumerate(zip(values, widths))).rstrip()
+        return "  ".join(
+            v.rjust(w) if numeric[c] else v.ljust(w) for c, (v, w) in enumerate(zip(values, widths))
+        ).rstrip()
 
     return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
 

@@ -13,7 +13,13 @@ from pathlib import Path
 import numpy as np
 
 from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables
-from towerserve.server.manifest import FORMAT_VERSION, SERVING_FORMAT, ArtifactError, file_entries, sha256_file
+from towerserve.server.manifest import (
+    FORMAT_VERSION,
+    SERVING_FORMAT,
+    ArtifactError,
+    file_entries,
+    sha256_file,
+)
 
 from . import encoder as enc_export
 from .parity import ParityReport, cosine_rows
@@ -63,7 +69,9 @@ def _raw(artifacts: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
 
 
 def _features(specs: list[FieldSpec], tables, raw) -> np.ndarray:
-    return assemble(specs, {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs})
+    return assemble(
+        specs, {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs}
+    )
 
 
 def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: ParityReport) -> dict:
@@ -98,13 +106,19 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
     padded = enc.get("padded_lengths", {})
     for name, v in variants.items():
         # fp16 is meant for CUDA; where there is none, ORT's CPU kernels can still run it for the check.
-        providers = ("CUDAExecutionProvider", "CPUExecutionProvider") if v["device"] == "cuda" and gpu \
+        providers = (
+            ("CUDAExecutionProvider", "CPUExecutionProvider")
+            if v["device"] == "cuda" and gpu
             else ("CPUExecutionProvider",)
+        )
         try:
-            runner = OnnxTextEncoder(tmp / v["file"], out / "tokenizer.json", enc["pooling"], providers=providers,
-                                     threads=2)
+            runner = OnnxTextEncoder(
+                tmp / v["file"], out / "tokenizer.json", enc["pooling"], providers=providers, threads=2
+            )
         except Exception as err:  # noqa: BLE001 - a graph this machine cannot run is checked where it runs
-            report.skip(f"encoder {name}", f"cannot run here ({type(err).__name__}); the server checks it at load")
+            report.skip(
+                f"encoder {name}", f"cannot run here ({type(err).__name__}); the server checks it at load"
+            )
             v["parity"] = "skipped: the exporting machine cannot run it"
             continue
         ok = True
@@ -114,8 +128,14 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
             got = runner.encode(list(tables[field].texts), enc["max_lengths"][field], padded.get(field))
             label = f"encoder {name} / {field} ({len(ref)} texts)"
             if v["precision"] == "int8":
-                c = report.cosine(label, ref, got, enc_export.INT8_MIN_COSINE, required=False,
-                                  min_worst=enc_export.INT8_MIN_WORST_COSINE)
+                c = report.cosine(
+                    label,
+                    ref,
+                    got,
+                    enc_export.INT8_MIN_COSINE,
+                    required=False,
+                    min_worst=enc_export.INT8_MIN_WORST_COSINE,
+                )
             elif v["precision"] == "fp16":
                 c = report.cosine(label, ref, got, 0.999, required=False)
             else:
@@ -130,16 +150,34 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
             del variants[optional]
     default = "int8" if "int8" in variants else "fp32"
     return {
-        "model": enc["model"], "name": enc.get("name", enc["model"]), "fingerprint": enc["fingerprint"],
-        "pooling": enc["pooling"], "dim": enc["dim"],
-        "max_lengths": enc["max_lengths"], "padded_lengths": padded, "inputs": input_names, "output": "embedding",
-        "tokenizer_file": "encoder/tokenizer.json", "opset": cfg.encoder.opset, "variants": variants,
-        "default_variant": default, "gpu_variant": "fp16" if "fp16" in variants else "fp32", "build_seconds": build_s,
+        "model": enc["model"],
+        "name": enc.get("name", enc["model"]),
+        "fingerprint": enc["fingerprint"],
+        "pooling": enc["pooling"],
+        "dim": enc["dim"],
+        "max_lengths": enc["max_lengths"],
+        "padded_lengths": padded,
+        "inputs": input_names,
+        "output": "embedding",
+        "tokenizer_file": "encoder/tokenizer.json",
+        "opset": cfg.encoder.opset,
+        "variants": variants,
+        "default_variant": default,
+        "gpu_variant": "fp16" if "fp16" in variants else "fp32",
+        "build_seconds": build_s,
     }
 
 
-def export_models(artifacts: Path, tmp: Path, train: dict, tables, raw_user, raw_item, cfg: ExportConfig,
-                  report: ParityReport) -> dict:
+def export_models(
+    artifacts: Path,
+    tmp: Path,
+    train: dict,
+    tables,
+    raw_user,
+    raw_item,
+    cfg: ExportConfig,
+    report: ParityReport,
+) -> dict:
     """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors."""
     import onnxruntime as ort
 
@@ -155,24 +193,48 @@ def export_models(artifacts: Path, tmp: Path, train: dict, tables, raw_user, raw
             ispec = [FieldSpec.from_json(d) for d in s["features"]["item"]]
             U, I = _features(uspec, tables, raw_user), _features(ispec, tables, raw_item)
             users = np.sort(rng.choice(len(U), size=min(cfg.parity_users, len(U)), replace=False))
-            sess = {k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+            sess = {
+                k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()
+            }
             uo = sess["user_tower"].run([USER_OUTPUT], {"user_features": U[users]})[0]
             io = sess["item_tower"].run([ITEM_OUTPUT], {"item_features": I})[0]
-            report.allclose(f"{kind}/{split} user_tower ({len(users)} users)", np.asarray(user_k(U[users])), uo, cfg.atol)
-            report.allclose(f"{kind}/{split} item_tower (all {len(I)} items)", np.asarray(item_k(I)), io, cfg.atol)
+            report.allclose(
+                f"{kind}/{split} user_tower ({len(users)} users)", np.asarray(user_k(U[users])), uo, cfg.atol
+            )
+            report.allclose(
+                f"{kind}/{split} item_tower (all {len(I)} items)", np.asarray(item_k(I)), io, cfg.atol
+            )
             pairs_i = rng.integers(0, len(I), size=len(users))
             ref = np.asarray(model([U[users], I[pairs_i]])).reshape(-1)
-            full = sess["full"].run([SCORE_OUTPUT], {"user_features": U[users], "item_features": I[pairs_i]})[0].reshape(-1)
+            full = (
+                sess["full"]
+                .run([SCORE_OUTPUT], {"user_features": U[users], "item_features": I[pairs_i]})[0]
+                .reshape(-1)
+            )
             report.allclose(f"{kind}/{split} full model ({len(users)} pairs)", ref, full, cfg.atol)
             dot = 1.0 / (1.0 + np.exp(-np.einsum("nd,nd->n", uo, io[pairs_i])))
             report.allclose(f"{kind}/{split} sigmoid(user . item) vs Keras model", ref, dot, cfg.atol)
             np.save(tmp / rel / "item_vectors.npy", io.astype(np.float32))
             splits[split] = {
-                "user_tower": {"file": str(rel / "user_tower.onnx"), "input": "user_features", "output": USER_OUTPUT,
-                               "input_dim": int(U.shape[1]), "output_dim": int(uo.shape[1])},
-                "item_tower": {"file": str(rel / "item_tower.onnx"), "input": "item_features", "output": ITEM_OUTPUT,
-                               "input_dim": int(I.shape[1]), "output_dim": int(io.shape[1])},
-                "full": {"file": str(rel / "full.onnx"), "inputs": ["user_features", "item_features"], "output": SCORE_OUTPUT},
+                "user_tower": {
+                    "file": str(rel / "user_tower.onnx"),
+                    "input": "user_features",
+                    "output": USER_OUTPUT,
+                    "input_dim": int(U.shape[1]),
+                    "output_dim": int(uo.shape[1]),
+                },
+                "item_tower": {
+                    "file": str(rel / "item_tower.onnx"),
+                    "input": "item_features",
+                    "output": ITEM_OUTPUT,
+                    "input_dim": int(I.shape[1]),
+                    "output_dim": int(io.shape[1]),
+                },
+                "full": {
+                    "file": str(rel / "full.onnx"),
+                    "inputs": ["user_features", "item_features"],
+                    "output": SCORE_OUTPUT,
+                },
                 "item_vectors_file": str(rel / "item_vectors.npy"),
                 "features": s["features"],
             }
@@ -181,8 +243,12 @@ def export_models(artifacts: Path, tmp: Path, train: dict, tables, raw_user, raw
         for split in sorted(splits):
             for part in ("user_tower", "item_tower"):
                 digest.update(sha256_file(tmp / splits[split][part]["file"]).encode())
-        entries[kind] = {"kind": kind, "user_independent": kind == "seed", "splits": splits,
-                         "model_version": f"{kind}-{digest.hexdigest()[:10]}"}
+        entries[kind] = {
+            "kind": kind,
+            "user_independent": kind == "seed",
+            "splits": splits,
+            "model_version": f"{kind}-{digest.hexdigest()[:10]}",
+        }
     return entries
 
 
@@ -225,37 +291,63 @@ def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> di
         for name in ("users.csv", "items.csv", "embeddings.npz"):
             shutil.copy2(artifacts / name, tmp / "catalog" / name)
         (tmp / "splits").mkdir()
-        for split, rel in train["splits"].items():
+        for _split, rel in train["splits"].items():
             shutil.copy2(artifacts / rel, tmp / "splits" / Path(rel).name)
-        metrics = json.loads((artifacts / "metrics.json").read_text()) if (artifacts / "metrics.json").is_file() else {}
+        metrics = (
+            json.loads((artifacts / "metrics.json").read_text())
+            if (artifacts / "metrics.json").is_file()
+            else {}
+        )
         manifest = {
-            "format": SERVING_FORMAT, "format_version": FORMAT_VERSION,
+            "format": SERVING_FORMAT,
+            "format_version": FORMAT_VERSION,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "default_model": train["default_model"],
             "encoder": encoder,
             "models": models,
-            "catalog": {"users_file": "catalog/users.csv", "items_file": "catalog/items.csv",
-                        "embeddings_file": "catalog/embeddings.npz", "users": train["data"]["users"],
-                        "items": train["data"]["items"]},
+            "catalog": {
+                "users_file": "catalog/users.csv",
+                "items_file": "catalog/items.csv",
+                "embeddings_file": "catalog/embeddings.npz",
+                "users": train["data"]["users"],
+                "items": train["data"]["items"],
+            },
             "splits": {s: {"file": f"splits/{Path(rel).name}"} for s, rel in train["splits"].items()},
             "training": {"data": train["data"], "recipe": train["recipe"], "metrics": metrics},
             "parity": report.to_json(),
             "export_seconds": time.perf_counter() - t0,
-            "versions": package_versions(("numpy", "onnx", "onnxruntime", "tf2onnx", "tensorflow", "keras", "torch",
-                                          "transformers", "tokenizers")),
+            "versions": package_versions(
+                (
+                    "numpy",
+                    "onnx",
+                    "onnxruntime",
+                    "tf2onnx",
+                    "tensorflow",
+                    "keras",
+                    "torch",
+                    "transformers",
+                    "tokenizers",
+                )
+            ),
         }
         manifest["files"] = file_entries(tmp)
         write_json(tmp / "manifest.json", manifest)
     if cfg.triton:
         default = manifest["models"][manifest["default_model"]]["splits"]["holdout"]
-        repo = {"text_encoder": (out / "encoder" / "model.onnx", 256),
-                "user_tower": (out / default["user_tower"]["file"], 1024),
-                "item_tower": (out / default["item_tower"]["file"], 4096)}
+        repo = {
+            "text_encoder": (out / "encoder" / "model.onnx", 256),
+            "user_tower": (out / default["user_tower"]["file"], 1024),
+            "item_tower": (out / default["item_tower"]["file"], 4096),
+        }
         if "fp16" in encoder["variants"]:
             repo["text_encoder_fp16"] = (out / encoder["variants"]["fp16"]["file"], 512)
-        readme = TRITON_README.format(tokenizer=out / "encoder" / "tokenizer.json", lengths=encoder["max_lengths"],
-                                      pooling=encoder["pooling"], model=manifest["default_model"],
-                                      vectors=out / default["item_vectors_file"])
+        readme = TRITON_README.format(
+            tokenizer=out / "encoder" / "tokenizer.json",
+            lengths=encoder["max_lengths"],
+            pooling=encoder["pooling"],
+            model=manifest["default_model"],
+            vectors=out / default["item_vectors_file"],
+        )
         from .triton import write_repository
 
         with atomic_dir(cfg.triton) as ttmp:

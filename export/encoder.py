@@ -48,7 +48,9 @@ def load_reference(model_ref: str):
     return tok, model
 
 
-def export_fp32(model_ref: str, pooling: str, out_dir: Path, cfg: EncoderExportConfig) -> tuple[Path, list[str], object]:
+def export_fp32(
+    model_ref: str, pooling: str, out_dir: Path, cfg: EncoderExportConfig
+) -> tuple[Path, list[str], object]:
     """Writes ``out_dir/model.onnx`` (inputs: the tokenizer's ids/mask[/types]; output: pooled embedding).
 
     Returns:
@@ -78,22 +80,35 @@ def export_fp32(model_ref: str, pooling: str, out_dir: Path, cfg: EncoderExportC
     axes[ENCODER_OUTPUT] = {0: "batch"}
     with torch.inference_mode():
         # dynamo=False: the TorchScript exporter needs no onnxscript and takes dynamic_axes directly.
-        torch.onnx.export(Pooled().eval(), args, str(path), input_names=input_names, output_names=[ENCODER_OUTPUT],
-                          dynamic_axes=axes, opset_version=cfg.opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            Pooled().eval(),
+            args,
+            str(path),
+            input_names=input_names,
+            output_names=[ENCODER_OUTPUT],
+            dynamic_axes=axes,
+            opset_version=cfg.opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     tok.save_pretrained(out_dir)
     if not (out_dir / "tokenizer.json").is_file():
         raise ValueError(f"{model_ref}: has no fast tokenizer (tokenizer.json); the server needs one")
     return path, input_names, tok
 
 
-def optimize(src: Path, dst: Path, num_heads: int, hidden: int, use_gpu: bool = False, fp16: bool = False) -> Path:
+def optimize(
+    src: Path, dst: Path, num_heads: int, hidden: int, use_gpu: bool = False, fp16: bool = False
+) -> Path:
     """ONNX Runtime's BERT optimizer (fused attention, LayerNorm, GELU); fp16 keeps fp32 inputs/outputs."""
     from onnxruntime.transformers.optimizer import optimize_model
 
     # The optimizer logs every fusion at INFO; the parity lines are what matter to the reader.
     for name in ("onnx_model", "fusion_base", "onnx_model_bert", "fusion_utils", "onnxruntime.transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    opt = optimize_model(str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, use_gpu=use_gpu)
+    opt = optimize_model(
+        str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, use_gpu=use_gpu
+    )
     if fp16:
         opt.convert_float_to_float16(keep_io_types=True)
     opt.save_model_to_file(str(dst))
@@ -106,8 +121,14 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> Pat
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Fused contrib ops (com.microsoft) defeat ONNX shape inference; their outputs are float.
-    quantize_dynamic(str(src), str(dst), per_channel=True, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=exclude or [], extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        per_channel=True,
+        weight_type=QuantType.QInt8,
+        nodes_to_exclude=exclude or [],
+        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+    )
     return dst
 
 

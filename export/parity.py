@@ -45,22 +45,40 @@ class ParityReport:
             print(check.line(), flush=True)
         return check
 
-    def allclose(self, name: str, ref: np.ndarray, got: np.ndarray, atol: float = 1e-4, required: bool = True) -> Check:
+    def allclose(
+        self, name: str, ref: np.ndarray, got: np.ndarray, atol: float = 1e-4, required: bool = True
+    ) -> Check:
         ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
         if ref.shape != got.shape:
             return self._add(Check(name, False, f"shape {got.shape} != reference {ref.shape}", required))
         diff = float(np.abs(ref - got).max()) if ref.size else 0.0
-        return self._add(Check(name, diff <= atol, f"max |diff| {diff:.2e} (atol {atol:.0e}, {ref.shape[0]} rows)", required))
+        return self._add(
+            Check(
+                name, diff <= atol, f"max |diff| {diff:.2e} (atol {atol:.0e}, {ref.shape[0]} rows)", required
+            )
+        )
 
-    def cosine(self, name: str, ref: np.ndarray, got: np.ndarray, min_mean: float, required: bool = True,
-               min_worst: float = 0.0) -> Check:
+    def cosine(
+        self,
+        name: str,
+        ref: np.ndarray,
+        got: np.ndarray,
+        min_mean: float,
+        required: bool = True,
+        min_worst: float = 0.0,
+    ) -> Check:
         if np.shape(ref) != np.shape(got):
-            return self._add(Check(name, False, f"shape {np.shape(got)} != reference {np.shape(ref)}", required))
+            return self._add(
+                Check(name, False, f"shape {np.shape(got)} != reference {np.shape(ref)}", required)
+            )
         c = cosine_rows(ref, got)
         ok = float(c.mean()) >= min_mean and float(c.min()) >= min_worst
         gate = f"gate mean >= {min_mean}" + (f", min >= {min_worst}" if min_worst else "")
-        return self._add(Check(name, ok, f"cosine mean {c.mean():.5f}, min {c.min():.5f} ({gate}, {len(c)} rows)",
-                               required))
+        return self._add(
+            Check(
+                name, ok, f"cosine mean {c.mean():.5f}, min {c.min():.5f} ({gate}, {len(c)} rows)", required
+            )
+        )
 
     def skip(self, name: str, why: str) -> None:
         if self.echo:

@@ -33,7 +33,9 @@ def keras_to_onnx(model, path: Path, output_name: str, opset: int = 17) -> Path:
     # tf2onnx logs every optimizer pass at INFO; the parity lines are what the reader needs.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
 
-    spec = tuple(tf.TensorSpec((None, int(t.shape[1])), tf.float32, name=t.name.split(":")[0]) for t in model.inputs)
+    spec = tuple(
+        tf.TensorSpec((None, int(t.shape[1])), tf.float32, name=t.name.split(":")[0]) for t in model.inputs
+    )
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     _rename_output(proto, output_name)
     path.write_bytes(proto.SerializeToString())

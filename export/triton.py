@@ -5,8 +5,12 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-_ONNX_TYPES = {"tensor(float)": "TYPE_FP32", "tensor(int64)": "TYPE_INT64", "tensor(float16)": "TYPE_FP16",
-               "tensor(int32)": "TYPE_INT32"}
+_ONNX_TYPES = {
+    "tensor(float)": "TYPE_FP32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(int32)": "TYPE_INT32",
+}
 
 
 def _tensor_block(tensors) -> str:
@@ -14,7 +18,9 @@ def _tensor_block(tensors) -> str:
     for t in tensors:
         # Triton's dims exclude the batch axis when max_batch_size > 0; other dynamic axes are -1.
         dims = [d if isinstance(d, int) and d > 0 else -1 for d in t.shape[1:]]
-        rows.append(f'  {{ name: "{t.name}" data_type: {_ONNX_TYPES[t.type]} dims: [ {", ".join(map(str, dims))} ] }}')
+        rows.append(
+            f'  {{ name: "{t.name}" data_type: {_ONNX_TYPES[t.type]} dims: [ {", ".join(map(str, dims))} ] }}'
+        )
     return ",\n".join(rows)
 
 

@@ -16,8 +16,16 @@ def generate(out_root: Path) -> list[Path]:
     """Runs grpc_tools.protoc into ``out_root``; returns the generated files."""
     from grpc_tools import protoc
 
-    code = protoc.main(["protoc", f"-I{HERE}", f"--python_out={out_root}", f"--pyi_out={out_root}",
-                        f"--grpc_python_out={out_root}", str(HERE / PROTO)])
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{HERE}",
+            f"--python_out={out_root}",
+            f"--pyi_out={out_root}",
+            f"--grpc_python_out={out_root}",
+            str(HERE / PROTO),
+        ]
+    )
     if code != 0:
         raise SystemExit(f"protoc failed with exit code {code}")
     return [out_root / "towerserve" / "v1" / name for name in OUTPUTS]
@@ -25,7 +33,9 @@ def generate(out_root: Path) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on any difference")
+    parser.add_argument(
+        "--check", action="store_true", help="compare instead of writing; exit 1 on any difference"
+    )
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         stale = []

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
+from collections.abc import Mapping
 from concurrent import futures
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Mapping
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -69,7 +70,7 @@ class ServerConfig:
     encoder_variant: str | None = None
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> "ServerConfig":
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> ServerConfig:
         """Defaults, then TOWERSERVE_<FIELD> variables, then ``overrides`` that are not None."""
         values = {}
         for f in fields(cls):
@@ -111,7 +112,9 @@ class ServerConfig:
             raise ValueError(f"--grace must be >= 0 (got {self.grace})")
 
     def engine_config(self) -> EngineConfig:
-        return EngineConfig(model=self.model, device=self.device, encoder_variant=self.encoder_variant, limits=Limits())
+        return EngineConfig(
+            model=self.model, device=self.device, encoder_variant=self.encoder_variant, limits=Limits()
+        )
 
 
 class RunningServer:
@@ -142,18 +145,25 @@ class RunningServer:
         if cfg.token:
             interceptors.append(AuthInterceptor(cfg.token))
         size = cfg.max_message_mb * 1024 * 1024
-        options = [("grpc.max_receive_message_length", size), ("grpc.max_send_message_length", size),
-                   ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0)]
-        server = grpc.aio.server(interceptors=interceptors, options=options,
-                                 maximum_concurrent_rpcs=cfg.max_concurrent_rpcs)
+        options = [
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
+        ]
+        server = grpc.aio.server(
+            interceptors=interceptors, options=options, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor))
-        reflection.enable_server_reflection((
-            recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
-            recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ), server)
+        reflection.enable_server_reflection(
+            (
+                recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
+                recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
         address = f"{cfg.host}:{cfg.port}"
         creds = _credentials(cfg)
         self.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)
@@ -164,7 +174,9 @@ class RunningServer:
         self.server = server
 
     async def _set(self, serving: bool) -> None:
-        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
         for service in ("", SERVICE, ADMIN_SERVICE):
             await self.health.set(service, status)
 
@@ -191,7 +203,9 @@ def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
         return None
     key, chain = Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes()
     ca = Path(cfg.tls_client_ca).read_bytes() if cfg.tls_client_ca else None
-    return grpc.ssl_server_credentials([(key, chain)], root_certificates=ca, require_client_auth=ca is not None)
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=ca, require_client_auth=ca is not None
+    )
 
 
 def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
@@ -222,8 +236,15 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
 
         start_http_server(cfg.metrics_port + worker, registry=running.metrics.registry)
     tag = f"worker {worker} (pid {os.getpid()})"
-    _LOGGER.info("%s listening on %s:%d (%s%s); loading %s", tag, cfg.host, running.port,
-                 "TLS" if cfg.tls_cert else "plaintext", ", token required" if cfg.token else "", cfg.artifacts)
+    _LOGGER.info(
+        "%s listening on %s:%d (%s%s); loading %s",
+        tag,
+        cfg.host,
+        running.port,
+        "TLS" if cfg.tls_cert else "plaintext",
+        ", token required" if cfg.token else "",
+        cfg.artifacts,
+    )
     stop = threading.Event()
     reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -236,7 +257,13 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
         running.stop(0)
         return 1
     engine = running.holder.get()
-    _LOGGER.info("%s SERVING %s (%d items, providers %s)", tag, engine.model_version, len(engine.catalog), engine.providers)
+    _LOGGER.info(
+        "%s SERVING %s (%d items, providers %s)",
+        tag,
+        engine.model_version,
+        len(engine.catalog),
+        engine.providers,
+    )
     while not stop.wait(0.25):
         if reload_requested.is_set():
             reload_requested.clear()
@@ -263,10 +290,8 @@ def serve(cfg: ServerConfig) -> int:
         if signum in (signal.SIGTERM, signal.SIGINT):
             stopping.set()
         for pid in list(children):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
 
     # Handlers first: a SIGTERM arriving while workers are being forked must still reach them.
     for s_ in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):

@@ -31,7 +31,7 @@ class CSR:
         return int(self.indptr[-1])
 
     @classmethod
-    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> "CSR":
+    def from_pairs(cls, rows: np.ndarray, cols: np.ndarray, n_rows: int, n_cols: int) -> CSR:
         """Builds the set from pair arrays; duplicate pairs collapse to one."""
         rows = np.asarray(rows, dtype=np.int64)
         cols = np.asarray(cols, dtype=np.int64)
@@ -49,7 +49,7 @@ class CSR:
         return cls(indptr=indptr, indices=c.astype(np.int32), n_cols=int(n_cols))
 
     @classmethod
-    def from_dense(cls, dense: np.ndarray) -> "CSR":
+    def from_dense(cls, dense: np.ndarray) -> CSR:
         """Builds the set from a 0/1 (or boolean) matrix [n_rows, n_cols]."""
         r, c = np.nonzero(dense)
         return cls.from_pairs(r, c, dense.shape[0], dense.shape[1])
@@ -88,11 +88,11 @@ class CSR:
         np.savez(path, indptr=self.indptr, indices=self.indices, n_cols=np.int64(self.n_cols))
 
     @classmethod
-    def load(cls, path: Path | str) -> "CSR":
+    def load(cls, path: Path | str) -> CSR:
         with np.load(path) as z:
             return cls(indptr=z["indptr"], indices=z["indices"], n_cols=int(z["n_cols"]))
 
-    def union(self, other: "CSR") -> "CSR":
+    def union(self, other: CSR) -> CSR:
         """Returns the pairs in either set (same shape required)."""
         if (self.n_rows, self.n_cols) != (other.n_rows, other.n_cols):
             raise ValueError("shapes differ")

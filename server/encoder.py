@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -25,9 +25,15 @@ class OnnxTextEncoder:
         batch_size: texts per graph run.
     """
 
-    def __init__(self, model_path: Path | str, tokenizer_path: Path | str, pooling: str = "mean",
-                 providers: Sequence[str] = ("CPUExecutionProvider",),
-                 threads: int = 1, batch_size: int = 64):
+    def __init__(
+        self,
+        model_path: Path | str,
+        tokenizer_path: Path | str,
+        pooling: str = "mean",
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 1,
+        batch_size: int = 64,
+    ):
         from tokenizers import Tokenizer
 
         self.session = make_session(model_path, providers, threads)
@@ -44,7 +50,9 @@ class OnnxTextEncoder:
     def providers(self) -> list[str]:
         return self.session.get_providers()
 
-    def tokenize(self, texts: Sequence[str], max_length: int, pad_to: int | None = None) -> dict[str, np.ndarray]:
+    def tokenize(
+        self, texts: Sequence[str], max_length: int, pad_to: int | None = None
+    ) -> dict[str, np.ndarray]:
         """Token ids, mask and type ids [b, t] as int64, truncated to max_length, padded to the batch
         max (or to ``pad_to`` under notebook pooling)."""
         self.tokenizer.enable_truncation(min(max_length, pad_to) if pad_to else max_length)
@@ -70,7 +78,9 @@ class OnnxTextEncoder:
         out: np.ndarray | None = None
         for start in range(0, len(texts), self.batch_size):
             idx = order[start : start + self.batch_size]
-            vecs = self.session.run([self.output_name], self.tokenize([texts[j] for j in idx], max_length, pad_to))[0]
+            vecs = self.session.run(
+                [self.output_name], self.tokenize([texts[j] for j in idx], max_length, pad_to)
+            )[0]
             if out is None:
                 out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
             out[idx] = vecs

@@ -14,9 +14,9 @@ import math
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -31,10 +31,10 @@ from .splits import RecordedSplit, load_recorded_split
 
 _LOGGER = logging.getLogger(__name__)
 
-SHORT_TEXT_LIMIT = 200    # ids, profession, personality, category
-LONG_TEXT_LIMIT = 5000    # description, features
+SHORT_TEXT_LIMIT = 200  # ids, profession, personality, category
+LONG_TEXT_LIMIT = 5000  # description, features
 MAX_AGE = 150.0
-MAX_PRICE = 1e9           # beyond this a price is a unit or typing error, and scaling it overflows
+MAX_PRICE = 1e9  # beyond this a price is a unit or typing error, and scaling it overflows
 MAX_K = 1000
 # Candidate lists are built at load only while users x items stays below this (a few seconds of
 # work); larger deployments serve every request through the exact path.
@@ -48,8 +48,15 @@ def _show(value: str, width: int = 60) -> str:
     return repr(value) if len(value) <= width else repr(value[:width]) + f"... ({len(value)} characters)"
 
 
-def _walk_candidates(cat: Catalog, user: int, top_n: int, excluded: set[int], price_min: float | None,
-                     price_max: float | None, codes: set[int] | None) -> tuple[list[int], list[float]] | None:
+def _walk_candidates(
+    cat: Catalog,
+    user: int,
+    top_n: int,
+    excluded: set[int],
+    price_min: float | None,
+    price_max: float | None,
+    codes: set[int] | None,
+) -> tuple[list[int], list[float]] | None:
     """The first top_n admissible items of the user's candidate list, or None when the list (the
     user's top-M unseen items) runs out before top_n are found and more items exist beyond it."""
     rows, probs = [], []
@@ -63,8 +70,12 @@ def _walk_candidates(cat: Catalog, user: int, top_n: int, excluded: set[int], pr
     for j, p in pairs:
         if j < 0:
             return rows, probs  # the list held every unseen item: nothing more exists
-        if j in excluded or (price_min is not None and price[j] < price_min) or \
-                (price_max is not None and price[j] > price_max) or (codes is not None and code[j] not in codes):
+        if (
+            j in excluded
+            or (price_min is not None and price[j] < price_min)
+            or (price_max is not None and price[j] > price_max)
+            or (codes is not None and code[j] not in codes)
+        ):
             continue
         rows.append(j)
         probs.append(p)
@@ -150,22 +161,22 @@ class Catalog:
 
     ids: list[str]
     index: dict[str, int]
-    price: np.ndarray          # float64 [n]
+    price: np.ndarray  # float64 [n]
     category: list[str]
     category_code: np.ndarray  # int32 [n], into categories
     categories: list[str]
     description: list[str]
     features: list[str]
-    vectors: np.ndarray        # float32 [n, d] of the served model
-    vectors64: np.ndarray      # the same in float64, for _logits
-    order: np.ndarray | None   # best-first item order when the ranking is user-independent
-    nan_rows: np.ndarray       # rows whose vector is not finite (never recommended)
+    vectors: np.ndarray  # float32 [n, d] of the served model
+    vectors64: np.ndarray  # the same in float64, for _logits
+    order: np.ndarray | None  # best-first item order when the ranking is user-independent
+    nan_rows: np.ndarray  # rows whose vector is not finite (never recommended)
     category_set: frozenset[str]
-    order_list: list[int]      # ``order`` as Python ints (walked per request without numpy)
+    order_list: list[int]  # ``order`` as Python ints (walked per request without numpy)
     wire: list[tuple[bytes, bytes]]  # per item: serialized Item fields before and after ``score``
-    price_list: list[float]    # price and category code as Python values, for the candidate walk
+    price_list: list[float]  # price and category code as Python values, for the candidate walk
     code_list: list[int]
-    cand_rows: np.ndarray | None = None   # int32 [n_users, M]: each known user's best unseen items, -1 pads
+    cand_rows: np.ndarray | None = None  # int32 [n_users, M]: each known user's best unseen items, -1 pads
     cand_probs: np.ndarray | None = None  # float32 [n_users, M]: their probabilities
 
     def __len__(self) -> int:
@@ -183,8 +194,10 @@ class _Tower:
         self.item_session = make_session(root / i["file"], providers, threads)
         self.user_in, self.user_out = u["input"], u["output"]
         self.item_in, self.item_out = i["input"], i["output"]
-        for sess, spec, d, f in ((self.user_session, self.user_specs, u, u["file"]),
-                                 (self.item_session, self.item_specs, i, i["file"])):
+        for sess, spec, d, f in (
+            (self.user_session, self.user_specs, u, u["file"]),
+            (self.item_session, self.item_specs, i, i["file"]),
+        ):
             check_dims(root / f, "input width", d["input_dim"], int(sess.get_inputs()[0].shape[1]))
             check_dims(root / f, "feature spec width", d["input_dim"], sum(s.dim for s in spec))
         self.dim = int(u["output_dim"])
@@ -200,7 +213,9 @@ class _Tower:
     def items(self, features: np.ndarray) -> np.ndarray:
         return self.item_session.run([self.item_out], {self.item_in: features})[0]
 
-    def all_user_vectors(self, build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray], n_users: int) -> np.ndarray:
+    def all_user_vectors(
+        self, build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray], n_users: int
+    ) -> np.ndarray:
         """Every known user's vector: one batched user-tower pass, computed once and then reused by
         Recommend, Score and Evaluate (a known user's attributes never change while served)."""
         if self._all_users is not None:
@@ -275,7 +290,9 @@ def validate_attrs(attrs: UserAttrs, needs_personality: bool) -> None:
     _check_text("user.profession", attrs.profession, SHORT_TEXT_LIMIT)
     if needs_personality:
         if not attrs.personality:
-            raise InvalidArgument("user.personality is required: the served model reads it (see GetModelInfo.user_fields)")
+            raise InvalidArgument(
+                "user.personality is required: the served model reads it (see GetModelInfo.user_fields)"
+            )
         _check_text("user.personality", attrs.personality, SHORT_TEXT_LIMIT)
 
 
@@ -294,21 +311,32 @@ class Engine:
         self.manifest = m = load_manifest(self.root, verify_hashes=config.verify_hashes)
         self.kind = config.model or m["default_model"]
         if self.kind not in m["models"]:
-            raise ArtifactError(self.root / "manifest.json", f"has no model {self.kind!r} (has {sorted(m['models'])})")
+            raise ArtifactError(
+                self.root / "manifest.json", f"has no model {self.kind!r} (has {sorted(m['models'])})"
+            )
         entry = m["models"][self.kind]
         self.model_version = entry["model_version"]
         self.user_independent = bool(entry["user_independent"])
         providers = resolve_providers(config.device)
-        self.towers = {s: _Tower(self.root, e, providers, config.tower_threads) for s, e in entry["splits"].items()}
+        self.towers = {
+            s: _Tower(self.root, e, providers, config.tower_threads) for s, e in entry["splits"].items()
+        }
         if "holdout" not in self.towers:
-            raise ArtifactError(self.root / "manifest.json", f"model {self.kind!r} has no holdout split to serve")
+            raise ArtifactError(
+                self.root / "manifest.json", f"model {self.kind!r} has no holdout split to serve"
+            )
         self.serving = self.towers["holdout"]
 
         enc = m["encoder"]
         tables = load_tables(self.root / m["catalog"]["embeddings_file"])
-        variant = config.encoder_variant or (enc["gpu_variant"] if CUDA in providers else enc["default_variant"])
+        variant = config.encoder_variant or (
+            enc["gpu_variant"] if CUDA in providers else enc["default_variant"]
+        )
         if variant not in enc["variants"]:
-            raise ArtifactError(self.root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})")
+            raise ArtifactError(
+                self.root / "manifest.json",
+                f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})",
+            )
         padded = enc.get("padded_lengths", {})
         self.encoder = self._encoder(enc, variant, providers, config.encoder_threads)
         if not enc["variants"][variant].get("accepted", False) or CUDA in self.encoder.providers:
@@ -317,7 +345,9 @@ class Engine:
             # against the training-time vectors, with a fall-back to fp32 if it disagrees.
             ok, detail = self._self_check(tables, enc, padded)
             if not ok:
-                _LOGGER.warning("encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail)
+                _LOGGER.warning(
+                    "encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail
+                )
                 variant = "fp32"
                 self.encoder = self._encoder(enc, variant, providers, config.encoder_threads)
         self.encoder_variant = variant
@@ -335,35 +365,68 @@ class Engine:
             check_dims(self.root / m["catalog"]["embeddings_file"], f"{f} rows", len(users), len(rows))
 
         items = _read_csv(self.root / m["catalog"]["items_file"])
-        check_dims(self.root / m["catalog"]["items_file"], "item rows", len(self.serving.item_vectors), len(items))
+        check_dims(
+            self.root / m["catalog"]["items_file"], "item rows", len(self.serving.item_vectors), len(items)
+        )
         self.item_rows = {f: tables[f].index for f in ("description", "features", "category") if f in tables}
-        self.splits: dict[str, RecordedSplit] = {s: load_recorded_split(self.root / e["file"]) for s, e in m["splits"].items()}
+        self.splits: dict[str, RecordedSplit] = {
+            s: load_recorded_split(self.root / e["file"]) for s, e in m["splits"].items()
+        }
         holdout = self.splits["holdout"]
         check_dims(self.root / m["splits"]["holdout"]["file"], "users", len(users), holdout.train.n_rows)
         self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
         self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
         self.catalog = self._make_catalog(
-            ids=[r["item_id"] for r in items], price=np.array([float(r["price"]) for r in items]),
-            category=[r["category"] for r in items], description=[r["description"] for r in items],
-            features=[r["features"] for r in items], vectors=self.serving.item_vectors,
+            ids=[r["item_id"] for r in items],
+            price=np.array([float(r["price"]) for r in items]),
+            category=[r["category"] for r in items],
+            description=[r["description"] for r in items],
+            features=[r["features"] for r in items],
+            vectors=self.serving.item_vectors,
         )
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-        self.providers = sorted({p for t in self.towers.values() for s in (t.user_session, t.item_session)
-                                 for p in s.get_providers()} | set(self.encoder.providers))
+        self.providers = sorted(
+            {
+                p
+                for t in self.towers.values()
+                for s in (t.user_session, t.item_session)
+                for p in s.get_providers()
+            }
+            | set(self.encoder.providers)
+        )
         self.load_seconds = time.perf_counter() - t0
-        _LOGGER.info("loaded %s (%s, %d users, %d items, encoder %s/%s, providers %s) in %.2f s", self.root,
-                     self.model_version, len(self.user_ids), len(self.catalog), self.encoder_name, variant,
-                     self.providers, self.load_seconds)
+        _LOGGER.info(
+            "loaded %s (%s, %d users, %d items, encoder %s/%s, providers %s) in %.2f s",
+            self.root,
+            self.model_version,
+            len(self.user_ids),
+            len(self.catalog),
+            self.encoder_name,
+            variant,
+            self.providers,
+            self.load_seconds,
+        )
 
     def _encoder(self, enc: dict, variant: str, providers, threads: int) -> OnnxTextEncoder:
         path = self.root / enc["variants"][variant]["file"]
         encoder = OnnxTextEncoder(path, self.root / enc["tokenizer_file"], enc["pooling"], providers, threads)
-        check_dims(path, "embedding width", int(enc["dim"]), int(encoder.session.get_outputs()[0].shape[1] or enc["dim"]))
+        check_dims(
+            path,
+            "embedding width",
+            int(enc["dim"]),
+            int(encoder.session.get_outputs()[0].shape[1] or enc["dim"]),
+        )
         return encoder
 
-    def _self_check(self, tables: dict[str, FieldTable], enc: dict, padded: dict, sample: int = 32,
-                    min_cosine: float = 0.999) -> tuple[bool, str]:
+    def _self_check(
+        self,
+        tables: dict[str, FieldTable],
+        enc: dict,
+        padded: dict,
+        sample: int = 32,
+        min_cosine: float = 0.999,
+    ) -> tuple[bool, str]:
         field_name = max(tables, key=lambda f: len(tables[f].texts))
         table = tables[field_name]
         texts = [str(t) for t in table.texts[:sample]]
@@ -372,8 +435,12 @@ class Engine:
         except Exception as err:  # an ORT kernel missing on this device, for instance
             return False, f"{type(err).__name__}: {err}"
         ref = table.vectors[: len(texts)]
-        cos = (got * ref).sum(1) / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
-        return bool(cos.mean() >= min_cosine), f"cosine mean {cos.mean():.5f} on {len(texts)} {field_name} texts"
+        cos = (got * ref).sum(1) / np.maximum(
+            np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12
+        )
+        return bool(
+            cos.mean() >= min_cosine
+        ), f"cosine mean {cos.mean():.5f} on {len(texts)} {field_name} texts"
 
     # ------------------------------------------------------------------------------------- features
 
@@ -391,13 +458,18 @@ class Engine:
         probs = np.zeros((n_users, m), dtype=np.float32)
         for start in range(0, n_users, 2048):
             block = np.arange(start, min(n_users, start + 2048))
-            scores = (users[block] @ vectors64.T).astype(np.float32)  # as _logits: float64 sums, float32 result
+            scores = (users[block] @ vectors64.T).astype(
+                np.float32
+            )  # as _logits: float64 sums, float32 result
             seen = self.seen.dense_rows(block)  # upserted items (beyond the recorded columns) are never seen
             scores[:, : seen.shape[1]][seen] = -np.inf
             if nan_rows.size:
                 scores[:, nan_rows] = -np.inf
-            top = np.argpartition(scores, n_items - m, axis=1)[:, n_items - m:] if m < n_items else \
-                np.broadcast_to(np.arange(n_items), scores.shape).copy()
+            top = (
+                np.argpartition(scores, n_items - m, axis=1)[:, n_items - m :]
+                if m < n_items
+                else np.broadcast_to(np.arange(n_items), scores.shape).copy()
+            )
             best = np.take_along_axis(scores, top, axis=1)
             order = np.lexsort((top, -best), axis=1)
             top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
@@ -420,16 +492,31 @@ class Engine:
         nan_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
         if order is not None and nan_rows.size:
             order = order[~np.isin(order, nan_rows)]
-        return Catalog(ids=list(ids), index={x: j for j, x in enumerate(ids)}, price=price,
-                       category=list(category), category_code=category_code,
-                       categories=categories, description=list(description), features=list(features),
-                       vectors=vectors, vectors64=vectors64, order=order, nan_rows=nan_rows,
-                       category_set=frozenset(categories),
-                       order_list=order.tolist() if order is not None else [],
-                       wire=wire if wire is not None else [item_wire(i, p, d, f, c) for i, p, d, f, c in
-                                                           zip(ids, price.tolist(), description, features, category)],
-                       price_list=price.tolist(), code_list=category_code.tolist(),
-                       **self._candidates(vectors64, nan_rows))
+        return Catalog(
+            ids=list(ids),
+            index={x: j for j, x in enumerate(ids)},
+            price=price,
+            category=list(category),
+            category_code=category_code,
+            categories=categories,
+            description=list(description),
+            features=list(features),
+            vectors=vectors,
+            vectors64=vectors64,
+            order=order,
+            nan_rows=nan_rows,
+            category_set=frozenset(categories),
+            order_list=order.tolist() if order is not None else [],
+            wire=wire
+            if wire is not None
+            else [
+                item_wire(i, p, d, f, c)
+                for i, p, d, f, c in zip(ids, price.tolist(), description, features, category)
+            ],
+            price_list=price.tolist(),
+            code_list=category_code.tolist(),
+            **self._candidates(vectors64, nan_rows),
+        )
 
     def _user_features(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
         parts = {}
@@ -440,13 +527,19 @@ class Engine:
                 parts[s.name] = self.text[s.name].table[self.user_rows[s.name][rows]]
         return assemble(specs, parts)
 
-    def _record_features(self, specs: list[FieldSpec], records: Sequence[UserAttrs | NewItemData]) -> np.ndarray:
+    def _record_features(
+        self, specs: list[FieldSpec], records: Sequence[UserAttrs | NewItemData]
+    ) -> np.ndarray:
         """Input vectors for records that carry raw attributes (unseen users, new items): numbers are
         scaled, texts looked up in the exported tables or encoded (and cached)."""
         parts = {}
         for s in specs:
             values = [getattr(r, s.name) for r in records]
-            parts[s.name] = np.array(values, dtype=np.float64) if s.kind == MINMAX else self.text[s.name].get(values, self.encoder)
+            parts[s.name] = (
+                np.array(values, dtype=np.float64)
+                if s.kind == MINMAX
+                else self.text[s.name].get(values, self.encoder)
+            )
         return assemble(specs, parts)
 
     def known_user_vectors(self, tower: _Tower | None = None) -> np.ndarray:
@@ -481,9 +574,16 @@ class Engine:
 
     # ------------------------------------------------------------------------------------- requests
 
-    def recommend(self, user: str | UserAttrs, top_n: int, exclude_seen: bool = True,
-                  price_min: float | None = None, price_max: float | None = None,
-                  categories: Sequence[str] = (), exclude_item_ids: Sequence[str] = ()) -> tuple[Catalog, list[int], list[float]]:
+    def recommend(
+        self,
+        user: str | UserAttrs,
+        top_n: int,
+        exclude_seen: bool = True,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        categories: Sequence[str] = (),
+        exclude_item_ids: Sequence[str] = (),
+    ) -> tuple[Catalog, list[int], list[float]]:
         """Top-N for one user.
 
         Written for the event loop, where every numpy call over the catalogue drops the GIL and,
@@ -536,7 +636,7 @@ class Engine:
             scores[~allowed] = -np.inf
         n = len(scores)
         k = min(top_n, n)
-        top = np.argpartition(scores, n - k)[n - k:] if k < n else np.arange(n)
+        top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
         best = scores[top]
         order = np.lexsort((top, -best))  # best first; ties by catalogue row, as the candidate lists
         rows, logits = top[order].tolist(), best[order].tolist()
@@ -544,8 +644,9 @@ class Engine:
         return cat, [rows[j] for j in keep], [_sigmoid(logits[j]) for j in keep]
 
     @staticmethod
-    def _walk_order(cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int],
-                    allowed: np.ndarray | None) -> tuple[list[int], list[float]]:
+    def _walk_order(
+        cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], allowed: np.ndarray | None
+    ) -> tuple[list[int], list[float]]:
         """The user-independent ranking: first top_n admissible items of the precomputed order."""
         rows: list[int] = []
         for j in cat.order_list:
@@ -560,7 +661,9 @@ class Engine:
     def score(self, pairs: Sequence[tuple[str | UserAttrs, str]]) -> np.ndarray:
         """Probabilities for (user, item id) pairs, float32 [len(pairs)]."""
         if not 1 <= len(pairs) <= self.limits.max_score_pairs:
-            raise InvalidArgument(f"pairs must hold 1..{self.limits.max_score_pairs} pairs (got {len(pairs)})")
+            raise InvalidArgument(
+                f"pairs must hold 1..{self.limits.max_score_pairs} pairs (got {len(pairs)})"
+            )
         cat = self.catalog
         items = np.empty(len(pairs), dtype=np.int64)
         refs: list[int | UserAttrs] = []
@@ -581,9 +684,14 @@ class Engine:
         logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
         return (1.0 / (1.0 + np.exp(-logits))).astype(np.float32)
 
-    def evaluate(self, split: str = "holdout", ks: Sequence[int] = DEFAULT_KS, protocol: str = "full",
-                 inline: Sequence[tuple[str, str]] | None = None,
-                 check: Callable[[], None] | None = None) -> tuple[dict[str, float], int]:
+    def evaluate(
+        self,
+        split: str = "holdout",
+        ks: Sequence[int] = DEFAULT_KS,
+        protocol: str = "full",
+        inline: Sequence[tuple[str, str]] | None = None,
+        check: Callable[[], None] | None = None,
+    ) -> tuple[dict[str, float], int]:
         """Metrics of the served model (the cold split uses the model trained without those users/items).
 
         Returns:
@@ -597,11 +705,15 @@ class Engine:
             raise InvalidArgument(f"protocol must be 'full' or 'notebook' (got {protocol!r})")
         if inline is not None:
             if not 1 <= len(inline) <= self.limits.max_inline_interactions:
-                raise InvalidArgument(f"interactions must hold 1..{self.limits.max_inline_interactions} pairs "
-                                      f"(got {len(inline)})")
+                raise InvalidArgument(
+                    f"interactions must hold 1..{self.limits.max_inline_interactions} pairs "
+                    f"(got {len(inline)})"
+                )
             split = "holdout"
         if split not in self.splits or split not in self.towers:
-            raise InvalidArgument(f"split must be one of {sorted(set(self.splits) & set(self.towers))} (got {split!r})")
+            raise InvalidArgument(
+                f"split must be one of {sorted(set(self.splits) & set(self.towers))} (got {split!r})"
+            )
         rec = self.splits[split]
         tower = self.towers[split]
         n_items = rec.train.n_cols
@@ -632,7 +744,9 @@ class Engine:
         metrics = {"notebook_score": notebook_metric(1.0 / (1.0 + np.exp(-logits)))}
         n_users = len(nb_users)
         if protocol == "full":
-            full = full_ranking_metrics(lambda uu: users_vec[uu] @ vectors.T, test, rec.train, ks, on_chunk=check)
+            full = full_ranking_metrics(
+                lambda uu: users_vec[uu] @ vectors.T, test, rec.train, ks, on_chunk=check
+            )
             n_users = int(full.pop("users"))
             metrics.update(full)
         return metrics, n_users
@@ -644,7 +758,9 @@ class Engine:
             (inserted, updated, catalogue size).
         """
         if not 1 <= len(items) <= self.limits.max_upsert_items:
-            raise InvalidArgument(f"items must hold 1..{self.limits.max_upsert_items} items (got {len(items)})")
+            raise InvalidArgument(
+                f"items must hold 1..{self.limits.max_upsert_items} items (got {len(items)})"
+            )
         seen_ids = set()
         for j, it in enumerate(items):
             _check_text(f"items[{j}].item_id", it.item_id, SHORT_TEXT_LIMIT)
@@ -659,8 +775,10 @@ class Engine:
         vecs = self.serving.items(self._record_features(self.serving.item_specs, items))
         bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
         if bad.size:
-            raise InvalidArgument(f"items[{int(bad[0])}] ({_show(items[int(bad[0])].item_id)}): the item tower "
-                                  "produced non-finite values for these attributes")
+            raise InvalidArgument(
+                f"items[{int(bad[0])}] ({_show(items[int(bad[0])].item_id)}): the item tower "
+                "produced non-finite values for these attributes"
+            )
         with self._write_lock:  # writers queue here; readers keep using the old snapshot meanwhile
             cat = self.catalog
             ids, price = list(cat.ids), cat.price.copy()
@@ -669,7 +787,9 @@ class Engine:
             vectors = cat.vectors
             new_rows = [it for it in items if it.item_id not in cat.index]
             if new_rows:
-                vectors = np.concatenate([vectors, np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)])
+                vectors = np.concatenate(
+                    [vectors, np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)]
+                )
                 price = np.concatenate([price, np.zeros(len(new_rows))])
             else:
                 vectors = vectors.copy()
@@ -705,30 +825,45 @@ class Engine:
     def info(self) -> dict:
         train = self.manifest.get("training", {}).get("metrics", {}).get("holdout", {}).get(self.kind, {})
         return {
-            "model_version": self.model_version, "model_kind": self.kind,
-            "user_independent_ranking": self.user_independent, "item_count": len(self.catalog),
-            "user_count": len(self.user_ids), "providers": self.providers, "encoder": self.encoder_name,
-            "encoder_variant": self.encoder_variant, "vector_dim": self.serving.dim,
-            "user_fields": self.user_fields, "item_fields": self.item_fields,
-            "training_metrics": {k: float(v) for k, v in train.items()
-                                 if isinstance(v, (int, float)) and k not in _NOT_METRICS},
-            "versions": {**{f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
-                         **{f"serve.{k}": v for k, v in SERVING_VERSIONS.items()}},
-            "artifacts": str(self.root), "loaded_at": self.loaded_at,
-            "max_top_n": self.limits.max_top_n, "max_score_pairs": self.limits.max_score_pairs,
+            "model_version": self.model_version,
+            "model_kind": self.kind,
+            "user_independent_ranking": self.user_independent,
+            "item_count": len(self.catalog),
+            "user_count": len(self.user_ids),
+            "providers": self.providers,
+            "encoder": self.encoder_name,
+            "encoder_variant": self.encoder_variant,
+            "vector_dim": self.serving.dim,
+            "user_fields": self.user_fields,
+            "item_fields": self.item_fields,
+            "training_metrics": {
+                k: float(v) for k, v in train.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS
+            },
+            "versions": {
+                **{f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
+                **{f"serve.{k}": v for k, v in SERVING_VERSIONS.items()},
+            },
+            "artifacts": str(self.root),
+            "loaded_at": self.loaded_at,
+            "max_top_n": self.limits.max_top_n,
+            "max_score_pairs": self.limits.max_score_pairs,
             "max_upsert_items": self.limits.max_upsert_items,
             "max_inline_interactions": self.limits.max_inline_interactions,
             "categories": list(self.catalog.categories),
         }
 
 
-def item_wire(item_id: str, price: float, description: str, features: str, category: str) -> tuple[bytes, bytes]:
+def item_wire(
+    item_id: str, price: float, description: str, features: str, category: str
+) -> tuple[bytes, bytes]:
     """An Item's serialized fields around ``score`` (field 2): responses splice the score between,
     byte-for-byte what ``Item.SerializeToString()`` gives, without building a message per item."""
     from towerserve.v1 import recommender_pb2 as pb
 
     head = pb.Item(item_id=item_id).SerializeToString()
-    tail = pb.Item(price=price, description=description, features=features, category=category).SerializeToString()
+    tail = pb.Item(
+        price=price, description=description, features=features, category=category
+    ).SerializeToString()
     return head, tail
 
 

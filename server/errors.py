@@ -50,18 +50,32 @@ GENERIC_INTERNAL = "internal error; the server logged the details"
 ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ("unknown user_id or item_id", grpc.StatusCode.NOT_FOUND),
     ("top_n <= 0 or > max_top_n", grpc.StatusCode.INVALID_ARGUMENT),
-    ("empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions)", grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions)",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     ("neither user_id nor user attributes", grpc.StatusCode.INVALID_ARGUMENT),
-    ("age NaN, <= 0 or > 150; price NaN, < 0 or > 1e9; inverted price range", grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "age NaN, <= 0 or > 150; price NaN, < 0 or > 1e9; inverted price range",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     ("text empty where required, or over its length limit", grpc.StatusCode.INVALID_ARGUMENT),
-    ("a required attribute missing (e.g. personality for a model that reads it)", grpc.StatusCode.INVALID_ARGUMENT),
-    ("ks outside 1..1000; unknown split/protocol value; duplicate ids in one UpsertItems; an id over 200 characters",
-     grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "a required attribute missing (e.g. personality for a model that reads it)",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
+    (
+        "ks outside 1..1000; unknown split/protocol value; duplicate ids in one UpsertItems; an id over 200 characters",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     ("request bytes that do not parse (e.g. invalid UTF-8 in a string)", grpc.StatusCode.INVALID_ARGUMENT),
     ("model not loaded or warming up (health NOT_SERVING)", grpc.StatusCode.UNAVAILABLE),
     ("more concurrent RPCs than --max-concurrent-rpcs", grpc.StatusCode.RESOURCE_EXHAUSTED),
     ("missing or wrong bearer token (with --token)", grpc.StatusCode.UNAUTHENTICATED),
-    ("deadline too short for the work (checked before and during Evaluate)", grpc.StatusCode.DEADLINE_EXCEEDED),
+    (
+        "deadline too short for the work (checked before and during Evaluate)",
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+    ),
     ("Reload of a bad artifacts folder (the old model keeps serving)", grpc.StatusCode.FAILED_PRECONDITION),
     ("anything unexpected (generic message, traceback logged)", grpc.StatusCode.INTERNAL),
 ]

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -33,13 +33,17 @@ class FieldSpec:
     def scale(self, values: np.ndarray) -> np.ndarray:
         span = self.hi - self.lo
         # A constant training column carries no signal; map it to 0 rather than dividing by zero.
-        return np.zeros_like(values, dtype=np.float32) if span == 0 else ((values - self.lo) / span).astype(np.float32)
+        return (
+            np.zeros_like(values, dtype=np.float32)
+            if span == 0
+            else ((values - self.lo) / span).astype(np.float32)
+        )
 
     def to_json(self) -> dict:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, d: Mapping) -> "FieldSpec":
+    def from_json(cls, d: Mapping) -> FieldSpec:
         return cls(**{k: d[k] for k in ("name", "kind", "dim", "max_length", "lo", "hi") if k in d})
 
 
@@ -71,13 +75,43 @@ def assemble(specs: Sequence[FieldSpec], parts: Mapping[str, np.ndarray]) -> np.
     return np.concatenate(cols, axis=1)
 
 
+def feature_matrix(
+    specs: Sequence[FieldSpec],
+    tables: Mapping[str, FieldTable],
+    raw: Mapping[str, np.ndarray],
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """Model inputs for catalogue entities: text fields from their tables, numbers from ``raw``.
+
+    The one builder shared by training, export, the server and the tests, so every side feeds a
+    tower the same columns in the same order.
+
+    Args:
+        specs: the model's field specs for one side (user or item).
+        tables: text field -> its FieldTable (``index`` maps entity -> row).
+        raw: numeric field -> raw values for every entity [n_entities].
+        rows: the entities to build (default: all of them, in order).
+
+    Returns:
+        float32 [len(rows), input_dim(specs)].
+    """
+    parts = {}
+    for s in specs:
+        if s.kind == MINMAX:
+            values = np.asarray(raw[s.name])
+            parts[s.name] = values if rows is None else values[rows]
+        else:
+            parts[s.name] = tables[s.name].per_entity(rows)
+    return assemble(specs, parts)
+
+
 @dataclass(frozen=True)
 class FieldTable:
     """A text field of a catalogue: its distinct strings, their vectors and each entity's row."""
 
-    texts: np.ndarray    # str [n_unique]
+    texts: np.ndarray  # str [n_unique]
     vectors: np.ndarray  # float32 [n_unique, dim]
-    index: np.ndarray    # int32 [n_entities] -> row in texts/vectors
+    index: np.ndarray  # int32 [n_entities] -> row in texts/vectors
 
     def per_entity(self, rows: np.ndarray | None = None) -> np.ndarray:
         idx = self.index if rows is None else self.index[rows]

@@ -13,7 +13,10 @@ HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
 def _same_kind(handler: grpc.RpcMethodHandler, behavior) -> grpc.RpcMethodHandler:
     """A handler of ``handler``'s streaming kind and (de)serializers that runs ``behavior``."""
-    kw = {"request_deserializer": handler.request_deserializer, "response_serializer": handler.response_serializer}
+    kw = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
     if handler.unary_unary:
         return grpc.unary_unary_rpc_method_handler(behavior, **kw)
     if handler.unary_stream:
@@ -42,8 +45,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                 got = value if isinstance(value, str) else value.decode("latin-1")
         if hmac.compare_digest(got.encode("utf-8", "replace"), self._expected):
             return handler
-        message = ("missing authorization metadata" if not got else "invalid bearer token") + \
-            ": send 'authorization: Bearer <token>'"
+        message = (
+            "missing authorization metadata" if not got else "invalid bearer token"
+        ) + ": send 'authorization: Bearer <token>'"
 
         async def deny(request_or_iterator, context):
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
@@ -59,13 +63,23 @@ class Metrics:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = registry if registry is not None else CollectorRegistry()
-        self.requests = Counter("towerserve_requests", "RPCs by method and status code", ["method", "code"],
-                                registry=self.registry)
+        self.requests = Counter(
+            "towerserve_requests",
+            "RPCs by method and status code",
+            ["method", "code"],
+            registry=self.registry,
+        )
         # Buckets from 50 us: a Recommend is a fraction of a millisecond, an Evaluate a second.
-        self.latency = Histogram("towerserve_request_seconds", "RPC latency inside the server", ["method"],
-                                 buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1, 2.5, 10),
-                                 registry=self.registry)
-        self.in_flight = Gauge("towerserve_in_flight_requests", "RPCs being handled now", registry=self.registry)
+        self.latency = Histogram(
+            "towerserve_request_seconds",
+            "RPC latency inside the server",
+            ["method"],
+            buckets=(5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.25, 1, 2.5, 10),
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            "towerserve_in_flight_requests", "RPCs being handled now", registry=self.registry
+        )
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -95,7 +109,11 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 # gRPC cancels the handler when the client's deadline passes or the client goes away.
                 left = context.time_remaining()
-                code = grpc.StatusCode.DEADLINE_EXCEEDED if left is not None and left <= 0 else grpc.StatusCode.CANCELLED
+                code = (
+                    grpc.StatusCode.DEADLINE_EXCEEDED
+                    if left is not None and left <= 0
+                    else grpc.StatusCode.CANCELLED
+                )
                 raise
             finally:
                 code = code or context.code() or grpc.StatusCode.OK  # abort() has set it when the call failed

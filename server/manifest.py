@@ -51,7 +51,9 @@ def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict:
     root = Path(root)
     path = root / MANIFEST_FILE
     if not path.is_file():
-        raise ArtifactError(path, "not found: is this a serving artifacts folder written by `towerserve export`?")
+        raise ArtifactError(
+            path, "not found: is this a serving artifacts folder written by `towerserve export`?"
+        )
     try:
         manifest = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
@@ -69,7 +71,9 @@ def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict:
         if not p.is_file():
             raise ArtifactError(p, "listed in manifest.json but missing")
         if p.stat().st_size != entry["bytes"]:
-            raise ArtifactError(p, f"size {p.stat().st_size} does not match manifest.json ({entry['bytes']} bytes)")
+            raise ArtifactError(
+                p, f"size {p.stat().st_size} does not match manifest.json ({entry['bytes']} bytes)"
+            )
         if verify_hashes and sha256_file(p) != entry["sha256"]:
             raise ArtifactError(p, "sha256 does not match manifest.json (modified or corrupted)")
     for rel in referenced_files(manifest):
@@ -80,10 +84,24 @@ def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict:
 
 # Keys the server relies on, with their JSON types: a manifest missing one is refused by name here
 # rather than failing later with a KeyError deep in the engine.
-_REQUIRED: dict[str, type] = {"default_model": str, "encoder": dict, "models": dict, "catalog": dict, "splits": dict,
-                              "files": dict}
-_REQUIRED_ENCODER = {"variants": dict, "default_variant": str, "gpu_variant": str, "tokenizer_file": str,
-                     "max_lengths": dict, "pooling": str, "dim": int, "model": str}
+_REQUIRED: dict[str, type] = {
+    "default_model": str,
+    "encoder": dict,
+    "models": dict,
+    "catalog": dict,
+    "splits": dict,
+    "files": dict,
+}
+_REQUIRED_ENCODER = {
+    "variants": dict,
+    "default_variant": str,
+    "gpu_variant": str,
+    "tokenizer_file": str,
+    "max_lengths": dict,
+    "pooling": str,
+    "dim": int,
+    "model": str,
+}
 _REQUIRED_SPLIT = {"user_tower": dict, "item_tower": dict, "item_vectors_file": str, "features": dict}
 
 
@@ -98,14 +116,20 @@ def _check_structure(path: Path, m: dict) -> None:
     if not m["models"]:
         raise ArtifactError(path, "models is empty")
     for name, model in m["models"].items():
-        if not isinstance(model, dict) or not isinstance(model.get("splits"), dict) or "model_version" not in model:
+        if (
+            not isinstance(model, dict)
+            or not isinstance(model.get("splits"), dict)
+            or "model_version" not in model
+        ):
             raise ArtifactError(path, f"models.{name} needs splits and model_version")
         for split, entry in model["splits"].items():
             if not isinstance(entry, dict):
                 raise ArtifactError(path, f"models.{name}.splits.{split} is not an object")
             need(entry, _REQUIRED_SPLIT, f"models.{name}.splits.{split}.")
     if m["default_model"] not in m["models"]:
-        raise ArtifactError(path, f"default_model {m['default_model']!r} is not among models {sorted(m['models'])}")
+        raise ArtifactError(
+            path, f"default_model {m['default_model']!r} is not among models {sorted(m['models'])}"
+        )
 
 
 def referenced_files(manifest: dict) -> list[str]:

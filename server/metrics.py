@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 
@@ -167,7 +167,9 @@ def full_ranking_metrics(
     for k in ks:
         for name in TOPK_METRICS:
             key = f"{name}@{k}"
-            out[key] = float(covered[k].mean()) if name == "coverage" else (sums[key] / n_users if n_users else 0.0)
+            out[key] = (
+                float(covered[k].mean()) if name == "coverage" else (sums[key] / n_users if n_users else 0.0)
+            )
     out["mrr"] = mrr_sum / n_users if n_users else 0.0
     out["auc"] = auc_sum / n_auc if n_auc else 0.0
     out["users"] = float(n_users)

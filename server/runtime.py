@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,8 +26,11 @@ def resolve_providers(device: str) -> list[str]:
         raise ValueError(f"device must be 'cpu' or 'cuda' (got {device!r})")
     available = ort.get_available_providers()
     if CUDA not in available:
-        _LOGGER.warning("device=cuda asked for, but this onnxruntime offers %s: falling back to CPU "
-                        "(install onnxruntime-gpu in place of onnxruntime)", available)
+        _LOGGER.warning(
+            "device=cuda asked for, but this onnxruntime offers %s: falling back to CPU "
+            "(install onnxruntime-gpu in place of onnxruntime)",
+            available,
+        )
         return [CPU]
     return [CUDA, CPU]
 

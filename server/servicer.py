@@ -8,10 +8,10 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -72,7 +72,9 @@ def rpc(method):
             _LOGGER.exception("unexpected error in %s", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, GENERIC_INTERNAL
         else:
-            context.set_trailing_metadata((("server-timing", f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"),))
+            context.set_trailing_metadata(
+                (("server-timing", f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"),)
+            )
             return response
         await context.abort(code, message)
 
@@ -82,7 +84,9 @@ def rpc(method):
 class EngineHolder:
     """The engine currently served; swapped atomically on reload (readers take one reference)."""
 
-    def __init__(self, artifacts: Path | None, config: EngineConfig, on_ready: Callable[[bool], None] = lambda ok: None):
+    def __init__(
+        self, artifacts: Path | None, config: EngineConfig, on_ready: Callable[[bool], None] = lambda ok: None
+    ):
         self.artifacts = artifacts
         self.config = config
         self._engine: Engine | None = None
@@ -92,7 +96,9 @@ class EngineHolder:
     def get(self) -> Engine:
         engine = self._engine
         if engine is None:
-            raise Unavailable("the model is loading; retry shortly (health reports NOT_SERVING until it is ready)")
+            raise Unavailable(
+                "the model is loading; retry shortly (health reports NOT_SERVING until it is ready)"
+            )
         return engine
 
     @property
@@ -118,7 +124,9 @@ class EngineHolder:
                 engine.warm_up()
             except (KeyError, TypeError, AttributeError, IndexError) as err:
                 # A manifest that passed the format checks but lacks structure the engine needs.
-                raise ArtifactError(Path(path) / "manifest.json", f"inconsistent ({type(err).__name__}: {err})") from err
+                raise ArtifactError(
+                    Path(path) / "manifest.json", f"inconsistent ({type(err).__name__}: {err})"
+                ) from err
             previous, self._engine = self._engine, engine
             self.artifacts = path
             self._on_ready(True)
@@ -128,7 +136,9 @@ class EngineHolder:
 _SCORE = struct.Struct("<Bf")  # Item.score: field 2, wire type 5 (fixed32) -> tag byte 0x15
 
 
-def recommend_wire(wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str) -> bytes:
+def recommend_wire(
+    wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str
+) -> bytes:
     """A serialized RecommendResponse, spliced from each item's pre-serialized fields.
 
     Byte-for-byte what protobuf would produce (tests compare against SerializeToString), at a
@@ -138,7 +148,9 @@ def recommend_wire(wire: list[tuple[bytes, bytes]], rows: list[int], scores: lis
     for j, score in zip(rows, scores):
         head, tail = wire[j]
         body = head + (_SCORE.pack(0x15, score) if score != 0.0 else b"") + tail  # proto3 omits a zero score
-        parts.append(b"\x0a" + encode_varint(len(body)) + body)  # RecommendResponse.items: field 1, length-delimited
+        parts.append(
+            b"\x0a" + encode_varint(len(body)) + body
+        )  # RecommendResponse.items: field 1, length-delimited
     if model_version:
         mv = model_version.encode()
         parts.append(b"\x12" + encode_varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
@@ -184,10 +196,15 @@ class RecommenderServicer:
         engine = self.holder.get()
         pr = request.price_range if request.HasField("price_range") else None
         user = _user(request)
-        args = (user, request.top_n, request.exclude_seen if request.HasField("exclude_seen") else True,
-                pr.min if pr is not None and pr.HasField("min") else None,
-                pr.max if pr is not None and pr.HasField("max") else None,
-                list(request.categories), list(request.exclude_item_ids))
+        args = (
+            user,
+            request.top_n,
+            request.exclude_seen if request.HasField("exclude_seen") else True,
+            pr.min if pr is not None and pr.HasField("min") else None,
+            pr.max if pr is not None and pr.HasField("max") else None,
+            list(request.categories),
+            list(request.exclude_item_ids),
+        )
         if isinstance(user, str):
             cat, top, scores = engine.recommend(*args)
         else:  # an unseen user may need the text encoder
@@ -218,12 +235,22 @@ class RecommenderServicer:
             raise InvalidArgument(f"unknown protocol {request.protocol}")
         inline = [(x.user_id, x.item_id) for x in request.interactions] or None
         check = check_deadline(context.time_remaining)
-        metrics, users = await self._offload(engine.evaluate, SPLITS[request.split], list(request.ks),
-                                             PROTOCOLS[request.protocol], inline, check)
-        return pb.EvaluateResponse(metrics=metrics, users=users, seconds=time.perf_counter() - t0,
-                                   model_version=engine.model_version,
-                                   split="inline" if inline else SPLITS[request.split],
-                                   protocol=PROTOCOLS[request.protocol])
+        metrics, users = await self._offload(
+            engine.evaluate,
+            SPLITS[request.split],
+            list(request.ks),
+            PROTOCOLS[request.protocol],
+            inline,
+            check,
+        )
+        return pb.EvaluateResponse(
+            metrics=metrics,
+            users=users,
+            seconds=time.perf_counter() - t0,
+            model_version=engine.model_version,
+            split="inline" if inline else SPLITS[request.split],
+            protocol=PROTOCOLS[request.protocol],
+        )
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
@@ -232,10 +259,13 @@ class RecommenderServicer:
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
         engine = self.holder.get()
-        items = [NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items]
+        items = [
+            NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items
+        ]
         inserted, updated, count = await self._offload(engine.upsert_items, items)
-        return pb.UpsertItemsResponse(inserted=inserted, updated=updated, item_count=count,
-                                      model_version=engine.model_version)
+        return pb.UpsertItemsResponse(
+            inserted=inserted, updated=updated, item_count=count, model_version=engine.model_version
+        )
 
 
 class AdminServicer:
@@ -249,13 +279,22 @@ class AdminServicer:
     async def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
         try:
             engine, previous, seconds = await asyncio.get_running_loop().run_in_executor(
-                self.executor, self.holder.load, request.artifacts or None)
+                self.executor, self.holder.load, request.artifacts or None
+            )
         except (ArtifactError, OSError, ValueError) as err:
             _LOGGER.error("reload refused, still serving the previous model: %s", err)
             raise FailedPrecondition(f"reload refused, still serving the previous model: {err}") from err
-        _LOGGER.info("reloaded %s -> %s in %.2f s", previous.model_version if previous else None, engine.model_version, seconds)
-        return pb.ReloadResponse(model_version=engine.model_version,
-                                 previous_model_version=previous.model_version if previous else "", seconds=seconds)
+        _LOGGER.info(
+            "reloaded %s -> %s in %.2f s",
+            previous.model_version if previous else None,
+            engine.model_version,
+            seconds,
+        )
+        return pb.ReloadResponse(
+            model_version=engine.model_version,
+            previous_model_version=previous.model_version if previous else "",
+            seconds=seconds,
+        )
 
 
 _RECOMMENDER_METHODS = {
@@ -271,11 +310,19 @@ def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> 
     """Method handlers for both services, with lenient request parsing."""
 
     def build(service: str, servicer, methods) -> grpc.GenericRpcHandler:
-        return grpc.method_handlers_generic_handler(service, {
-            name: grpc.unary_unary_rpc_method_handler(getattr(servicer, name), request_deserializer=lenient(req),
-                                                      response_serializer=_serialize)
-            for name, (req, resp) in methods.items()
-        })
+        return grpc.method_handlers_generic_handler(
+            service,
+            {
+                name: grpc.unary_unary_rpc_method_handler(
+                    getattr(servicer, name), request_deserializer=lenient(req), response_serializer=_serialize
+                )
+                for name, (req, resp) in methods.items()
+            },
+        )
 
-    return [build(SERVICE, RecommenderServicer(holder, executor), _RECOMMENDER_METHODS),
-            build(ADMIN_SERVICE, AdminServicer(holder, executor), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)})]
+    return [
+        build(SERVICE, RecommenderServicer(holder, executor), _RECOMMENDER_METHODS),
+        build(
+            ADMIN_SERVICE, AdminServicer(holder, executor), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)}
+        ),
+    ]

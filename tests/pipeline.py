@@ -5,8 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 os.environ["USE_TF"] = "0"
 
@@ -24,8 +24,14 @@ def tiny_bert(path: Path) -> Path:
 
     tok = BertTokenizerFast.from_pretrained(default_model())
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=256)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(cfg).eval().save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -47,9 +53,15 @@ def tiny_train(path: Path, data: Path, encoder: Path, models=("seed", "two_tower
     from towerserve.trainer.text import EncoderConfig
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 
-    cfg = TrainConfig(models=tuple(models), fit=FitConfig(epochs=3, batch_size=256, patience=0),
-                      encoder=EncoderConfig(model=str(encoder), cache_dir=None), seed=seed,
-                      embedding_dim=8, hidden=(16,), progress=False)
+    cfg = TrainConfig(
+        models=tuple(models),
+        fit=FitConfig(epochs=3, batch_size=256, patience=0),
+        encoder=EncoderConfig(model=str(encoder), cache_dir=None),
+        seed=seed,
+        embedding_dim=8,
+        hidden=(16,),
+        progress=False,
+    )
     train(data, path, cfg)
     return path
 
@@ -93,8 +105,10 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
 
     from towerserve.server.app import ServerConfig, create_server
 
-    running = create_server(ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),
-                            metrics_registry=registry if registry is not None else CollectorRegistry())
+    running = create_server(
+        ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),
+        metrics_registry=registry if registry is not None else CollectorRegistry(),
+    )
     try:
         if load:
             running.load()
@@ -108,6 +122,8 @@ def server_and_channel(serving: Path, load: bool = True, **overrides) -> Iterato
     """:func:`running_server` plus an insecure channel to it: yields (running, channel)."""
     import grpc
 
-    with running_server(serving, load, **overrides) as running:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-            yield running, channel
+    with (
+        running_server(serving, load, **overrides) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        yield running, channel

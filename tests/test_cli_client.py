@@ -11,9 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pipeline
 import pytest
 
-import pipeline
 from towerserve.clients.client import RecommenderClient, User
 
 TOKEN = "t0k"
@@ -54,7 +54,9 @@ def client(target):
         yield c
 
 
-def cli(*args: str, target: str | None = None, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def cli(
+    *args: str, target: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """Runs `python -m towerserve.clients.cli ARGS` with no TOWERSERVE_* variables but those in ``env``."""
     base = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
     cmd = [sys.executable, "-m", "towerserve.clients.cli", *args, *(["--target", target] if target else [])]
@@ -104,32 +106,83 @@ def test_recommend_filters_reach_the_server(target, users, client):
     user = users[2]["user_id"]
     full = [it.item_id for it in client.recommend(user, top_n=1000, exclude_seen=False).items]
     info = client.model_info()
-    expected = client.recommend(user, top_n=5, exclude_seen=False, price_min=20, price_max=900,
-                                categories=info.categories[:4], exclude_item_ids=full[:2])
-    out = json.loads(ok(cli("recommend", "--user", user, "-n", "5", "--include-seen", "--price-min", "20",
-                            "--price-max", "900", "--category", info.categories[0], "--category", info.categories[1],
-                            "--category", info.categories[2], "--category", info.categories[3],
-                            "--exclude", full[0], "--exclude", full[1], "--json", target=target)))
+    expected = client.recommend(
+        user,
+        top_n=5,
+        exclude_seen=False,
+        price_min=20,
+        price_max=900,
+        categories=info.categories[:4],
+        exclude_item_ids=full[:2],
+    )
+    out = json.loads(
+        ok(
+            cli(
+                "recommend",
+                "--user",
+                user,
+                "-n",
+                "5",
+                "--include-seen",
+                "--price-min",
+                "20",
+                "--price-max",
+                "900",
+                "--category",
+                info.categories[0],
+                "--category",
+                info.categories[1],
+                "--category",
+                info.categories[2],
+                "--category",
+                info.categories[3],
+                "--exclude",
+                full[0],
+                "--exclude",
+                full[1],
+                "--json",
+                target=target,
+            )
+        )
+    )
     assert [it["item_id"] for it in out["items"]] == [it.item_id for it in expected.items]
     assert len(out["items"]) > 0
     # Without --include-seen the user's seen items are dropped.
     default = json.loads(ok(cli("recommend", "--user", user, "-n", "1000", "--json", target=target)))
-    assert [it["item_id"] for it in default["items"]] == [it.item_id for it in client.recommend(user, top_n=1000).items]
+    assert [it["item_id"] for it in default["items"]] == [
+        it.item_id for it in client.recommend(user, top_n=1000).items
+    ]
     assert len(default["items"]) < len(full)
 
 
 def test_recommend_by_attributes(target, users, client):
     row = users[3]
-    out = json.loads(ok(cli("recommend", "--age", row["age"], "--profession", row["profession"], "--personality",
-                            row["personality"], "-n", "5", "--json", target=target)))
+    out = json.loads(
+        ok(
+            cli(
+                "recommend",
+                "--age",
+                row["age"],
+                "--profession",
+                row["profession"],
+                "--personality",
+                row["personality"],
+                "-n",
+                "5",
+                "--json",
+                target=target,
+            )
+        )
+    )
     expected = client.recommend(user=User(float(row["age"]), row["profession"], row["personality"]), top_n=5)
     assert [it["item_id"] for it in out["items"]] == [it.item_id for it in expected.items]
 
 
 def test_recommend_needs_exactly_one_way_to_name_the_user(target, users):
     err = failed(cli("recommend", "--user", users[0]["user_id"], "--age", "30", target=target))
-    assert err.strip() == ("towerserve recommend: error: give --user ID or --age/--profession[/--personality], "
-                           "not both")
+    assert err.strip() == (
+        "towerserve recommend: error: give --user ID or --age/--profession[/--personality], not both"
+    )
     err = failed(cli("recommend", "--age", "30", target=target))
     assert "give --user ID, or --age and --profession" in err
 
@@ -141,7 +194,9 @@ def test_recommend_user_with_personality_is_refused(target, users):
 
 def test_recommend_unknown_user(target):
     err = failed(cli("recommend", "--user", "nobody_42", target=target))
-    assert err.strip() == "towerserve recommend: error: Recommend failed: NOT_FOUND: unknown user_id 'nobody_42'"
+    assert (
+        err.strip() == "towerserve recommend: error: Recommend failed: NOT_FOUND: unknown user_id 'nobody_42'"
+    )
 
 
 def test_personality_missing_for_two_tower_is_the_servers_message(target):
@@ -218,7 +273,9 @@ def test_evaluate_notebook_table(target, client):
     assert lines[3].endswith(f"model {expected.model_version}")
 
 
-@pytest.mark.parametrize("ks,message", [("0", "every k must be >= 1"), ("5,x", "expected comma-separated integers")])
+@pytest.mark.parametrize(
+    "ks,message", [("0", "every k must be >= 1"), ("5,x", "expected comma-separated integers")]
+)
 def test_evaluate_bad_ks(target, ks, message):
     done = cli("evaluate", "--ks", ks, target=target)
     assert done.returncode == 2 and message in done.stderr
@@ -229,8 +286,11 @@ def test_evaluate_bad_ks(target, ks, message):
 
 def test_info_table_and_json(target, client):
     info = client.model_info()
-    rows = {line.split(None, 1)[0]: line.split(None, 1)[1].strip()
-            for line in ok(cli("info", target=target)).splitlines()[2:] if not line.startswith("training")}
+    rows = {
+        line.split(None, 1)[0]: line.split(None, 1)[1].strip()
+        for line in ok(cli("info", target=target)).splitlines()[2:]
+        if not line.startswith("training")
+    }
     assert rows["health"] == "SERVING"
     assert (rows["model_version"], rows["model_kind"]) == (info.model_version, "two_tower")
     assert (rows["items"], rows["users"]) == (str(info.item_count), str(info.user_count))
@@ -239,7 +299,10 @@ def test_info_table_and_json(target, client):
     out = json.loads(ok(cli("info", "--json", target=target)))
     assert out["health"] == "SERVING"
     assert (out["model_version"], out["model_kind"], out["item_count"]) == (
-        info.model_version, "two_tower", info.item_count)
+        info.model_version,
+        "two_tower",
+        info.item_count,
+    )
     assert out["categories"] == info.categories
 
 
@@ -251,11 +314,41 @@ def test_token_from_the_environment(token_target, users):
     err = failed(cli("recommend", "--user", user, target=token_target))
     assert "UNAUTHENTICATED" in err and "missing authorization metadata" in err
 
-    out = json.loads(ok(cli("recommend", "--user", user, "-n", "2", "--json", target=token_target,
-                            env={"TOWERSERVE_TOKEN": TOKEN})))
+    out = json.loads(
+        ok(
+            cli(
+                "recommend",
+                "--user",
+                user,
+                "-n",
+                "2",
+                "--json",
+                target=token_target,
+                env={"TOWERSERVE_TOKEN": TOKEN},
+            )
+        )
+    )
     assert len(out["items"]) == 2
-    assert len(json.loads(ok(cli("recommend", "--user", user, "-n", "2", "--json", "--token", TOKEN,
-                                 target=token_target)))["items"]) == 2
+    assert (
+        len(
+            json.loads(
+                ok(
+                    cli(
+                        "recommend",
+                        "--user",
+                        user,
+                        "-n",
+                        "2",
+                        "--json",
+                        "--token",
+                        TOKEN,
+                        target=token_target,
+                    )
+                )
+            )["items"]
+        )
+        == 2
+    )
     # The flag wins over the environment.
     err = failed(cli("info", "--token", "wrong", target=token_target, env={"TOWERSERVE_TOKEN": TOKEN}))
     assert "UNAUTHENTICATED" in err and "invalid bearer token" in err
@@ -270,9 +363,32 @@ def test_target_from_the_environment(target):
 def tls_target(serving, tmp_path_factory):
     """A TLS server with a self-signed certificate for localhost; yields (target, certificate)."""
     d = tmp_path_factory.mktemp("cli_tls")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", "server.key", "-out", "server.crt"], cwd=d, check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.crt",
+        ],
+        cwd=d,
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     with running_server(serving, tls_cert=d / "server.crt", tls_key=d / "server.key") as target:
         yield target.replace("127.0.0.1", "localhost"), d / "server.crt"
 

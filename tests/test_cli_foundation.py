@@ -22,8 +22,14 @@ def towerserve_command() -> list[str]:
 
 def run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    return subprocess.run([*towerserve_command(), *map(str, args)], capture_output=True, text=True, timeout=120,
-                          cwd=cwd, env=env)
+    return subprocess.run(
+        [*towerserve_command(), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +55,16 @@ def test_top_level_help():
         assert sub in proc.stdout
 
 
-@pytest.mark.parametrize("sub,words", [
-    ("generate", ["--out", "--users", "--items", "--seed", "--density", "--long", "same seed, same bytes"]),
-    ("baselines", ["--data", "--split", "--ks", "--plot", "--json", "Random, MostPopular and Oracle"]),
-])
+@pytest.mark.parametrize(
+    "sub,words",
+    [
+        (
+            "generate",
+            ["--out", "--users", "--items", "--seed", "--density", "--long", "same seed, same bytes"],
+        ),
+        ("baselines", ["--data", "--split", "--ks", "--plot", "--json", "Random, MostPopular and Oracle"]),
+    ],
+)
 def test_subcommand_help(sub, words):
     proc = run(sub, "--help")
     assert proc.returncode == 0, proc.stderr
@@ -69,8 +81,20 @@ def test_no_subcommand_is_a_usage_error():
 
 
 def test_generate_json_summary(tmp_path):
-    proc = run("generate", "--out", tmp_path / "d", "--users", "40", "--items", "10", "--seed", "1", "--long",
-               "--json", "--quiet")
+    proc = run(
+        "generate",
+        "--out",
+        tmp_path / "d",
+        "--users",
+        "40",
+        "--items",
+        "10",
+        "--seed",
+        "1",
+        "--long",
+        "--json",
+        "--quiet",
+    )
     assert proc.returncode == 0, proc.stderr
     summary = json.loads(proc.stdout)
     assert (summary["users"], summary["items"], summary["seed"], summary["form"]) == (40, 10, 1, "long")
@@ -110,7 +134,10 @@ def test_malformed_data_exits_2_naming_the_file(cli_data, tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "Traceback" not in proc.stderr
-    assert f"towerserve baselines: error: {bad / 'users.csv'}: line 4, column 'age': age '-4' is negative" in proc.stderr
+    assert (
+        f"towerserve baselines: error: {bad / 'users.csv'}: line 4, column 'age': age '-4' is negative"
+        in proc.stderr
+    )
 
 
 def test_missing_data_folder_exits_2(tmp_path):
@@ -119,7 +146,9 @@ def test_missing_data_folder_exits_2(tmp_path):
     assert "data folder not found" in proc.stderr and str(tmp_path / "nowhere") in proc.stderr
 
 
-@pytest.mark.parametrize("ks,why", [("5,x", "expected comma-separated integers"), ("0,10", "every k must be >= 1")])
+@pytest.mark.parametrize(
+    "ks,why", [("5,x", "expected comma-separated integers"), ("0,10", "every k must be >= 1")]
+)
 def test_bad_ks_is_an_argparse_error(cli_data, ks, why):
     proc = run("baselines", "--data", cli_data, "--ks", ks)
     assert proc.returncode == 2

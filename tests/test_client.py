@@ -16,14 +16,26 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import pipeline
 import pytest
+from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
-import pipeline
-from pipeline import running_server
 from towerserve.clients.client import (
-    TLS, AsyncRecommenderClient, Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem,
-    RecommenderClient, ReloadResult, RetryPolicy, Scores, TowerserveError, UpsertResult, User,
+    TLS,
+    AsyncRecommenderClient,
+    Evaluation,
+    ItemData,
+    ModelInfo,
+    Recommendation,
+    RecommendedItem,
+    RecommenderClient,
+    ReloadResult,
+    RetryPolicy,
+    Scores,
+    TowerserveError,
+    UpsertResult,
+    User,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +56,9 @@ def _calls(registry: CollectorRegistry, code: str, at_least: int = 1, method: st
     """
     deadline = time.monotonic() + 2.0
     while True:
-        value = registry.get_sample_value("towerserve_requests_total", {"method": method, "code": code}) or 0.0
+        value = (
+            registry.get_sample_value("towerserve_requests_total", {"method": method, "code": code}) or 0.0
+        )
         if value >= at_least or time.monotonic() > deadline:
             return value
         time.sleep(0.01)
@@ -112,7 +126,11 @@ def test_recommend_by_id_is_typed_and_matches_the_catalogue(target, users, items
     for it in rec.items:
         row = items[it.item_id]
         assert (it.price, it.description, it.features, it.category) == (
-            float(row["price"]), row["description"], row["features"], row["category"])
+            float(row["price"]),
+            row["description"],
+            row["features"],
+            row["category"],
+        )
     assert rec.model_version == info.model_version and rec.model_version.startswith("two_tower-")
     # Leaving the with-block closed the channel.
     with pytest.raises(ValueError, match="closed channel"):
@@ -129,7 +147,9 @@ def test_recommend_by_attributes_ranks_like_the_same_known_user(client, users):
     assert [it.score for it in by_attrs.items] == pytest.approx([it.score for it in by_id.items], abs=1e-5)
 
     other = next(u for u in users if u["personality"] != row["personality"])
-    swapped = client.recommend(user=User(float(row["age"]), row["profession"], other["personality"]), top_n=1000)
+    swapped = client.recommend(
+        user=User(float(row["age"]), row["profession"], other["personality"]), top_n=1000
+    )
     assert [it.score for it in swapped.items] != pytest.approx([it.score for it in by_id.items], abs=1e-5)
 
 
@@ -151,16 +171,22 @@ def test_filters(client, users, items):
     both = client.recommend(user, top_n=5, exclude_seen=False, price_min=lo, price_max=hi)
     assert _ids(both) == [i for i in full if lo <= price[i] <= hi][:5]
     # One bound alone leaves the other open (an unset bound must not be sent as 0).
-    assert _ids(client.recommend(user, top_n=5, exclude_seen=False, price_min=hi)) == \
-        [i for i in full if price[i] >= hi][:5]
-    assert _ids(client.recommend(user, top_n=5, exclude_seen=False, price_max=lo)) == \
-        [i for i in full if price[i] <= lo][:5]
+    assert (
+        _ids(client.recommend(user, top_n=5, exclude_seen=False, price_min=hi))
+        == [i for i in full if price[i] >= hi][:5]
+    )
+    assert (
+        _ids(client.recommend(user, top_n=5, exclude_seen=False, price_max=lo))
+        == [i for i in full if price[i] <= lo][:5]
+    )
 
     wanted = sorted({r["category"] for r in items.values()})[:2]
     by_category = client.recommend(user, top_n=1000, exclude_seen=False, categories=wanted)
     assert _ids(by_category) == [i for i in full if items[i]["category"] in wanted]
 
-    excluded = client.recommend(user, top_n=5, exclude_seen=False, exclude_item_ids=full[:3] + ["not_an_item"])
+    excluded = client.recommend(
+        user, top_n=5, exclude_seen=False, exclude_item_ids=full[:3] + ["not_an_item"]
+    )
     assert _ids(excluded) == full[3:8]
 
     # exclude_seen defaults to True: the same order with the user's seen items taken out.
@@ -179,7 +205,9 @@ def test_give_exactly_one_of_user_id_or_user_before_any_rpc(users):
             client.recommend()
         with pytest.raises(ValueError, match=r"split must be one of \['cold', 'holdout'\] \(got 'train'\)"):
             client.evaluate(split="train")
-        with pytest.raises(ValueError, match=r"protocol must be one of \['full', 'notebook'\] \(got 'fast'\)"):
+        with pytest.raises(
+            ValueError, match=r"protocol must be one of \['full', 'notebook'\] \(got 'fast'\)"
+        ):
             client.evaluate(protocol="fast")
         with pytest.raises(TowerserveError) as err:  # the control: a valid call does reach the network
             client.recommend(users[0]["user_id"])
@@ -193,9 +221,14 @@ def test_score_keeps_pair_order(client, users):
     row = users[4]
     top = client.recommend(row["user_id"], top_n=4, exclude_seen=False)
     cold = client.recommend(user=_user(users[7]), top_n=4)
-    pairs = [(row["user_id"], it.item_id) for it in reversed(top.items)] + \
-            [(_user(users[7]), it.item_id) for it in cold.items] + [(row["user_id"], top.items[0].item_id)]
-    expected = [it.score for it in reversed(top.items)] + [it.score for it in cold.items] + [top.items[0].score]
+    pairs = (
+        [(row["user_id"], it.item_id) for it in reversed(top.items)]
+        + [(_user(users[7]), it.item_id) for it in cold.items]
+        + [(row["user_id"], top.items[0].item_id)]
+    )
+    expected = (
+        [it.score for it in reversed(top.items)] + [it.score for it in cold.items] + [top.items[0].score]
+    )
 
     scores = client.score(pairs)
     assert isinstance(scores, Scores) and scores.model_version == top.model_version
@@ -224,8 +257,14 @@ def test_evaluate(client, users, items):
     assert set(client.evaluate(ks=(3, 7)).metrics) >= {"ndcg@3", "recall@7"}
 
     ids = list(items)
-    inline = client.evaluate(ks=(5,), interactions=[(users[0]["user_id"], ids[0]), (users[1]["user_id"], ids[1]),
-                                                     (users[1]["user_id"], ids[2])])
+    inline = client.evaluate(
+        ks=(5,),
+        interactions=[
+            (users[0]["user_id"], ids[0]),
+            (users[1]["user_id"], ids[1]),
+            (users[1]["user_id"], ids[2]),
+        ],
+    )
     assert (inline.split, inline.users) == ("inline", 2)
     assert 0.0 <= inline.metrics["ndcg@5"] <= 1.0
 
@@ -242,7 +281,11 @@ def test_model_info_is_typed(client, serving, users, items):
     assert info.versions["serve.grpcio"] == grpc.__version__
     assert info.artifacts == str(serving.resolve())
     assert (info.max_top_n, info.max_score_pairs, info.max_upsert_items, info.max_inline_interactions) == (
-        1000, 10_000, 1000, 200_000)
+        1000,
+        10_000,
+        1000,
+        200_000,
+    )
     assert info.vector_dim > 0 and info.encoder and info.encoder_variant and info.loaded_at
 
 
@@ -250,17 +293,24 @@ def test_model_info_is_typed(client, serving, users, items):
 
 
 def test_upsert_items_then_recommend_then_reload(serving, users, items):
-    kayak = ItemData("item_new_kayak", "An inflatable kayak for lakes and calm rivers.", "Lightweight", 99.5, "kayak")
+    kayak = ItemData(
+        "item_new_kayak", "An inflatable kayak for lakes and calm rivers.", "Lightweight", 99.5, "kayak"
+    )
     with running_server(serving, model="two_tower") as running, RecommenderClient(_target(running)) as client:
         before = client.model_info()
         done = client.upsert_items([kayak])
-        assert done == UpsertResult(inserted=1, updated=0, item_count=len(items) + 1,
-                                    model_version=before.model_version)
+        assert done == UpsertResult(
+            inserted=1, updated=0, item_count=len(items) + 1, model_version=before.model_version
+        )
         found = client.recommend(users[0]["user_id"], top_n=10, categories=["kayak"])
         assert _ids(found) == ["item_new_kayak"]
         got = found.items[0]
         assert (got.description, got.features, got.price, got.category) == (
-            kayak.description, kayak.features, kayak.price, kayak.category)
+            kayak.description,
+            kayak.features,
+            kayak.price,
+            kayak.category,
+        )
         again = client.upsert_items([replace(kayak, price=120.0)])
         assert (again.inserted, again.updated, again.item_count) == (0, 1, len(items) + 1)
         assert client.recommend(users[0]["user_id"], categories=["kayak"]).items[0].price == 120.0
@@ -277,8 +327,10 @@ def test_upsert_items_then_recommend_then_reload(serving, users, items):
 
 
 def test_health_follows_the_model_lifecycle(serving, users):
-    with running_server(serving, load=False) as running, \
-            RecommenderClient(_target(running), retry=NO_RETRY) as client:
+    with (
+        running_server(serving, load=False) as running,
+        RecommenderClient(_target(running), retry=NO_RETRY) as client,
+    ):
         assert client.health() == "NOT_SERVING"
         assert client.health("towerserve.v1.Recommender") == "NOT_SERVING"
         with pytest.raises(TowerserveError) as err:
@@ -315,12 +367,31 @@ def test_top_n_zero_is_invalid_argument(client, users):
     assert err.value.details == "top_n must be in [1, 1000] (got 0)"
 
 
-@pytest.mark.parametrize("method,call,code,message", [
-    ("Score", lambda c, u: c.score([(u, "no_such_item")]), "NOT_FOUND", "unknown item_id 'no_such_item' (pair 0)"),
-    ("Evaluate", lambda c, u: c.evaluate(ks=(0,)), "INVALID_ARGUMENT", "ks must be in [1, 1000]"),
-    ("UpsertItems", lambda c, u: c.upsert_items([]), "INVALID_ARGUMENT", "items must hold 1..1000 items (got 0)"),
-    ("Reload", lambda c, u: c.reload("/no/such/folder"), "FAILED_PRECONDITION", "still serving the previous model"),
-], ids=["score", "evaluate", "upsert", "reload"])
+@pytest.mark.parametrize(
+    "method,call,code,message",
+    [
+        (
+            "Score",
+            lambda c, u: c.score([(u, "no_such_item")]),
+            "NOT_FOUND",
+            "unknown item_id 'no_such_item' (pair 0)",
+        ),
+        ("Evaluate", lambda c, u: c.evaluate(ks=(0,)), "INVALID_ARGUMENT", "ks must be in [1, 1000]"),
+        (
+            "UpsertItems",
+            lambda c, u: c.upsert_items([]),
+            "INVALID_ARGUMENT",
+            "items must hold 1..1000 items (got 0)",
+        ),
+        (
+            "Reload",
+            lambda c, u: c.reload("/no/such/folder"),
+            "FAILED_PRECONDITION",
+            "still serving the previous model",
+        ),
+    ],
+    ids=["score", "evaluate", "upsert", "reload"],
+)
 def test_every_method_raises_towerserve_error(client, users, method, call, code, message):
     with pytest.raises(TowerserveError) as err:
         call(client, users[0]["user_id"])
@@ -359,7 +430,10 @@ def _load_later(running, delay: float = 0.3) -> threading.Thread:
 def test_unavailable_is_retried_until_the_server_is_ready(serving, users):
     registry = CollectorRegistry()
     with running_server(serving, load=False, registry=registry) as running:
-        with RecommenderClient(_target(running), retry=NO_RETRY) as client, pytest.raises(TowerserveError) as err:
+        with (
+            RecommenderClient(_target(running), retry=NO_RETRY) as client,
+            pytest.raises(TowerserveError) as err,
+        ):
             client.recommend(users[0]["user_id"])
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
         assert _calls(registry, "UNAVAILABLE") == 1
@@ -380,8 +454,10 @@ def test_unavailable_is_retried_until_the_server_is_ready(serving, users):
 def test_unavailable_is_tried_exactly_attempts_times(serving, users):
     registry = CollectorRegistry()
     retry = RetryPolicy(attempts=3, initial_backoff=0.1, multiplier=1.0, jitter=0.0)
-    with running_server(serving, load=False, registry=registry) as running, \
-            RecommenderClient(_target(running), retry=retry) as client:
+    with (
+        running_server(serving, load=False, registry=registry) as running,
+        RecommenderClient(_target(running), retry=retry) as client,
+    ):
         t0 = time.monotonic()
         with pytest.raises(TowerserveError) as err:
             client.recommend(users[0]["user_id"])
@@ -394,8 +470,10 @@ def test_unavailable_is_tried_exactly_attempts_times(serving, users):
 def test_not_found_is_not_retried(serving):
     registry = CollectorRegistry()
     retry = RetryPolicy(attempts=5, initial_backoff=5.0, max_backoff=5.0)
-    with running_server(serving, registry=registry) as running, \
-            RecommenderClient(_target(running), retry=retry) as client:
+    with (
+        running_server(serving, registry=registry) as running,
+        RecommenderClient(_target(running), retry=retry) as client,
+    ):
         t0 = time.monotonic()
         with pytest.raises(TowerserveError) as err:
             client.recommend("nobody")
@@ -408,7 +486,9 @@ def test_not_found_is_not_retried(serving):
 def test_retry_policy_delays():
     # Nominal delays: 0.1, 0.2, 0.4, then capped at 0.5, 0.5 (attempts - 1 = 5 of them).
     nominal = [0.1, 0.2, 0.4, 0.5, 0.5]
-    exact = list(RetryPolicy(attempts=6, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0, jitter=0.0).delays())
+    exact = list(
+        RetryPolicy(attempts=6, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0, jitter=0.0).delays()
+    )
     assert exact == pytest.approx(nominal)
     policy = RetryPolicy(attempts=6, initial_backoff=0.1, max_backoff=0.5, multiplier=2.0, jitter=0.2)
     seen = set()
@@ -447,42 +527,76 @@ def certs(tmp_path_factory) -> Path:
     """Self-signed server certificate for DNS:localhost only (no IP), and a self-signed client certificate."""
     d = tmp_path_factory.mktemp("certs")
     ec = ["-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"]
-    _openssl("req", *ec, "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-             "-keyout", "server.key", "-out", "server.crt", cwd=d)
-    _openssl("req", *ec, "-subj", "/CN=towerserve test client", "-addext", "extendedKeyUsage=clientAuth",
-             "-keyout", "client.key", "-out", "client.crt", cwd=d)
+    _openssl(
+        "req",
+        *ec,
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.crt",
+        cwd=d,
+    )
+    _openssl(
+        "req",
+        *ec,
+        "-subj",
+        "/CN=towerserve test client",
+        "-addext",
+        "extendedKeyUsage=clientAuth",
+        "-keyout",
+        "client.key",
+        "-out",
+        "client.crt",
+        cwd=d,
+    )
     return d
 
 
 def test_tls(serving, certs, users):
     user = users[0]["user_id"]
     with running_server(serving, tls_cert=certs / "server.crt", tls_key=certs / "server.key") as running:
-        with RecommenderClient(f"localhost:{running.port}", tls=TLS(root_certificates=certs / "server.crt")) as c:
+        with RecommenderClient(
+            f"localhost:{running.port}", tls=TLS(root_certificates=certs / "server.crt")
+        ) as c:
             assert len(c.recommend(user, top_n=3).items) == 3
         # The certificate names localhost only; server_name makes 127.0.0.1 acceptable.
         with RecommenderClient(_target(running), tls=TLS(certs / "server.crt", server_name="localhost")) as c:
             assert len(c.recommend(user, top_n=3).items) == 3
         for tls in (TLS(root_certificates=certs / "server.crt"), None):  # wrong name; plaintext to a TLS port
-            with RecommenderClient(_target(running), tls=tls, retry=NO_RETRY, timeout=5) as c, \
-                    pytest.raises(TowerserveError) as err:
+            with (
+                RecommenderClient(_target(running), tls=tls, retry=NO_RETRY, timeout=5) as c,
+                pytest.raises(TowerserveError) as err,
+            ):
                 c.recommend(user)
             assert err.value.code == grpc.StatusCode.UNAVAILABLE
-        with RecommenderClient(f"localhost:{running.port}", tls=True, retry=NO_RETRY, timeout=5) as c, \
-                pytest.raises(TowerserveError) as err:
+        with (
+            RecommenderClient(f"localhost:{running.port}", tls=True, retry=NO_RETRY, timeout=5) as c,
+            pytest.raises(TowerserveError) as err,
+        ):
             c.recommend(user)  # system roots do not trust a self-signed certificate
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mutual_tls(serving, certs, users):
     user = users[0]["user_id"]
-    with running_server(serving, tls_cert=certs / "server.crt", tls_key=certs / "server.key",
-                        tls_client_ca=certs / "client.crt") as running:
+    with running_server(
+        serving,
+        tls_cert=certs / "server.crt",
+        tls_key=certs / "server.key",
+        tls_client_ca=certs / "client.crt",
+    ) as running:
         target = f"localhost:{running.port}"
         signed = TLS(certs / "server.crt", client_cert=certs / "client.crt", client_key=certs / "client.key")
         with RecommenderClient(target, tls=signed) as c:
             assert len(c.recommend(user, top_n=3).items) == 3
-        with RecommenderClient(target, tls=TLS(certs / "server.crt"), retry=NO_RETRY, timeout=5) as c, \
-                pytest.raises(TowerserveError) as err:
+        with (
+            RecommenderClient(target, tls=TLS(certs / "server.crt"), retry=NO_RETRY, timeout=5) as c,
+            pytest.raises(TowerserveError) as err,
+        ):
             c.recommend(user)
         assert err.value.code == grpc.StatusCode.UNAVAILABLE
 
@@ -494,22 +608,27 @@ def test_async_client(target, users, items):
     row = users[3]
     categories = sorted({r["category"] for r in items.values()})[:5]
     with RecommenderClient(target) as sync:  # the reference answers
-        filtered = sync.recommend(row["user_id"], top_n=5, exclude_seen=False, price_min=1.0, categories=categories)
+        filtered = sync.recommend(
+            row["user_id"], top_n=5, exclude_seen=False, price_min=1.0, categories=categories
+        )
         full = _ids(sync.recommend(row["user_id"], top_n=1000, exclude_seen=False))
         tops = [_ids(sync.recommend(u["user_id"], top_n=3)) for u in users[:20]]
         info = sync.model_info()
 
     async def main():
         async with AsyncRecommenderClient(target, retry=NO_RETRY) as client:
-            rec = await client.recommend(row["user_id"], top_n=5, exclude_seen=False, price_min=1.0,
-                                         categories=categories)
+            rec = await client.recommend(
+                row["user_id"], top_n=5, exclude_seen=False, price_min=1.0, categories=categories
+            )
             assert rec == filtered and len(rec.items) == 5
             assert _ids(await client.recommend(user=_user(row), top_n=1000)) == full
             # One channel, many calls in flight.
             many = await asyncio.gather(*(client.recommend(u["user_id"], top_n=3) for u in users[:20]))
             assert [_ids(r) for r in many] == tops
 
-            scores = await client.score([(row["user_id"], rec.items[0].item_id), (_user(row), rec.items[1].item_id)])
+            scores = await client.score(
+                [(row["user_id"], rec.items[0].item_id), (_user(row), rec.items[1].item_id)]
+            )
             assert scores.scores == pytest.approx([rec.items[0].score, rec.items[1].score], abs=1e-5)
             assert scores.model_version == info.model_version
             ev = await client.evaluate(protocol="notebook")
@@ -523,7 +642,10 @@ def test_async_client(target, users, items):
                 await client.recommend("nobody")
             assert not isinstance(err.value, grpc.RpcError)
             assert (err.value.code, err.value.method, err.value.details) == (
-                grpc.StatusCode.NOT_FOUND, "Recommend", "unknown user_id 'nobody'")
+                grpc.StatusCode.NOT_FOUND,
+                "Recommend",
+                "unknown user_id 'nobody'",
+            )
             with pytest.raises(TowerserveError) as err:
                 await client.score([(row["user_id"], "nothing")])
             assert (err.value.code, err.value.method) == (grpc.StatusCode.NOT_FOUND, "Score")
@@ -568,7 +690,9 @@ def test_async_retries_on_unavailable_only(serving, users):
                 assert len((await client.recommend(users[0]["user_id"], top_n=3)).items) == 3
         finally:
             loader.join()
-        async with AsyncRecommenderClient(target, retry=RetryPolicy(attempts=5, initial_backoff=5.0)) as client:
+        async with AsyncRecommenderClient(
+            target, retry=RetryPolicy(attempts=5, initial_backoff=5.0)
+        ) as client:
             t0 = time.monotonic()
             with pytest.raises(TowerserveError) as err:
                 await client.recommend("nobody")
@@ -594,8 +718,10 @@ with RecommenderClient(sys.argv[1]) as client:
         print(err.code.name)
 """
 _HEAVY = ("tensorflow", "torch", "onnxruntime", "numpy", "keras", "transformers")
-_PROBE = ("import towerserve.clients.client as c; import importlib.util; "
-          f"print([m for m in {_HEAVY!r} if importlib.util.find_spec(m)])")
+_PROBE = (
+    "import towerserve.clients.client as c; import importlib.util; "
+    f"print([m for m in {_HEAVY!r} if importlib.util.find_spec(m)])"
+)
 
 
 def _project_copy(dst: Path) -> Path:
@@ -620,11 +746,22 @@ def test_client_only_install(serving, tmp_path, users):
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, capture_output=True, timeout=120)
     python = venv / "bin" / "python"
     src = _project_copy(tmp_path / "src")
-    done = subprocess.run([str(python), "-m", "pip", "install", "-q", str(src)], capture_output=True, text=True,
-                          env=env, timeout=300)
+    done = subprocess.run(
+        [str(python), "-m", "pip", "install", "-q", str(src)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     if done.returncode != 0:
-        network = ("Could not find a version", "No matching distribution", "Network is unreachable",
-                   "Temporary failure in name resolution", "ConnectionError", "Max retries exceeded")
+        network = (
+            "Could not find a version",
+            "No matching distribution",
+            "Network is unreachable",
+            "Temporary failure in name resolution",
+            "ConnectionError",
+            "Max retries exceeded",
+        )
         if any(s in done.stderr for s in network):
             pytest.skip(f"pip install needs the package index: {done.stderr.strip()[-300:]}")
         pytest.fail(f"pip install failed:\n{done.stderr[-3000:]}")
@@ -634,12 +771,24 @@ def test_client_only_install(serving, tmp_path, users):
     assert probe.stdout.strip() == "[]"
 
     with running_server(serving) as running:
-        call = subprocess.run([str(python), "-c", _CALL, _target(running), users[0]["user_id"]], capture_output=True,
-                              text=True, env=env, timeout=60, cwd=tmp_path)
+        call = subprocess.run(
+            [str(python), "-c", _CALL, _target(running), users[0]["user_id"]],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert call.returncode == 0, call.stderr[-3000:]
         assert call.stdout.split() == ["3", "NOT_FOUND"]
         # The console script comes with the client install.
-        cli = subprocess.run([str(venv / "bin" / "towerserve"), "info", "--json", "--target", _target(running)],
-                             capture_output=True, text=True, env=env, timeout=60, cwd=tmp_path)
+        cli = subprocess.run(
+            [str(venv / "bin" / "towerserve"), "info", "--json", "--target", _target(running)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            cwd=tmp_path,
+        )
         assert cli.returncode == 0, cli.stderr[-3000:]
         assert '"health": "SERVING"' in cli.stdout

@@ -19,14 +19,14 @@ from towerserve.trainer.data import (
 
 USERS = (
     "user_id,age,profession,personality\n"
-    "u1,30,arts,Gamer\n"          # line 2
-    "u2,40,law,Traveler\n"        # line 3
+    "u1,30,arts,Gamer\n"  # line 2
+    "u2,40,law,Traveler\n"  # line 3
     "u3,25,student,Book Lover\n"  # line 4
 )
 ITEMS = (
     "item_id,description,features,price,category\n"
-    "i1,A fast laptop,Wi-Fi 6,900,laptop\n"      # line 2
-    "i2,A light tent,Waterproof,200,tent\n"      # line 3
+    "i1,A fast laptop,Wi-Fi 6,900,laptop\n"  # line 2
+    "i2,A light tent,Waterproof,200,tent\n"  # line 3
     "i3,A gripping novel,Illustrated,20,novel\n"  # line 4
 )
 MATRIX = (
@@ -39,8 +39,13 @@ MATRIX = (
 MATRIX_PAIRS = [(0, 0), (1, 1), (1, 2), (2, 0), (2, 2)]
 
 
-def write_dataset(root: Path, users: str | None = USERS, items: str | None = ITEMS, matrix: str | None = MATRIX,
-                  long: str | None = None) -> Path:
+def write_dataset(
+    root: Path,
+    users: str | None = USERS,
+    items: str | None = ITEMS,
+    matrix: str | None = MATRIX,
+    long: str | None = None,
+) -> Path:
     """Writes the given files (None: leave that file out) and returns the folder."""
     root.mkdir(parents=True, exist_ok=True)
     for name, text in ((USERS_FILE, users), (ITEMS_FILE, items), (MATRIX_FILE, matrix), (LONG_FILE, long)):
@@ -90,12 +95,7 @@ def test_valid_dataset_loads_with_shapes_and_types(tmp_path):
 
 def test_matrix_column_and_row_order_may_differ_from_the_tables(tmp_path):
     # Same ones as MATRIX, but columns i3,i1,i2 and rows u3,u1,u2: indices follow users.csv / items.csv.
-    shuffled = (
-        "user_id,i3,i1,i2\n"
-        "u3,1,1,0\n"
-        "u1,0,1,0\n"
-        "u2,1,0,1\n"
-    )
+    shuffled = "user_id,i3,i1,i2\nu3,1,1,0\nu1,0,1,0\nu2,1,0,1\n"
     ds = load_dataset(write_dataset(tmp_path, matrix=shuffled))
     assert pair_list(ds) == MATRIX_PAIRS
 
@@ -109,7 +109,7 @@ def test_matrix_may_leave_out_items_and_users(tmp_path):
 
 def test_hand_written_dataset_with_other_ids(tmp_path):
     users = (
-        "personality,user_id,profession,age\n"   # columns in another order, plus ids we never generate
+        "personality,user_id,profession,age\n"  # columns in another order, plus ids we never generate
         "Night Owl,alice,nurse,51.5\n"
         "Early Bird,007,pilot,33\n"
         "Cat Person,Bob Smith,baker,19\n"
@@ -117,7 +117,7 @@ def test_hand_written_dataset_with_other_ids(tmp_path):
     items = (
         "category,item_id,price,features,description,extra_column\n"
         'kettle,SKU-9,12.5,"Fast boil, Steel","A kettle, with a comma",ignored\n'
-        'mug,SKU-10,3,Ceramic,A mug,ignored\n'
+        "mug,SKU-10,3,Ceramic,A mug,ignored\n"
     )
     matrix = "user_id,SKU-10,SKU-9\nBob Smith,1,1\n007,0,1\nalice,0,0\n"
     ds = load_dataset(write_dataset(tmp_path, users=users, items=items, matrix=matrix))
@@ -185,47 +185,180 @@ def _replace_line(text: str, line: int, new: str) -> str:
 
 TABLE_CASES = [
     # (id, file, line 3 replaced by / or whole text, expected message regex, line, column)
-    ("users-missing-column", USERS_FILE, "user_id,age,profession\nu1,30,arts\n",
-     r"missing column\(s\) \['personality'\]", None, None),
-    ("users-duplicate-id", USERS_FILE, USERS + "u2,50,law,Gamer\n",
-     r"duplicate user_id 'u2' \(first on line 3\)", 5, "user_id"),
-    ("users-empty-id", USERS_FILE, _replace_line(USERS, 3, "  ,40,law,Traveler"), r"empty user_id", 3, "user_id"),
-    ("age-nan", USERS_FILE, _replace_line(USERS, 3, "u2,nan,law,Traveler"),
-     r"age 'nan' is not a finite number \(user_id 'u2'\)", 3, "age"),
-    ("age-NA", USERS_FILE, _replace_line(USERS, 3, "u2,NA,law,Traveler"), r"age 'NA' is not a finite number", 3, "age"),
-    ("age-blank", USERS_FILE, _replace_line(USERS, 3, "u2,,law,Traveler"), r"age '' is not a finite number", 3, "age"),
-    ("age-text", USERS_FILE, _replace_line(USERS, 3, "u2,forty,law,Traveler"),
-     r"age 'forty' is not a finite number", 3, "age"),
-    ("age-inf", USERS_FILE, _replace_line(USERS, 4, "u3,inf,student,Book Lover"),
-     r"age 'inf' is not a finite number \(user_id 'u3'\)", 4, "age"),
-    ("age-negative", USERS_FILE, _replace_line(USERS, 3, "u2,-1,law,Traveler"), r"age '-1' is negative", 3, "age"),
-    ("age-above-150", USERS_FILE, _replace_line(USERS, 3, "u2,151,law,Traveler"), r"age '151' is above 150", 3, "age"),
-    ("users-empty-profession", USERS_FILE, _replace_line(USERS, 3, "u2,40, ,Traveler"),
-     r"empty profession \(user_id 'u2'\)", 3, "profession"),
-    ("users-empty-personality", USERS_FILE, _replace_line(USERS, 4, "u3,25,student,"),
-     r"empty personality \(user_id 'u3'\)", 4, "personality"),
-    ("items-missing-column", ITEMS_FILE, "item_id,description,features,price\ni1,a,b,1\n",
-     r"missing column\(s\) \['category'\]", None, None),
-    ("items-duplicate-id", ITEMS_FILE, ITEMS + "i1,Another laptop,Wi-Fi 6,800,laptop\n",
-     r"duplicate item_id 'i1' \(first on line 2\)", 5, "item_id"),
-    ("items-empty-id", ITEMS_FILE, _replace_line(ITEMS, 4, ",A gripping novel,Illustrated,20,novel"),
-     r"empty item_id", 4, "item_id"),
-    ("price-nan", ITEMS_FILE, _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,nan,tent"),
-     r"price 'nan' is not a finite number \(item_id 'i2'\)", 3, "price"),
-    ("price-text", ITEMS_FILE, _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,$200,tent"),
-     r"price '\$200' is not a finite number", 3, "price"),
-    ("price-negative", ITEMS_FILE, _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,-5,tent"),
-     r"price '-5' is negative \(item_id 'i2'\)", 3, "price"),
-    ("items-empty-description", ITEMS_FILE, _replace_line(ITEMS, 3, "i2,,Waterproof,200,tent"),
-     r"empty description \(item_id 'i2'\)", 3, "description"),
-    ("items-empty-features", ITEMS_FILE, _replace_line(ITEMS, 2, 'i1,A fast laptop,"   ",900,laptop'),
-     r"empty features \(item_id 'i1'\)", 2, "features"),
-    ("items-empty-category", ITEMS_FILE, _replace_line(ITEMS, 4, "i3,A gripping novel,Illustrated,20,"),
-     r"empty category \(item_id 'i3'\)", 4, "category"),
+    (
+        "users-missing-column",
+        USERS_FILE,
+        "user_id,age,profession\nu1,30,arts\n",
+        r"missing column\(s\) \['personality'\]",
+        None,
+        None,
+    ),
+    (
+        "users-duplicate-id",
+        USERS_FILE,
+        USERS + "u2,50,law,Gamer\n",
+        r"duplicate user_id 'u2' \(first on line 3\)",
+        5,
+        "user_id",
+    ),
+    (
+        "users-empty-id",
+        USERS_FILE,
+        _replace_line(USERS, 3, "  ,40,law,Traveler"),
+        r"empty user_id",
+        3,
+        "user_id",
+    ),
+    (
+        "age-nan",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,nan,law,Traveler"),
+        r"age 'nan' is not a finite number \(user_id 'u2'\)",
+        3,
+        "age",
+    ),
+    (
+        "age-NA",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,NA,law,Traveler"),
+        r"age 'NA' is not a finite number",
+        3,
+        "age",
+    ),
+    (
+        "age-blank",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,,law,Traveler"),
+        r"age '' is not a finite number",
+        3,
+        "age",
+    ),
+    (
+        "age-text",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,forty,law,Traveler"),
+        r"age 'forty' is not a finite number",
+        3,
+        "age",
+    ),
+    (
+        "age-inf",
+        USERS_FILE,
+        _replace_line(USERS, 4, "u3,inf,student,Book Lover"),
+        r"age 'inf' is not a finite number \(user_id 'u3'\)",
+        4,
+        "age",
+    ),
+    (
+        "age-negative",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,-1,law,Traveler"),
+        r"age '-1' is negative",
+        3,
+        "age",
+    ),
+    (
+        "age-above-150",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,151,law,Traveler"),
+        r"age '151' is above 150",
+        3,
+        "age",
+    ),
+    (
+        "users-empty-profession",
+        USERS_FILE,
+        _replace_line(USERS, 3, "u2,40, ,Traveler"),
+        r"empty profession \(user_id 'u2'\)",
+        3,
+        "profession",
+    ),
+    (
+        "users-empty-personality",
+        USERS_FILE,
+        _replace_line(USERS, 4, "u3,25,student,"),
+        r"empty personality \(user_id 'u3'\)",
+        4,
+        "personality",
+    ),
+    (
+        "items-missing-column",
+        ITEMS_FILE,
+        "item_id,description,features,price\ni1,a,b,1\n",
+        r"missing column\(s\) \['category'\]",
+        None,
+        None,
+    ),
+    (
+        "items-duplicate-id",
+        ITEMS_FILE,
+        ITEMS + "i1,Another laptop,Wi-Fi 6,800,laptop\n",
+        r"duplicate item_id 'i1' \(first on line 2\)",
+        5,
+        "item_id",
+    ),
+    (
+        "items-empty-id",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 4, ",A gripping novel,Illustrated,20,novel"),
+        r"empty item_id",
+        4,
+        "item_id",
+    ),
+    (
+        "price-nan",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,nan,tent"),
+        r"price 'nan' is not a finite number \(item_id 'i2'\)",
+        3,
+        "price",
+    ),
+    (
+        "price-text",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,$200,tent"),
+        r"price '\$200' is not a finite number",
+        3,
+        "price",
+    ),
+    (
+        "price-negative",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 3, "i2,A light tent,Waterproof,-5,tent"),
+        r"price '-5' is negative \(item_id 'i2'\)",
+        3,
+        "price",
+    ),
+    (
+        "items-empty-description",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 3, "i2,,Waterproof,200,tent"),
+        r"empty description \(item_id 'i2'\)",
+        3,
+        "description",
+    ),
+    (
+        "items-empty-features",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 2, 'i1,A fast laptop,"   ",900,laptop'),
+        r"empty features \(item_id 'i1'\)",
+        2,
+        "features",
+    ),
+    (
+        "items-empty-category",
+        ITEMS_FILE,
+        _replace_line(ITEMS, 4, "i3,A gripping novel,Illustrated,20,"),
+        r"empty category \(item_id 'i3'\)",
+        4,
+        "category",
+    ),
 ]
 
 
-@pytest.mark.parametrize("file,text,match,line,column", [c[1:] for c in TABLE_CASES], ids=[c[0] for c in TABLE_CASES])
+@pytest.mark.parametrize(
+    "file,text,match,line,column", [c[1:] for c in TABLE_CASES], ids=[c[0] for c in TABLE_CASES]
+)
 def test_malformed_table(tmp_path, file, text, match, line, column):
     root = write_dataset(tmp_path, **{"users" if file == USERS_FILE else "items": text})
     expect_error(root, file, match, line, column)
@@ -239,34 +372,60 @@ def test_age_150_is_allowed(tmp_path):
 # --------------------------------------------------------------------------------------------- the matrix
 
 MATRIX_CASES = [
-    ("duplicate-column", "user_id,i1,i2,i1\nu1,1,0,0\n", r"duplicate column 'i1' \(also column 2\)", None, "i1"),
+    (
+        "duplicate-column",
+        "user_id,i1,i2,i1\nu1,1,0,0\n",
+        r"duplicate column 'i1' \(also column 2\)",
+        None,
+        "i1",
+    ),
     ("unknown-column", "user_id,i1,i9,i3\nu1,1,0,0\n", r"column is not an item_id in items\.csv", None, "i9"),
     ("no-user-id-column", "uid,i1,i2,i3\nu1,1,0,0\n", r"missing column 'user_id'", None, None),
     ("empty-file", "", r"file is empty", None, None),
-    ("unknown-user", _replace_line(MATRIX, 3, "u9,0,1,1"), r"user_id 'u9' is not in users\.csv", 3, "user_id"),
+    (
+        "unknown-user",
+        _replace_line(MATRIX, 3, "u9,0,1,1"),
+        r"user_id 'u9' is not in users\.csv",
+        3,
+        "user_id",
+    ),
     ("duplicate-user-row", MATRIX + "u1,0,0,1\n", r"duplicate user_id 'u1'", 5, "user_id"),
     ("cell-2", _replace_line(MATRIX, 3, "u2,0,2,1"), r"cell .*2.* is not 0 or 1 \(user_id 'u2'\)", 3, "i2"),
-    ("cell-minus-1", _replace_line(MATRIX, 4, "u3,1,0,-1"), r"cell .*-1.* is not 0 or 1 \(user_id 'u3'\)", 4, "i3"),
+    (
+        "cell-minus-1",
+        _replace_line(MATRIX, 4, "u3,1,0,-1"),
+        r"cell .*-1.* is not 0 or 1 \(user_id 'u3'\)",
+        4,
+        "i3",
+    ),
     ("cell-x", _replace_line(MATRIX, 3, "u2,0,x,1"), r"cell 'x' is not 0 or 1 \(user_id 'u2'\)", 3, "i2"),
     ("cell-blank", _replace_line(MATRIX, 3, "u2,0,,1"), r"cell '' is not 0 or 1 \(user_id 'u2'\)", 3, "i2"),
     ("short-row", _replace_line(MATRIX, 4, "u3,1,0"), r"cell '' is not 0 or 1 \(user_id 'u3'\)", 4, "i3"),
 ]
 
 
-@pytest.mark.parametrize("text,match,line,column", [c[1:] for c in MATRIX_CASES], ids=[c[0] for c in MATRIX_CASES])
+@pytest.mark.parametrize(
+    "text,match,line,column", [c[1:] for c in MATRIX_CASES], ids=[c[0] for c in MATRIX_CASES]
+)
 def test_malformed_matrix(tmp_path, text, match, line, column):
     expect_error(write_dataset(tmp_path, matrix=text), MATRIX_FILE, match, line, column)
 
 
 def test_matrix_integer_cell_is_quoted_as_written(tmp_path):
-    err = expect_error(write_dataset(tmp_path, matrix=_replace_line(MATRIX, 3, "u2,0,2,1")), MATRIX_FILE,
-                       r"cell", 3, "i2")
+    err = expect_error(
+        write_dataset(tmp_path, matrix=_replace_line(MATRIX, 3, "u2,0,2,1")), MATRIX_FILE, r"cell", 3, "i2"
+    )
     assert "cell '2' is not 0 or 1" in str(err), str(err)
 
 
 def test_matrix_float_cell_is_reported_where_it_is(tmp_path):
-    expect_error(write_dataset(tmp_path, matrix=_replace_line(MATRIX, 3, "u2,0,0.5,1")), MATRIX_FILE,
-                 r"cell '0\.5' is not 0 or 1 \(user_id 'u2'\)", 3, "i2")
+    expect_error(
+        write_dataset(tmp_path, matrix=_replace_line(MATRIX, 3, "u2,0,0.5,1")),
+        MATRIX_FILE,
+        r"cell '0\.5' is not 0 or 1 \(user_id 'u2'\)",
+        3,
+        "i2",
+    )
 
 
 def test_matrix_float_cell_is_rejected(tmp_path):
@@ -287,17 +446,31 @@ def test_matrix_row_with_too_many_cells(tmp_path):
 
 LONG_CASES = [
     ("unknown-user", "user_id,item_id\nu1,i1\nu9,i2\n", r"user_id 'u9' is not in users\.csv", 3, "user_id"),
-    ("unknown-item", "user_id,item_id\nu1,i1\nu2,i2\nu3,i7\n", r"item_id 'i7' is not in items\.csv", 4, "item_id"),
+    (
+        "unknown-item",
+        "user_id,item_id\nu1,i1\nu2,i2\nu3,i7\n",
+        r"item_id 'i7' is not in items\.csv",
+        4,
+        "item_id",
+    ),
     ("label-yes", "user_id,item_id,label\nu1,i1,1\nu2,i2,yes\n", r"label 'yes' is not 0 or 1", 3, "label"),
     ("label-2", "user_id,item_id,label\nu1,i1,2\n", r"label '2' is not 0 or 1", 2, "label"),
     ("label-blank", "user_id,item_id,label\nu1,i1,1\nu2,i2,\n", r"label '' is not 0 or 1", 3, "label"),
     ("duplicate-pair", "user_id,item_id\nu1,i1\nu2,i2\nu1,i1\n", r"duplicate pair \(u1, i1\)", 4, None),
-    ("duplicate-pair-other-label", "user_id,item_id,label\nu1,i1,1\nu1,i1,0\n", r"duplicate pair \(u1, i1\)", 3, None),
+    (
+        "duplicate-pair-other-label",
+        "user_id,item_id,label\nu1,i1,1\nu1,i1,0\n",
+        r"duplicate pair \(u1, i1\)",
+        3,
+        None,
+    ),
     ("missing-item-column", "user_id,item\nu1,i1\n", r"missing column 'item_id'", None, None),
 ]
 
 
-@pytest.mark.parametrize("text,match,line,column", [c[1:] for c in LONG_CASES], ids=[c[0] for c in LONG_CASES])
+@pytest.mark.parametrize(
+    "text,match,line,column", [c[1:] for c in LONG_CASES], ids=[c[0] for c in LONG_CASES]
+)
 def test_malformed_long_form(tmp_path, text, match, line, column):
     expect_error(write_dataset(tmp_path, matrix=None, long=text), LONG_FILE, match, line, column)
 
@@ -307,8 +480,11 @@ def test_error_message_layout(tmp_path):
     root = write_dataset(tmp_path, users=_replace_line(USERS, 3, "u2,-1,law,Traveler"))
     with pytest.raises(DataError) as info:
         load_dataset(root)
-    assert re.fullmatch(rf"{re.escape(str(root / USERS_FILE))}: line 3, column 'age': age '-1' is negative "
-                        r"\(user_id 'u2'\)", str(info.value))
+    assert re.fullmatch(
+        rf"{re.escape(str(root / USERS_FILE))}: line 3, column 'age': age '-1' is negative "
+        r"\(user_id 'u2'\)",
+        str(info.value),
+    )
     assert info.value.problem == "age '-1' is negative (user_id 'u2')"
     assert isinstance(info.value, ValueError)  # the CLI turns ValueErrors into exit code 2
 
@@ -316,8 +492,9 @@ def test_error_message_layout(tmp_path):
 def test_byte_order_mark_is_accepted_in_the_tables_and_long_form(tmp_path):
     # Spreadsheet "CSV UTF-8" exports start with a byte order mark; pandas drops it.
     bom = "\ufeff"
-    root = write_dataset(tmp_path, users=bom + USERS, items=bom + ITEMS, matrix=None,
-                         long=bom + "user_id,item_id\nu1,i1\n")
+    root = write_dataset(
+        tmp_path, users=bom + USERS, items=bom + ITEMS, matrix=None, long=bom + "user_id,item_id\nu1,i1\n"
+    )
     assert pair_list(load_dataset(root)) == [(0, 0)]
 
 

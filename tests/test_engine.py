@@ -5,9 +5,9 @@ from __future__ import annotations
 import random
 
 import numpy as np
+import pipeline
 import pytest
 
-import pipeline
 from towerserve.server.engine import Engine, EngineConfig, NewItemData, item_wire
 from towerserve.server.servicer import recommend_wire
 from towerserve.v1 import recommender_pb2 as pb
@@ -81,10 +81,23 @@ def test_spliced_recommend_bytes_equal_protobuf(serving):
     # Edge cases proto3 handles specially: a zero score and a zero price are omitted on the wire.
     scores = [0.0] + scores[1:]
     got = recommend_wire(cat.wire, rows, scores, engine.model_version)
-    want = pb.RecommendResponse(model_version=engine.model_version, items=[
-        pb.Item(item_id=cat.ids[j], score=s, price=cat.price[j], description=cat.description[j],
-                features=cat.features[j], category=cat.category[j]) for j, s in zip(rows, scores)])
+    want = pb.RecommendResponse(
+        model_version=engine.model_version,
+        items=[
+            pb.Item(
+                item_id=cat.ids[j],
+                score=s,
+                price=cat.price[j],
+                description=cat.description[j],
+                features=cat.features[j],
+                category=cat.category[j],
+            )
+            for j, s in zip(rows, scores)
+        ],
+    )
     assert got == want.SerializeToString()
     head, tail = item_wire("x", 0.0, "d", "f", "c")
-    assert pb.Item.FromString(head + tail) == pb.Item(item_id="x", description="d", features="f", category="c")
+    assert pb.Item.FromString(head + tail) == pb.Item(
+        item_id="x", description="d", features="f", category="c"
+    )
     assert recommend_wire(cat.wire, [], [], "") == b""

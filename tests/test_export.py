@@ -15,9 +15,9 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pandas as pd  # noqa: E402
+import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-import pipeline  # noqa: E402
 from towerserve.export.bundle import ExportConfig, main_export  # noqa: E402
 from towerserve.export.encoder import EncoderExportConfig  # noqa: E402
 from towerserve.export.parity import ParityError, ParityReport  # noqa: E402
@@ -62,7 +62,9 @@ def _artifacts_copy(paths, dst: Path) -> Path:
 def _item_features(serving: Path, specs: list[dict]) -> np.ndarray:
     """Item inputs rebuilt from the serving folder's own catalogue with server.features."""
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    prices = pd.read_csv(serving / "catalog" / "items.csv", dtype={"item_id": str})["price"].to_numpy(np.float64)
+    prices = pd.read_csv(serving / "catalog" / "items.csv", dtype={"item_id": str})["price"].to_numpy(
+        np.float64
+    )
     fs = [FieldSpec.from_json(d) for d in specs]
     return assemble(fs, {s.name: prices if s.kind == MINMAX else tables[s.name].per_entity() for s in fs})
 
@@ -75,14 +77,18 @@ def _user_features(serving: Path, specs: list[dict]) -> np.ndarray:
 
 
 def _model_splits(manifest):
-    return [(kind, split, entry) for kind, m in manifest["models"].items() for split, entry in m["splits"].items()]
+    return [
+        (kind, split, entry) for kind, m in manifest["models"].items() for split, entry in m["splits"].items()
+    ]
 
 
 # --- the serving manifest ----------------------------------------------------------------------------
 
 
 def test_manifest_lists_every_file_with_its_sha256(serving, manifest):
-    on_disk = {p.relative_to(serving).as_posix() for p in serving.rglob("*") if p.is_file()} - {"manifest.json"}
+    on_disk = {p.relative_to(serving).as_posix() for p in serving.rglob("*") if p.is_file()} - {
+        "manifest.json"
+    }
     assert set(manifest["files"]) == on_disk
     for rel, entry in manifest["files"].items():
         data = (serving / rel).read_bytes()
@@ -93,8 +99,14 @@ def test_manifest_lists_every_file_with_its_sha256(serving, manifest):
 
 def test_manifest_records_catalogue_and_splits(serving, manifest, train_manifest):
     assert manifest["default_model"] == train_manifest["default_model"]
-    assert (manifest["catalog"]["users"], manifest["catalog"]["items"]) == (pipeline.N_USERS, pipeline.N_ITEMS)
-    assert manifest["splits"] == {"cold": {"file": "splits/cold.npz"}, "holdout": {"file": "splits/holdout.npz"}}
+    assert (manifest["catalog"]["users"], manifest["catalog"]["items"]) == (
+        pipeline.N_USERS,
+        pipeline.N_ITEMS,
+    )
+    assert manifest["splits"] == {
+        "cold": {"file": "splits/cold.npz"},
+        "holdout": {"file": "splits/holdout.npz"},
+    }
     assert manifest["training"]["metrics"]["holdout"]["seed"]["ndcg@10"] > 0
     assert manifest["models"]["seed"]["user_independent"] is True
     assert manifest["models"]["two_tower"]["user_independent"] is False
@@ -126,7 +138,9 @@ def test_encoder_variants_and_parity(serving, manifest):
 def test_onnx_encoder_reproduces_training_vectors(serving, manifest):
     enc = manifest["encoder"]
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    runner = OnnxTextEncoder(serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], enc["pooling"])
+    runner = OnnxTextEncoder(
+        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], enc["pooling"]
+    )
     for field in ("profession", "description"):
         got = runner.encode(list(tables[field].texts), enc["max_lengths"][field])
         np.testing.assert_allclose(got, tables[field].vectors, atol=1e-4)
@@ -135,7 +149,9 @@ def test_onnx_encoder_reproduces_training_vectors(serving, manifest):
 def test_tower_graphs_have_the_manifest_dims(serving, manifest, train_manifest):
     for kind, split, entry in _model_splits(manifest):
         trained = train_manifest["models"][kind]["splits"][split]
-        want_out = 2 if kind == "seed" else train_manifest["recipe"]["embedding_dim"] + 1  # seed: [s_u, 1]; 8 + bias
+        want_out = (
+            2 if kind == "seed" else train_manifest["recipe"]["embedding_dim"] + 1
+        )  # seed: [s_u, 1]; 8 + bias
         for side, in_dim in (("user_tower", trained["user_dim"]), ("item_tower", trained["item_dim"])):
             info = entry[side]
             assert (info["input_dim"], info["output_dim"]) == (in_dim, want_out)
@@ -146,7 +162,9 @@ def test_tower_graphs_have_the_manifest_dims(serving, manifest, train_manifest):
             assert not isinstance(i.shape[0], int)  # dynamic batch axis
         full = _session(serving / entry["full"]["file"])
         assert [(x.name, x.shape[1]) for x in full.get_inputs()] == [
-            ("user_features", trained["user_dim"]), ("item_features", trained["item_dim"])]
+            ("user_features", trained["user_dim"]),
+            ("item_features", trained["item_dim"]),
+        ]
         assert [o.name for o in full.get_outputs()] == [entry["full"]["output"]] == ["score"]
 
 
@@ -156,7 +174,10 @@ def test_item_vectors_equal_item_tower_on_catalogue_features(serving, manifest):
         assert I.shape == (pipeline.N_ITEMS, entry["item_tower"]["input_dim"])
         got = _session(serving / entry["item_tower"]["file"]).run(None, {"item_features": I})[0]
         saved = np.load(serving / entry["item_vectors_file"])
-        assert saved.dtype == np.float32 and saved.shape == (pipeline.N_ITEMS, entry["item_tower"]["output_dim"])
+        assert saved.dtype == np.float32 and saved.shape == (
+            pipeline.N_ITEMS,
+            entry["item_tower"]["output_dim"],
+        )
         np.testing.assert_allclose(saved, got, atol=1e-5, err_msg=f"{kind}/{split}")
 
 
@@ -169,9 +190,14 @@ def test_full_graph_equals_sigmoid_of_tower_dot(serving, manifest):
         items = rng.integers(0, len(I), 30)
         u = _session(serving / entry["user_tower"]["file"]).run(None, {"user_features": U[users]})[0]
         v = np.load(serving / entry["item_vectors_file"])[items]
-        score = _session(serving / entry["full"]["file"]).run(
-            None, {"user_features": U[users], "item_features": I[items]})[0].reshape(-1)
-        np.testing.assert_allclose(score, 1 / (1 + np.exp(-(u * v).sum(1))), atol=1e-5, err_msg=f"{kind}/{split}")
+        score = (
+            _session(serving / entry["full"]["file"])
+            .run(None, {"user_features": U[users], "item_features": I[items]})[0]
+            .reshape(-1)
+        )
+        np.testing.assert_allclose(
+            score, 1 / (1 + np.exp(-(u * v).sum(1))), atol=1e-5, err_msg=f"{kind}/{split}"
+        )
 
 
 # --- ParityReport ------------------------------------------------------------------------------------
@@ -179,8 +205,8 @@ def test_full_graph_equals_sigmoid_of_tower_dot(serving, manifest):
 
 def test_parity_report_prints_one_line_per_check_and_raises_once_for_all(capsys):
     r = ParityReport()
-    r.allclose("same", [[1.0, 2.0]], [[1.0, 2.00001]])          # |diff| 1e-5 <= 1e-4
-    r.allclose("off", [[0.0, 0.0]], [[0.0, 1.0]])                 # |diff| 1 > 1e-4
+    r.allclose("same", [[1.0, 2.0]], [[1.0, 2.00001]])  # |diff| 1e-5 <= 1e-4
+    r.allclose("off", [[0.0, 0.0]], [[0.0, 1.0]])  # |diff| 1 > 1e-4
     r.cosine("turned", [[1.0, 0.0]], [[0.0, 1.0]], min_mean=0.99)  # cosine 0 < 0.99
     r.cosine("optional", [[1.0, 0.0]], [[-1.0, 0.0]], min_mean=0.99, required=False)  # cosine -1
     r.allclose("shape", np.zeros((2, 3)), np.zeros((2, 4)), required=False)
@@ -232,13 +258,22 @@ def test_missing_file_is_refused_by_name(serving, tmp_path):
     assert "item_vectors.npy" in str(err.value)
 
 
-@pytest.mark.parametrize("edit, message", [
-    pytest.param(lambda m: m.update(format="towerserve-train"),
-                 "format is 'towerserve-train', expected 'towerserve-serving'", id="format"),
-    pytest.param(lambda m: m.update(format_version=2), "format_version 2 is not 1", id="format_version"),
-    pytest.param(lambda m: m["files"].pop("encoder/tokenizer.json"), "used by manifest.json but has no sha256 entry",
-                 id="unlisted-file"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        pytest.param(
+            lambda m: m.update(format="towerserve-train"),
+            "format is 'towerserve-train', expected 'towerserve-serving'",
+            id="format",
+        ),
+        pytest.param(lambda m: m.update(format_version=2), "format_version 2 is not 1", id="format_version"),
+        pytest.param(
+            lambda m: m["files"].pop("encoder/tokenizer.json"),
+            "used by manifest.json but has no sha256 entry",
+            id="unlisted-file",
+        ),
+    ],
+)
 def test_edited_manifest_is_refused(serving, tmp_path, edit, message):
     copy = pipeline.copy_serving(serving, tmp_path / "s")
     m = json.loads((copy / "manifest.json").read_text())
@@ -304,10 +339,19 @@ def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 
     art = tmp_path / "artifacts"
-    train(paths["data"], art, TrainConfig(
-        models=("two_tower",), fit=FitConfig(epochs=1, batch_size=256, patience=0), cold=False, progress=False,
-        encoder=EncoderConfig(model=str(paths["bert"]), pooling="notebook", cache_dir=None), embedding_dim=8,
-        hidden=(16,)))
+    train(
+        paths["data"],
+        art,
+        TrainConfig(
+            models=("two_tower",),
+            fit=FitConfig(epochs=1, batch_size=256, patience=0),
+            cold=False,
+            progress=False,
+            encoder=EncoderConfig(model=str(paths["bert"]), pooling="notebook", cache_dir=None),
+            embedding_dim=8,
+            hidden=(16,),
+        ),
+    )
     m = main_export(art, ExportConfig(parity_users=50, encoder=LEAN))
     enc = m["encoder"]
     assert enc["pooling"] == "notebook"
@@ -316,15 +360,18 @@ def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
     assert all(c["ok"] for c in m["parity"])
     serving = art / "serving"
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    runner = OnnxTextEncoder(serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook")
+    runner = OnnxTextEncoder(
+        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook"
+    )
     for field in ("profession", "description"):
         texts = list(tables[field].texts)
         got = runner.encode(texts, enc["max_lengths"][field], trained[field])
         np.testing.assert_allclose(got, tables[field].vectors, atol=1e-4)
     # without the training pad length, short texts batched together pad less and get other vectors
     texts = list(tables["description"].texts)
-    unpadded = OnnxTextEncoder(serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook",
-                               batch_size=1).encode(texts, enc["max_lengths"]["description"])
+    unpadded = OnnxTextEncoder(
+        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook", batch_size=1
+    ).encode(texts, enc["max_lengths"]["description"])
     assert np.abs(unpadded - tables["description"].vectors).max() > 1e-3
 
 
@@ -353,10 +400,16 @@ def test_triton_repository(triton):
     tokens = [(n, "TYPE_INT64", "-1") for n in ("input_ids", "attention_mask", "token_type_ids")]
     want = {
         "text_encoder": (tokens, [("embedding", "TYPE_FP32", "32")], root / "serving/encoder/model.onnx"),
-        "user_tower": ([("user_features", "TYPE_FP32", str(u_in))], [("user_vector", "TYPE_FP32", str(u_out))],
-                       root / "serving" / default["user_tower"]["file"]),
-        "item_tower": ([("item_features", "TYPE_FP32", str(i_in))], [("item_vector", "TYPE_FP32", str(i_out))],
-                       root / "serving" / default["item_tower"]["file"]),
+        "user_tower": (
+            [("user_features", "TYPE_FP32", str(u_in))],
+            [("user_vector", "TYPE_FP32", str(u_out))],
+            root / "serving" / default["user_tower"]["file"],
+        ),
+        "item_tower": (
+            [("item_features", "TYPE_FP32", str(i_in))],
+            [("item_vector", "TYPE_FP32", str(i_out))],
+            root / "serving" / default["item_tower"]["file"],
+        ),
     }
     assert set(want) <= {p.name for p in repo.iterdir() if p.is_dir()}
     assert (repo / "README.md").is_file()

@@ -6,15 +6,17 @@ import logging
 
 import numpy as np
 import onnxruntime as ort
+import pipeline
 import pytest
 
-import pipeline
 from towerserve.server.engine import Engine, EngineConfig
 from towerserve.server.runtime import CPU, CUDA, resolve_providers
 
 HAS_CUDA = CUDA in ort.get_available_providers()
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="onnxruntime here has no CUDAExecutionProvider "
-                                                     "(install onnxruntime-gpu on a CUDA machine)")
+needs_cuda = pytest.mark.skipif(
+    not HAS_CUDA,
+    reason="onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu on a CUDA machine)",
+)
 
 
 @pytest.fixture(scope="module")

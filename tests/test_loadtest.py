@@ -11,12 +11,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import pytest
-
 import pipeline
+import pytest
 from pipeline import running_server
+
 from towerserve.clients.loadtest import (
-    LoadTestConfig, LoadTestResult, parse_duration, percentiles, read_ids, result_json, run_loadtest,
+    LoadTestConfig,
+    LoadTestResult,
+    parse_duration,
+    percentiles,
+    read_ids,
+    result_json,
+    run_loadtest,
 )
 
 LATENCY_KEYS = {"p50", "p90", "p99", "max", "mean"}
@@ -66,8 +72,20 @@ def _check_ok(result: LoadTestResult) -> None:
 # ------------------------------------------------------------------------------------------ durations
 
 
-@pytest.mark.parametrize("text,seconds", [("30s", 30.0), ("2m", 120.0), ("500ms", 0.5), ("1h", 3600.0),
-                                          ("10", 10.0), ("1.5m", 90.0), (" 2 s ", 2.0), (".25s", 0.25), (3, 3.0)])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("30s", 30.0),
+        ("2m", 120.0),
+        ("500ms", 0.5),
+        ("1h", 3600.0),
+        ("10", 10.0),
+        ("1.5m", 90.0),
+        (" 2 s ", 2.0),
+        (".25s", 0.25),
+        (3, 3.0),
+    ],
+)
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == pytest.approx(seconds)
 
@@ -86,8 +104,12 @@ def test_percentiles_nearest_rank():
     # p50 -> r = 5 -> 5 ms; p90 -> r = 9 -> 15 ms; p99 -> ceil(9.9) = 10 -> 20 ms; max 20 ms;
     # mean = (1+2+3+4+5+7+9+12+15+20) / 10 = 78 / 10 = 7.8 ms.
     latencies = [0.012, 0.003, 0.007, 0.001, 0.020, 0.005, 0.009, 0.002, 0.015, 0.004]
-    assert percentiles(latencies) == pytest.approx({"p50": 5.0, "p90": 15.0, "p99": 20.0, "max": 20.0, "mean": 7.8})
-    assert percentiles([0.004]) == pytest.approx({"p50": 4.0, "p90": 4.0, "p99": 4.0, "max": 4.0, "mean": 4.0})
+    assert percentiles(latencies) == pytest.approx(
+        {"p50": 5.0, "p90": 15.0, "p99": 20.0, "max": 20.0, "mean": 7.8}
+    )
+    assert percentiles([0.004]) == pytest.approx(
+        {"p50": 4.0, "p90": 4.0, "p99": 4.0, "max": 4.0, "mean": 4.0}
+    )
     assert percentiles([]) == {}
 
 
@@ -124,7 +146,9 @@ def test_read_ids_from_folders(built, serving):
 
 def test_read_ids_from_a_folder_without_one(tmp_path):
     (tmp_path / "catalog").mkdir()
-    with pytest.raises(FileNotFoundError, match=r"no users\.csv \(looked in \., catalog/, serving/catalog/\)"):
+    with pytest.raises(
+        FileNotFoundError, match=r"no users\.csv \(looked in \., catalog/, serving/catalog/\)"
+    ):
         read_ids(tmp_path)
     with pytest.raises(FileNotFoundError, match=r"no items\.csv"):
         read_ids(tmp_path, "item_id")
@@ -133,17 +157,23 @@ def test_read_ids_from_a_folder_without_one(tmp_path):
 # -------------------------------------------------------------------------------------------- config
 
 
-@pytest.mark.parametrize("kwargs,message", [
-    ({"rpc": "Recommend"}, r"rpc must be one of \('recommend', 'score', 'evaluate', 'health'\) \(got 'Recommend'\)"),
-    ({"rpc": "recommend"}, r"--rpc recommend needs user ids"),
-    ({"rpc": "score", "user_ids": ["u"]}, r"--rpc score needs item ids"),
-    ({"rpc": "score", "item_ids": ["i"]}, r"--rpc score needs user ids"),
-    ({"rpc": "health", "rate": 0.0}, r"rate must be > 0 \(got 0.0\)"),
-    ({"rpc": "health", "rate": -5.0}, r"rate must be > 0 \(got -5.0\)"),
-    ({"rpc": "health", "concurrency": 0}, "concurrency, procs and duration must be positive"),
-    ({"rpc": "health", "procs": 0}, "concurrency, procs and duration must be positive"),
-    ({"rpc": "health", "duration": 0.0}, "concurrency, procs and duration must be positive"),
-])
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (
+            {"rpc": "Recommend"},
+            r"rpc must be one of \('recommend', 'score', 'evaluate', 'health'\) \(got 'Recommend'\)",
+        ),
+        ({"rpc": "recommend"}, r"--rpc recommend needs user ids"),
+        ({"rpc": "score", "user_ids": ["u"]}, r"--rpc score needs item ids"),
+        ({"rpc": "score", "item_ids": ["i"]}, r"--rpc score needs user ids"),
+        ({"rpc": "health", "rate": 0.0}, r"rate must be > 0 \(got 0.0\)"),
+        ({"rpc": "health", "rate": -5.0}, r"rate must be > 0 \(got -5.0\)"),
+        ({"rpc": "health", "concurrency": 0}, "concurrency, procs and duration must be positive"),
+        ({"rpc": "health", "procs": 0}, "concurrency, procs and duration must be positive"),
+        ({"rpc": "health", "duration": 0.0}, "concurrency, procs and duration must be positive"),
+    ],
+)
 def test_config_validate(kwargs, message):
     cfg = LoadTestConfig(target=_dead_target(), **kwargs)
     with pytest.raises(ValueError, match=message):
@@ -169,7 +199,12 @@ def test_config_rejects_an_unknown_evaluate_protocol():
 def test_closed_loop_recommend(target, user_ids):
     result = _run(target, rpc="recommend", user_ids=user_ids, concurrency=4, duration=1.0, warmup=0.2)
     assert (result.rpc, result.mode, result.concurrency, result.rate, result.seconds) == (
-        "recommend", "closed", 4, None, 1.0)
+        "recommend",
+        "closed",
+        4,
+        None,
+        1.0,
+    )
     _check_ok(result)
 
 
@@ -180,7 +215,9 @@ def test_health_rpc(target):
 
 
 def test_score_rpc(target, serving, user_ids):
-    result = _run(target, rpc="score", user_ids=user_ids, item_ids=read_ids(serving, "item_id"), score_pairs=5)
+    result = _run(
+        target, rpc="score", user_ids=user_ids, item_ids=read_ids(serving, "item_id"), score_pairs=5
+    )
     _check_ok(result)
 
 
@@ -233,15 +270,50 @@ def test_two_processes_share_the_open_loop_rate(target):
 
 def test_result_table_and_json():
     latency = {"p50": 1.0, "p90": 2.0, "p99": 3.5, "max": 4.25, "mean": 1.2}
-    result = LoadTestResult(rpc="recommend", mode="open", concurrency=32, rate=200.0, seconds=1.0, requests=210,
-                            ok=200, qps=200.0, latency_ms=latency, errors={"UNAVAILABLE": 3, "NOT_FOUND": 7}, dropped=2)
+    result = LoadTestResult(
+        rpc="recommend",
+        mode="open",
+        concurrency=32,
+        rate=200.0,
+        seconds=1.0,
+        requests=210,
+        ok=200,
+        qps=200.0,
+        latency_ms=latency,
+        errors={"UNAVAILABLE": 3, "NOT_FOUND": 7},
+        dropped=2,
+    )
     lines = result.table().splitlines()
-    assert lines[0].split() == ["rpc", "mode", "load", "requests", "qps", "p50", "ms", "p90", "ms", "p99", "ms",
-                                "max", "ms", "errors"]
+    assert lines[0].split() == [
+        "rpc",
+        "mode",
+        "load",
+        "requests",
+        "qps",
+        "p50",
+        "ms",
+        "p90",
+        "ms",
+        "p99",
+        "ms",
+        "max",
+        "ms",
+        "errors",
+    ]
     assert "p99 ms" in lines[0]
     # errors = 3 + 7 by code, plus 2 dropped.
-    assert lines[2].split() == ["recommend", "open", "200/s", "210", "200.000", "1.000", "2.000", "3.500", "4.250",
-                                "12"]
+    assert lines[2].split() == [
+        "recommend",
+        "open",
+        "200/s",
+        "210",
+        "200.000",
+        "1.000",
+        "2.000",
+        "3.500",
+        "4.250",
+        "12",
+    ]
     assert lines[3] == "errors by code: NOT_FOUND: 7, UNAVAILABLE: 3"
     assert lines[4] == "dropped (client in-flight cap reached): 2"
     assert json.loads(result_json(result)) == asdict(result) == result.to_json()
@@ -256,26 +328,60 @@ def test_result_table_and_json():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
-    return subprocess.run([sys.executable, "-m", "towerserve.clients.cli", "loadtest", *args], capture_output=True,
-                          text=True, timeout=120, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "towerserve.clients.cli", "loadtest", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
 
 
 def test_cli_json_and_out(target, serving, tmp_path):
     out = tmp_path / "result.json"
-    done = _cli("--target", target, "--json", "--duration", "1s", "--warmup", "0.2s", "--concurrency", "2",
-                "--users", str(serving), "--out", str(out))
+    done = _cli(
+        "--target",
+        target,
+        "--json",
+        "--duration",
+        "1s",
+        "--warmup",
+        "0.2s",
+        "--concurrency",
+        "2",
+        "--users",
+        str(serving),
+        "--out",
+        str(out),
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout)
     assert printed == json.loads(out.read_text())
     assert (printed["rpc"], printed["mode"], printed["concurrency"], printed["seconds"]) == (
-        "recommend", "closed", 2, 1.0)
+        "recommend",
+        "closed",
+        2,
+        1.0,
+    )
     assert printed["qps"] > 0 and printed["ok"] > 0 and printed["errors"] == {}
     assert set(printed["latency_ms"]) == LATENCY_KEYS
 
 
 def test_cli_table_for_score(target, serving):
-    done = _cli("--target", target, "--rpc", "score", "--users", str(serving), "--duration", "500ms",
-                "--warmup", "0s", "--concurrency", "2")
+    done = _cli(
+        "--target",
+        target,
+        "--rpc",
+        "score",
+        "--users",
+        str(serving),
+        "--duration",
+        "500ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "2",
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stdout.splitlines()
     assert "p99 ms" in lines[0]
@@ -286,18 +392,32 @@ def test_cli_table_for_score(target, serving):
 def test_cli_exits_1_when_nothing_succeeds(target, tmp_path):
     users = tmp_path / "users.csv"
     users.write_text("user_id\nnobody\n")
-    done = _cli("--target", target, "--json", "--users", str(users), "--duration", "300ms", "--warmup", "0s",
-                "--concurrency", "1")
+    done = _cli(
+        "--target",
+        target,
+        "--json",
+        "--users",
+        str(users),
+        "--duration",
+        "300ms",
+        "--warmup",
+        "0s",
+        "--concurrency",
+        "1",
+    )
     assert done.returncode == 1, done.stderr[-3000:]
     result = json.loads(done.stdout)
     assert result["ok"] == 0 and result["errors"]["NOT_FOUND"] > 0
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--duration", "5x"], "duration must look like 30s, 2m, 500ms or 10 (got '5x')"),
-    (["--rpc", "recommend"], "--rpc recommend needs user ids"),
-    (["--users", "/nonexistent/folder/users.csv"], "No such file or directory"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--duration", "5x"], "duration must look like 30s, 2m, 500ms or 10 (got '5x')"),
+        (["--rpc", "recommend"], "--rpc recommend needs user ids"),
+        (["--users", "/nonexistent/folder/users.csv"], "No such file or directory"),
+    ],
+)
 def test_cli_argument_errors(target, args, message):
     done = _cli("--target", target, *args)
     assert done.returncode == 2, done.stderr[-3000:]
@@ -305,7 +425,9 @@ def test_cli_argument_errors(target, args, message):
 
 
 def test_cli_nobody_listening_is_a_one_line_error():
-    done = _cli("--target", _dead_target(), "--rpc", "health", "--timeout", "1", "--duration", "1s", "--warmup", "0s")
+    done = _cli(
+        "--target", _dead_target(), "--rpc", "health", "--timeout", "1", "--duration", "1s", "--warmup", "0s"
+    )
     assert "Traceback" not in done.stderr, done.stderr[-3000:]
     assert done.returncode == 2
     assert "towerserve loadtest: error: cannot connect to" in done.stderr

@@ -165,8 +165,9 @@ def random_problem(seed: int, n_users: int = 60, n_items: int = 40, levels: int 
 def test_chunking_does_not_change_the_result():
     scores, test, train, _, _ = random_problem(1, n_users=50, levels=5)
     calls = []
-    chunked = full_ranking_metrics(dense_score_fn(scores), test, train, chunk_users=7,
-                                   on_chunk=lambda: calls.append(1))
+    chunked = full_ranking_metrics(
+        dense_score_fn(scores), test, train, chunk_users=7, on_chunk=lambda: calls.append(1)
+    )
     whole = full_ranking_metrics(dense_score_fn(scores), test, train)
     assert chunked.keys() == whole.keys()
     for key in whole:
@@ -235,9 +236,10 @@ def test_recall_and_precision_match_a_plain_loop():
 
 
 def test_topk_indices_order():
-    scores = np.array([[0.1, 0.9, 0.5, 0.7, 0.3],
-                       [5.0, 4.0, 3.0, 2.0, 1.0],
-                       [-np.inf, 1.0, -np.inf, 2.0, 0.0]], dtype=np.float32)
+    scores = np.array(
+        [[0.1, 0.9, 0.5, 0.7, 0.3], [5.0, 4.0, 3.0, 2.0, 1.0], [-np.inf, 1.0, -np.inf, 2.0, 0.0]],
+        dtype=np.float32,
+    )
     np.testing.assert_array_equal(topk_indices(scores, 3), [[1, 3, 2], [0, 1, 2], [3, 1, 4]])
     np.testing.assert_array_equal(topk_indices(scores, 10)[0], [1, 3, 2, 4, 0])  # k capped at n_cols
     assert topk_indices(scores, 0).shape == (3, 0)
@@ -273,11 +275,13 @@ def test_notebook_metric_is_the_mean_score():
 
 # --------------------------------------------------------------------------------------------- properties
 
-problems = st.integers(2, 8).flatmap(lambda n_items: st.tuples(
-    hnp.arrays(np.int64, (5, n_items), elements=st.integers(0, 6)),  # small ints: ties are common
-    hnp.arrays(np.bool_, (5, n_items)),
-    hnp.arrays(np.bool_, (5, n_items)),
-))
+problems = st.integers(2, 8).flatmap(
+    lambda n_items: st.tuples(
+        hnp.arrays(np.int64, (5, n_items), elements=st.integers(0, 6)),  # small ints: ties are common
+        hnp.arrays(np.bool_, (5, n_items)),
+        hnp.arrays(np.bool_, (5, n_items)),
+    )
+)
 
 
 @settings(max_examples=60, deadline=None)
@@ -287,7 +291,7 @@ def test_invariant_under_strictly_increasing_transform(problem):
     test, train = CSR.from_dense(test_dense), CSR.from_dense(train_dense)
     base = metrics(raw.astype(np.float32), test, train, ks=(1, 3, 10))
     # x -> x^3 + 2x - 7 is strictly increasing and exact in float32 for these small integers.
-    moved = metrics((raw ** 3 + 2 * raw - 7).astype(np.float32), test, train, ks=(1, 3, 10))
+    moved = metrics((raw**3 + 2 * raw - 7).astype(np.float32), test, train, ks=(1, 3, 10))
     for key in base:
         assert moved[key] == pytest.approx(base[key], abs=1e-12), key
     for key, value in base.items():

@@ -10,9 +10,9 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-import pipeline  # noqa: E402
 from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables  # noqa: E402
 from towerserve.trainer import models  # noqa: E402
 
@@ -42,7 +42,10 @@ def test_build_seed_has_exactly_the_notebook_layers():
     m = models.build_seed(5, 7)
     dense = [layer for layer in m.layers if isinstance(layer, keras.layers.Dense)]
     assert [(d.name, d.units, d.activation.__name__) for d in dense] == [
-        ("user_dense", 64, "relu"), ("item_dense", 64, "relu"), ("head", 1, "sigmoid")]
+        ("user_dense", 64, "relu"),
+        ("item_dense", 64, "relu"),
+        ("head", 1, "sigmoid"),
+    ]
     kinds = sorted(type(layer).__name__ for layer in m.layers)
     assert kinds == ["Concatenate", "Dense", "Dense", "Dense", "InputLayer", "InputLayer"]
     # (5*64 + 64) + (7*64 + 64) + (128*1 + 1) = 384 + 512 + 129 = 1025
@@ -136,7 +139,9 @@ def test_seed_ranks_items_identically_for_every_user(paths):
     assert models.user_independent("two_tower") is False
     model, U, I, users = _features(paths["artifacts"], "seed")
     a = 0
-    b = int(np.flatnonzero((users["profession"] != users["profession"][a]) & (users["age"] != users["age"][a]))[0])
+    b = int(
+        np.flatnonzero((users["profession"] != users["profession"][a]) & (users["age"] != users["age"][a]))[0]
+    )
     assert not np.allclose(U[a], U[b])
     ranks = _rankings(model, U, I, np.array([a, b]))
     np.testing.assert_array_equal(ranks[0], ranks[1])

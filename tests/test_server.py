@@ -11,12 +11,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pipeline
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-import pipeline
 from pipeline import server_and_channel as running_server
+
 from towerserve.server.splits import load_recorded_split
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
@@ -72,8 +72,10 @@ def seen_ids(serving, users, items):
     """user_id -> ids of every item the user interacted with (holdout train ∪ test)."""
     split = load_recorded_split(serving / "splits" / "holdout.npz")
     ids = list(items)  # items.csv order is the column order of the recorded split
-    return {u["user_id"]: {ids[j] for j in np.concatenate([split.train.row(r), split.test.row(r)])}
-            for r, u in enumerate(users)}
+    return {
+        u["user_id"]: {ids[j] for j in np.concatenate([split.train.row(r), split.test.row(r)])}
+        for r, u in enumerate(users)
+    }
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +93,9 @@ def _full_ranking(stub, **user) -> list[str]:
 
 
 def _attrs(row: dict[str, str]) -> pb.UserAttributes:
-    return pb.UserAttributes(age=float(row["age"]), profession=row["profession"], personality=row["personality"])
+    return pb.UserAttributes(
+        age=float(row["age"]), profession=row["profession"], personality=row["personality"]
+    )
 
 
 def _user_with_seen_items_on_top(stub, users, seen_ids, top_n=10) -> str:
@@ -120,7 +124,11 @@ def test_recommend_known_user_ranks_unseen_catalogue_items(stub, users, items, s
     for it in response.items:
         row = items[it.item_id]
         assert (it.price, it.description, it.features, it.category) == (
-            float(row["price"]), row["description"], row["features"], row["category"])
+            float(row["price"]),
+            row["description"],
+            row["features"],
+            row["category"],
+        )
     assert response.model_version == stub.GetModelInfo(pb.GetModelInfoRequest()).model_version
 
 
@@ -130,16 +138,18 @@ def test_exclude_seen_false_returns_seen_items(stub, users, seen_ids):
     assert set(top) & seen_ids[user]
 
 
-@pytest.mark.parametrize("bounds", [{"min": 100.0}, {"max": 300.0}, {"min": 50.0, "max": 700.0}],
-                         ids=["min", "max", "both"])
+@pytest.mark.parametrize(
+    "bounds", [{"min": 100.0}, {"max": 300.0}, {"min": 50.0, "max": 700.0}], ids=["min", "max", "both"]
+)
 def test_price_range_filters_the_ranking(stub, users, items, bounds):
     user = users[0]["user_id"]
     lo, hi = bounds.get("min", -math.inf), bounds.get("max", math.inf)
     inside = [i for i in _full_ranking(stub, user_id=user) if lo <= float(items[i]["price"]) <= hi]
     assert 0 < len(inside) < len(items), "the bounds must cut the catalogue for this test to mean anything"
 
-    response = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=5, exclude_seen=False,
-                                                  price_range=pb.PriceRange(**bounds)))
+    response = stub.Recommend(
+        pb.RecommendRequest(user_id=user, top_n=5, exclude_seen=False, price_range=pb.PriceRange(**bounds))
+    )
     assert _ids(response) == inside[:5]
     assert all(lo <= it.price <= hi for it in response.items)
 
@@ -147,22 +157,32 @@ def test_price_range_filters_the_ranking(stub, users, items, bounds):
 def test_price_range_bounds_are_inclusive(stub, users, items):
     price = float(next(iter(items.values()))["price"])
     same = {i for i, r in items.items() if float(r["price"]) == price}
-    response = stub.Recommend(pb.RecommendRequest(user_id=users[0]["user_id"], top_n=1000, exclude_seen=False,
-                                                  price_range=pb.PriceRange(min=price, max=price)))
+    response = stub.Recommend(
+        pb.RecommendRequest(
+            user_id=users[0]["user_id"],
+            top_n=1000,
+            exclude_seen=False,
+            price_range=pb.PriceRange(min=price, max=price),
+        )
+    )
     assert set(_ids(response)) == same
 
 
 def test_categories_filter(stub, users, items):
     user = users[1]["user_id"]
     wanted = sorted({r["category"] for r in items.values()})[:2]
-    response = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=1000, exclude_seen=False, categories=wanted))
+    response = stub.Recommend(
+        pb.RecommendRequest(user_id=user, top_n=1000, exclude_seen=False, categories=wanted)
+    )
     in_wanted = [i for i in _full_ranking(stub, user_id=user) if items[i]["category"] in wanted]
     assert _ids(response) == in_wanted
     assert {it.category for it in response.items} == set(wanted)
 
 
 def test_unknown_category_leaves_nothing(stub, users):
-    response = stub.Recommend(pb.RecommendRequest(user_id=users[1]["user_id"], top_n=5, categories=["no such"]))
+    response = stub.Recommend(
+        pb.RecommendRequest(user_id=users[1]["user_id"], top_n=5, categories=["no such"])
+    )
     assert list(response.items) == []
 
 
@@ -170,16 +190,22 @@ def test_exclude_item_ids(stub, users):
     user = users[2]["user_id"]
     full = _full_ranking(stub, user_id=user)
     dropped = full[:3]
-    response = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=5, exclude_seen=False,
-                                                  exclude_item_ids=dropped + ["not_an_item"]))
+    response = stub.Recommend(
+        pb.RecommendRequest(
+            user_id=user, top_n=5, exclude_seen=False, exclude_item_ids=dropped + ["not_an_item"]
+        )
+    )
     assert _ids(response) == full[3:8]
 
 
 def test_top_n_above_what_filters_leave_returns_fewer(stub, users, items):
     category = next(iter(items.values()))["category"]
     n_in_category = sum(r["category"] == category for r in items.values())
-    response = stub.Recommend(pb.RecommendRequest(user_id=users[3]["user_id"], top_n=1000, exclude_seen=False,
-                                                  categories=[category]))
+    response = stub.Recommend(
+        pb.RecommendRequest(
+            user_id=users[3]["user_id"], top_n=1000, exclude_seen=False, categories=[category]
+        )
+    )
     assert len(response.items) == n_in_category < 1000
 
 
@@ -196,7 +222,9 @@ def test_cold_start_with_a_profession_never_seen_in_training(stub, users):
     assert scores == sorted(scores, reverse=True) and all(0.0 < s < 1.0 for s in scores)
     # The encoder produced a vector of its own: not the one of a profession the table knows.
     known = pb.UserAttributes(age=33, profession=users[0]["profession"], personality=users[0]["personality"])
-    known_scores = stub.Score(pb.ScoreRequest(pairs=[pb.ScorePair(user=known, item_id=i) for i in _ids(response)]))
+    known_scores = stub.Score(
+        pb.ScoreRequest(pairs=[pb.ScorePair(user=known, item_id=i) for i in _ids(response)])
+    )
     assert not np.allclose(scores, known_scores.scores, atol=1e-6)
 
 
@@ -205,7 +233,9 @@ def test_cold_start_matches_a_known_user_with_the_same_attributes(stub, users):
         by_id = stub.Recommend(pb.RecommendRequest(user_id=row["user_id"], top_n=1000, exclude_seen=False))
         by_attrs = stub.Recommend(pb.RecommendRequest(user=_attrs(row), top_n=1000))
         assert _ids(by_attrs) == _ids(by_id)
-        np.testing.assert_allclose([i.score for i in by_attrs.items], [i.score for i in by_id.items], atol=1e-5)
+        np.testing.assert_allclose(
+            [i.score for i in by_attrs.items], [i.score for i in by_id.items], atol=1e-5
+        )
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -214,10 +244,16 @@ def test_cold_start_matches_a_known_user_with_the_same_attributes(stub, users):
 def test_seed_model_ranks_every_user_alike(seed_stub, users):
     info = seed_stub.GetModelInfo(pb.GetModelInfoRequest())
     assert (info.model_kind, info.user_independent_ranking) == ("seed", True)
-    a, b = users[0], next(u for u in users if u["profession"] != users[0]["profession"] and u["age"] != users[0]["age"])
+    a, b = (
+        users[0],
+        next(u for u in users if u["profession"] != users[0]["profession"] and u["age"] != users[0]["age"]),
+    )
     assert _full_ranking(seed_stub, user_id=a["user_id"]) == _full_ranking(seed_stub, user_id=b["user_id"])
-    cold = _ids(seed_stub.Recommend(pb.RecommendRequest(user=pb.UserAttributes(age=70, profession=UNSEEN_PROFESSION),
-                                                        top_n=1000)))
+    cold = _ids(
+        seed_stub.Recommend(
+            pb.RecommendRequest(user=pb.UserAttributes(age=70, profession=UNSEEN_PROFESSION), top_n=1000)
+        )
+    )
     assert cold == _full_ranking(seed_stub, user_id=a["user_id"])
 
 
@@ -236,11 +272,24 @@ def test_two_tower_personalises(stub, users):
 def test_score_matches_recommend_in_request_order(stub, users):
     row = users[4]
     top = stub.Recommend(pb.RecommendRequest(user_id=row["user_id"], top_n=6, exclude_seen=False))
-    cold = stub.Recommend(pb.RecommendRequest(user=pb.UserAttributes(age=41, profession=UNSEEN_PROFESSION,
-                                                                     personality="Traveler"), top_n=6))
-    by_id = [(pb.ScorePair(user_id=row["user_id"], item_id=it.item_id), it.score) for it in reversed(top.items)]
-    by_attrs = [(pb.ScorePair(user=pb.UserAttributes(age=41, profession=UNSEEN_PROFESSION, personality="Traveler"),
-                              item_id=it.item_id), it.score) for it in cold.items]
+    cold = stub.Recommend(
+        pb.RecommendRequest(
+            user=pb.UserAttributes(age=41, profession=UNSEEN_PROFESSION, personality="Traveler"), top_n=6
+        )
+    )
+    by_id = [
+        (pb.ScorePair(user_id=row["user_id"], item_id=it.item_id), it.score) for it in reversed(top.items)
+    ]
+    by_attrs = [
+        (
+            pb.ScorePair(
+                user=pb.UserAttributes(age=41, profession=UNSEEN_PROFESSION, personality="Traveler"),
+                item_id=it.item_id,
+            ),
+            it.score,
+        )
+        for it in cold.items
+    ]
     pairs = by_id + by_attrs[::2] + by_id[:1] + by_attrs[1::2] + by_id[:1]  # interleaved, with duplicates
     response = stub.Score(pb.ScoreRequest(pairs=[p for p, _ in pairs]))
 
@@ -254,14 +303,19 @@ def test_score_matches_recommend_in_request_order(stub, users):
 TOPK = ("hitrate", "precision", "recall", "ndcg", "map", "coverage")
 
 
-@pytest.mark.parametrize("split,name", [(pb.SPLIT_UNSPECIFIED, "holdout"), (pb.SPLIT_HOLDOUT, "holdout"),
-                                        (pb.SPLIT_COLD, "cold")])
+@pytest.mark.parametrize(
+    "split,name", [(pb.SPLIT_UNSPECIFIED, "holdout"), (pb.SPLIT_HOLDOUT, "holdout"), (pb.SPLIT_COLD, "cold")]
+)
 def test_evaluate_full_matches_training_metrics(stub, training_metrics, split, name):
     response = stub.Evaluate(pb.EvaluateRequest(split=split))
     expected = training_metrics[name]["two_tower"]
 
     assert (response.split, response.protocol) == (name, "full")
-    assert set(response.metrics) == {f"{m}@{k}" for m in TOPK for k in (5, 10, 20)} | {"mrr", "auc", "notebook_score"}
+    assert set(response.metrics) == {f"{m}@{k}" for m in TOPK for k in (5, 10, 20)} | {
+        "mrr",
+        "auc",
+        "notebook_score",
+    }
     assert response.users == int(expected["users"]) > 0
     for key, value in response.metrics.items():
         assert value == pytest.approx(expected[key], abs=1e-6), key
@@ -271,8 +325,9 @@ def test_evaluate_full_matches_training_metrics(stub, training_metrics, split, n
 def test_evaluate_notebook_protocol(stub, training_metrics):
     response = stub.Evaluate(pb.EvaluateRequest(protocol=pb.PROTOCOL_NOTEBOOK))
     assert (response.split, response.protocol) == ("holdout", "notebook")
-    assert dict(response.metrics) == {"notebook_score": pytest.approx(
-        training_metrics["holdout"]["two_tower"]["notebook_score"], abs=1e-6)}
+    assert dict(response.metrics) == {
+        "notebook_score": pytest.approx(training_metrics["holdout"]["two_tower"]["notebook_score"], abs=1e-6)
+    }
     assert response.users > 0
 
 
@@ -289,12 +344,15 @@ def test_evaluate_inline_interaction_by_hand(stub, serving, users, items):
     user, item = users[u]["user_id"], ids[split.test.row(u)[0]]
     trained = [ids[j] for j in split.train.row(u)]
     # Candidates are every item but the user's training positives (Evaluate masks them).
-    ranking = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=1000, exclude_seen=False,
-                                                 exclude_item_ids=trained))
+    ranking = stub.Recommend(
+        pb.RecommendRequest(user_id=user, top_n=1000, exclude_seen=False, exclude_item_ids=trained)
+    )
     rank = _ids(ranking).index(item) + 1
     score = ranking.items[rank - 1].score
 
-    response = stub.Evaluate(pb.EvaluateRequest(ks=[1, 10], interactions=[pb.Interaction(user_id=user, item_id=item)]))
+    response = stub.Evaluate(
+        pb.EvaluateRequest(ks=[1, 10], interactions=[pb.Interaction(user_id=user, item_id=item)])
+    )
     m = response.metrics
     assert (response.split, response.users) == ("inline", 1)
     assert m["mrr"] == pytest.approx(1.0 / rank)
@@ -309,7 +367,9 @@ def test_evaluate_inline_counts_users(stub, serving, users, items):
     split = load_recorded_split(serving / "splits" / "holdout.npz")
     ids = list(items)
     rows = [r for r in range(len(users)) if len(split.test.row(r))][:3]
-    pairs = [pb.Interaction(user_id=users[r]["user_id"], item_id=ids[j]) for r in rows for j in split.test.row(r)]
+    pairs = [
+        pb.Interaction(user_id=users[r]["user_id"], item_id=ids[j]) for r in rows for j in split.test.row(r)
+    ]
     response = stub.Evaluate(pb.EvaluateRequest(interactions=pairs))
     assert (response.split, response.users) == ("inline", 3)
     assert 0.0 <= response.metrics["ndcg@10"] <= 1.0
@@ -337,7 +397,11 @@ def test_get_model_info(two_tower, serving, items, users, training_metrics):
     assert info.artifacts == str(serving.resolve())
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", info.loaded_at)
     assert (info.max_top_n, info.max_score_pairs, info.max_upsert_items, info.max_inline_interactions) == (
-        1000, 10_000, 1000, 200_000)
+        1000,
+        10_000,
+        1000,
+        200_000,
+    )
 
 
 def test_get_model_info_reports_serving_side_versions(stub):
@@ -356,11 +420,20 @@ def test_upsert_items_insert_and_update(serving, users, items, seen_ids):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         user = users[0]["user_id"]
         prices = sorted(float(r["price"]) for r in items.values())
-        tent = pb.NewItem(item_id="item_new_tent", category="tent", price=prices[len(prices) // 2],
-                          description="A lightweight waterproof camping tent for two, quick to pitch on any trail.",
-                          features="Waterproof, Lightweight, Breathable fabric")
-        kayak = pb.NewItem(item_id="item_new_kayak", category="kayak", price=prices[0],
-                           description="An inflatable kayak for lakes and calm rivers.", features="Lightweight")
+        tent = pb.NewItem(
+            item_id="item_new_tent",
+            category="tent",
+            price=prices[len(prices) // 2],
+            description="A lightweight waterproof camping tent for two, quick to pitch on any trail.",
+            features="Waterproof, Lightweight, Breathable fabric",
+        )
+        kayak = pb.NewItem(
+            item_id="item_new_kayak",
+            category="kayak",
+            price=prices[0],
+            description="An inflatable kayak for lakes and calm rivers.",
+            features="Lightweight",
+        )
         before = stub.GetModelInfo(pb.GetModelInfoRequest())
 
         inserted = stub.UpsertItems(pb.UpsertItemsRequest(items=[tent, kayak]))
@@ -371,12 +444,18 @@ def test_upsert_items_insert_and_update(serving, users, items, seen_ids):
         assert "kayak" in info.categories and "kayak" not in before.categories
 
         # Recommendable at once, for a known user with seen items excluded (the new ids are not seen).
-        tents = {it.item_id: it for it in stub.Recommend(
-            pb.RecommendRequest(user_id=user, top_n=1000, categories=["tent"])).items}
+        tents = {
+            it.item_id: it
+            for it in stub.Recommend(pb.RecommendRequest(user_id=user, top_n=1000, categories=["tent"])).items
+        }
         assert "item_new_tent" not in seen_ids[user]
         got = tents["item_new_tent"]
         assert (got.description, got.features, got.price, got.category) == (
-            tent.description, tent.features, tent.price, "tent")
+            tent.description,
+            tent.features,
+            tent.price,
+            "tent",
+        )
         assert 0.0 < got.score < 1.0
         kayaks = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=10, categories=["kayak"]))
         assert _ids(kayaks) == ["item_new_kayak"]
@@ -385,13 +464,27 @@ def test_upsert_items_insert_and_update(serving, users, items, seen_ids):
 
         # Updating an existing id replaces its data in place.
         old_id, old = next(iter(items.items()))
-        new = pb.NewItem(item_id=old_id, description="Completely rewritten description.", features=old["features"],
-                         price=float(old["price"]) + 1.5, category=old["category"])
+        new = pb.NewItem(
+            item_id=old_id,
+            description="Completely rewritten description.",
+            features=old["features"],
+            price=float(old["price"]) + 1.5,
+            category=old["category"],
+        )
         updated = stub.UpsertItems(pb.UpsertItemsRequest(items=[new]))
         assert (updated.inserted, updated.updated, updated.item_count) == (0, 1, before.item_count + 2)
-        same_category = {it.item_id: it for it in stub.Recommend(pb.RecommendRequest(
-            user_id=user, top_n=1000, exclude_seen=False, categories=[old["category"]])).items}
-        assert (same_category[old_id].description, same_category[old_id].price) == (new.description, new.price)
+        same_category = {
+            it.item_id: it
+            for it in stub.Recommend(
+                pb.RecommendRequest(
+                    user_id=user, top_n=1000, exclude_seen=False, categories=[old["category"]]
+                )
+            ).items
+        }
+        assert (same_category[old_id].description, same_category[old_id].price) == (
+            new.description,
+            new.price,
+        )
 
 
 # ------------------------------------------------------------------------------ health, reflection, trailers
@@ -437,7 +530,9 @@ def test_reflection_lists_services(two_tower):
     running, _ = two_tower
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        replies = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+        replies = list(
+            stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"towerserve.v1.Recommender", "towerserve.v1.Admin", "grpc.health.v1.Health"} <= names
 

@@ -18,13 +18,13 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pipeline
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
-import pipeline
-from pipeline import running_server
 from towerserve.server.app import ServerConfig, create_server
 from towerserve.server.engine import Engine
 from towerserve.server.manifest import ArtifactError
@@ -64,8 +64,9 @@ def _flip_byte(path: Path) -> None:
 
 def _list_services(channel: grpc.Channel, metadata=None) -> set[str]:
     stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-    replies = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]),
-                                        metadata=metadata, timeout=10)
+    replies = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), metadata=metadata, timeout=10
+    )
     return {s.name for r in replies for s in r.list_services_response.service}
 
 
@@ -75,13 +76,17 @@ def _list_services(channel: grpc.Channel, metadata=None) -> set[str]:
 def test_token_is_required_and_never_logged(serving, user, caplog):
     caplog.set_level(logging.DEBUG, logger="towerserve")
     good = (("authorization", f"Bearer {TOKEN}"),)
-    with running_server(serving, token=TOKEN) as running, \
-            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with (
+        running_server(serving, token=TOKEN) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         request = pb.RecommendRequest(user_id=user, top_n=3)
-        for metadata, reason in ((None, "missing authorization metadata"),
-                                 ((("authorization", "Bearer guess-123"),), "invalid bearer token"),
-                                 ((("authorization", TOKEN),), "invalid bearer token")):  # no "Bearer "
+        for metadata, reason in (
+            (None, "missing authorization metadata"),
+            ((("authorization", "Bearer guess-123"),), "invalid bearer token"),
+            ((("authorization", TOKEN),), "invalid bearer token"),
+        ):  # no "Bearer "
             with pytest.raises(grpc.RpcError) as err:
                 stub.Recommend(request, metadata=metadata)
             assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
@@ -120,21 +125,61 @@ def pki(tmp_path_factory) -> Path:
     """A test CA, a server certificate for localhost/127.0.0.1 and a client certificate, both CA-signed."""
     d = tmp_path_factory.mktemp("pki")
     ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-    _openssl("req", "-x509", *ec, "-days", "1", "-subj", "/CN=towerserve test CA", "-keyout", "ca.key",
-             "-out", "ca.crt", cwd=d)
-    for name, ext in (("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
-                      ("client", "extendedKeyUsage=clientAuth\n")):
+    _openssl(
+        "req",
+        "-x509",
+        *ec,
+        "-days",
+        "1",
+        "-subj",
+        "/CN=towerserve test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
+    for name, ext in (
+        ("server", "subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"),
+        ("client", "extendedKeyUsage=clientAuth\n"),
+    ):
         (d / f"{name}.ext").write_text(ext)
-        _openssl("req", *ec, "-subj", f"/CN={'localhost' if name == 'server' else 'test client'}",
-                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.crt", cwd=d)
+        _openssl(
+            "req",
+            *ec,
+            "-subj",
+            f"/CN={'localhost' if name == 'server' else 'test client'}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.ext",
+            "-out",
+            f"{name}.crt",
+            cwd=d,
+        )
     return d
 
 
 def _recommend(channel: grpc.Channel, user: str) -> pb.RecommendResponse:
-    return recommender_pb2_grpc.RecommenderStub(channel).Recommend(pb.RecommendRequest(user_id=user, top_n=3),
-                                                                   timeout=10)
+    return recommender_pb2_grpc.RecommenderStub(channel).Recommend(
+        pb.RecommendRequest(user_id=user, top_n=3), timeout=10
+    )
 
 
 def test_tls(serving, pki, user):
@@ -142,23 +187,32 @@ def test_tls(serving, pki, user):
         creds = grpc.ssl_channel_credentials(root_certificates=(pki / "ca.crt").read_bytes())
         with grpc.secure_channel(f"localhost:{running.port}", creds) as channel:
             assert len(_recommend(channel, user).items) == 3
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, pytest.raises(grpc.RpcError) as err:
+        with (
+            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+            pytest.raises(grpc.RpcError) as err,
+        ):
             _recommend(channel, user)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mutual_tls(serving, pki, user):
-    with running_server(serving, tls_cert=pki / "server.crt", tls_key=pki / "server.key",
-                        tls_client_ca=pki / "ca.crt") as running:
+    with running_server(
+        serving, tls_cert=pki / "server.crt", tls_key=pki / "server.key", tls_client_ca=pki / "ca.crt"
+    ) as running:
         ca = (pki / "ca.crt").read_bytes()
         anonymous = grpc.ssl_channel_credentials(root_certificates=ca)
-        with grpc.secure_channel(f"localhost:{running.port}", anonymous) as channel, \
-                pytest.raises(grpc.RpcError) as err:
+        with (
+            grpc.secure_channel(f"localhost:{running.port}", anonymous) as channel,
+            pytest.raises(grpc.RpcError) as err,
+        ):
             _recommend(channel, user)
         assert err.value.code() == grpc.StatusCode.UNAVAILABLE
 
-        signed = grpc.ssl_channel_credentials(root_certificates=ca, private_key=(pki / "client.key").read_bytes(),
-                                              certificate_chain=(pki / "client.crt").read_bytes())
+        signed = grpc.ssl_channel_credentials(
+            root_certificates=ca,
+            private_key=(pki / "client.key").read_bytes(),
+            certificate_chain=(pki / "client.crt").read_bytes(),
+        )
         with grpc.secure_channel(f"localhost:{running.port}", signed) as channel:
             assert len(_recommend(channel, user).items) == 3
 
@@ -235,14 +289,17 @@ def test_hot_reload_under_load_then_a_bad_folder_is_refused(serving, tmp_path, u
 def test_reload_of_a_missing_folder_is_failed_precondition(serving, tmp_path, user):
     with running_server(serving) as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
         with pytest.raises(grpc.RpcError) as err:
-            recommender_pb2_grpc.AdminStub(channel).Reload(pb.ReloadRequest(artifacts=str(tmp_path / "nowhere")))
+            recommender_pb2_grpc.AdminStub(channel).Reload(
+                pb.ReloadRequest(artifacts=str(tmp_path / "nowhere"))
+            )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "nowhere/manifest.json: not found" in err.value.details()
         assert _recommend(channel, user).items
 
 
-@pytest.mark.parametrize("content", [{"format": "towerserve-serving", "format_version": 1}, [1, 2]],
-                         ids=["no-models", "json-list"])
+@pytest.mark.parametrize(
+    "content", [{"format": "towerserve-serving", "format_version": 1}, [1, 2]], ids=["no-models", "json-list"]
+)
 def test_reload_of_a_structurally_broken_manifest_is_failed_precondition(serving, tmp_path, user, content):
     broken = tmp_path / "broken"
     broken.mkdir()
@@ -255,8 +312,10 @@ def test_reload_of_a_structurally_broken_manifest_is_failed_precondition(serving
 
 
 def test_a_model_loaded_by_admin_reload_turns_health_serving(serving, user):
-    with running_server(serving, load=False) as running, \
-            grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with (
+        running_server(serving, load=False) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         recommender_pb2_grpc.AdminStub(channel).Reload(pb.ReloadRequest(artifacts=str(serving)))
         assert len(_recommend(channel, user).items) == 3
         assert health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest()).status == SERVING
@@ -264,8 +323,9 @@ def test_a_model_loaded_by_admin_reload_turns_health_serving(serving, user):
 
 def test_refused_calls_are_counted_in_metrics(serving, user):
     registry = CollectorRegistry()
-    running = create_server(ServerConfig(artifacts=serving, host="127.0.0.1", port=0, token=TOKEN),
-                            metrics_registry=registry)
+    running = create_server(
+        ServerConfig(artifacts=serving, host="127.0.0.1", port=0, token=TOKEN), metrics_registry=registry
+    )
     try:
         running.load()
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, pytest.raises(grpc.RpcError):
@@ -288,7 +348,9 @@ def test_tampered_item_vectors_are_refused(serving, manifest, tmp_path):
     rel = _holdout_entry(manifest)["item_vectors_file"]
     assert rel.endswith("item_vectors.npy")
     _flip_byte(copy / rel)
-    with pytest.raises(ArtifactError, match=r"item_vectors\.npy: sha256 does not match manifest\.json") as err:
+    with pytest.raises(
+        ArtifactError, match=r"item_vectors\.npy: sha256 does not match manifest\.json"
+    ) as err:
         Engine(copy)
     assert err.value.path == str(copy.resolve() / rel)
 
@@ -329,8 +391,21 @@ def test_an_untampered_copy_loads(serving, manifest, tmp_path):
 
 
 def _serve_cmd(serving: Path, port: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(serving),
-            "--port", str(port), "--host", "127.0.0.1", "--grace", "2", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "towerserve.clients.cli",
+        "serve",
+        "--artifacts",
+        str(serving),
+        "--port",
+        str(port),
+        "--host",
+        "127.0.0.1",
+        "--grace",
+        "2",
+        *extra,
+    ]
 
 
 @contextlib.contextmanager
@@ -345,15 +420,22 @@ def _process(cmd: list[str], log: Path, env: dict | None = None):
             proc.wait(10)
 
 
-def _wait_serving(port: int, proc: subprocess.Popen, log: Path, fresh_checks: int = 1, limit: float = 60.0) -> None:
+def _wait_serving(
+    port: int, proc: subprocess.Popen, log: Path, fresh_checks: int = 1, limit: float = 60.0
+) -> None:
     """Polls health on fresh channels until ``fresh_checks`` in a row say SERVING."""
     deadline, streak = time.monotonic() + limit, 0
     while streak < fresh_checks:
         assert proc.poll() is None, f"server exited early ({proc.returncode}):\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, f"not SERVING after {limit} s:\n{log.read_text()[-3000:]}"
-        with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+        with grpc.insecure_channel(
+            f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as ch:
             try:
-                ok = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status == SERVING
+                ok = (
+                    health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                    == SERVING
+                )
             except grpc.RpcError:
                 ok = False
         streak = streak + 1 if ok else 0
@@ -380,12 +462,18 @@ def test_cli_serve_metrics_and_sigterm(serving, tmp_path, user):
         with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
             assert len(_recommend(channel, user).items) == 3
         text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()
-        ok = [line for line in text.splitlines() if line.startswith("towerserve_requests_total{")
-              and 'method="/towerserve.v1.Recommender/Recommend"' in line and 'code="OK"' in line]
+        ok = [
+            line
+            for line in text.splitlines()
+            if line.startswith("towerserve_requests_total{")
+            and 'method="/towerserve.v1.Recommender/Recommend"' in line
+            and 'code="OK"' in line
+        ]
         assert len(ok) == 1 and float(ok[0].rsplit(" ", 1)[1]) >= 1.0, text
         assert "# TYPE towerserve_request_seconds histogram" in text
-        assert re.search(r'towerserve_request_seconds_count\{method="/towerserve.v1.Recommender/Recommend"\} [1-9]',
-                         text)
+        assert re.search(
+            r'towerserve_request_seconds_count\{method="/towerserve.v1.Recommender/Recommend"\} [1-9]', text
+        )
         # SIGHUP reloads the folder in place and keeps serving.
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 30
@@ -427,8 +515,9 @@ _IMPORTS = textwrap.dedent("""
 
 
 def test_serving_imports_no_training_framework(serving, user):
-    done = subprocess.run([sys.executable, "-c", _IMPORTS, str(serving), user], capture_output=True, text=True,
-                          timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", _IMPORTS, str(serving), user], capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -439,7 +528,9 @@ def test_cli_workers_share_the_port(serving, tmp_path, user):
         # Fresh connections land on either worker: wait until several in a row find one SERVING.
         _wait_serving(port, proc, log, fresh_checks=8)
         for _ in range(40):
-            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
+            with grpc.insecure_channel(
+                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+            ) as ch:
                 assert len(_recommend(ch, user).items) == 3
         out = _sigterm(proc, log)
     assert "supervisor" in out
@@ -450,8 +541,15 @@ def test_cli_workers_share_the_port(serving, tmp_path, user):
 
 
 def test_config_from_env():
-    env = {"TOWERSERVE_PORT": "1234", "TOWERSERVE_TOKEN": "x", "TOWERSERVE_WORKERS": "2", "TOWERSERVE_GRACE": "2.5",
-           "TOWERSERVE_ARTIFACTS": "/srv/a", "TOWERSERVE_METRICS_PORT": "9100", "TOWERSERVE_HOST": ""}
+    env = {
+        "TOWERSERVE_PORT": "1234",
+        "TOWERSERVE_TOKEN": "x",
+        "TOWERSERVE_WORKERS": "2",
+        "TOWERSERVE_GRACE": "2.5",
+        "TOWERSERVE_ARTIFACTS": "/srv/a",
+        "TOWERSERVE_METRICS_PORT": "9100",
+        "TOWERSERVE_HOST": "",
+    }
     cfg = ServerConfig.from_env(env)
     assert (cfg.port, cfg.token, cfg.workers, cfg.grace) == (1234, "x", 2, 2.5)
     assert (cfg.artifacts, cfg.metrics_port, cfg.host) == (Path("/srv/a"), 9100, ServerConfig.host)
@@ -459,7 +557,9 @@ def test_config_from_env():
 
 
 def test_config_overrides_win_over_env():
-    cfg = ServerConfig.from_env({"TOWERSERVE_PORT": "1234", "TOWERSERVE_THREADS": "3"}, port=4321, threads=None)
+    cfg = ServerConfig.from_env(
+        {"TOWERSERVE_PORT": "1234", "TOWERSERVE_THREADS": "3"}, port=4321, threads=None
+    )
     assert (cfg.port, cfg.threads) == (4321, 3)
 
 

@@ -34,8 +34,13 @@ def notebook(matrix: pd.DataFrame, per_user: int):
     interactions_positve = interactions_df[interactions_df["label"] == 1]
     interactions_positve = interactions_positve.sample(frac=1, random_state=42).reset_index(drop=True)
     train_df, test_df = train_test_split(interactions_positve, test_size=0.2, random_state=42)
-    negatives = (interactions_df[interactions_df["label"] == 0].sample(frac=1, random_state=42)
-                 .reset_index(drop=True).groupby("user_id", group_keys=False).head(per_user))
+    negatives = (
+        interactions_df[interactions_df["label"] == 0]
+        .sample(frac=1, random_state=42)
+        .reset_index(drop=True)
+        .groupby("user_id", group_keys=False)
+        .head(per_user)
+    )
     holdout = test_df.groupby("user_id").sample(n=1, random_state=42)
     return train_df, test_df, negatives, holdout
 
@@ -113,9 +118,12 @@ def test_cold_split_keeps_cold_users_and_items_out_of_training():
     cold_i = np.isin(np.arange(positives.n_cols), split.cold_items)
     # Training: every warm-user, warm-item positive, and nothing else.
     np.testing.assert_array_equal(train, pos & ~cold_u[:, None] & ~cold_i[None, :])
-    np.testing.assert_array_equal(split.train.dense_rows(np.arange(positives.n_rows)),
-                                  CSR.from_pairs(split.train_pairs.users, split.train_pairs.items,
-                                                 positives.n_rows, positives.n_cols).dense_rows(np.arange(positives.n_rows)))
+    np.testing.assert_array_equal(
+        split.train.dense_rows(np.arange(positives.n_rows)),
+        CSR.from_pairs(
+            split.train_pairs.users, split.train_pairs.items, positives.n_rows, positives.n_cols
+        ).dense_rows(np.arange(positives.n_rows)),
+    )
     # Test: all positives of the cold users, on warm and cold items alike.
     np.testing.assert_array_equal(test, pos & cold_u[:, None])
     # Negatives: warm users, warm items, never a positive, at most 10 per user.
@@ -128,7 +136,9 @@ def test_cold_split_keeps_cold_users_and_items_out_of_training():
     # One notebook pair per cold user that has a positive, each a real test positive.
     nb = split.notebook_pairs
     assert test[nb.users, nb.items].all()
-    assert nb.users.tolist() == np.flatnonzero(cold_u & pos.any(axis=1)).tolist()  # ids sort like indices here
+    assert (
+        nb.users.tolist() == np.flatnonzero(cold_u & pos.any(axis=1)).tolist()
+    )  # ids sort like indices here
 
 
 def test_cold_split_is_reproducible_and_seeded():
@@ -145,9 +155,9 @@ def test_cold_split_is_reproducible_and_seeded():
 def test_uniform_negatives_respect_exclusion_and_cap():
     rng = np.random.default_rng(3)
     dense = rng.random((30, 12)) < 0.5
-    dense[0] = True          # nothing left to draw
+    dense[0] = True  # nothing left to draw
     dense[1] = False
-    dense[1, :10] = True     # two items left, cap 4 -> two
+    dense[1, :10] = True  # two items left, cap 4 -> two
     exclude = CSR.from_dense(dense)
     # chunk_cells=40 -> blocks of 3 users, so the block loop runs ten times.
     neg = splits.uniform_negatives(exclude, per_user=4, seed=9, chunk_cells=40)
@@ -163,7 +173,9 @@ def test_uniform_negatives_respect_exclusion_and_cap():
 def test_uniform_negatives_users_and_allowed_items():
     exclude = CSR.from_dense(np.zeros((10, 20), dtype=bool))
     allowed = np.array([2, 3, 5, 7, 11, 13])
-    neg = splits.uniform_negatives(exclude, per_user=100, seed=0, users=np.array([4, 8]), allowed_items=allowed)
+    neg = splits.uniform_negatives(
+        exclude, per_user=100, seed=0, users=np.array([4, 8]), allowed_items=allowed
+    )
     assert sorted(set(neg.users.tolist())) == [4, 8]
     for u in (4, 8):  # cap above what is allowed: every allowed item once
         assert sorted(neg.items[neg.users == u].tolist()) == allowed.tolist()
@@ -179,9 +191,12 @@ def test_uniform_negatives_are_roughly_uniform():
 
 def test_split_save_and_load_round_trip(tmp_path, notebook_world):
     dense, user_ids, _, _ = notebook_world
-    for split in (splits.holdout_split(CSR.from_dense(dense), user_ids, negatives_per_user=PER_USER),
-                  splits.cold_split(CSR.from_dense(dense), user_ids, user_frac=0.2, item_frac=0.2,
-                                    negatives_per_user=PER_USER)):
+    for split in (
+        splits.holdout_split(CSR.from_dense(dense), user_ids, negatives_per_user=PER_USER),
+        splits.cold_split(
+            CSR.from_dense(dense), user_ids, user_frac=0.2, item_frac=0.2, negatives_per_user=PER_USER
+        ),
+    ):
         path = tmp_path / f"{split.name}.npz"
         split.save(path)
         back = splits.load_split(path)

@@ -13,7 +13,15 @@ import pandas as pd
 import pytest
 
 from towerserve.trainer import baselines, splits, synth
-from towerserve.trainer.data import GENERATOR_FILE, ITEMS_FILE, LONG_FILE, MATRIX_FILE, TRUTH_FILE, USERS_FILE, load_dataset
+from towerserve.trainer.data import (
+    GENERATOR_FILE,
+    ITEMS_FILE,
+    LONG_FILE,
+    MATRIX_FILE,
+    TRUTH_FILE,
+    USERS_FILE,
+    load_dataset,
+)
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -31,7 +39,9 @@ def test_same_seed_gives_identical_bytes(tmp_path, long_form):
     b = synth.generate(tmp_path / "b", n_users=200, n_items=40, seed=3, long_form=long_form, progress=False)
     assert a == b
     da, db = digests(tmp_path / "a"), digests(tmp_path / "b")
-    expected = {USERS_FILE, ITEMS_FILE, GENERATOR_FILE} | ({LONG_FILE} if long_form else {MATRIX_FILE, TRUTH_FILE})
+    expected = {USERS_FILE, ITEMS_FILE, GENERATOR_FILE} | (
+        {LONG_FILE} if long_form else {MATRIX_FILE, TRUTH_FILE}
+    )
     assert set(da) == expected
     assert da == db
 
@@ -50,7 +60,13 @@ def test_files_follow_the_seed_schema(small_data):
     items = pd.read_csv(small_data / ITEMS_FILE, dtype=str)
     matrix = pd.read_csv(small_data / MATRIX_FILE, dtype={"user_id": str})
     assert users.shape == (300, 4) and list(users.columns) == ["user_id", "age", "profession", "personality"]
-    assert items.shape == (60, 5) and list(items.columns) == ["item_id", "description", "features", "price", "category"]
+    assert items.shape == (60, 5) and list(items.columns) == [
+        "item_id",
+        "description",
+        "features",
+        "price",
+        "category",
+    ]
     assert matrix.shape == (300, 61)
     assert list(matrix.columns) == ["user_id"] + items["item_id"].tolist()
     assert matrix["user_id"].tolist() == users["user_id"].tolist()

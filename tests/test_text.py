@@ -11,10 +11,10 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+import pipeline  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-import pipeline  # noqa: E402
 from towerserve.trainer.text import EncoderConfig, TextEncoder, model_fingerprint, pool  # noqa: E402
 
 TEXTS = [
@@ -39,8 +39,14 @@ def other_bert(tmp_path_factory, bert) -> Path:
     path = tmp_path_factory.mktemp("other_bert")
     tok = BertTokenizerFast.from_pretrained(str(bert))
     torch.manual_seed(1)
-    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                     intermediate_size=64, max_position_embeddings=256)
+    cfg = BertConfig(
+        vocab_size=tok.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     BertModel(cfg).eval().save_pretrained(path)
     tok.save_pretrained(path)
     return path
@@ -55,7 +61,9 @@ def reference(bert):
 
 
 def encoder(model: Path, pooling: str = "mean", cache_dir=None, batch_size: int = 64) -> TextEncoder:
-    return TextEncoder(EncoderConfig(model=str(model), pooling=pooling, batch_size=batch_size, cache_dir=cache_dir))
+    return TextEncoder(
+        EncoderConfig(model=str(model), pooling=pooling, batch_size=batch_size, cache_dir=cache_dir)
+    )
 
 
 def manual(reference, text: str, pooling: str, pad_to: int | None = None) -> np.ndarray:
@@ -75,8 +83,7 @@ def manual(reference, text: str, pooling: str, pad_to: int | None = None) -> np.
 
 
 def test_pool_mean_and_notebook_against_hand_computation():
-    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]],
-                           [[7.0, 8.0], [9.0, 10.0], [11.0, 12.0]]])
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], [[7.0, 8.0], [9.0, 10.0], [11.0, 12.0]]])
     mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     # mean: row 0 = ([1,2] + [3,4]) / 2 = [2, 3]; row 1 = [7,8] / 1 = [7, 8]
     np.testing.assert_allclose(pool(hidden, mask, "mean").numpy(), [[2.0, 3.0], [7.0, 8.0]])
@@ -120,7 +127,9 @@ def test_order_preserved_across_batches(bert):
     texts = list(reversed(TEXTS)) + ["x"]
     alone = np.stack([encoder(bert).encode([t], 50, progress=False)[0] for t in texts])
     for bs in (1, 3):
-        np.testing.assert_allclose(encoder(bert, batch_size=bs).encode(texts, 50, progress=False), alone, atol=1e-5)
+        np.testing.assert_allclose(
+            encoder(bert, batch_size=bs).encode(texts, 50, progress=False), alone, atol=1e-5
+        )
 
 
 def test_mean_pooling_matches_manual_torch(bert, reference):
@@ -172,8 +181,11 @@ def test_notebook_pooling_depends_on_pad_length(bert):
     assert np.abs(alone - in_batch).max() > 1e-3
     # mean pooling does not have that property
     menc = encoder(bert)
-    np.testing.assert_allclose(menc.encode([short], 50, progress=False)[0],
-                               menc.encode([short, TEXTS[1]], 50, progress=False)[0], atol=1e-5)
+    np.testing.assert_allclose(
+        menc.encode([short], 50, progress=False)[0],
+        menc.encode([short, TEXTS[1]], 50, progress=False)[0],
+        atol=1e-5,
+    )
 
 
 def test_encode_empty_list(bert):
@@ -235,21 +247,28 @@ def test_foreign_cache_file_is_ignored_with_a_warning(bert, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="towerserve.trainer.text"):
         got = encoder(bert, cache_dir=tmp_path).encode(TEXTS, 50, progress=False)
     np.testing.assert_allclose(got, want, atol=1e-6)
-    assert any("ignoring unreadable embedding cache" in r.getMessage() and path.name in r.getMessage()
-               for r in caplog.records)
+    assert any(
+        "ignoring unreadable embedding cache" in r.getMessage() and path.name in r.getMessage()
+        for r in caplog.records
+    )
     with np.load(path) as z:  # rebuilt
         assert z["vecs"].shape == (4, 32)
 
 
-_TORN = ("BUG: trainer/text.py _Cache.__init__ catches only (OSError, ValueError, KeyError); a torn or "
-         "empty .npz raises zipfile.BadZipFile / EOFError, so a killed writer's leftover is fatal instead of "
-         "rebuilt. Catch Exception (or add zipfile.BadZipFile, EOFError) there.")
+_TORN = (
+    "BUG: trainer/text.py _Cache.__init__ catches only (OSError, ValueError, KeyError); a torn or "
+    "empty .npz raises zipfile.BadZipFile / EOFError, so a killed writer's leftover is fatal instead of "
+    "rebuilt. Catch Exception (or add zipfile.BadZipFile, EOFError) there."
+)
 
 
-@pytest.mark.parametrize("damage", [
-    pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
-    pytest.param(lambda b: b"", id="empty"),
-])
+@pytest.mark.parametrize(
+    "damage",
+    [
+        pytest.param(lambda b: b[: len(b) // 2], id="truncated"),
+        pytest.param(lambda b: b"", id="empty"),
+    ],
+)
 def test_torn_cache_file_is_ignored(bert, tmp_path, damage):
     want, path = _write_cache(bert, tmp_path)
     path.write_bytes(damage(path.read_bytes()))
@@ -277,7 +296,9 @@ def offline(monkeypatch):
 
 def test_nonexistent_model_path_error_names_it(offline):
     with pytest.raises((ValueError, OSError)) as err:
-        TextEncoder(EncoderConfig(model="/nonexistent/path", cache_dir=None)).encode(["x"], 50, progress=False)
+        TextEncoder(EncoderConfig(model="/nonexistent/path", cache_dir=None)).encode(
+            ["x"], 50, progress=False
+        )
     assert "/nonexistent/path" in str(err.value)
 
 

@@ -13,15 +13,21 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-import pipeline  # noqa: E402
 from towerserve.server.features import MINMAX, TEXT, load_tables  # noqa: E402
 from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.artifacts import atomic_dir  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402
 from towerserve.trainer.train import (  # noqa: E402
-    NOTEBOOK_FIT, PRESETS, TRAIN_FORMAT, TrainConfig, field_specs, training_rows)
+    NOTEBOOK_FIT,
+    PRESETS,
+    TRAIN_FORMAT,
+    TrainConfig,
+    field_specs,
+    training_rows,
+)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 MODELS = ("seed", "two_tower")
@@ -68,8 +74,15 @@ def edited(paths, tmp_path_factory):
     items = pd.read_csv(data / "items.csv", dtype=str)
     items.loc[int(cold.cold_items[0]), "price"] = "5000"
     items.to_csv(data / "items.csv", index=False)
-    runs = [pipeline.tiny_train(root / f"run_{j}", data, paths["bert"], models=("two_tower",)) for j in (1, 2)]
-    return {"data": data, "runs": runs, "cold_user": int(cold.cold_users[0]), "cold_item": int(cold.cold_items[0])}
+    runs = [
+        pipeline.tiny_train(root / f"run_{j}", data, paths["bert"], models=("two_tower",)) for j in (1, 2)
+    ]
+    return {
+        "data": data,
+        "runs": runs,
+        "cold_user": int(cold.cold_users[0]),
+        "cold_item": int(cold.cold_items[0]),
+    }
 
 
 # --- the artifacts folder ----------------------------------------------------------------------------
@@ -78,8 +91,15 @@ def edited(paths, tmp_path_factory):
 def test_artifacts_layout(art, manifest):
     assert manifest["format"] == TRAIN_FORMAT == "towerserve-train"
     assert manifest["format_version"] == 1
-    for rel in ("metrics.json", "embeddings.npz", "users.csv", "items.csv", "splits/holdout.npz", "splits/cold.npz",
-                "report/report.md"):
+    for rel in (
+        "metrics.json",
+        "embeddings.npz",
+        "users.csv",
+        "items.csv",
+        "splits/holdout.npz",
+        "splits/cold.npz",
+        "report/report.md",
+    ):
         assert (art / rel).is_file(), rel
     for kind in MODELS:
         for split in ("holdout", "cold"):
@@ -167,7 +187,10 @@ def test_cold_scalers_fitted_on_warm_entities_only(art, manifest):
         warm_i = np.setdiff1d(np.arange(len(prices)), z["cold_items"])
     for kind in MODELS:
         assert _minmax(manifest, kind, "cold", "user", "age") == (ages[warm_u].min(), ages[warm_u].max())
-        assert _minmax(manifest, kind, "cold", "item", "price") == (prices[warm_i].min(), prices[warm_i].max())
+        assert _minmax(manifest, kind, "cold", "item", "price") == (
+            prices[warm_i].min(),
+            prices[warm_i].max(),
+        )
 
 
 def test_cold_scalers_ignore_a_cold_extreme(edited):
@@ -179,8 +202,16 @@ def test_cold_scalers_ignore_a_cold_extreme(edited):
     assert _minmax(m, "two_tower", "holdout", "user", "age")[1] == 120.0
     assert _minmax(m, "two_tower", "holdout", "item", "price")[1] == 5000.0
     # the cold split's scalers never see the cold user or item
-    assert _minmax(m, "two_tower", "cold", "user", "age")[1] == np.delete(ages, edited["cold_user"]).max() < 120.0
-    assert _minmax(m, "two_tower", "cold", "item", "price")[1] == np.delete(prices, edited["cold_item"]).max() < 5000.0
+    assert (
+        _minmax(m, "two_tower", "cold", "user", "age")[1]
+        == np.delete(ages, edited["cold_user"]).max()
+        < 120.0
+    )
+    assert (
+        _minmax(m, "two_tower", "cold", "item", "price")[1]
+        == np.delete(prices, edited["cold_item"]).max()
+        < 5000.0
+    )
 
 
 def test_field_specs_fit_on_given_rows_only():
@@ -194,8 +225,11 @@ def test_field_specs_fit_on_given_rows_only():
 def test_text_specs_carry_dim_and_max_length(manifest):
     specs = manifest["models"]["two_tower"]["splits"]["holdout"]["features"]["item"]
     assert [(s["name"], s["kind"], s["dim"], s["max_length"]) for s in specs] == [
-        ("description", TEXT, 32, 200), ("features", TEXT, 32, 100), ("category", TEXT, 32, 50),
-        ("price", MINMAX, 1, 0)]
+        ("description", TEXT, 32, 200),
+        ("features", TEXT, 32, 100),
+        ("category", TEXT, 32, 50),
+        ("price", MINMAX, 1, 0),
+    ]
     # 32 + 32 + 32 + 1 = 97
     assert manifest["models"]["two_tower"]["splits"]["holdout"]["item_dim"] == 97
 
@@ -216,7 +250,10 @@ def test_same_seed_same_metrics(edited):
     # the trained weights themselves, not only rounded metrics
     import keras
 
-    wa, wb = (keras.saving.load_model(r / "models/two_tower/holdout/model.keras").get_weights() for r in edited["runs"])
+    wa, wb = (
+        keras.saving.load_model(r / "models/two_tower/holdout/model.keras").get_weights()
+        for r in edited["runs"]
+    )
     assert len(wa) == len(wb)
     for x, y in zip(wa, wb):
         np.testing.assert_array_equal(x, y)
@@ -254,7 +291,9 @@ def test_default_rows_are_all_rows_shuffled(holdout):
     u, i, y = training_rows(holdout, PRESETS["default"], seed=42)
     want = _notebook_frame(holdout)
     got = sorted(zip(u.tolist(), i.tolist(), y.tolist()))
-    assert got == sorted(zip(want["user"].tolist(), want["item"].tolist(), want["label"].astype(float).tolist()))
+    assert got == sorted(
+        zip(want["user"].tolist(), want["item"].tolist(), want["label"].astype(float).tolist())
+    )
     assert y.dtype == np.float32 and u.dtype == i.dtype == np.int32
     assert y.sum() == len(holdout.train_pairs)  # every positive once
 
@@ -268,12 +307,15 @@ def test_unknown_preset_names_the_allowed_ones():
     assert TrainConfig(preset="notebook").recipe() == NOTEBOOK_FIT
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"models": ("mlp",)}, r"model must be one of \['seed', 'two_tower'\] \(got 'mlp'\)"),
-    ({"models": ()}, r"model must be one of \['seed', 'two_tower'\] \(got ''\)"),
-    ({"preset": "fast"}, r"preset must be one of \['default', 'notebook'\] \(got 'fast'\)"),
-    ({"embedding_dim": 0}, r"embedding_dim and hidden widths must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"models": ("mlp",)}, r"model must be one of \['seed', 'two_tower'\] \(got 'mlp'\)"),
+        ({"models": ()}, r"model must be one of \['seed', 'two_tower'\] \(got ''\)"),
+        ({"preset": "fast"}, r"preset must be one of \['default', 'notebook'\] \(got 'fast'\)"),
+        ({"embedding_dim": 0}, r"embedding_dim and hidden widths must be >= 1"),
+    ],
+)
 def test_bad_config_is_refused_before_touching_anything(tmp_path, kwargs, message):
     # The config refuses itself at construction, so train() never starts and nothing is written.
     with pytest.raises(ValueError, match=message):
@@ -291,10 +333,9 @@ def test_atomic_dir_failure_leaves_target_untouched(tmp_path):
     target = tmp_path / "artifacts"
     target.mkdir()
     (target / "old.txt").write_text("old")
-    with pytest.raises(RuntimeError, match="boom"):
-        with atomic_dir(target) as tmp:
-            (tmp / "new.txt").write_text("new")
-            raise RuntimeError("boom")
+    with pytest.raises(RuntimeError, match="boom"), atomic_dir(target) as tmp:
+        (tmp / "new.txt").write_text("new")
+        raise RuntimeError("boom")
     assert sorted(p.name for p in target.iterdir()) == ["old.txt"]
     assert (target / "old.txt").read_text() == "old"
     assert _leftovers(target) == []
@@ -302,10 +343,9 @@ def test_atomic_dir_failure_leaves_target_untouched(tmp_path):
 
 def test_atomic_dir_failure_without_target_creates_nothing(tmp_path):
     target = tmp_path / "fresh"
-    with pytest.raises(KeyboardInterrupt):
-        with atomic_dir(target) as tmp:
-            (tmp / "part.txt").write_text("half")
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), atomic_dir(target) as tmp:
+        (tmp / "part.txt").write_text("half")
+        raise KeyboardInterrupt
     assert not target.exists()
     assert _leftovers(target) == []
 

@@ -7,9 +7,9 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator, Sequence
 
 
 @contextlib.contextmanager

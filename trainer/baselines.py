@@ -62,8 +62,14 @@ class OracleScores:
         return out
 
 
-def evaluate_baselines(train: CSR, test: CSR, data_root: Path | str | None = None, ks=DEFAULT_KS,
-                       users: np.ndarray | None = None, seed: int = 0) -> dict[str, dict[str, float] | None]:
+def evaluate_baselines(
+    train: CSR,
+    test: CSR,
+    data_root: Path | str | None = None,
+    ks=DEFAULT_KS,
+    users: np.ndarray | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, float] | None]:
     """Full-ranking metrics of Random, MostPopular and (when the data has one) the Oracle.
 
     Returns:
@@ -74,7 +80,9 @@ def evaluate_baselines(train: CSR, test: CSR, data_root: Path | str | None = Non
     pop = popularity(train)
     out: dict[str, dict[str, float] | None] = {
         "random": full_ranking_metrics(rnd, test, train, ks, users=users),
-        "mostpop": full_ranking_metrics(lambda u: np.broadcast_to(pop, (len(u), len(pop))), test, train, ks, users=users),
+        "mostpop": full_ranking_metrics(
+            lambda u: np.broadcast_to(pop, (len(u), len(pop))), test, train, ks, users=users
+        ),
         "oracle": None,
     }
     if data_root is not None and OracleScores.available(data_root):

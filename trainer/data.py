@@ -90,7 +90,9 @@ def _read_table(path: Path, required: tuple[str, ...], id_column: str) -> pd.Dat
         raise DataError(path, f"not a readable CSV file ({err})") from err
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(path, f"missing column(s) {missing}; expected {list(required)} (found {list(df.columns)})")
+        raise DataError(
+            path, f"missing column(s) {missing}; expected {list(required)} (found {list(df.columns)})"
+        )
     ids = df[id_column].str.strip()
     empty = np.flatnonzero(ids.eq("").to_numpy())
     if len(empty):
@@ -99,12 +101,19 @@ def _read_table(path: Path, required: tuple[str, ...], id_column: str) -> pd.Dat
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero(ids.eq(ids.iloc[r]).to_numpy())[0])
-        raise DataError(path, f"duplicate {id_column} '{ids.iloc[r]}' (first on line {_line(first)})", line=_line(r), column=id_column)
+        raise DataError(
+            path,
+            f"duplicate {id_column} '{ids.iloc[r]}' (first on line {_line(first)})",
+            line=_line(r),
+            column=id_column,
+        )
     df[id_column] = ids
     return df
 
 
-def _numeric(path: Path, df: pd.DataFrame, column: str, id_column: str, upper: float | None = None) -> np.ndarray:
+def _numeric(
+    path: Path, df: pd.DataFrame, column: str, id_column: str, upper: float | None = None
+) -> np.ndarray:
     raw = df[column]
     values = pd.to_numeric(raw.str.strip(), errors="coerce").to_numpy(dtype=np.float64)
     for bad, problem in (
@@ -115,8 +124,10 @@ def _numeric(path: Path, df: pd.DataFrame, column: str, id_column: str, upper: f
         if bad.any():
             r = int(np.flatnonzero(bad)[0])
             raise DataError(
-                path, f"{column} {raw.iloc[r]!r} {problem} ({id_column} '{df[id_column].iloc[r]}')",
-                line=_line(r), column=column,
+                path,
+                f"{column} {raw.iloc[r]!r} {problem} ({id_column} '{df[id_column].iloc[r]}')",
+                line=_line(r),
+                column=column,
             )
     return values
 
@@ -125,7 +136,9 @@ def _text(path: Path, df: pd.DataFrame, column: str, id_column: str) -> None:
     empty = df[column].str.strip().eq("").to_numpy()
     if empty.any():
         r = int(np.flatnonzero(empty)[0])
-        raise DataError(path, f"empty {column} ({id_column} '{df[id_column].iloc[r]}')", line=_line(r), column=column)
+        raise DataError(
+            path, f"empty {column} ({id_column} '{df[id_column].iloc[r]}')", line=_line(r), column=column
+        )
 
 
 def load_users(path: Path) -> pd.DataFrame:
@@ -168,9 +181,13 @@ def _load_matrix(path: Path, user_index: dict[str, int], item_index: dict[str, i
     item_cols = [c for c in header if c != "user_id"]
     unknown = [c for c in item_cols if c not in item_index]
     if unknown:
-        raise DataError(path, f"column is not an item_id in {ITEMS_FILE} ({len(unknown)} such columns)", column=unknown[0])
+        raise DataError(
+            path, f"column is not an item_id in {ITEMS_FILE} ({len(unknown)} such columns)", column=unknown[0]
+        )
     try:
-        df = pd.read_csv(path, dtype={"user_id": str}, keep_default_na=False, low_memory=False, encoding="utf-8-sig")
+        df = pd.read_csv(
+            path, dtype={"user_id": str}, keep_default_na=False, low_memory=False, encoding="utf-8-sig"
+        )
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise DataError(path, f"not a readable CSV file ({err})") from err
     df.columns = [str(c).strip() for c in df.columns]
@@ -179,24 +196,36 @@ def _load_matrix(path: Path, user_index: dict[str, int], item_index: dict[str, i
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
         first = int(np.flatnonzero(ids.eq(ids.iloc[r]).to_numpy())[0])
-        raise DataError(path, f"duplicate user_id '{ids.iloc[r]}' (first on line {_line(first)})",
-                        line=_line(r), column="user_id")
+        raise DataError(
+            path,
+            f"duplicate user_id '{ids.iloc[r]}' (first on line {_line(first)})",
+            line=_line(r),
+            column="user_id",
+        )
     rows = ids.map(user_index)
     missing = rows.isna().to_numpy()
     if missing.any():
         r = int(np.flatnonzero(missing)[0])
-        raise DataError(path, f"user_id '{ids.iloc[r]}' is not in {USERS_FILE}", line=_line(r), column="user_id")
+        raise DataError(
+            path, f"user_id '{ids.iloc[r]}' is not in {USERS_FILE}", line=_line(r), column="user_id"
+        )
     block = df[item_cols]
     values = block.to_numpy() if all(pd.api.types.is_integer_dtype(t) for t in block.dtypes) else None
     bad_cells = None if values is None else (values != 0) & (values != 1)
     if values is None or bad_cells.any():
         # Only on error: re-read as text so the message quotes the offending cell exactly as written.
-        text = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")[df.columns].iloc[:, 1:]
+        text = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")[df.columns].iloc[
+            :, 1:
+        ]
         text.columns = item_cols
         stripped = text.apply(lambda col: col.str.strip()).to_numpy()
         r, c = (int(x[0]) for x in np.nonzero((stripped != "0") & (stripped != "1")))
-        raise DataError(path, f"cell {stripped[r, c]!r} is not 0 or 1 (user_id '{ids.iloc[r]}')",
-                        line=_line(r), column=item_cols[c])
+        raise DataError(
+            path,
+            f"cell {stripped[r, c]!r} is not 0 or 1 (user_id '{ids.iloc[r]}')",
+            line=_line(r),
+            column=item_cols[c],
+        )
     r, c = np.nonzero(values)
     col_items = np.array([item_index[x] for x in item_cols], dtype=np.int64)
     return CSR.from_pairs(rows.to_numpy(dtype=np.int64)[r], col_items[c], len(user_index), len(item_index))
@@ -209,10 +238,15 @@ def _load_long(path: Path, user_index: dict[str, int], item_index: dict[str, int
         raise DataError(path, f"not a readable CSV file ({err})") from err
     for col in ("user_id", "item_id"):
         if col not in df.columns:
-            raise DataError(path, f"missing column '{col}'; expected user_id, item_id[, label] (found {list(df.columns)})")
+            raise DataError(
+                path, f"missing column '{col}'; expected user_id, item_id[, label] (found {list(df.columns)})"
+            )
     users = df["user_id"].str.strip()
     items = df["item_id"].str.strip()
-    for ids, index, col, src in ((users, user_index, "user_id", USERS_FILE), (items, item_index, "item_id", ITEMS_FILE)):
+    for ids, index, col, src in (
+        (users, user_index, "user_id", USERS_FILE),
+        (items, item_index, "item_id", ITEMS_FILE),
+    ):
         mapped = ids.map(index)
         missing = mapped.isna().to_numpy()
         if missing.any():
@@ -230,9 +264,14 @@ def _load_long(path: Path, user_index: dict[str, int], item_index: dict[str, int
     dup = pairs.duplicated().to_numpy()
     if dup.any():
         r = int(np.flatnonzero(dup)[0])
-        first = int(np.flatnonzero(((pairs["u"] == users.iloc[r]) & (pairs["i"] == items.iloc[r])).to_numpy())[0])
-        raise DataError(path, f"duplicate pair ({users.iloc[r]}, {items.iloc[r]}) (first on line {_line(first)})",
-                        line=_line(r))
+        first = int(
+            np.flatnonzero(((pairs["u"] == users.iloc[r]) & (pairs["i"] == items.iloc[r])).to_numpy())[0]
+        )
+        raise DataError(
+            path,
+            f"duplicate pair ({users.iloc[r]}, {items.iloc[r]}) (first on line {_line(first)})",
+            line=_line(r),
+        )
     u = users.map(user_index).to_numpy(dtype=np.int64)[label]
     i = items.map(item_index).to_numpy(dtype=np.int64)[label]
     return CSR.from_pairs(u, i, len(user_index), len(item_index))
@@ -257,5 +296,7 @@ def load_dataset(root: Path | str) -> Dataset:
         positives = _load_long(root / LONG_FILE, uidx, iidx)
     else:
         raise DataError(root / MATRIX_FILE, f"file not found (nor the long form {LONG_FILE})")
-    _LOGGER.info("loaded %d users, %d items, %d positives from %s", len(users), len(items), positives.nnz, root)
+    _LOGGER.info(
+        "loaded %d users, %d items, %d positives from %s", len(users), len(items), positives.nnz, root
+    )
     return Dataset(users=users, items=items, positives=positives, root=root)

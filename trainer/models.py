@@ -45,17 +45,23 @@ def _tower(in_dim: int, hidden: tuple[int, ...], dim: int, side: str) -> keras.M
     return keras.Model(x, layers.Concatenate(name=f"{side}_vector")([emb, extra]), name=f"{side}_tower")
 
 
-def build_two_tower(user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)) -> keras.Model:
+def build_two_tower(
+    user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)
+) -> keras.Model:
     """User and item MLPs to ``dim``-d embeddings (+ item bias); score = sigmoid(dot)."""
     user_in = keras.Input((user_dim,), name=USER_INPUT)
     item_in = keras.Input((item_dim,), name=ITEM_INPUT)
     u = _tower(user_dim, hidden, dim, "user")(user_in)
     v = _tower(item_dim, hidden, dim, "item")(item_in)
     logit = layers.Dot(axes=1, name="dot")([u, v])
-    return keras.Model([user_in, item_in], layers.Activation("sigmoid", name="score")(logit), name="two_tower")
+    return keras.Model(
+        [user_in, item_in], layers.Activation("sigmoid", name="score")(logit), name="two_tower"
+    )
 
 
-def build(kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)) -> keras.Model:
+def build(
+    kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)
+) -> keras.Model:
     if kind == "seed":
         return build_seed(user_dim, item_dim)
     if kind == "two_tower":
@@ -76,7 +82,9 @@ def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Mo
     width = model.get_layer("user_dense").units
 
     def side(name: str, dense: str, w: np.ndarray, b: np.ndarray, ones_first: bool) -> keras.Model:
-        x = keras.Input((model.get_layer(dense).kernel.shape[0],), name=USER_INPUT if name == "user" else ITEM_INPUT)
+        x = keras.Input(
+            (model.get_layer(dense).kernel.shape[0],), name=USER_INPUT if name == "user" else ITEM_INPUT
+        )
         h = model.get_layer(dense)(x)
         part = layers.Dense(1, name=f"{name}_head_part")
         s = part(h)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import matplotlib
 
@@ -11,8 +11,9 @@ matplotlib.use("Agg")  # headless: no display on servers or CI
 import matplotlib.pyplot as plt  # noqa: E402
 
 
-def metric_bars(results: dict[str, dict[str, float] | None], metrics: Sequence[str], path: Path | str,
-                title: str = "") -> Path:
+def metric_bars(
+    results: dict[str, dict[str, float] | None], metrics: Sequence[str], path: Path | str, title: str = ""
+) -> Path:
     """Grouped bars: one group per metric, one bar per model/baseline (skipped rows left out)."""
     names = [n for n, m in results.items() if m is not None]
     fig, ax = plt.subplots(figsize=(1.8 + 1.6 * len(metrics), 4.2))
@@ -31,7 +32,9 @@ def metric_bars(results: dict[str, dict[str, float] | None], metrics: Sequence[s
 
 def training_curves(histories: dict[str, dict[str, list[float]]], path: Path | str) -> Path:
     """Loss (and validation loss) per epoch, one panel per model."""
-    fig, axes = plt.subplots(1, max(1, len(histories)), figsize=(4.5 * max(1, len(histories)), 3.6), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(1, len(histories)), figsize=(4.5 * max(1, len(histories)), 3.6), squeeze=False
+    )
     for ax, (name, hist) in zip(axes[0], histories.items()):
         for key, values in hist.items():
             if "loss" in key:

@@ -8,7 +8,16 @@ from towerserve.clients.tables import metrics_table
 
 from .plots import metric_bars, training_curves
 
-REPORT_METRICS = ("ndcg@10", "recall@10", "hitrate@10", "map@10", "mrr", "auc", "coverage@10", "notebook_score")
+REPORT_METRICS = (
+    "ndcg@10",
+    "recall@10",
+    "hitrate@10",
+    "map@10",
+    "mrr",
+    "auc",
+    "coverage@10",
+    "notebook_score",
+)
 BASELINES = ("random", "mostpop", "oracle")
 
 
@@ -24,18 +33,24 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
     out.mkdir(exist_ok=True)
     training_curves(histories, out / "training_curves.png")
     lines = [
-        "# towerserve training report", "",
+        "# towerserve training report",
+        "",
         f"Data: `{manifest['data']['root']}` — {manifest['data']['users']} users × {manifest['data']['items']} items, "
         f"{manifest['data']['positives']} positives ({100 * manifest['data']['density']:.2f} %).",
         f"Encoder: `{manifest['encoder'].get('name', manifest['encoder']['model'])}` ({manifest['encoder']['dim']} dims, "
         f"{manifest['encoder']['pooling']} pooling). Recipe: `{manifest['recipe']['preset']}`. "
-        f"Default (served) model: **{manifest['default_model']}** (best holdout NDCG@10).", "",
+        f"Default (served) model: **{manifest['default_model']}** (best holdout NDCG@10).",
+        "",
     ]
     for split, table in metrics.items():
         order = [m for m in manifest["models"]] + [b for b in BASELINES]
         rows = {k: table.get(k) for k in order if k in table}
-        metric_bars(rows, ["ndcg@10", "recall@10", "hitrate@10", "mrr"], out / f"metrics_{split}.png",
-                    title=f"{split} split: models against baselines")
+        metric_bars(
+            rows,
+            ["ndcg@10", "recall@10", "hitrate@10", "mrr"],
+            out / f"metrics_{split}.png",
+            title=f"{split} split: models against baselines",
+        )
         lines += [f"## {split} split", "", "```", metrics_table(rows, REPORT_METRICS), "```", ""]
         for model in manifest["models"]:
             r = ratios(table, model)

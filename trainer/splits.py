@@ -58,11 +58,17 @@ class Split:
 
     def save(self, path) -> None:
         np.savez(
-            path, name=np.array(self.name),
-            train_indptr=self.train.indptr, train_indices=self.train.indices,
-            test_indptr=self.test.indptr, test_indices=self.test.indices, n_items=np.int64(self.train.n_cols),
-            notebook_users=self.notebook_pairs.users, notebook_items=self.notebook_pairs.items,
-            cold_users=self.cold_users, cold_items=self.cold_items,
+            path,
+            name=np.array(self.name),
+            train_indptr=self.train.indptr,
+            train_indices=self.train.indices,
+            test_indptr=self.test.indptr,
+            test_indices=self.test.indices,
+            n_items=np.int64(self.train.n_cols),
+            notebook_users=self.notebook_pairs.users,
+            notebook_items=self.notebook_pairs.items,
+            cold_users=self.cold_users,
+            cold_items=self.cold_items,
         )
 
 
@@ -87,7 +93,9 @@ def holdout_pairs(positives: CSR, test_size: float = 0.2, seed: int = 42) -> tup
     n_test = math.ceil(test_size * n)
     p2 = _legacy_permutation(n, seed)
     test, train = p2[:n_test], p2[n_test:]
-    return Pairs(shuffled.users[train], shuffled.items[train]), Pairs(shuffled.users[test], shuffled.items[test])
+    return Pairs(shuffled.users[train], shuffled.items[train]), Pairs(
+        shuffled.users[test], shuffled.items[test]
+    )
 
 
 def one_per_user(pairs: Pairs, user_ids: np.ndarray, seed: int = 42) -> Pairs:
@@ -136,8 +144,14 @@ def notebook_negatives(positives: CSR, per_user: int = 100, seed: int = 42) -> P
     return Pairs(cells % n_users, cells // n_users)
 
 
-def uniform_negatives(exclude: CSR, per_user: int, seed: int, users: np.ndarray | None = None,
-                      allowed_items: np.ndarray | None = None, chunk_cells: int = 4_000_000) -> Pairs:
+def uniform_negatives(
+    exclude: CSR,
+    per_user: int,
+    seed: int,
+    users: np.ndarray | None = None,
+    allowed_items: np.ndarray | None = None,
+    chunk_cells: int = 4_000_000,
+) -> Pairs:
     """Up to ``per_user`` items per user, uniformly without replacement, outside ``exclude``.
 
     Works block by block (random keys, excluded items pushed to +inf, smallest keys win), so it
@@ -168,8 +182,13 @@ def uniform_negatives(exclude: CSR, per_user: int, seed: int, users: np.ndarray 
     return Pairs(np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64))
 
 
-def holdout_split(positives: CSR, user_ids: np.ndarray, test_size: float = 0.2, negatives_per_user: int = 100,
-                  seed: int = 42) -> Split:
+def holdout_split(
+    positives: CSR,
+    user_ids: np.ndarray,
+    test_size: float = 0.2,
+    negatives_per_user: int = 100,
+    seed: int = 42,
+) -> Split:
     """The notebook's split: 80/20 of positives, 100 negatives per user, one holdout pair per user."""
     train, test = holdout_pairs(positives, test_size, seed)
     n_users, n_items = positives.n_rows, positives.n_cols
@@ -189,8 +208,14 @@ def holdout_split(positives: CSR, user_ids: np.ndarray, test_size: float = 0.2, 
     )
 
 
-def cold_split(positives: CSR, user_ids: np.ndarray, user_frac: float = 0.1, item_frac: float = 0.1,
-               negatives_per_user: int = 100, seed: int = 42) -> Split:
+def cold_split(
+    positives: CSR,
+    user_ids: np.ndarray,
+    user_frac: float = 0.1,
+    item_frac: float = 0.1,
+    negatives_per_user: int = 100,
+    seed: int = 42,
+) -> Split:
     """Holds out whole users and whole items.
 
     Training sees warm users on warm items only; the test set is every positive of the cold users,
@@ -215,7 +240,9 @@ def cold_split(positives: CSR, user_ids: np.ndarray, user_frac: float = 0.1, ite
         train=train,
         train_pairs=Pairs(u[warm], i[warm]),
         test=CSR.from_pairs(test_pairs.users, test_pairs.items, n_users, n_items),
-        negatives=uniform_negatives(positives, negatives_per_user, seed, users=warm_users, allowed_items=warm_items),
+        negatives=uniform_negatives(
+            positives, negatives_per_user, seed, users=warm_users, allowed_items=warm_items
+        ),
         notebook_pairs=one_per_user(test_pairs, user_ids, seed),
         cold_users=cold_users,
         cold_items=cold_items,

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -49,23 +49,110 @@ PERSONALITIES: dict[str, tuple[str, tuple[str, ...]]] = {
 
 # name -> (typical price in dollars, attributes the description names)
 CATEGORIES: dict[str, tuple[float, tuple[str, ...]]] = {
-    "laptop": (900, ("advanced cooling system", "high refresh rate display", "AI-powered processor", "backlit keyboard", "all-day battery")),
-    "smartphone": (650, ("triple-lens camera", "OLED display", "5G modem", "all-day battery", "AI-powered processor")),
-    "headphones": (180, ("active noise cancelling", "spatial audio", "40-hour battery", "foldable design", "studio-grade drivers")),
-    "smartwatch": (300, ("heart-rate sensor", "GPS tracking", "always-on display", "sleep tracking", "contactless payments")),
-    "camera": (750, ("full-frame sensor", "4K video", "image stabilisation", "weather sealing", "fast autofocus")),
-    "sneakers": (120, ("cushioned sole", "knit upper", "grippy outsole", "reflective details", "lightweight build")),
-    "jacket": (160, ("insulated lining", "water-repellent shell", "adjustable hood", "zip pockets", "packable design")),
-    "sunglasses": (140, ("polarised lenses", "UV400 protection", "titanium frame", "scratch-resistant coating", "wraparound fit")),
-    "backpack": (110, ("padded laptop sleeve", "hidden pockets", "water-resistant fabric", "hip belt", "expandable main compartment")),
-    "tent": (260, ("two-layer design", "aluminium poles", "quick-pitch frame", "storm guy lines", "vestibule storage")),
-    "cookware": (190, ("non-stick coating", "tri-ply steel", "induction-ready base", "oven-safe handles", "tempered glass lids")),
-    "coffee maker": (220, ("built-in grinder", "programmable timer", "milk frother", "thermal carafe", "pressure pump")),
-    "knife set": (150, ("forged steel blades", "full-tang handles", "hardwood block", "precision edge", "honing rod")),
-    "yoga mat": (60, ("non-slip surface", "extra cushioning", "alignment lines", "carry strap", "natural rubber")),
-    "novel": (20, ("gripping plot", "award-winning author", "illustrated cover", "bonus chapter", "book-club guide")),
-    "e-reader": (140, ("glare-free screen", "adjustable warm light", "weeks-long battery", "waterproof body", "huge library access")),
-    "game console": (480, ("4K gaming", "ray tracing", "ultra-fast SSD", "wireless controller", "online multiplayer")),
+    "laptop": (
+        900,
+        (
+            "advanced cooling system",
+            "high refresh rate display",
+            "AI-powered processor",
+            "backlit keyboard",
+            "all-day battery",
+        ),
+    ),
+    "smartphone": (
+        650,
+        ("triple-lens camera", "OLED display", "5G modem", "all-day battery", "AI-powered processor"),
+    ),
+    "headphones": (
+        180,
+        (
+            "active noise cancelling",
+            "spatial audio",
+            "40-hour battery",
+            "foldable design",
+            "studio-grade drivers",
+        ),
+    ),
+    "smartwatch": (
+        300,
+        ("heart-rate sensor", "GPS tracking", "always-on display", "sleep tracking", "contactless payments"),
+    ),
+    "camera": (
+        750,
+        ("full-frame sensor", "4K video", "image stabilisation", "weather sealing", "fast autofocus"),
+    ),
+    "sneakers": (
+        120,
+        ("cushioned sole", "knit upper", "grippy outsole", "reflective details", "lightweight build"),
+    ),
+    "jacket": (
+        160,
+        ("insulated lining", "water-repellent shell", "adjustable hood", "zip pockets", "packable design"),
+    ),
+    "sunglasses": (
+        140,
+        (
+            "polarised lenses",
+            "UV400 protection",
+            "titanium frame",
+            "scratch-resistant coating",
+            "wraparound fit",
+        ),
+    ),
+    "backpack": (
+        110,
+        (
+            "padded laptop sleeve",
+            "hidden pockets",
+            "water-resistant fabric",
+            "hip belt",
+            "expandable main compartment",
+        ),
+    ),
+    "tent": (
+        260,
+        ("two-layer design", "aluminium poles", "quick-pitch frame", "storm guy lines", "vestibule storage"),
+    ),
+    "cookware": (
+        190,
+        (
+            "non-stick coating",
+            "tri-ply steel",
+            "induction-ready base",
+            "oven-safe handles",
+            "tempered glass lids",
+        ),
+    ),
+    "coffee maker": (
+        220,
+        ("built-in grinder", "programmable timer", "milk frother", "thermal carafe", "pressure pump"),
+    ),
+    "knife set": (
+        150,
+        ("forged steel blades", "full-tang handles", "hardwood block", "precision edge", "honing rod"),
+    ),
+    "yoga mat": (
+        60,
+        ("non-slip surface", "extra cushioning", "alignment lines", "carry strap", "natural rubber"),
+    ),
+    "novel": (
+        20,
+        ("gripping plot", "award-winning author", "illustrated cover", "bonus chapter", "book-club guide"),
+    ),
+    "e-reader": (
+        140,
+        (
+            "glare-free screen",
+            "adjustable warm light",
+            "weeks-long battery",
+            "waterproof body",
+            "huge library access",
+        ),
+    ),
+    "game console": (
+        480,
+        ("4K gaming", "ray tracing", "ultra-fast SSD", "wireless controller", "online multiplayer"),
+    ),
 }
 
 FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
@@ -80,12 +167,34 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 
 # profession -> typical age
 PROFESSIONS: dict[str, float] = {
-    "science": 38, "engineering": 36, "healthcare": 41, "education": 43, "arts": 33, "finance": 40,
-    "law": 44, "sales": 35, "hospitality": 29, "trades": 39, "student": 21, "retired": 68,
+    "science": 38,
+    "engineering": 36,
+    "healthcare": 41,
+    "education": 43,
+    "arts": 33,
+    "finance": 40,
+    "law": 44,
+    "sales": 35,
+    "hospitality": 29,
+    "trades": 39,
+    "student": 21,
+    "retired": 68,
 }
 
-AUDIENCES = ("gamers", "remote workers", "students", "travelers", "professionals", "families",
-             "athletes", "creators", "home cooks", "commuters", "beginners", "enthusiasts")
+AUDIENCES = (
+    "gamers",
+    "remote workers",
+    "students",
+    "travelers",
+    "professionals",
+    "families",
+    "athletes",
+    "creators",
+    "home cooks",
+    "commuters",
+    "beginners",
+    "enthusiasts",
+)
 BENEFITS = ("performance", "comfort", "durability", "everyday use", "high efficiency", "style")
 QUALITIES = ("top-tier functionality", "reliable results", "great value", "lasting quality")
 ADJECTIVES = ("sleek", "rugged", "compact", "versatile", "premium", "budget-friendly")
@@ -109,10 +218,10 @@ NOISE_SD = 0.25
 class World:
     """Everything drawn before the pairs: attributes plus the terms of the logit."""
 
-    users: dict[str, np.ndarray]   # user_id, age, profession, personality (+ p_idx, prof_idx, act)
-    items: dict[str, np.ndarray]   # item_id, description, features, price, category (+ cat_idx, groups, pop)
-    taste: np.ndarray              # A: [n_personalities, n_categories]
-    prof_groups: np.ndarray        # B: [n_professions, n_groups]
+    users: dict[str, np.ndarray]  # user_id, age, profession, personality (+ p_idx, prof_idx, act)
+    items: dict[str, np.ndarray]  # item_id, description, features, price, category (+ cat_idx, groups, pop)
+    taste: np.ndarray  # A: [n_personalities, n_categories]
+    prof_groups: np.ndarray  # B: [n_professions, n_groups]
     intercept: float
     seed: int
 
@@ -120,10 +229,14 @@ class World:
         """Logits for the given users against every item [len(users), n_items], float32."""
         u, it = self.users, self.items
         p, prof = u["p_idx"][users], u["prof_idx"][users]
-        z = (self.taste[p][:, it["cat_idx"]]
-             + KAPPA * (self.prof_groups[prof] @ it["groups"].T)
-             + GAMMA * np.outer(u["z_age"][users], it["z_price"])
-             + it["pop"][None, :] + u["act"][users][:, None] + self.intercept)
+        z = (
+            self.taste[p][:, it["cat_idx"]]
+            + KAPPA * (self.prof_groups[prof] @ it["groups"].T)
+            + GAMMA * np.outer(u["z_age"][users], it["z_price"])
+            + it["pop"][None, :]
+            + u["act"][users][:, None]
+            + self.intercept
+        )
         if rng is not None:
             z = z + rng.normal(0.0, NOISE_SD, size=z.shape)
         return z.astype(np.float32)
@@ -167,8 +280,13 @@ def _draw_world(n_users: int, n_items: int, seed: int, density: float) -> World:
         counters[p] = counters.get(p, 0) + 1
         user_ids.append(f"{PERSONALITIES[pers_names[p]][0]}_{counters[p]:0{width}d}")
     users = {
-        "user_id": np.array(user_ids), "age": age, "profession": np.array(prof_names)[prof_idx],
-        "personality": np.array(pers_names)[p_idx], "p_idx": p_idx, "prof_idx": prof_idx, "act": act,
+        "user_id": np.array(user_ids),
+        "age": age,
+        "profession": np.array(prof_names)[prof_idx],
+        "personality": np.array(pers_names)[p_idx],
+        "p_idx": p_idx,
+        "prof_idx": prof_idx,
+        "act": act,
         "z_age": (age - 40.0) / 14.0,
     }
 
@@ -193,18 +311,30 @@ def _draw_world(n_users: int, n_items: int, seed: int, density: float) -> World:
         a = rng.permutation(len(attrs))[:3]
         tpl = TEMPLATES[int(rng.integers(0, len(TEMPLATES)))]
         b1, b2 = rng.permutation(len(BENEFITS))[:2]
-        descriptions.append(tpl.format(
-            aud=AUDIENCES[int(rng.integers(0, len(AUDIENCES)))], noun=cat_names[c],
-            a1=attrs[a[0]], a2=attrs[a[1]], a3=attrs[a[2]], benefit=BENEFITS[b1], benefit2=BENEFITS[b2],
-            quality=QUALITIES[int(rng.integers(0, len(QUALITIES)))], adj=ADJECTIVES[int(rng.integers(0, len(ADJECTIVES)))],
-        ))
+        descriptions.append(
+            tpl.format(
+                aud=AUDIENCES[int(rng.integers(0, len(AUDIENCES)))],
+                noun=cat_names[c],
+                a1=attrs[a[0]],
+                a2=attrs[a[1]],
+                a3=attrs[a[2]],
+                benefit=BENEFITS[b1],
+                benefit2=BENEFITS[b2],
+                quality=QUALITIES[int(rng.integers(0, len(QUALITIES)))],
+                adj=ADJECTIVES[int(rng.integers(0, len(ADJECTIVES)))],
+            )
+        )
     groups /= groups.sum(axis=1, keepdims=True)
     logp = np.log(price)
     width = _id_width(n_items)
     items = {
         "item_id": np.array([f"item_{i + 1:0{width}d}" for i in range(n_items)]),
-        "description": np.array(descriptions), "features": np.array(features), "price": price,
-        "category": np.array(cat_names)[cat_idx], "cat_idx": cat_idx, "groups": groups,
+        "description": np.array(descriptions),
+        "features": np.array(features),
+        "price": price,
+        "category": np.array(cat_names)[cat_idx],
+        "cat_idx": cat_idx,
+        "groups": groups,
         "pop": rng.normal(0.0, POP_SD, size=n_items),
         "z_price": (logp - logp.mean()) / (logp.std() + 1e-9),
     }
@@ -276,10 +406,16 @@ def generate(
     out.mkdir(parents=True, exist_ok=True)
     world = _draw_world(n_users, n_items, seed, density)
     u, it = world.users, world.items
-    _write_csv(out / USERS_FILE, ["user_id", "age", "profession", "personality"],
-               [u["user_id"], u["age"], u["profession"], u["personality"]])
-    _write_csv(out / ITEMS_FILE, ["item_id", "description", "features", "price", "category"],
-               [it["item_id"], it["description"], it["features"], it["price"], it["category"]])
+    _write_csv(
+        out / USERS_FILE,
+        ["user_id", "age", "profession", "personality"],
+        [u["user_id"], u["age"], u["profession"], u["personality"]],
+    )
+    _write_csv(
+        out / ITEMS_FILE,
+        ["item_id", "description", "features", "price", "category"],
+        [it["item_id"], it["description"], it["features"], it["price"], it["category"]],
+    )
     # A stale file of the other form would be read instead of the new one.
     for stale in (out / MATRIX_FILE, out / LONG_FILE, out / TRUTH_FILE):
         stale.unlink(missing_ok=True)
@@ -287,7 +423,9 @@ def generate(
     positives = 0
     truth = None
     if not long_form:
-        truth = np.lib.format.open_memmap(out / TRUTH_FILE, mode="w+", dtype=np.float32, shape=(n_users, n_items))
+        truth = np.lib.format.open_memmap(
+            out / TRUTH_FILE, mode="w+", dtype=np.float32, shape=(n_users, n_items)
+        )
     target = out / (LONG_FILE if long_form else MATRIX_FILE)
     item_ids = it["item_id"]
     with open(target, "wb") as fh:
@@ -315,9 +453,15 @@ def generate(
         truth.flush()
         del truth
     summary = {
-        "generator_version": GENERATOR_VERSION, "seed": seed, "users": n_users, "items": n_items,
-        "target_density": density, "intercept": world.intercept, "positives": positives,
-        "density": positives / (n_users * n_items), "form": "long" if long_form else "matrix",
+        "generator_version": GENERATOR_VERSION,
+        "seed": seed,
+        "users": n_users,
+        "items": n_items,
+        "target_density": density,
+        "intercept": world.intercept,
+        "positives": positives,
+        "density": positives / (n_users * n_items),
+        "form": "long" if long_form else "matrix",
         "block_users": block_size(n_items),
     }
     (out / GENERATOR_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -329,8 +473,10 @@ def load_world(root: Path | str) -> World:
     """Rebuilds the generator's world from generator.json (same version and parameters)."""
     meta = json.loads((Path(root) / GENERATOR_FILE).read_text())
     if meta.get("generator_version") != GENERATOR_VERSION:
-        raise ValueError(f"{Path(root) / GENERATOR_FILE}: generator version {meta.get('generator_version')} "
-                         f"cannot be replayed by version {GENERATOR_VERSION}")
+        raise ValueError(
+            f"{Path(root) / GENERATOR_FILE}: generator version {meta.get('generator_version')} "
+            f"cannot be replayed by version {GENERATOR_VERSION}"
+        )
     return _draw_world(meta["users"], meta["items"], meta["seed"], meta["target_density"])
 
 

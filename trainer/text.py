@@ -5,9 +5,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -143,10 +143,15 @@ class TextEncoder:
 
     def padded_length(self, texts: Sequence[str], max_length: int) -> int:
         """The notebook's padding: the longest tokenised text in the call, capped at max_length."""
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]]
+        lengths = [
+            len(ids)
+            for ids in self.tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+        ]
         return max(lengths) if lengths else 1
 
-    def encode(self, texts: Sequence[str], max_length: int, desc: str = "embed", progress: bool = True) -> np.ndarray:
+    def encode(
+        self, texts: Sequence[str], max_length: int, desc: str = "embed", progress: bool = True
+    ) -> np.ndarray:
         """Returns float32 [len(texts), dim]; each distinct text is embedded once (and cached).
 
         Args:
@@ -169,7 +174,9 @@ class TextEncoder:
             cache.save()
         return np.stack([cache[k] for k in keys])[inverse].astype(np.float32)
 
-    def _embed(self, texts: list[str], max_length: int, pad_to: int | None, desc: str, progress: bool) -> np.ndarray:
+    def _embed(
+        self, texts: list[str], max_length: int, pad_to: int | None, desc: str, progress: bool
+    ) -> np.ndarray:
         import torch
         from tqdm import tqdm
 
@@ -179,14 +186,23 @@ class TextEncoder:
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         bs = self.config.batch_size
         with torch.inference_mode():
-            for start in tqdm(range(0, len(texts), bs), desc=desc, unit="batch", disable=not progress,
-                              total=(len(texts) + bs - 1) // bs):
+            for start in tqdm(
+                range(0, len(texts), bs),
+                desc=desc,
+                unit="batch",
+                disable=not progress,
+                total=(len(texts) + bs - 1) // bs,
+            ):
                 idx = order[start : start + bs]
                 batch = [texts[j] for j in idx]
                 if pad_to is None:
-                    enc = self.tokenizer(batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+                    enc = self.tokenizer(
+                        batch, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
+                    )
                 else:
-                    enc = self.tokenizer(batch, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt")
+                    enc = self.tokenizer(
+                        batch, padding="max_length", truncation=True, max_length=pad_to, return_tensors="pt"
+                    )
                 hidden = self.model(**enc).last_hidden_state
                 out[idx] = pool(hidden, enc["attention_mask"], self.config.pooling).numpy()
         return out
@@ -206,9 +222,13 @@ def pool(hidden, mask, pooling: str):
 class _Cache:
     """Embeddings keyed by sha256(model fingerprint, pooling, lengths, text), one .npz per setting."""
 
-    def __init__(self, root: Path | None, fingerprint: str, pooling: str, max_length: int, pad_to: int | None):
+    def __init__(
+        self, root: Path | None, fingerprint: str, pooling: str, max_length: int, pad_to: int | None
+    ):
         self._salt = f"{fingerprint}|{pooling}|{max_length}|{pad_to}|".encode()
-        self._path = None if root is None else Path(root) / f"{fingerprint}-{pooling}-{max_length}-{pad_to}.npz"
+        self._path = (
+            None if root is None else Path(root) / f"{fingerprint}-{pooling}-{max_length}-{pad_to}.npz"
+        )
         self._rows: dict[str, np.ndarray] = {}
         self._dirty = False
         if self._path is not None and self._path.is_file():

@@ -26,7 +26,10 @@ FORMAT_VERSION = 1
 # reads personality and category, which the data set has and the notebook ignored.
 FEATURE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
     "seed": {"user": ("profession", "age"), "item": ("description", "features", "price")},
-    "two_tower": {"user": ("profession", "personality", "age"), "item": ("description", "features", "category", "price")},
+    "two_tower": {
+        "user": ("profession", "personality", "age"),
+        "item": ("description", "features", "category", "price"),
+    },
 }
 NUMERIC_FIELDS = ("age", "price")
 SPLITS = ("holdout", "cold")
@@ -57,7 +60,9 @@ class FitConfig:
 
 
 # The notebook's recipe: 200,000 shuffled rows, 10 epochs, batch 32, last 10 % for validation.
-NOTEBOOK_FIT = FitConfig(epochs=10, batch_size=32, validation=0.1, random_validation=False, patience=0, sample=200_000)
+NOTEBOOK_FIT = FitConfig(
+    epochs=10, batch_size=32, validation=0.1, random_validation=False, patience=0, sample=200_000
+)
 PRESETS = {"default": FitConfig(), "notebook": NOTEBOOK_FIT}
 
 
@@ -95,7 +100,9 @@ class TrainConfig:
         if self.preset not in PRESETS:
             raise ValueError(f"preset must be one of {sorted(PRESETS)} (got {self.preset!r})")
         if self.embedding_dim < 1 or any(h < 1 for h in self.hidden):
-            raise ValueError(f"embedding_dim and hidden widths must be >= 1 (got {self.embedding_dim}, {self.hidden})")
+            raise ValueError(
+                f"embedding_dim and hidden widths must be >= 1 (got {self.embedding_dim}, {self.hidden})"
+            )
 
     def recipe(self) -> FitConfig:
         return self.fit or PRESETS[self.preset]
@@ -108,7 +115,9 @@ def encoder_name(model_ref: str) -> str:
     return "all-MiniLM-L6-v2 (packaged)" if model_ref == default_model() else model_ref
 
 
-def embed_fields(ds: Dataset, encoder: TextEncoder, fields: set[str], progress: bool) -> tuple[dict[str, FieldTable], dict[str, int]]:
+def embed_fields(
+    ds: Dataset, encoder: TextEncoder, fields: set[str], progress: bool
+) -> tuple[dict[str, FieldTable], dict[str, int]]:
     """Embeds each text field's distinct strings once; returns tables and (notebook pooling) pad lengths."""
     tables, padded = {}, {}
     for name in sorted(fields):
@@ -121,8 +130,9 @@ def embed_fields(ds: Dataset, encoder: TextEncoder, fields: set[str], progress: 
     return tables, padded
 
 
-def field_specs(names: tuple[str, ...], tables: dict[str, FieldTable], raw: dict[str, np.ndarray],
-                fit_rows: np.ndarray) -> list[FieldSpec]:
+def field_specs(
+    names: tuple[str, ...], tables: dict[str, FieldTable], raw: dict[str, np.ndarray], fit_rows: np.ndarray
+) -> list[FieldSpec]:
     """Specs for one side; min-max scalers are fitted on ``fit_rows`` (the split's training entities)."""
     specs = []
     for n in names:
@@ -134,12 +144,16 @@ def field_specs(names: tuple[str, ...], tables: dict[str, FieldTable], raw: dict
     return specs
 
 
-def feature_matrix(specs: list[FieldSpec], tables: dict[str, FieldTable], raw: dict[str, np.ndarray]) -> np.ndarray:
+def feature_matrix(
+    specs: list[FieldSpec], tables: dict[str, FieldTable], raw: dict[str, np.ndarray]
+) -> np.ndarray:
     parts = {s.name: (raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity()) for s in specs}
     return assemble(specs, parts)
 
 
-def training_rows(split: splits.Split, recipe: FitConfig, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def training_rows(
+    split: splits.Split, recipe: FitConfig, seed: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(users, items, labels): training positives then sampled negatives, shuffled as the recipe says."""
     # Parity order: the notebook concatenates its train positives (split order) and the negatives.
     pu, pi = split.train_pairs.users, split.train_pairs.items
@@ -164,8 +178,13 @@ class _Progress:
 
         class Cb(keras.callbacks.Callback):
             def on_epoch_begin(self, epoch, logs=None):
-                self.bar = tqdm(total=steps, desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="step",
-                                disable=not enabled, leave=True)
+                self.bar = tqdm(
+                    total=steps,
+                    desc=f"{desc} epoch {epoch + 1}/{epochs}",
+                    unit="step",
+                    disable=not enabled,
+                    leave=True,
+                )
 
             def on_train_batch_end(self, batch, logs=None):
                 self.bar.update(1)
@@ -178,8 +197,15 @@ class _Progress:
         return Cb()
 
 
-def fit_model(kind: str, U: np.ndarray, I: np.ndarray, rows: tuple[np.ndarray, np.ndarray, np.ndarray],
-              cfg: TrainConfig, recipe: FitConfig, desc: str):
+def fit_model(
+    kind: str,
+    U: np.ndarray,
+    I: np.ndarray,
+    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+    cfg: TrainConfig,
+    recipe: FitConfig,
+    desc: str,
+):
     """Builds and trains one model; returns (feature-level Keras model, history dict, seconds)."""
     import keras
 
@@ -188,8 +214,11 @@ def fit_model(kind: str, U: np.ndarray, I: np.ndarray, rows: tuple[np.ndarray, n
     keras.utils.set_random_seed(cfg.seed)
     model = build(kind, U.shape[1], I.shape[1], cfg.embedding_dim, cfg.hidden)
     trainable = with_lookup(model, U, I)
-    trainable.compile(optimizer=keras.optimizers.Adam(recipe.learning_rate), loss="binary_crossentropy",
-                      metrics=[keras.metrics.AUC(name="auc")])
+    trainable.compile(
+        optimizer=keras.optimizers.Adam(recipe.learning_rate),
+        loss="binary_crossentropy",
+        metrics=[keras.metrics.AUC(name="auc")],
+    )
     u, i, y = rows
     # Keras' validation_split arithmetic: the first floor(n * (1 - v)) rows train, the rest validate.
     n_val = len(y) - int(np.floor(len(y) * (1.0 - recipe.validation)))
@@ -197,12 +226,22 @@ def fit_model(kind: str, U: np.ndarray, I: np.ndarray, rows: tuple[np.ndarray, n
     tr, va = slice(0, len(y) - n_val), slice(len(y) - n_val, len(y))
     callbacks = [_Progress.make(desc, recipe.epochs, -(-(len(y) - n_val) // recipe.batch_size), cfg.progress)]
     if recipe.patience > 0 and n_val > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=recipe.patience, min_delta=1e-4,
-                                                       restore_best_weights=True))
+        callbacks.append(
+            keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=recipe.patience, min_delta=1e-4, restore_best_weights=True
+            )
+        )
     t0 = time.perf_counter()
-    hist = trainable.fit([u[tr], i[tr]], y[tr], batch_size=recipe.batch_size, epochs=recipe.epochs,
-                         validation_data=([u[va], i[va]], y[va]) if n_val else None,
-                         shuffle=True, verbose=0, callbacks=callbacks)
+    hist = trainable.fit(
+        [u[tr], i[tr]],
+        y[tr],
+        batch_size=recipe.batch_size,
+        epochs=recipe.epochs,
+        validation_data=([u[va], i[va]], y[va]) if n_val else None,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+    )
     seconds = time.perf_counter() - t0
     history = {k: [float(x) for x in v] for k, v in hist.history.items()}
     return model, history, seconds
@@ -214,7 +253,10 @@ def tower_scores(model, kind: str, U: np.ndarray, I: np.ndarray) -> tuple[np.nda
 
     ut, it = serving_towers(model, kind)
     # A direct call, not predict(): predict traces a new tf.function for every fresh tower model.
-    return (np.asarray(ut(U, training=False), dtype=np.float32), np.asarray(it(I, training=False), dtype=np.float32))
+    return (
+        np.asarray(ut(U, training=False), dtype=np.float32),
+        np.asarray(it(I, training=False), dtype=np.float32),
+    )
 
 
 def evaluate_model(uvec: np.ndarray, ivec: np.ndarray, split: splits.Split, ks) -> dict[str, float]:
@@ -244,7 +286,9 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
 
     ds = load_dataset(data_dir)
     encoder = TextEncoder(cfg.encoder)
-    needed = {f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS}
+    needed = {
+        f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS
+    }
     t0 = time.perf_counter()
     tables, padded = embed_fields(ds, encoder, needed, cfg.progress)
     timings["embed_s"] = time.perf_counter() - t0
@@ -291,11 +335,19 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 model_entries[kind]["splits"][split_name] = {
                     "model": str(rel / "model.keras"),
                     "features": {"user": [s.to_json() for s in uspec], "item": [s.to_json() for s in ispec]},
-                    "user_dim": int(U.shape[1]), "item_dim": int(I.shape[1]),
-                    "epochs": m["epochs"], "train_seconds": secs,
+                    "user_dim": int(U.shape[1]),
+                    "item_dim": int(I.shape[1]),
+                    "epochs": m["epochs"],
+                    "train_seconds": secs,
                 }
-                _LOGGER.info("%s/%s: ndcg@10 %.4f (mostpop %.4f) in %.1f s", kind, split_name, m.get("ndcg@10", 0),
-                             metrics[split_name]["mostpop"].get("ndcg@10", 0), secs)
+                _LOGGER.info(
+                    "%s/%s: ndcg@10 %.4f (mostpop %.4f) in %.1f s",
+                    kind,
+                    split_name,
+                    m.get("ndcg@10", 0),
+                    metrics[split_name]["mostpop"].get("ndcg@10", 0),
+                    secs,
+                )
             (tmp / "splits").mkdir(exist_ok=True)
             split.save(tmp / "splits" / f"{split_name}.npz")
 
@@ -307,16 +359,33 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
         timings["total_s"] = time.perf_counter() - t_start
         write_json(tmp / "metrics.json", metrics)
         manifest = {
-            "format": TRAIN_FORMAT, "format_version": FORMAT_VERSION,
+            "format": TRAIN_FORMAT,
+            "format_version": FORMAT_VERSION,
             "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "data": {"root": str(Path(data_dir).resolve()), "users": ds.n_users, "items": ds.n_items,
-                     "positives": ds.positives.nnz, "density": ds.density},
-            "encoder": {"model": encoder.model_ref, "name": encoder_name(encoder.model_ref),
-                        "fingerprint": encoder.fingerprint, "pooling": cfg.encoder.pooling,
-                        "dim": encoder.dim, "max_lengths": {f: MAX_LENGTHS[f] for f in sorted(needed)},
-                        "padded_lengths": padded},
-            "recipe": {"preset": cfg.preset, "fit": asdict(recipe), "seed": cfg.seed, "embedding_dim": cfg.embedding_dim,
-                       "hidden": list(cfg.hidden), "ks": list(cfg.ks)},
+            "data": {
+                "root": str(Path(data_dir).resolve()),
+                "users": ds.n_users,
+                "items": ds.n_items,
+                "positives": ds.positives.nnz,
+                "density": ds.density,
+            },
+            "encoder": {
+                "model": encoder.model_ref,
+                "name": encoder_name(encoder.model_ref),
+                "fingerprint": encoder.fingerprint,
+                "pooling": cfg.encoder.pooling,
+                "dim": encoder.dim,
+                "max_lengths": {f: MAX_LENGTHS[f] for f in sorted(needed)},
+                "padded_lengths": padded,
+            },
+            "recipe": {
+                "preset": cfg.preset,
+                "fit": asdict(recipe),
+                "seed": cfg.seed,
+                "embedding_dim": cfg.embedding_dim,
+                "hidden": list(cfg.hidden),
+                "ks": list(cfg.ks),
+            },
             "models": model_entries,
             "default_model": default,
             "splits": {s: f"splits/{s}.npz" for s in split_objs},
