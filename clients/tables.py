@@ -1,39 +1,5 @@
-"""Plain-text tables for the command line (no dependencies, so the client install can use them)."""
+"""Kept for clients/loadtest.py's import: the tables live in towerserve.server.tables."""
 
-from __future__ import annotations
+from towerserve.server.tables import SUMMARY_METRICS, format_table, metrics_table
 
-from collections.abc import Sequence
-from typing import Any
-
-
-def _cell(value: Any, digits: int) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
-    """Left-aligns text and right-aligns numbers under a header and a rule."""
-    cells = [[_cell(v, digits) for v in row] for row in rows]
-    widths = [max([len(h)] + [len(r[c]) for r in cells]) for c, h in enumerate(headers)]
-    numeric = [
-        all(isinstance(row[c], (int, float)) or row[c] is None for row in rows) and rows
-        for c in range(len(headers))
-    ]
-
-    def line(values: Sequence[str]) -> str:
-        return "  ".join(
-            v.rjust(w) if numeric[c] else v.ljust(w) for c, (v, w) in enumerate(zip(values, widths))
-        ).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in cells])
-
-
-def metrics_table(results: dict[str, dict[str, float] | None], columns: Sequence[str]) -> str:
-    """One row per model (``None`` rows print as skipped), one column per metric key."""
-    rows = []
-    for name, metrics in results.items():
-        rows.append([name] + [None if metrics is None else metrics.get(c) for c in columns])
-    return format_table(["model", *columns], rows)
+__all__ = ["SUMMARY_METRICS", "format_table", "metrics_table"]

@@ -4,20 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from towerserve.clients.tables import metrics_table
+from towerserve.server.tables import SUMMARY_METRICS, metrics_table
 
 from .plots import metric_bars, training_curves
 
-REPORT_METRICS = (
-    "ndcg@10",
-    "recall@10",
-    "hitrate@10",
-    "map@10",
-    "mrr",
-    "auc",
-    "coverage@10",
-    "notebook_score",
-)
+REPORT_METRICS = SUMMARY_METRICS + ("notebook_score",)
 BASELINES = ("random", "mostpop", "oracle")
 
 
