@@ -12,23 +12,35 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables
+from towerserve.server.features import FieldSpec, feature_matrix, load_tables
 from towerserve.server.manifest import (
     FORMAT_VERSION,
     SERVING_FORMAT,
+    TRAIN_FORMAT,
     ArtifactError,
+    Catalog,
+    EncoderEntry,
+    EncoderVariant,
+    Features,
+    FullGraph,
+    ModelEntry,
+    ModelSplit,
+    ServingManifest,
+    SplitFile,
+    TowerGraph,
+    Training,
     file_entries,
     sha256_file,
 )
+from towerserve.server.numerics import cosine_rows, sigmoid
 
 from . import encoder as enc_export
-from .parity import ParityReport, cosine_rows
+from .parity import ParityReport
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, export_model
 
 _LOGGER = logging.getLogger(__name__)
 
 SERVING_DIR = "serving"
-TRAIN_FORMAT = "towerserve-train"
 
 
 @dataclass(frozen=True)
@@ -68,13 +80,7 @@ def _raw(artifacts: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
     return {"age": users["age"].to_numpy(np.float64)}, {"price": items["price"].to_numpy(np.float64)}
 
 
-def _features(specs: list[FieldSpec], tables, raw) -> np.ndarray:
-    return assemble(
-        specs, {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs}
-    )
-
-
-def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: ParityReport) -> dict:
+def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: ParityReport) -> EncoderEntry:
     """Builds encoder variants in tmp/encoder and checks each against the training-time torch vectors."""
     import onnxruntime as ort
 
@@ -149,23 +155,23 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
             (tmp / variants[optional]["file"]).unlink()
             del variants[optional]
     default = "int8" if "int8" in variants else "fp32"
-    return {
-        "model": enc["model"],
-        "name": enc.get("name", enc["model"]),
-        "fingerprint": enc["fingerprint"],
-        "pooling": enc["pooling"],
-        "dim": enc["dim"],
-        "max_lengths": enc["max_lengths"],
-        "padded_lengths": padded,
-        "inputs": input_names,
-        "output": "embedding",
-        "tokenizer_file": "encoder/tokenizer.json",
-        "opset": cfg.encoder.opset,
-        "variants": variants,
-        "default_variant": default,
-        "gpu_variant": "fp16" if "fp16" in variants else "fp32",
-        "build_seconds": build_s,
-    }
+    return EncoderEntry(
+        model=enc["model"],
+        name=enc.get("name", enc["model"]),
+        fingerprint=enc["fingerprint"],
+        pooling=enc["pooling"],
+        dim=enc["dim"],
+        max_lengths=enc["max_lengths"],
+        padded_lengths=padded,
+        inputs=tuple(input_names),
+        output="embedding",
+        tokenizer_file="encoder/tokenizer.json",
+        opset=cfg.encoder.opset,
+        variants={name: EncoderVariant(**v) for name, v in variants.items()},
+        default_variant=default,
+        gpu_variant="fp16" if "fp16" in variants else "fp32",
+        build_seconds=build_s,
+    )
 
 
 def export_models(
@@ -177,9 +183,11 @@ def export_models(
     raw_item,
     cfg: ExportConfig,
     report: ParityReport,
-) -> dict:
+) -> dict[str, ModelEntry]:
     """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors."""
     import onnxruntime as ort
+
+    from towerserve.trainer.models import user_independent
 
     entries = {}
     rng = np.random.default_rng(0)
@@ -191,7 +199,7 @@ def export_models(
             model, user_k, item_k = paths.pop("keras")
             uspec = [FieldSpec.from_json(d) for d in s["features"]["user"]]
             ispec = [FieldSpec.from_json(d) for d in s["features"]["item"]]
-            U, I = _features(uspec, tables, raw_user), _features(ispec, tables, raw_item)
+            U, I = feature_matrix(uspec, tables, raw_user), feature_matrix(ispec, tables, raw_item)
             users = np.sort(rng.choice(len(U), size=min(cfg.parity_users, len(U)), replace=False))
             sess = {
                 k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()
@@ -212,43 +220,43 @@ def export_models(
                 .reshape(-1)
             )
             report.allclose(f"{kind}/{split} full model ({len(users)} pairs)", ref, full, cfg.atol)
-            dot = 1.0 / (1.0 + np.exp(-np.einsum("nd,nd->n", uo, io[pairs_i])))
+            dot = sigmoid(np.einsum("nd,nd->n", uo, io[pairs_i]))
             report.allclose(f"{kind}/{split} sigmoid(user . item) vs Keras model", ref, dot, cfg.atol)
             np.save(tmp / rel / "item_vectors.npy", io.astype(np.float32))
-            splits[split] = {
-                "user_tower": {
-                    "file": str(rel / "user_tower.onnx"),
-                    "input": "user_features",
-                    "output": USER_OUTPUT,
-                    "input_dim": int(U.shape[1]),
-                    "output_dim": int(uo.shape[1]),
-                },
-                "item_tower": {
-                    "file": str(rel / "item_tower.onnx"),
-                    "input": "item_features",
-                    "output": ITEM_OUTPUT,
-                    "input_dim": int(I.shape[1]),
-                    "output_dim": int(io.shape[1]),
-                },
-                "full": {
-                    "file": str(rel / "full.onnx"),
-                    "inputs": ["user_features", "item_features"],
-                    "output": SCORE_OUTPUT,
-                },
-                "item_vectors_file": str(rel / "item_vectors.npy"),
-                "features": s["features"],
-            }
+            splits[split] = ModelSplit(
+                user_tower=TowerGraph(
+                    file=str(rel / "user_tower.onnx"),
+                    input="user_features",
+                    output=USER_OUTPUT,
+                    input_dim=int(U.shape[1]),
+                    output_dim=int(uo.shape[1]),
+                ),
+                item_tower=TowerGraph(
+                    file=str(rel / "item_tower.onnx"),
+                    input="item_features",
+                    output=ITEM_OUTPUT,
+                    input_dim=int(I.shape[1]),
+                    output_dim=int(io.shape[1]),
+                ),
+                full=FullGraph(
+                    file=str(rel / "full.onnx"),
+                    inputs=("user_features", "item_features"),
+                    output=SCORE_OUTPUT,
+                ),
+                item_vectors_file=str(rel / "item_vectors.npy"),
+                features=Features(user=tuple(uspec), item=tuple(ispec)),
+            )
         # The version changes when any tower of any split changes (Evaluate serves the cold split too).
         digest = hashlib.sha256()
         for split in sorted(splits):
-            for part in ("user_tower", "item_tower"):
-                digest.update(sha256_file(tmp / splits[split][part]["file"]).encode())
-        entries[kind] = {
-            "kind": kind,
-            "user_independent": kind == "seed",
-            "splits": splits,
-            "model_version": f"{kind}-{digest.hexdigest()[:10]}",
-        }
+            for tower in (splits[split].user_tower, splits[split].item_tower):
+                digest.update(sha256_file(tmp / tower.file).encode())
+        entries[kind] = ModelEntry(
+            kind=kind,
+            user_independent=user_independent(kind),
+            splits=splits,
+            model_version=f"{kind}-{digest.hexdigest()[:10]}",
+        )
     return entries
 
 
@@ -269,7 +277,7 @@ server does all of it in one request.
 """
 
 
-def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> dict:
+def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> ServingManifest:
     """Builds ARTIFACTS/serving (or cfg.out) atomically; raises ParityError before replacing anything."""
     from towerserve.trainer.artifacts import atomic_dir, package_versions, write_json
 
@@ -298,25 +306,25 @@ def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> di
             if (artifacts / "metrics.json").is_file()
             else {}
         )
-        manifest = {
-            "format": SERVING_FORMAT,
-            "format_version": FORMAT_VERSION,
-            "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "default_model": train["default_model"],
-            "encoder": encoder,
-            "models": models,
-            "catalog": {
-                "users_file": "catalog/users.csv",
-                "items_file": "catalog/items.csv",
-                "embeddings_file": "catalog/embeddings.npz",
-                "users": train["data"]["users"],
-                "items": train["data"]["items"],
-            },
-            "splits": {s: {"file": f"splits/{Path(rel).name}"} for s, rel in train["splits"].items()},
-            "training": {"data": train["data"], "recipe": train["recipe"], "metrics": metrics},
-            "parity": report.to_json(),
-            "export_seconds": time.perf_counter() - t0,
-            "versions": package_versions(
+        manifest = ServingManifest(
+            format=SERVING_FORMAT,
+            format_version=FORMAT_VERSION,
+            created_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            default_model=train["default_model"],
+            encoder=encoder,
+            models=models,
+            catalog=Catalog(
+                users_file="catalog/users.csv",
+                items_file="catalog/items.csv",
+                embeddings_file="catalog/embeddings.npz",
+                users=train["data"]["users"],
+                items=train["data"]["items"],
+            ),
+            splits={s: SplitFile(file=f"splits/{Path(rel).name}") for s, rel in train["splits"].items()},
+            training=Training(data=train["data"], recipe=train["recipe"], metrics=metrics),
+            parity=tuple(report.checks),
+            export_seconds=time.perf_counter() - t0,
+            versions=package_versions(
                 (
                     "numpy",
                     "onnx",
@@ -329,24 +337,24 @@ def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> di
                     "tokenizers",
                 )
             ),
-        }
-        manifest["files"] = file_entries(tmp)
-        write_json(tmp / "manifest.json", manifest)
+            files=file_entries(tmp),  # every file is in place: manifest.json itself is not listed
+        )
+        write_json(tmp / "manifest.json", manifest.to_json())
     if cfg.triton:
-        default = manifest["models"][manifest["default_model"]]["splits"]["holdout"]
+        default = manifest.models[manifest.default_model].splits["holdout"]
         repo = {
             "text_encoder": (out / "encoder" / "model.onnx", 256),
-            "user_tower": (out / default["user_tower"]["file"], 1024),
-            "item_tower": (out / default["item_tower"]["file"], 4096),
+            "user_tower": (out / default.user_tower.file, 1024),
+            "item_tower": (out / default.item_tower.file, 4096),
         }
-        if "fp16" in encoder["variants"]:
-            repo["text_encoder_fp16"] = (out / encoder["variants"]["fp16"]["file"], 512)
+        if "fp16" in encoder.variants:
+            repo["text_encoder_fp16"] = (out / encoder.variants["fp16"].file, 512)
         readme = TRITON_README.format(
             tokenizer=out / "encoder" / "tokenizer.json",
-            lengths=encoder["max_lengths"],
-            pooling=encoder["pooling"],
-            model=manifest["default_model"],
-            vectors=out / default["item_vectors_file"],
+            lengths=encoder.max_lengths,
+            pooling=encoder.pooling,
+            model=manifest.default_model,
+            vectors=out / default.item_vectors_file,
         )
         from .triton import write_repository
 

@@ -7,6 +7,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from towerserve.server.manifest import ParityCheck
+from towerserve.server.numerics import cosine_rows
+
 _LOGGER = logging.getLogger(__name__)
 
 
@@ -14,46 +17,36 @@ class ParityError(AssertionError):
     """One or more exported graphs disagree with their reference; the message lists every one."""
 
 
-@dataclass
-class Check:
-    name: str
-    ok: bool
-    detail: str
-    required: bool = True  # optional variants (int8) are dropped on failure instead of failing export
-
-    def line(self) -> str:
-        mark = "✓" if self.ok else ("✗" if self.required else "✗ (variant dropped)")
-        return f"{mark} {self.name}: {self.detail}"
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+def line(check: ParityCheck) -> str:
+    """``✓ name: detail``, or ✗ (with "variant dropped" for an optional check) when it failed."""
+    mark = "✓" if check.ok else ("✗" if check.required else "✗ (variant dropped)")
+    return f"{mark} {check.name}: {check.detail}"
 
 
 @dataclass
 class ParityReport:
     """Collects checks, prints each as it lands, and raises once at the end listing all failures."""
 
-    checks: list[Check] = field(default_factory=list)
+    checks: list[ParityCheck] = field(default_factory=list)
     echo: bool = True
 
-    def _add(self, check: Check) -> Check:
+    def _add(self, check: ParityCheck) -> ParityCheck:
         self.checks.append(check)
         if self.echo:
-            print(check.line(), flush=True)
+            print(line(check), flush=True)
         return check
 
     def allclose(
         self, name: str, ref: np.ndarray, got: np.ndarray, atol: float = 1e-4, required: bool = True
-    ) -> Check:
+    ) -> ParityCheck:
         ref, got = np.asarray(ref, dtype=np.float64), np.asarray(got, dtype=np.float64)
         if ref.shape != got.shape:
-            return self._add(Check(name, False, f"shape {got.shape} != reference {ref.shape}", required))
+            return self._add(
+                ParityCheck(name, False, f"shape {got.shape} != reference {ref.shape}", required)
+            )
         diff = float(np.abs(ref - got).max()) if ref.size else 0.0
         return self._add(
-            Check(
+            ParityCheck(
                 name, diff <= atol, f"max |diff| {diff:.2e} (atol {atol:.0e}, {ref.shape[0]} rows)", required
             )
         )
@@ -66,16 +59,16 @@ class ParityReport:
         min_mean: float,
         required: bool = True,
         min_worst: float = 0.0,
-    ) -> Check:
+    ) -> ParityCheck:
         if np.shape(ref) != np.shape(got):
             return self._add(
-                Check(name, False, f"shape {np.shape(got)} != reference {np.shape(ref)}", required)
+                ParityCheck(name, False, f"shape {np.shape(got)} != reference {np.shape(ref)}", required)
             )
         c = cosine_rows(ref, got)
         ok = float(c.mean()) >= min_mean and float(c.min()) >= min_worst
         gate = f"gate mean >= {min_mean}" + (f", min >= {min_worst}" if min_worst else "")
         return self._add(
-            Check(
+            ParityCheck(
                 name, ok, f"cosine mean {c.mean():.5f}, min {c.min():.5f} ({gate}, {len(c)} rows)", required
             )
         )
@@ -87,7 +80,4 @@ class ParityReport:
     def raise_if_failed(self) -> None:
         bad = [c for c in self.checks if c.required and not c.ok]
         if bad:
-            raise ParityError(f"{len(bad)} parity check(s) failed:\n" + "\n".join(c.line() for c in bad))
-
-    def to_json(self) -> list[dict]:
-        return [{"name": c.name, "ok": c.ok, "detail": c.detail, "required": c.required} for c in self.checks]
+            raise ParityError(f"{len(bad)} parity check(s) failed:\n" + "\n".join(line(c) for c in bad))

@@ -22,8 +22,9 @@ from towerserve.export.bundle import ExportConfig, main_export  # noqa: E402
 from towerserve.export.encoder import EncoderExportConfig  # noqa: E402
 from towerserve.export.parity import ParityError, ParityReport  # noqa: E402
 from towerserve.server.encoder import OnnxTextEncoder  # noqa: E402
-from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables  # noqa: E402
-from towerserve.server.manifest import ArtifactError, load_manifest  # noqa: E402
+from towerserve.server.features import feature_matrix, load_tables  # noqa: E402
+from towerserve.server.manifest import ArtifactError, ServingManifest  # noqa: E402
+from towerserve.server.numerics import sigmoid  # noqa: E402
 
 FIELDS = ("category", "description", "features", "personality", "profession")
 # Failure-path exports need no optimised/int8/fp16 encoder variants: they only have to get far enough to break.
@@ -41,8 +42,8 @@ def serving(paths) -> Path:
 
 
 @pytest.fixture(scope="module")
-def manifest(serving) -> dict:
-    return load_manifest(serving)
+def manifest(serving) -> ServingManifest:
+    return ServingManifest.load(serving)
 
 
 @pytest.fixture(scope="module")
@@ -59,27 +60,16 @@ def _artifacts_copy(paths, dst: Path) -> Path:
     return dst
 
 
-def _item_features(serving: Path, specs: list[dict]) -> np.ndarray:
-    """Item inputs rebuilt from the serving folder's own catalogue with server.features."""
+def _catalog_features(serving: Path, specs, side: str) -> np.ndarray:
+    """Model inputs rebuilt from the serving folder's own catalogue with server.features."""
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    prices = pd.read_csv(serving / "catalog" / "items.csv", dtype={"item_id": str})["price"].to_numpy(
-        np.float64
-    )
-    fs = [FieldSpec.from_json(d) for d in specs]
-    return assemble(fs, {s.name: prices if s.kind == MINMAX else tables[s.name].per_entity() for s in fs})
+    key, column = ("item_id", "price") if side == "item" else ("user_id", "age")
+    raw = pd.read_csv(serving / "catalog" / f"{side}s.csv", dtype={key: str})[column].to_numpy(np.float64)
+    return feature_matrix(specs, tables, {column: raw})
 
 
-def _user_features(serving: Path, specs: list[dict]) -> np.ndarray:
-    tables = load_tables(serving / "catalog" / "embeddings.npz")
-    ages = pd.read_csv(serving / "catalog" / "users.csv", dtype={"user_id": str})["age"].to_numpy(np.float64)
-    fs = [FieldSpec.from_json(d) for d in specs]
-    return assemble(fs, {s.name: ages if s.kind == MINMAX else tables[s.name].per_entity() for s in fs})
-
-
-def _model_splits(manifest):
-    return [
-        (kind, split, entry) for kind, m in manifest["models"].items() for split, entry in m["splits"].items()
-    ]
+def _model_splits(manifest: ServingManifest):
+    return [(kind, split, entry) for kind, m in manifest.models.items() for split, entry in m.splits.items()]
 
 
 # --- the serving manifest ----------------------------------------------------------------------------
@@ -89,60 +79,60 @@ def test_manifest_lists_every_file_with_its_sha256(serving, manifest):
     on_disk = {p.relative_to(serving).as_posix() for p in serving.rglob("*") if p.is_file()} - {
         "manifest.json"
     }
-    assert set(manifest["files"]) == on_disk
-    for rel, entry in manifest["files"].items():
+    assert set(manifest.files) == on_disk
+    for rel, entry in manifest.files.items():
         data = (serving / rel).read_bytes()
-        assert entry["sha256"] == hashlib.sha256(data).hexdigest(), rel
-        assert entry["bytes"] == len(data), rel
-    assert manifest["format"] == "towerserve-serving" and manifest["format_version"] == 1
+        assert entry.sha256 == hashlib.sha256(data).hexdigest(), rel
+        assert entry.bytes == len(data), rel
+    assert manifest.format == "towerserve-serving" and manifest.format_version == 1
+
+
+def test_manifest_file_is_the_typed_manifest_exactly(serving, manifest):
+    """Every key export wrote is a field of the typed manifest: reading and writing loses nothing."""
+    assert manifest.to_json() == json.loads((serving / "manifest.json").read_text())
 
 
 def test_manifest_records_catalogue_and_splits(serving, manifest, train_manifest):
-    assert manifest["default_model"] == train_manifest["default_model"]
-    assert (manifest["catalog"]["users"], manifest["catalog"]["items"]) == (
-        pipeline.N_USERS,
-        pipeline.N_ITEMS,
-    )
-    assert manifest["splits"] == {
-        "cold": {"file": "splits/cold.npz"},
-        "holdout": {"file": "splits/holdout.npz"},
+    assert manifest.default_model == train_manifest["default_model"]
+    assert (manifest.catalog.users, manifest.catalog.items) == (pipeline.N_USERS, pipeline.N_ITEMS)
+    assert {name: split.file for name, split in manifest.splits.items()} == {
+        "cold": "splits/cold.npz",
+        "holdout": "splits/holdout.npz",
     }
-    assert manifest["training"]["metrics"]["holdout"]["seed"]["ndcg@10"] > 0
-    assert manifest["models"]["seed"]["user_independent"] is True
-    assert manifest["models"]["two_tower"]["user_independent"] is False
+    assert manifest.training.metrics["holdout"]["seed"]["ndcg@10"] > 0
+    assert manifest.models["seed"].user_independent is True
+    assert manifest.models["two_tower"].user_independent is False
 
 
 def test_encoder_variants_and_parity(serving, manifest):
-    enc = manifest["encoder"]
-    variants = enc["variants"]
+    enc = manifest.encoder
+    variants = enc.variants
     for name in ("fp32", "optimized"):
-        assert variants[name]["accepted"] is True
-        assert (serving / variants[name]["file"]).is_file()
-    assert variants["fp16"]["precision"] == "fp16" and (serving / variants["fp16"]["file"]).is_file()
-    parity = manifest["parity"]
-    by_name = {c["name"]: c for c in parity}
+        assert variants[name].accepted is True
+        assert (serving / variants[name].file).is_file()
+    assert variants["fp16"].precision == "fp16" and (serving / variants["fp16"].file).is_file()
+    parity = manifest.parity
+    by_name = {c.name: c for c in parity}
     for name in ("fp32", "optimized"):
         for field in FIELDS:
             (label,) = [n for n in by_name if n.startswith(f"encoder {name} / {field} ")]
-            assert by_name[label]["ok"] and by_name[label]["required"]
-    assert all(c["ok"] for c in parity if c["required"])
-    int8_lines = [c for c in parity if c["name"].startswith("encoder int8 /")]
-    assert int8_lines and not any(c["required"] for c in int8_lines)
+            assert by_name[label].ok and by_name[label].required
+    assert all(c.ok for c in parity if c.required)
+    int8_lines = [c for c in parity if c.name.startswith("encoder int8 /")]
+    assert int8_lines and not any(c.required for c in int8_lines)
     # int8 is offered exactly when every one of its cosine checks passed
-    accepted = all(c["ok"] for c in int8_lines)
+    accepted = all(c.ok for c in int8_lines)
     assert ("int8" in variants) == accepted == (serving / "encoder" / "model.int8.onnx").is_file()
-    assert enc["default_variant"] == ("int8" if accepted else "fp32")
-    assert (serving / enc["tokenizer_file"]).is_file() and enc["tokenizer_file"] == "encoder/tokenizer.json"
+    assert enc.default_variant == ("int8" if accepted else "fp32")
+    assert (serving / enc.tokenizer_file).is_file() and enc.tokenizer_file == "encoder/tokenizer.json"
 
 
 def test_onnx_encoder_reproduces_training_vectors(serving, manifest):
-    enc = manifest["encoder"]
+    enc = manifest.encoder
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    runner = OnnxTextEncoder(
-        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], enc["pooling"]
-    )
+    runner = OnnxTextEncoder(serving / enc.variants["fp32"].file, serving / enc.tokenizer_file, enc.pooling)
     for field in ("profession", "description"):
-        got = runner.encode(list(tables[field].texts), enc["max_lengths"][field])
+        got = runner.encode(list(tables[field].texts), enc.max_lengths[field])
         np.testing.assert_allclose(got, tables[field].vectors, atol=1e-4)
 
 
@@ -152,52 +142,49 @@ def test_tower_graphs_have_the_manifest_dims(serving, manifest, train_manifest):
         want_out = (
             2 if kind == "seed" else train_manifest["recipe"]["embedding_dim"] + 1
         )  # seed: [s_u, 1]; 8 + bias
-        for side, in_dim in (("user_tower", trained["user_dim"]), ("item_tower", trained["item_dim"])):
-            info = entry[side]
-            assert (info["input_dim"], info["output_dim"]) == (in_dim, want_out)
-            sess = _session(serving / info["file"])
+        for info, in_dim in (
+            (entry.user_tower, trained["user_dim"]),
+            (entry.item_tower, trained["item_dim"]),
+        ):
+            assert (info.input_dim, info.output_dim) == (in_dim, want_out)
+            sess = _session(serving / info.file)
             (i,), (o,) = sess.get_inputs(), sess.get_outputs()
-            assert (i.name, i.shape[1], i.type) == (info["input"], info["input_dim"], "tensor(float)")
-            assert (o.name, o.shape[1]) == (info["output"], info["output_dim"])
+            assert (i.name, i.shape[1], i.type) == (info.input, info.input_dim, "tensor(float)")
+            assert (o.name, o.shape[1]) == (info.output, info.output_dim)
             assert not isinstance(i.shape[0], int)  # dynamic batch axis
-        full = _session(serving / entry["full"]["file"])
+        full = _session(serving / entry.full.file)
         assert [(x.name, x.shape[1]) for x in full.get_inputs()] == [
             ("user_features", trained["user_dim"]),
             ("item_features", trained["item_dim"]),
         ]
-        assert [o.name for o in full.get_outputs()] == [entry["full"]["output"]] == ["score"]
+        assert [o.name for o in full.get_outputs()] == [entry.full.output] == ["score"]
 
 
 def test_item_vectors_equal_item_tower_on_catalogue_features(serving, manifest):
     for kind, split, entry in _model_splits(manifest):
-        I = _item_features(serving, entry["features"]["item"])
-        assert I.shape == (pipeline.N_ITEMS, entry["item_tower"]["input_dim"])
-        got = _session(serving / entry["item_tower"]["file"]).run(None, {"item_features": I})[0]
-        saved = np.load(serving / entry["item_vectors_file"])
-        assert saved.dtype == np.float32 and saved.shape == (
-            pipeline.N_ITEMS,
-            entry["item_tower"]["output_dim"],
-        )
+        I = _catalog_features(serving, entry.features.item, "item")
+        assert I.shape == (pipeline.N_ITEMS, entry.item_tower.input_dim)
+        got = _session(serving / entry.item_tower.file).run(None, {"item_features": I})[0]
+        saved = np.load(serving / entry.item_vectors_file)
+        assert saved.dtype == np.float32 and saved.shape == (pipeline.N_ITEMS, entry.item_tower.output_dim)
         np.testing.assert_allclose(saved, got, atol=1e-5, err_msg=f"{kind}/{split}")
 
 
 def test_full_graph_equals_sigmoid_of_tower_dot(serving, manifest):
     rng = np.random.default_rng(0)
     for kind, split, entry in _model_splits(manifest):
-        U = _user_features(serving, entry["features"]["user"])
-        I = _item_features(serving, entry["features"]["item"])
+        U = _catalog_features(serving, entry.features.user, "user")
+        I = _catalog_features(serving, entry.features.item, "item")
         users = rng.integers(0, len(U), 30)
         items = rng.integers(0, len(I), 30)
-        u = _session(serving / entry["user_tower"]["file"]).run(None, {"user_features": U[users]})[0]
-        v = np.load(serving / entry["item_vectors_file"])[items]
+        u = _session(serving / entry.user_tower.file).run(None, {"user_features": U[users]})[0]
+        v = np.load(serving / entry.item_vectors_file)[items]
         score = (
-            _session(serving / entry["full"]["file"])
+            _session(serving / entry.full.file)
             .run(None, {"user_features": U[users], "item_features": I[items]})[0]
             .reshape(-1)
         )
-        np.testing.assert_allclose(
-            score, 1 / (1 + np.exp(-(u * v).sum(1))), atol=1e-5, err_msg=f"{kind}/{split}"
-        )
+        np.testing.assert_allclose(score, sigmoid((u * v).sum(1)), atol=1e-5, err_msg=f"{kind}/{split}")
 
 
 # --- ParityReport ------------------------------------------------------------------------------------
@@ -223,7 +210,7 @@ def test_parity_report_prints_one_line_per_check_and_raises_once_for_all(capsys)
     assert "off:" in msg and "turned:" in msg
     assert "same:" not in msg and "optional" not in msg and "shape" not in msg
     assert isinstance(err.value, AssertionError)
-    assert [c["ok"] for c in r.to_json()] == [True, False, False, False, False]
+    assert [c.ok for c in r.checks] == [True, False, False, False, False]
 
 
 def test_parity_report_optional_failures_do_not_raise(capsys):
@@ -244,43 +231,66 @@ def test_flipped_byte_is_refused_by_name(serving, tmp_path):
     data[len(data) // 2] ^= 0x01
     target.write_bytes(bytes(data))
     with pytest.raises(ArtifactError, match="sha256 does not match") as err:
-        load_manifest(copy)
+        ServingManifest.load(copy)
     assert "model.onnx" in str(err.value)
     assert err.value.path == str(target)
-    load_manifest(copy, verify_hashes=False)  # same size: only the hash can tell
+    ServingManifest.load(copy, verify_hashes=False)  # same size: only the hash can tell
 
 
 def test_missing_file_is_refused_by_name(serving, tmp_path):
     copy = pipeline.copy_serving(serving, tmp_path / "s")
     (copy / "models" / "two_tower" / "holdout" / "item_vectors.npy").unlink()
     with pytest.raises(ArtifactError, match="listed in manifest.json but missing") as err:
-        load_manifest(copy, verify_hashes=False)
+        ServingManifest.load(copy, verify_hashes=False)
     assert "item_vectors.npy" in str(err.value)
 
 
+def _drop_input_dim(m: dict) -> None:
+    del m["models"]["two_tower"]["splits"]["holdout"]["user_tower"]["input_dim"]
+
+
+def _stringify_dim(m: dict) -> None:
+    m["encoder"]["dim"] = str(m["encoder"]["dim"])
+
+
 @pytest.mark.parametrize(
-    "edit, message",
+    "edit, culprit, words",
     [
         pytest.param(
             lambda m: m.update(format="towerserve-train"),
-            "format is 'towerserve-train', expected 'towerserve-serving'",
+            "manifest.json",
+            ("format", "'towerserve-train'", "'towerserve-serving'"),
             id="format",
         ),
-        pytest.param(lambda m: m.update(format_version=2), "format_version 2 is not 1", id="format_version"),
+        pytest.param(
+            lambda m: m.update(format_version=2), "manifest.json", ("format_version", "2", "1"), id="version"
+        ),
+        pytest.param(
+            _drop_input_dim,
+            "manifest.json",
+            ("models.two_tower.splits.holdout.user_tower.input_dim", "missing"),
+            id="missing-field",
+        ),
+        pytest.param(_stringify_dim, "manifest.json", ("encoder.dim", "int", "str"), id="mistyped-field"),
         pytest.param(
             lambda m: m["files"].pop("encoder/tokenizer.json"),
-            "used by manifest.json but has no sha256 entry",
+            "encoder/tokenizer.json",
+            ("no sha256 entry",),
             id="unlisted-file",
         ),
     ],
 )
-def test_edited_manifest_is_refused(serving, tmp_path, edit, message):
+def test_edited_manifest_is_refused_naming_file_and_field(serving, tmp_path, edit, culprit, words):
     copy = pipeline.copy_serving(serving, tmp_path / "s")
     m = json.loads((copy / "manifest.json").read_text())
     edit(m)
     (copy / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ArtifactError, match=re.escape(message)):
-        load_manifest(copy)
+    with pytest.raises(ArtifactError) as err:
+        ServingManifest.load(copy)
+    assert err.value.path == str(copy / culprit)
+    assert str(err.value).startswith(f"{copy / culprit}: ")
+    for word in words:
+        assert word in err.value.problem, (word, err.value.problem)
 
 
 # --- atomic export -----------------------------------------------------------------------------------
@@ -353,25 +363,23 @@ def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
         ),
     )
     m = main_export(art, ExportConfig(parity_users=50, encoder=LEAN))
-    enc = m["encoder"]
-    assert enc["pooling"] == "notebook"
+    enc = m.encoder
+    assert enc.pooling == "notebook"
     trained = json.loads((art / "manifest.json").read_text())["encoder"]["padded_lengths"]
-    assert enc["padded_lengths"] == trained and set(trained) == set(FIELDS)
-    assert all(c["ok"] for c in m["parity"])
+    assert enc.padded_lengths == trained and set(trained) == set(FIELDS)
+    assert all(c.ok for c in m.parity)
     serving = art / "serving"
     tables = load_tables(serving / "catalog" / "embeddings.npz")
-    runner = OnnxTextEncoder(
-        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook"
-    )
+    runner = OnnxTextEncoder(serving / enc.variants["fp32"].file, serving / enc.tokenizer_file, "notebook")
     for field in ("profession", "description"):
         texts = list(tables[field].texts)
-        got = runner.encode(texts, enc["max_lengths"][field], trained[field])
+        got = runner.encode(texts, enc.max_lengths[field], trained[field])
         np.testing.assert_allclose(got, tables[field].vectors, atol=1e-4)
     # without the training pad length, short texts batched together pad less and get other vectors
     texts = list(tables["description"].texts)
     unpadded = OnnxTextEncoder(
-        serving / enc["variants"]["fp32"]["file"], serving / enc["tokenizer_file"], "notebook", batch_size=1
-    ).encode(texts, enc["max_lengths"]["description"])
+        serving / enc.variants["fp32"].file, serving / enc.tokenizer_file, "notebook", batch_size=1
+    ).encode(texts, enc.max_lengths["description"])
     assert np.abs(unpadded - tables["description"].vectors).max() > 1e-3
 
 
@@ -379,7 +387,7 @@ def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def triton(paths, tmp_path_factory) -> tuple[Path, dict]:
+def triton(paths, tmp_path_factory) -> tuple[Path, ServingManifest]:
     root = tmp_path_factory.mktemp("triton")
     art = _artifacts_copy(paths, root / "artifacts")
     m = main_export(art, ExportConfig(out=root / "serving", triton=root / "triton", parity_users=50))
@@ -394,21 +402,21 @@ def _pbtxt_tensors(text: str, block: str) -> list[tuple[str, str, str]]:
 def test_triton_repository(triton):
     root, m = triton
     repo = root / "triton"
-    default = m["models"][m["default_model"]]["splits"]["holdout"]
-    u_in, u_out = default["user_tower"]["input_dim"], default["user_tower"]["output_dim"]
-    i_in, i_out = default["item_tower"]["input_dim"], default["item_tower"]["output_dim"]
+    default = m.models[m.default_model].splits["holdout"]
+    u_in, u_out = default.user_tower.input_dim, default.user_tower.output_dim
+    i_in, i_out = default.item_tower.input_dim, default.item_tower.output_dim
     tokens = [(n, "TYPE_INT64", "-1") for n in ("input_ids", "attention_mask", "token_type_ids")]
     want = {
         "text_encoder": (tokens, [("embedding", "TYPE_FP32", "32")], root / "serving/encoder/model.onnx"),
         "user_tower": (
             [("user_features", "TYPE_FP32", str(u_in))],
             [("user_vector", "TYPE_FP32", str(u_out))],
-            root / "serving" / default["user_tower"]["file"],
+            root / "serving" / default.user_tower.file,
         ),
         "item_tower": (
             [("item_features", "TYPE_FP32", str(i_in))],
             [("item_vector", "TYPE_FP32", str(i_out))],
-            root / "serving" / default["item_tower"]["file"],
+            root / "serving" / default.item_tower.file,
         ),
     }
     assert set(want) <= {p.name for p in repo.iterdir() if p.is_dir()}
@@ -427,7 +435,7 @@ def test_triton_repository(triton):
 
 def test_triton_fp16_encoder_when_exported(triton):
     root, m = triton
-    if "fp16" not in m["encoder"]["variants"]:
+    if "fp16" not in m.encoder.variants:
         pytest.skip("no fp16 encoder variant in this export")
     text = (root / "triton" / "text_encoder_fp16" / "config.pbtxt").read_text()
     assert 'platform: "onnxruntime_onnx"' in text
@@ -437,4 +445,4 @@ def test_triton_fp16_encoder_when_exported(triton):
 
 def test_triton_export_is_a_valid_serving_folder_too(triton):
     root, m = triton
-    assert load_manifest(root / "serving")["models"].keys() == m["models"].keys()
+    assert ServingManifest.load(root / "serving") == m

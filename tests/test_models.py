@@ -13,7 +13,8 @@ import pandas as pd  # noqa: E402
 import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables  # noqa: E402
+from towerserve.server.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
+from towerserve.server.numerics import sigmoid  # noqa: E402
 from towerserve.trainer import models  # noqa: E402
 
 keras = models.keras
@@ -29,10 +30,6 @@ def _randomise(model, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for w in model.trainable_weights:
         w.assign(rng.normal(0.0, 0.5, size=tuple(w.shape)).astype("float32"))
-
-
-def _sigmoid(x):
-    return 1.0 / (1.0 + np.exp(-x))
 
 
 # --- seed architecture -------------------------------------------------------------------------------
@@ -61,6 +58,18 @@ def test_build_rejects_unknown_kind():
         models.serving_towers(models.build_seed(5, 7), "mlp")
 
 
+def test_the_kind_table_is_the_one_list_of_kinds():
+    assert models.MODEL_KINDS == tuple(models.KINDS) == ("seed", "two_tower")
+    assert all(k.name == name for name, k in models.KINDS.items())
+    # only the seed's concat-linear head ranks every user alike
+    assert {name: k.user_independent for name, k in models.KINDS.items()} == {
+        "seed": True,
+        "two_tower": False,
+    }
+    with pytest.raises(ValueError, match=r"model kind must be one of \('seed', 'two_tower'\) \(got 'mlp'\)"):
+        models.model_kind("mlp")
+
+
 def test_two_tower_shapes_and_frozen_ones_column():
     m = models.build_two_tower(5, 7, dim=4, hidden=(8,))
     ut, it = models.serving_towers(m, "two_tower")
@@ -84,7 +93,7 @@ def test_serving_towers_reproduce_the_model(kind):
     ut, it = models.serving_towers(m, kind)
     u, v = np.asarray(ut(xu), dtype=np.float64), np.asarray(it(xi), dtype=np.float64)
     want = np.asarray(m([xu, xi])).reshape(-1)
-    got = _sigmoid(np.einsum("nd,nd->n", u, v))
+    got = sigmoid(np.einsum("nd,nd->n", u, v))
     assert np.ptp(want) > 0.1  # the scores actually vary; a constant model would pass trivially
     np.testing.assert_allclose(got, want, atol=1e-5)
 
@@ -117,9 +126,7 @@ def _features(art, kind: str, split: str = "holdout"):
     raw = {"age": users["age"].to_numpy(np.float64), "price": items["price"].to_numpy(np.float64)}
 
     def side(name):
-        specs = [FieldSpec.from_json(d) for d in entry["features"][name]]
-        parts = {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs}
-        return assemble(specs, parts)
+        return feature_matrix([FieldSpec.from_json(d) for d in entry["features"][name]], tables, raw)
 
     model = keras.saving.load_model(art / entry["model"])
     return model, side("user"), side("item"), users

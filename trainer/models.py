@@ -10,11 +10,13 @@ one user-tower pass and one matrix-vector product per request:
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import keras  # the package __init__ has set KERAS_BACKEND and TF_CPP_MIN_LOG_LEVEL
 import numpy as np
 from keras import layers
 
-MODEL_KINDS = ("seed", "two_tower")
 USER_INPUT, ITEM_INPUT = "user_features", "item_features"
 
 
@@ -59,25 +61,12 @@ def build_two_tower(
     )
 
 
-def build(
-    kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)
-) -> keras.Model:
-    if kind == "seed":
-        return build_seed(user_dim, item_dim)
-    if kind == "two_tower":
-        return build_two_tower(user_dim, item_dim, dim, hidden)
-    raise ValueError(f"model kind must be one of {MODEL_KINDS} (got {kind!r})")
+def _two_tower_towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    return model.get_layer("user_tower"), model.get_layer("item_tower")
 
 
-def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Model]:
-    """Splits a trained model into (user tower, item tower) with logit = user_vec . item_vec.
-
-    The towers share the trained layers (no copies), so they stay exact.
-    """
-    if kind == "two_tower":
-        return model.get_layer("user_tower"), model.get_layer("item_tower")
-    if kind != "seed":
-        raise ValueError(f"model kind must be one of {MODEL_KINDS} (got {kind!r})")
+def _seed_towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """[s_u, 1] . [1, c_i]: the head's user half on one side, its item half plus bias on the other."""
     kernel, bias = model.get_layer("head").get_weights()  # kernel [128, 1]: user half, then item half
     width = model.get_layer("user_dense").units
 
@@ -98,9 +87,57 @@ def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Mo
     return user, item
 
 
+@dataclass(frozen=True)
+class ModelKind:
+    """One architecture and what training, export and serving need to know about it.
+
+    Attributes:
+        name: the kind's name in configs, artifacts and manifests.
+        build: (user_dim, item_dim, dim, hidden) -> an untrained Keras model.
+        towers: trained model -> (user tower, item tower) with logit = user_vec . item_vec.
+        user_independent: every user gets the same ranking (the served vectors are [s_u, 1] . [1, c_i]).
+    """
+
+    name: str
+    build: Callable[[int, int, int, tuple[int, ...]], keras.Model]
+    towers: Callable[[keras.Model], tuple[keras.Model, keras.Model]]
+    user_independent: bool
+
+
+# The one table of model kinds: everything that differs per kind is read from here.
+KINDS: dict[str, ModelKind] = {
+    k.name: k
+    for k in (
+        ModelKind("seed", lambda u, i, dim, hidden: build_seed(u, i), _seed_towers, user_independent=True),
+        ModelKind("two_tower", build_two_tower, _two_tower_towers, user_independent=False),
+    )
+}
+MODEL_KINDS = tuple(KINDS)
+
+
+def model_kind(kind: str) -> ModelKind:
+    if kind not in KINDS:
+        raise ValueError(f"model kind must be one of {MODEL_KINDS} (got {kind!r})")
+    return KINDS[kind]
+
+
+def build(
+    kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)
+) -> keras.Model:
+    return model_kind(kind).build(user_dim, item_dim, dim, hidden)
+
+
+def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Model]:
+    """Splits a trained model into (user tower, item tower) with logit = user_vec . item_vec.
+
+    The towers share the trained layers (no copies), so they stay exact.
+    """
+    return model_kind(kind).towers(model)
+
+
 def user_independent(kind: str) -> bool:
     """True when every user gets the same ranking (the seed model's concat-linear head)."""
-    return kind == "seed"
+    return model_kind(kind).user_independent
 
 
 def frozen_lookup(table: np.ndarray, name: str) -> layers.Embedding:

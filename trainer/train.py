@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, save_tables
+from towerserve.server.manifest import TRAIN_FORMAT
 from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
 
 from . import baselines, splits
@@ -20,7 +21,6 @@ from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
 
 _LOGGER = logging.getLogger(__name__)
 
-TRAIN_FORMAT = "towerserve-train"
 FORMAT_VERSION = 1
 # Which attributes each model reads. `seed` keeps the notebook's inputs exactly; `two_tower` also
 # reads personality and category, which the data set has and the notebook ignored.
