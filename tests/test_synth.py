@@ -1,4 +1,4 @@
-"""trainer/synth.py: reproducible files, the seed schema, target density, long form, oracle replay, notebook scale."""
+"""trainer/synth.py: reproducible files, both regimes, the seed schema, density, long form, oracle replay, notebook scale."""
 
 from __future__ import annotations
 
@@ -33,10 +33,39 @@ def dense_positives(root: Path) -> np.ndarray:
     return ds.positives.dense_rows(np.arange(ds.n_users))
 
 
+# sha256 of generator version 1's files for 200 x 40, seed 3 (computed before the latent regime
+# existed): the content regime must keep writing exactly these bytes.
+CONTENT_DIGESTS = {
+    False: {
+        GENERATOR_FILE: "9f4e55e338ab5489cd091de0fa1ee305f1903c46927f66d6a3e28d7a8f0f78b0",
+        ITEMS_FILE: "373a8f7c44ad6c4f3c51ce410fe574d423d961d5b0d291419dbace6301e19a21",
+        TRUTH_FILE: "bcc13297e0991481c4cfc3d41c1b9ba2f2153233a0b439a4de758698918ca774",
+        MATRIX_FILE: "2ddd4faa05d435db0fa0e6bf17fe4fc48713981c2a8bc224cf428d0994fe5962",
+        USERS_FILE: "33a6a794644c6fc4511cb66b4e3c3880f1ee289eb3c8c37a3f5b30739efb13b5",
+    },
+    True: {
+        GENERATOR_FILE: "80ef40af1dd8f9de9fb9294c9685cff092b29f0de6cd71a84ec406eaa5c5c187",
+        LONG_FILE: "26cf42993f29f5bab87f460c5b11d3a26ec83dad7f4b88130f515d910f19d604",
+        ITEMS_FILE: "373a8f7c44ad6c4f3c51ce410fe574d423d961d5b0d291419dbace6301e19a21",
+        USERS_FILE: "33a6a794644c6fc4511cb66b4e3c3880f1ee289eb3c8c37a3f5b30739efb13b5",
+    },
+}
+
+
 @pytest.mark.parametrize("long_form", [False, True])
-def test_same_seed_gives_identical_bytes(tmp_path, long_form):
-    a = synth.generate(tmp_path / "a", n_users=200, n_items=40, seed=3, long_form=long_form, progress=False)
-    b = synth.generate(tmp_path / "b", n_users=200, n_items=40, seed=3, long_form=long_form, progress=False)
+def test_content_regime_is_byte_identical_to_version_1(tmp_path, long_form):
+    synth.generate(
+        tmp_path, n_users=200, n_items=40, seed=3, long_form=long_form, progress=False, regime="content"
+    )
+    assert digests(tmp_path) == CONTENT_DIGESTS[long_form]
+
+
+@pytest.mark.parametrize("regime", synth.REGIMES)
+@pytest.mark.parametrize("long_form", [False, True])
+def test_same_seed_gives_identical_bytes(tmp_path, long_form, regime):
+    kw = dict(n_users=200, n_items=40, seed=3, long_form=long_form, progress=False, regime=regime)
+    a = synth.generate(tmp_path / "a", **kw)
+    b = synth.generate(tmp_path / "b", **kw)
     assert a == b
     da, db = digests(tmp_path / "a"), digests(tmp_path / "b")
     expected = {USERS_FILE, ITEMS_FILE, GENERATOR_FILE} | (
@@ -115,9 +144,12 @@ def test_true_probabilities_file(small_data):
     assert abs(truth.mean() - meta["target_density"]) < 0.01
 
 
+@pytest.mark.parametrize("regime", synth.REGIMES)
 @pytest.mark.parametrize("target", [synth.NOTEBOOK_DENSITY, 0.03])
-def test_density_hits_the_target(tmp_path, target):
-    summary = synth.generate(tmp_path, n_users=2000, n_items=500, seed=5, density=target, progress=False)
+def test_density_hits_the_target(tmp_path, target, regime):
+    summary = synth.generate(
+        tmp_path, n_users=2000, n_items=500, seed=5, density=target, progress=False, regime=regime
+    )
     ds = load_dataset(tmp_path)
     assert summary["positives"] == ds.positives.nnz
     assert abs(ds.density - target) <= 0.003, ds.density
@@ -153,10 +185,55 @@ def test_regenerating_in_the_other_form_removes_stale_files(tmp_path):
     assert load_dataset(tmp_path).n_users == 50
 
 
-@pytest.mark.parametrize("kwargs", [dict(n_users=0), dict(n_items=0), dict(density=0.0), dict(density=1.0)])
-def test_bad_arguments_raise(tmp_path, kwargs):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_users=0), "users and items must be >= 1"),
+        (dict(n_items=0), "users and items must be >= 1"),
+        (dict(density=0.0), "density must be in"),
+        (dict(density=1.0), "density must be in"),
+        (dict(regime="mixed"), "regime must be one of latent, content (got 'mixed')"),
+        (dict(latent_weight=0.0), "latent_weight must be a finite number > 0 (got 0.0)"),
+        (dict(latent_weight=float("nan")), "latent_weight must be a finite number > 0"),
+        (dict(regime="content", latent_weight=1.0), "the content regime has no latent term"),
+    ],
+)
+def test_bad_arguments_raise(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
         synth.generate(tmp_path, **{"n_users": 10, "n_items": 5, "progress": False, **kwargs})
+
+
+def test_latent_regime_adds_taste_no_attribute_expresses(tmp_path):
+    latent = synth.generate(tmp_path / "l", n_users=300, n_items=60, seed=7, progress=False)
+    content = synth.generate(
+        tmp_path / "c", n_users=300, n_items=60, seed=7, progress=False, regime="content"
+    )
+    assert latent["regime"] == "latent" and latent["generator_version"] == synth.GENERATOR_VERSION
+    assert (latent["latent_weight"], latent["latent_dim"]) == (synth.DEFAULT_LATENT_WEIGHT, synth.LATENT_DIM)
+    assert "regime" not in content and content["generator_version"] == 1
+    # Same people and catalogue; only who bought what (and its truth) changes.
+    dl, dc = digests(tmp_path / "l"), digests(tmp_path / "c")
+    assert dl[USERS_FILE] == dc[USERS_FILE] and dl[ITEMS_FILE] == dc[ITEMS_FILE]
+    assert dl[MATRIX_FILE] != dc[MATRIX_FILE] and dl[TRUTH_FILE] != dc[TRUTH_FILE]
+    # The latent term is w * P.Q / 4 with P, Q ~ N(0, I_16): standard deviation w, mean 0.
+    world = synth.load_world(tmp_path / "l")
+    users = np.arange(300)
+    term = world.logits(users, None).astype(np.float64) - world.logits(users, None, latent=False)
+    assert abs(term.std() / synth.DEFAULT_LATENT_WEIGHT - 1) < 0.1 and abs(term.mean()) < 0.1
+    # Users with identical attributes no longer share one ranking of the catalogue.
+    truth = np.load(tmp_path / "l" / TRUTH_FILE)
+    assert np.corrcoef(truth.ravel(), world.logits(users, None, latent=False).ravel())[0, 1] < 0.8
+    # A heavier weight is recorded and replayed.
+    synth.generate(tmp_path / "h", n_users=50, n_items=20, seed=7, progress=False, latent_weight=3.5)
+    assert synth.load_world(tmp_path / "h").latent_weight == 3.5
+
+
+def test_unknown_generator_version_is_refused(tmp_path):
+    synth.generate(tmp_path, n_users=20, n_items=10, seed=1, long_form=True, progress=False)
+    meta = json.loads((tmp_path / GENERATOR_FILE).read_text())
+    (tmp_path / GENERATOR_FILE).write_text(json.dumps({**meta, "generator_version": 9}))
+    with pytest.raises(ValueError, match="generator version 9 cannot be replayed by version 2"):
+        synth.load_world(tmp_path)
 
 
 # ------------------------------------------------------------------------------------ notebook scale
@@ -201,3 +278,13 @@ def test_baselines_are_ordered_at_notebook_scale(notebook_scale):
     assert rnd < pop < oracle
     assert oracle >= 2 * pop
     assert results["random"]["users"] == results["oracle"]["users"] > 9_000
+
+
+def test_content_regime_replays_from_version_1_json(tmp_path):
+    synth.generate(tmp_path / "m", n_users=120, n_items=30, seed=2, progress=False, regime="content")
+    synth.generate(
+        tmp_path / "l", n_users=120, n_items=30, seed=2, long_form=True, progress=False, regime="content"
+    )
+    assert synth.load_world(tmp_path / "l").regime == "content"
+    replayed = np.concatenate([p for _, p in synth.true_probabilities(tmp_path / "l")])
+    np.testing.assert_allclose(replayed, np.load(tmp_path / "m" / TRUTH_FILE), rtol=1e-6)

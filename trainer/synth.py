@@ -5,20 +5,30 @@ The probability that user u interacts with item i is
     p(u, i) = sigmoid(b + A[personality_u, category_i]          # taste: personality <-> category
                         + kappa * B[profession_u] . f_i          # profession <-> item feature groups
                         + gamma * z_age_u * z_logprice_i         # older users buy dearer things
+                        + w * P_u . Q_i / sqrt(16)               # latent taste (regime "latent" only)
                         + pop_i + act_u + eps_ui)                # popularity, activity, pair noise
 
 where f_i is the share of the item's feature phrases in each feature group, pop_i ~ N(0, 0.5),
 act_u ~ N(0, 0.4), eps_ui ~ N(0, 0.25), and b is solved so the mean of p hits the target density.
+
+Two regimes. ``"latent"`` (the default) adds per-user and per-item factors P_u, Q_i ~ N(0, I_16) that
+no attribute or text expresses, so the latent term has standard deviation w (``latent_weight``,
+default 2.0): like real data, content predicts a cold user's or item's taste, but for known users
+the collaborative signal (who bought what) dominates. ``"content"`` is the generator before the
+latent term (every attribute-driven term, nothing else); its files are byte-identical to those of
+generator version 1 for the same seed, so existing data sets can be regenerated.
+
 Users and items are drawn first (personality -> profession -> age; category -> features, text,
-price); pairs are then drawn one block of users at a time, each block from its own random stream, so
-the same seed gives byte-identical files and the oracle can be recomputed block by block without
-ever holding a dense matrix.
+price; then the latent factors from their own stream); pairs are then drawn one block of users at a
+time, each block from its own random stream, so the same seed gives byte-identical files and the
+oracle can be recomputed block by block without ever holding a dense matrix.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,184 +36,42 @@ from pathlib import Path
 import numpy as np
 
 from .data import GENERATOR_FILE, ITEMS_FILE, LONG_FILE, MATRIX_FILE, TRUTH_FILE, USERS_FILE
+from .synth_vocab import (
+    ADJECTIVES,
+    AUDIENCES,
+    BENEFITS,
+    CATEGORIES,
+    FEATURE_GROUPS,
+    PERSONALITIES,
+    PROFESSIONS,
+    QUALITIES,
+    TEMPLATES,
+)
+from .synth_write import write_csv, write_interactions
+
+__all__ = [
+    "CATEGORIES",
+    "FEATURE_GROUPS",
+    "PERSONALITIES",
+    "PROFESSIONS",
+    "REGIMES",
+    "World",
+    "block_size",
+    "generate",
+    "iter_blocks",
+    "load_world",
+    "true_probabilities",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
-GENERATOR_VERSION = 1
+# Version 1 files have no latent term; the content regime still writes them, byte for byte.
+GENERATOR_VERSION = 2
+CONTENT_VERSION = 1
 NOTEBOOK_DENSITY = 0.0966  # the notebook's matrix: 966,286 ones in 10,000 x 1,000
 # Pair draws are made in blocks of users whose size depends only on the catalogue size, so a block
 # never holds more than this many floats, whatever the scale.
 BLOCK_CELLS = 2_000_000
-
-# name -> (id prefix, favourite categories)
-PERSONALITIES: dict[str, tuple[str, tuple[str, ...]]] = {
-    "Tech Enthusiast": ("tec", ("laptop", "smartphone", "headphones", "smartwatch")),
-    "Fashion Lover": ("fas", ("sneakers", "jacket", "sunglasses")),
-    "Outdoor Adventurer": ("out", ("backpack", "tent", "jacket", "camera")),
-    "Home Chef": ("hom", ("cookware", "coffee maker", "knife set")),
-    "Fitness Fanatic": ("fit", ("smartwatch", "sneakers", "yoga mat")),
-    "Book Lover": ("boo", ("novel", "e-reader", "coffee maker")),
-    "Gamer": ("gam", ("laptop", "headphones", "game console")),
-    "Traveler": ("tra", ("backpack", "camera", "sunglasses", "smartphone")),
-}
-
-# name -> (typical price in dollars, attributes the description names)
-CATEGORIES: dict[str, tuple[float, tuple[str, ...]]] = {
-    "laptop": (
-        900,
-        (
-            "advanced cooling system",
-            "high refresh rate display",
-            "AI-powered processor",
-            "backlit keyboard",
-            "all-day battery",
-        ),
-    ),
-    "smartphone": (
-        650,
-        ("triple-lens camera", "OLED display", "5G modem", "all-day battery", "AI-powered processor"),
-    ),
-    "headphones": (
-        180,
-        (
-            "active noise cancelling",
-            "spatial audio",
-            "40-hour battery",
-            "foldable design",
-            "studio-grade drivers",
-        ),
-    ),
-    "smartwatch": (
-        300,
-        ("heart-rate sensor", "GPS tracking", "always-on display", "sleep tracking", "contactless payments"),
-    ),
-    "camera": (
-        750,
-        ("full-frame sensor", "4K video", "image stabilisation", "weather sealing", "fast autofocus"),
-    ),
-    "sneakers": (
-        120,
-        ("cushioned sole", "knit upper", "grippy outsole", "reflective details", "lightweight build"),
-    ),
-    "jacket": (
-        160,
-        ("insulated lining", "water-repellent shell", "adjustable hood", "zip pockets", "packable design"),
-    ),
-    "sunglasses": (
-        140,
-        (
-            "polarised lenses",
-            "UV400 protection",
-            "titanium frame",
-            "scratch-resistant coating",
-            "wraparound fit",
-        ),
-    ),
-    "backpack": (
-        110,
-        (
-            "padded laptop sleeve",
-            "hidden pockets",
-            "water-resistant fabric",
-            "hip belt",
-            "expandable main compartment",
-        ),
-    ),
-    "tent": (
-        260,
-        ("two-layer design", "aluminium poles", "quick-pitch frame", "storm guy lines", "vestibule storage"),
-    ),
-    "cookware": (
-        190,
-        (
-            "non-stick coating",
-            "tri-ply steel",
-            "induction-ready base",
-            "oven-safe handles",
-            "tempered glass lids",
-        ),
-    ),
-    "coffee maker": (
-        220,
-        ("built-in grinder", "programmable timer", "milk frother", "thermal carafe", "pressure pump"),
-    ),
-    "knife set": (
-        150,
-        ("forged steel blades", "full-tang handles", "hardwood block", "precision edge", "honing rod"),
-    ),
-    "yoga mat": (
-        60,
-        ("non-slip surface", "extra cushioning", "alignment lines", "carry strap", "natural rubber"),
-    ),
-    "novel": (
-        20,
-        ("gripping plot", "award-winning author", "illustrated cover", "bonus chapter", "book-club guide"),
-    ),
-    "e-reader": (
-        140,
-        (
-            "glare-free screen",
-            "adjustable warm light",
-            "weeks-long battery",
-            "waterproof body",
-            "huge library access",
-        ),
-    ),
-    "game console": (
-        480,
-        ("4K gaming", "ray tracing", "ultra-fast SSD", "wireless controller", "online multiplayer"),
-    ),
-}
-
-FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
-    "connectivity": ("Bluetooth 5.0", "USB-C connectivity", "Wi-Fi 6", "NFC pairing"),
-    "power": ("Fast charging", "Long battery life", "Energy efficient", "Solar compatible"),
-    "durability": ("Waterproof", "Shock resistant", "Reinforced stitching", "Scratch-proof coating"),
-    "comfort": ("Ergonomic design", "Lightweight", "Breathable fabric", "Memory foam padding"),
-    "smart": ("AI assistant", "App control", "Voice control", "Expandable storage"),
-    "eco": ("Recycled materials", "Plastic-free packaging", "Carbon neutral shipping", "Repairable design"),
-    "premium": ("Premium materials", "Limited edition", "Handcrafted finish", "Lifetime warranty"),
-}
-
-# profession -> typical age
-PROFESSIONS: dict[str, float] = {
-    "science": 38,
-    "engineering": 36,
-    "healthcare": 41,
-    "education": 43,
-    "arts": 33,
-    "finance": 40,
-    "law": 44,
-    "sales": 35,
-    "hospitality": 29,
-    "trades": 39,
-    "student": 21,
-    "retired": 68,
-}
-
-AUDIENCES = (
-    "gamers",
-    "remote workers",
-    "students",
-    "travelers",
-    "professionals",
-    "families",
-    "athletes",
-    "creators",
-    "home cooks",
-    "commuters",
-    "beginners",
-    "enthusiasts",
-)
-BENEFITS = ("performance", "comfort", "durability", "everyday use", "high efficiency", "style")
-QUALITIES = ("top-tier functionality", "reliable results", "great value", "lasting quality")
-ADJECTIVES = ("sleek", "rugged", "compact", "versatile", "premium", "budget-friendly")
-TEMPLATES = (
-    "Designed for {aud}, this {noun} includes {a1} and {a2}. It's built for {benefit} and {benefit2}.",
-    "With {a1} and {a2}, this {noun} is built for {benefit}. Perfect for {aud}, it delivers {quality}.",
-    "This {noun} features {a1} and {a2}, making it ideal for {aud} who value {benefit}.",
-    "A {adj} {noun} with {a1}, {a2} and {a3}. Great for {aud} looking for {quality}.",
-)
 
 # Effect sizes of the generative model (see the module docstring).
 FAVOURITE_LIFT = 2.2
@@ -212,6 +80,9 @@ GAMMA = 0.8
 POP_SD = 0.5
 ACTIVITY_SD = 0.4
 NOISE_SD = 0.25
+LATENT_DIM = 16
+DEFAULT_LATENT_WEIGHT = 2.0
+REGIMES = ("latent", "content")
 
 
 @dataclass(frozen=True)
@@ -224,9 +95,19 @@ class World:
     prof_groups: np.ndarray  # B: [n_professions, n_groups]
     intercept: float
     seed: int
+    latent_weight: float = 0.0  # w; 0 is the content regime
+    user_factors: np.ndarray | None = None  # P: [n_users, LATENT_DIM] (latent regime only)
+    item_factors: np.ndarray | None = None  # Q: [n_items, LATENT_DIM]
 
-    def logits(self, users: np.ndarray, rng: np.random.Generator | None) -> np.ndarray:
-        """Logits for the given users against every item [len(users), n_items], float32."""
+    @property
+    def regime(self) -> str:
+        return "latent" if self.latent_weight else "content"
+
+    def logits(self, users: np.ndarray, rng: np.random.Generator | None, latent: bool = True) -> np.ndarray:
+        """Logits for the given users against every item [len(users), n_items], float32.
+
+        ``latent=False`` leaves the latent term out: what a perfect content-only model could know.
+        """
         u, it = self.users, self.items
         p, prof = u["p_idx"][users], u["prof_idx"][users]
         z = (
@@ -237,12 +118,26 @@ class World:
             + u["act"][users][:, None]
             + self.intercept
         )
+        # Only added when present, so the content regime computes exactly what version 1 did.
+        if latent and self.latent_weight:
+            scale = self.latent_weight / math.sqrt(LATENT_DIM)
+            z = z + scale * (self.user_factors[users] @ self.item_factors.T)
         if rng is not None:
             z = z + rng.normal(0.0, NOISE_SD, size=z.shape)
         return z.astype(np.float32)
 
+    def block(self, b: int) -> tuple[np.ndarray, np.ndarray, np.random.Generator]:
+        """Replays block ``b``: (its user ids, true probabilities [size, n_items], its stream)."""
+        n_users = len(self.users["user_id"])
+        size = block_size(len(self.items["item_id"]))
+        users = np.arange(b * size, min(n_users, (b + 1) * size))
+        rng = np.random.default_rng([self.seed, 3, int(b)])
+        return users, _sigmoid(self.logits(users, rng)), rng
+
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # Not server.numerics.sigmoid: that one computes in float64 by another formula, and the
+    # generator's files must stay byte-identical to the ones this float32 expression wrote.
     return 1.0 / (1.0 + np.exp(-x))
 
 
@@ -250,7 +145,7 @@ def _id_width(n: int) -> int:
     return max(4, len(str(n)))
 
 
-def _draw_world(n_users: int, n_items: int, seed: int, density: float) -> World:
+def _draw_world(n_users: int, n_items: int, seed: int, density: float, latent_weight: float = 0.0) -> World:
     pers_names = list(PERSONALITIES)
     cat_names = list(CATEGORIES)
     prof_names = list(PROFESSIONS)
@@ -339,6 +234,17 @@ def _draw_world(n_users: int, n_items: int, seed: int, density: float) -> World:
         "z_price": (logp - logp.mean()) / (logp.std() + 1e-9),
     }
     world = World(users=users, items=items, taste=taste, prof_groups=prof_groups, intercept=0.0, seed=seed)
+    if latent_weight:
+        # Its own stream, drawn after everything else: the content regime's draws stay untouched.
+        rng = np.random.default_rng([seed, 5])
+        world = World(
+            **{
+                **world.__dict__,
+                "latent_weight": float(latent_weight),
+                "user_factors": rng.normal(0.0, 1.0, size=(n_users, LATENT_DIM)),
+                "item_factors": rng.normal(0.0, 1.0, size=(n_items, LATENT_DIM)),
+            }
+        )
     return World(**{**world.__dict__, "intercept": _solve_intercept(world, density, seed)})
 
 
@@ -366,17 +272,23 @@ def block_size(n_items: int) -> int:
 def iter_blocks(world: World) -> Iterator[tuple[np.ndarray, np.ndarray, np.random.Generator]]:
     """Yields (user ids of the block, true probabilities [b, n_items], the block's stream)."""
     n_users = len(world.users["user_id"])
-    size = block_size(len(world.items["item_id"]))
-    for b, start in enumerate(range(0, n_users, size)):
-        users = np.arange(start, min(n_users, start + size))
-        rng = np.random.default_rng([world.seed, 3, b])
-        yield users, _sigmoid(world.logits(users, rng)), rng
+    for b in range(-(-n_users // block_size(len(world.items["item_id"])))):
+        yield world.block(b)
 
 
-def _write_csv(path: Path, header: list[str], columns: list[np.ndarray]) -> None:
-    import pandas as pd
-
-    pd.DataFrame(dict(zip(header, columns))).to_csv(path, index=False, lineterminator="\n")
+def _latent_weight(regime: str, latent_weight: float | None) -> float:
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {', '.join(REGIMES)} (got {regime!r})")
+    if regime == "content":
+        if latent_weight:
+            raise ValueError(f"the content regime has no latent term (got latent_weight={latent_weight})")
+        return 0.0
+    w = DEFAULT_LATENT_WEIGHT if latent_weight is None else float(latent_weight)
+    if not (math.isfinite(w) and w > 0):
+        raise ValueError(
+            f"latent_weight must be a finite number > 0 (got {latent_weight}); use regime='content'"
+        )
+    return w
 
 
 def generate(
@@ -387,31 +299,37 @@ def generate(
     density: float = NOTEBOOK_DENSITY,
     long_form: bool = False,
     progress: bool = True,
+    regime: str = "latent",
+    latent_weight: float | None = None,
 ) -> dict:
     """Writes users.csv, items.csv and the interactions (wide matrix, or long form) to ``out``.
 
     The wide form also gets true_probabilities.npy (float32 [n_users, n_items]) beside the CSVs;
     both forms get generator.json, from which :func:`true_probabilities` recomputes any block.
 
-    Returns:
-        A summary: sizes, positives, density, files written.
-    """
-    from tqdm import tqdm
+    Args:
+        regime: "latent" (default: collaborative signal no attribute expresses) or "content"
+            (attribute-driven only; byte-identical to generator version 1).
+        latent_weight: standard deviation of the latent term (latent regime; default 2.0).
 
+    Returns:
+        A summary: sizes, positives, density, files written (and the regime, for "latent").
+    """
     if n_users < 1 or n_items < 1:
         raise ValueError(f"users and items must be >= 1 (got {n_users}, {n_items})")
     if not 0.0 < density < 1.0:
         raise ValueError(f"density must be in (0, 1) (got {density})")
+    weight = _latent_weight(regime, latent_weight)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = _draw_world(n_users, n_items, seed, density)
+    world = _draw_world(n_users, n_items, seed, density, weight)
     u, it = world.users, world.items
-    _write_csv(
+    write_csv(
         out / USERS_FILE,
         ["user_id", "age", "profession", "personality"],
         [u["user_id"], u["age"], u["profession"], u["personality"]],
     )
-    _write_csv(
+    write_csv(
         out / ITEMS_FILE,
         ["item_id", "description", "features", "price", "category"],
         [it["item_id"], it["description"], it["features"], it["price"], it["category"]],
@@ -419,41 +337,11 @@ def generate(
     # A stale file of the other form would be read instead of the new one.
     for stale in (out / MATRIX_FILE, out / LONG_FILE, out / TRUTH_FILE):
         stale.unlink(missing_ok=True)
-
-    positives = 0
-    truth = None
-    if not long_form:
-        truth = np.lib.format.open_memmap(
-            out / TRUTH_FILE, mode="w+", dtype=np.float32, shape=(n_users, n_items)
-        )
-    target = out / (LONG_FILE if long_form else MATRIX_FILE)
-    item_ids = it["item_id"]
-    with open(target, "wb") as fh:
-        fh.write((("user_id,item_id" if long_form else "user_id," + ",".join(item_ids)) + "\n").encode())
-        bar = tqdm(total=n_users, desc="generate", unit="user", disable=not progress)
-        for users, probs, rng in iter_blocks(world):
-            hit = rng.random(probs.shape, dtype=np.float32) < probs
-            positives += int(hit.sum())
-            ids = u["user_id"][users]
-            if long_form:
-                r, c = np.nonzero(hit)
-                fh.write("".join(f"{ids[a]},{item_ids[b]}\n" for a, b in zip(r, c)).encode())
-            else:
-                truth[users] = probs
-                # Each row is "0,1,0,...\n": build the bytes in numpy rather than formatting 10^7 ints.
-                cells = np.empty((len(users), 2 * n_items), dtype=np.uint8)
-                cells[:, 0::2] = np.where(hit, ord("1"), ord("0"))
-                cells[:, 1::2] = ord(",")
-                cells[:, -1] = ord("\n")
-                for uid, row in zip(ids, cells):
-                    fh.write(uid.encode() + b"," + row.tobytes())
-            bar.update(len(users))
-        bar.close()
-    if truth is not None:
-        truth.flush()
-        del truth
+    positives = write_interactions(
+        out, u["user_id"], it["item_id"], iter_blocks(world), long_form=long_form, progress=progress
+    )
     summary = {
-        "generator_version": GENERATOR_VERSION,
+        "generator_version": GENERATOR_VERSION if weight else CONTENT_VERSION,
         "seed": seed,
         "users": n_users,
         "items": n_items,
@@ -464,6 +352,8 @@ def generate(
         "form": "long" if long_form else "matrix",
         "block_users": block_size(n_items),
     }
+    if weight:  # version 1 files have none of these keys, and the content regime must match them
+        summary.update(regime="latent", latent_weight=weight, latent_dim=LATENT_DIM)
     (out / GENERATOR_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     _LOGGER.info("wrote %s: %d positives (%.2f %%)", out, positives, 100 * summary["density"])
     return summary
@@ -471,13 +361,20 @@ def generate(
 
 def load_world(root: Path | str) -> World:
     """Rebuilds the generator's world from generator.json (same version and parameters)."""
-    meta = json.loads((Path(root) / GENERATOR_FILE).read_text())
-    if meta.get("generator_version") != GENERATOR_VERSION:
+    path = Path(root) / GENERATOR_FILE
+    meta = json.loads(path.read_text())
+    version = meta.get("generator_version")
+    if version not in (CONTENT_VERSION, GENERATOR_VERSION):
         raise ValueError(
-            f"{Path(root) / GENERATOR_FILE}: generator version {meta.get('generator_version')} "
-            f"cannot be replayed by version {GENERATOR_VERSION}"
+            f"{path}: generator version {version} cannot be replayed by version {GENERATOR_VERSION} "
+            f"(it replays versions {CONTENT_VERSION} and {GENERATOR_VERSION})"
         )
-    return _draw_world(meta["users"], meta["items"], meta["seed"], meta["target_density"])
+    weight = float(meta.get("latent_weight", 0.0)) if version == GENERATOR_VERSION else 0.0
+    if version == GENERATOR_VERSION and meta.get("latent_dim") != LATENT_DIM:
+        raise ValueError(
+            f"{path}: latent_dim {meta.get('latent_dim')} cannot be replayed (expected {LATENT_DIM})"
+        )
+    return _draw_world(meta["users"], meta["items"], meta["seed"], meta["target_density"], weight)
 
 
 def true_probabilities(root: Path | str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
