@@ -1,4 +1,4 @@
-"""Reference rankers every model is compared with: Random, MostPopular and the generator's Oracle."""
+"""Reference rankers every model is compared with: Random, MostPopular, ItemKNN, EASE and the Oracle."""
 
 from __future__ import annotations
 
@@ -11,7 +11,18 @@ from towerserve.server.csr import CSR
 from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics
 
 from . import synth
+from .collab import (
+    EASE_LAMBDAS,
+    EASE_MAX_ITEMS,
+    KNN_K,
+    ItemKNN,
+    ease_skip_reason,
+    fit_ease,
+    popularity,
+)
 from .data import GENERATOR_FILE, TRUTH_FILE
+
+__all__ = ["OracleScores", "evaluate_baselines", "popularity", "random_scores", "skipped_notes"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -26,11 +37,6 @@ def random_scores(seed: int = 0):
     return score
 
 
-def popularity(train: CSR) -> np.ndarray:
-    """Training positives per item, float32 [n_items]."""
-    return np.bincount(train.indices, minlength=train.n_cols).astype(np.float32)
-
-
 class OracleScores:
     """The generator's true probabilities as a score function (reads the .npy or replays blocks)."""
 
@@ -38,7 +44,7 @@ class OracleScores:
         root = Path(root)
         self._dense = np.load(root / TRUTH_FILE, mmap_mode="r") if (root / TRUTH_FILE).is_file() else None
         self._world = None if self._dense is not None else synth.load_world(root)
-        self._cache: tuple[np.ndarray, np.ndarray] | None = None
+        self._cache: tuple[int, np.ndarray] | None = None
 
     @staticmethod
     def available(root: Path | str) -> bool:
@@ -49,17 +55,21 @@ class OracleScores:
         if self._dense is not None:
             return np.asarray(self._dense[np.asarray(users)])
         # Replay only the generator blocks that hold these users; keep the last one for the next call.
+        users = np.asarray(users)
         size = synth.block_size(len(self._world.items["item_id"]))
         out = np.empty((len(users), len(self._world.items["item_id"])), dtype=np.float32)
-        for b in np.unique(np.asarray(users) // size):
+        for b in np.unique(users // size):
             if self._cache is None or self._cache[0] != b:
-                start = b * size
-                block = np.arange(start, min(len(self._world.users["user_id"]), start + size))
-                rng = np.random.default_rng([self._world.seed, 3, int(b)])
-                self._cache = (b, synth._sigmoid(self._world.logits(block, rng)))
-            sel = np.asarray(users) // size == b
-            out[sel] = self._cache[1][np.asarray(users)[sel] - b * size]
+                self._cache = (int(b), self._world.block(int(b))[1])
+            sel = users // size == b
+            out[sel] = self._cache[1][users[sel] - b * size]
         return out
+
+
+def _evaluated(test: CSR, users: np.ndarray | None) -> np.ndarray:
+    """The users full_ranking_metrics judges (at least one test positive), before train masking."""
+    candidates = np.arange(test.n_rows) if users is None else np.unique(np.asarray(users, dtype=np.int64))
+    return candidates[test.row_lengths()[candidates] > 0]
 
 
 def evaluate_baselines(
@@ -69,11 +79,27 @@ def evaluate_baselines(
     ks=DEFAULT_KS,
     users: np.ndarray | None = None,
     seed: int = 0,
+    collaborative: bool = True,
+    knn_k: int = KNN_K,
+    ease_lambdas=EASE_LAMBDAS,
+    ease_max_items: int = EASE_MAX_ITEMS,
 ) -> dict[str, dict[str, float] | None]:
-    """Full-ranking metrics of Random, MostPopular and (when the data has one) the Oracle.
+    """Full-ranking metrics of Random, MostPopular, ItemKNN, EASE and (when the data has one) the Oracle.
+
+    ItemKNN and EASE are fitted on ``train`` only; EASE's λ is chosen on a validation split carved
+    out of ``train`` (recorded as its "lambda" entry). Users without training positives get the
+    popularity ranking from both; when every judged user is such a user (the cold split), neither
+    is fitted and both rows equal MostPopular's.
+
+    Args:
+        collaborative: False leaves the itemknn and ease rows out (the three-row result of before).
+        knn_k: neighbours per item for ItemKNN.
+        ease_lambdas: λ grid for EASE.
+        ease_max_items: above this catalogue size EASE is skipped (its row is None).
 
     Returns:
-        ``{"random": {...}, "mostpop": {...}, "oracle": {...} or None}``.
+        ``{"random": {...}, "mostpop": {...}, "itemknn": {...}, "ease": {...} or None,
+        "oracle": {...} or None}``; :func:`skipped_notes` says why a row is None.
     """
     rnd = random_scores(seed)
     rnd.n_items = test.n_cols
@@ -83,10 +109,43 @@ def evaluate_baselines(
         "mostpop": full_ranking_metrics(
             lambda u: np.broadcast_to(pop, (len(u), len(pop))), test, train, ks, users=users
         ),
-        "oracle": None,
     }
+    if collaborative:
+        out.update(_collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, ease_max_items, out))
+    out["oracle"] = None
     if data_root is not None and OracleScores.available(data_root):
         out["oracle"] = full_ranking_metrics(OracleScores(data_root), test, train, ks, users=users)
     else:
         _LOGGER.warning("no generator probabilities beside the data: the oracle row is skipped")
     return out
+
+
+def _collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, ease_max_items, done) -> dict:
+    skip = ease_skip_reason(train.n_cols, ease_max_items)
+    if skip:
+        _LOGGER.warning("%s", skip)
+    if not (train.row_lengths()[_evaluated(test, users)] > 0).any():
+        # Every judged user is cold: both models would return exactly the popularity scores.
+        _LOGGER.info("no judged user has training positives: ItemKNN and EASE are MostPopular here")
+        return {"itemknn": dict(done["mostpop"]), "ease": None if skip else dict(done["mostpop"])}
+    knn = ItemKNN.fit(train, knn_k)
+    res: dict[str, dict[str, float] | None] = {
+        "itemknn": {**full_ranking_metrics(knn, test, train, ks, users=users), "k": float(knn.k)}
+    }
+    res["ease"] = None
+    if not skip:
+        ease = fit_ease(train, ease_lambdas, seed)
+        res["ease"] = {**full_ranking_metrics(ease, test, train, ks, users=users), "lambda": ease.lam}
+    return res
+
+
+def skipped_notes(
+    results: dict[str, dict[str, float] | None], n_items: int, ease_max_items: int = EASE_MAX_ITEMS
+) -> list[str]:
+    """One line per row of :func:`evaluate_baselines` that is None, saying why."""
+    notes = []
+    if "ease" in results and results["ease"] is None:
+        notes.append(ease_skip_reason(n_items, ease_max_items) or "ease: skipped")
+    if results.get("oracle") is None:
+        notes.append("oracle: skipped (no true_probabilities.npy or generator.json beside the data)")
+    return notes
