@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,11 @@ class OnnxTextEncoder:
             length the training run padded that field to (``pad_to``; manifest ``padded_lengths``).
         providers, threads: passed to :func:`make_session`.
         batch_size: texts per graph run.
+        lengths: truncation lengths to prepare now (others are prepared on first use).
+
+    Thread safety: a Rust tokenizer raises "Already borrowed" when one thread reconfigures it while
+    another encodes with it, so no tokenizer is ever reconfigured after it is published. There is one
+    per truncation length, configured before anyone else can see it; encoding only reads it.
     """
 
     def __init__(
@@ -33,30 +39,51 @@ class OnnxTextEncoder:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int = 1,
         batch_size: int = 64,
+        lengths: Iterable[int] = (),
     ):
         from tokenizers import Tokenizer
 
         self.session = make_session(model_path, providers, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self.tokenizer = Tokenizer.from_file(str(tokenizer_path))
-        self.tokenizer.no_padding()
-        self.tokenizer.no_truncation()
-        self.pad_id = self.tokenizer.token_to_id("[PAD]") or 0
+        self._tokenizer_json = Tokenizer.from_file(str(tokenizer_path)).to_str()
+        self._tokenizers: dict[int, Tokenizer] = {}
+        self._tokenizers_lock = threading.Lock()
+        self.pad_id = self._tokenizer(0).token_to_id("[PAD]") or 0
         self.pooling = pooling
         self.batch_size = batch_size
+        for length in lengths:
+            self._tokenizer(length)
 
     @property
     def providers(self) -> list[str]:
         return self.session.get_providers()
+
+    def _tokenizer(self, max_length: int):
+        """The tokenizer that truncates to ``max_length`` tokens (0: never), built once and then only read."""
+        tok = self._tokenizers.get(max_length)
+        if tok is None:
+            from tokenizers import Tokenizer
+
+            with self._tokenizers_lock:
+                tok = self._tokenizers.get(max_length)
+                if tok is None:
+                    tok = Tokenizer.from_str(self._tokenizer_json)
+                    tok.no_padding()
+                    if max_length:
+                        tok.enable_truncation(max_length)
+                    else:
+                        tok.no_truncation()
+                    self._tokenizers[max_length] = tok  # published fully configured
+        return tok
 
     def tokenize(
         self, texts: Sequence[str], max_length: int, pad_to: int | None = None
     ) -> dict[str, np.ndarray]:
         """Token ids, mask and type ids [b, t] as int64, truncated to max_length, padded to the batch
         max (or to ``pad_to`` under notebook pooling)."""
-        self.tokenizer.enable_truncation(min(max_length, pad_to) if pad_to else max_length)
-        encs = self.tokenizer.encode_batch(list(texts))
+        tokenizer = self._tokenizer(min(max_length, pad_to) if pad_to else max_length)
+        encs = tokenizer.encode_batch(list(texts))
         width = pad_to if (pad_to and self.pooling == "notebook") else max(len(e.ids) for e in encs)
         ids = np.full((len(encs), width), self.pad_id, dtype=np.int64)
         mask = np.zeros((len(encs), width), dtype=np.int64)
