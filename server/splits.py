@@ -1,4 +1,4 @@
-"""Recorded evaluation splits as the trainer saved them (pure numpy, so the server can read them)."""
+"""Recorded evaluation splits: the .npz format's writer (used by training) and reader (pure numpy)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .csr import CSR
 
 @dataclass(frozen=True)
 class RecordedSplit:
-    """A split saved by ``trainer.splits.Split.save``.
+    """A split as the artifacts record it (``trainer.splits.Split.recorded`` builds one).
 
     Attributes:
         name: "holdout" or "cold".
@@ -31,7 +31,25 @@ class RecordedSplit:
     cold_items: np.ndarray
 
 
+def save_recorded_split(path: Path | str, split: RecordedSplit) -> None:
+    """Writes ``split`` as one .npz; :func:`load_recorded_split` reads it back."""
+    np.savez(
+        path,
+        name=np.array(split.name),
+        train_indptr=split.train.indptr,
+        train_indices=split.train.indices,
+        test_indptr=split.test.indptr,
+        test_indices=split.test.indices,
+        n_items=np.int64(split.train.n_cols),
+        notebook_users=split.notebook_users,
+        notebook_items=split.notebook_items,
+        cold_users=split.cold_users,
+        cold_items=split.cold_items,
+    )
+
+
 def load_recorded_split(path: Path | str) -> RecordedSplit:
+    """Reads what :func:`save_recorded_split` wrote."""
     with np.load(path) as z:
         n_items = int(z["n_items"])
         return RecordedSplit(

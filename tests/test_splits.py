@@ -8,6 +8,7 @@ import pytest
 from sklearn.model_selection import train_test_split
 
 from towerserve.server.csr import CSR
+from towerserve.server.splits import load_recorded_split, save_recorded_split
 from towerserve.trainer import splits
 
 N_USERS, N_ITEMS = 40, 25
@@ -198,8 +199,8 @@ def test_split_save_and_load_round_trip(tmp_path, notebook_world):
         ),
     ):
         path = tmp_path / f"{split.name}.npz"
-        split.save(path)
-        back = splits.load_split(path)
+        save_recorded_split(path, split.recorded())
+        back = load_recorded_split(path)
         assert back.name == split.name
         for a, b in ((back.train, split.train), (back.test, split.test)):
             np.testing.assert_array_equal(a.indptr, b.indptr)

@@ -17,6 +17,7 @@ import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.server.features import MINMAX, TEXT, load_tables  # noqa: E402
+from towerserve.server.splits import load_recorded_split  # noqa: E402
 from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.artifacts import atomic_dir  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402
@@ -146,8 +147,8 @@ def test_embeddings_cover_every_text_field(art, manifest):
 
 
 def test_splits_saved(art, manifest):
-    hold = splits.load_split(art / "splits" / "holdout.npz")
-    cold = splits.load_split(art / "splits" / "cold.npz")
+    hold = load_recorded_split(art / "splits" / "holdout.npz")
+    cold = load_recorded_split(art / "splits" / "cold.npz")
     assert hold.name == "holdout" and cold.name == "cold"
     # holdout: 80/20 of every positive, nothing held out whole
     assert hold.train.nnz + hold.test.nnz == manifest["data"]["positives"]
@@ -361,3 +362,33 @@ def test_atomic_dir_success_replaces_target(tmp_path):
     assert sorted(p.name for p in target.iterdir()) == ["new.txt"]  # replaced, not merged
     assert _leftovers(target) == []
     assert (target.stat().st_mode & 0o777) == 0o755
+
+
+# --- logs when piped ---------------------------------------------------------------------------------
+
+
+def test_piped_train_logs_one_plain_line_per_epoch(paths, tmp_path):
+    """`towerserve train` with stdout and stderr in a file: no carriage-return frames, and one log
+    line per epoch of each model/split (bars only on a terminal or with --progress)."""
+    import re
+    import subprocess
+    import sys
+
+    out = tmp_path / "art"
+    log = tmp_path / "train.log"
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "train", "--data", str(paths["data"])]
+    cmd += ["--out", str(out), "--encoder", str(paths["bert"]), "--no-cache", "--epochs", "2"]
+    cmd += ["--batch-size", "256", "--embedding-dim", "8", "--model", "two_tower", "--no-cold"]
+    with open(log, "wb") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    epochs = json.loads((out / "metrics.json").read_text())["holdout"]["two_tower"]["epochs"]
+    lines = re.findall(
+        r"two_tower/holdout epoch (\d+)/2: loss [0-9.]+, val_loss [0-9.]+, auc [0-9.]+, val_auc [0-9.]+ \(",
+        text,
+    )
+    assert lines == [str(e) for e in range(1, epochs + 1)], text[-3000:]
+    for field in ("profession", "personality", "description", "features", "category"):
+        assert len(re.findall(rf"embed {field}: \d+ batch in ", text)) == 1, field

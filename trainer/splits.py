@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from towerserve.server.csr import CSR
+from towerserve.server.splits import RecordedSplit
 
 # The notebook's negative sampling enumerates every zero cell; past this many cells that is too big,
 # and negatives are sampled per user instead (same distribution, different draw).
@@ -56,15 +57,12 @@ class Split:
     cold_users: np.ndarray
     cold_items: np.ndarray
 
-    def save(self, path) -> None:
-        np.savez(
-            path,
-            name=np.array(self.name),
-            train_indptr=self.train.indptr,
-            train_indices=self.train.indices,
-            test_indptr=self.test.indptr,
-            test_indices=self.test.indices,
-            n_items=np.int64(self.train.n_cols),
+    def recorded(self) -> RecordedSplit:
+        """What the artifacts keep of this split (``server.splits.save_recorded_split`` writes it)."""
+        return RecordedSplit(
+            name=self.name,
+            train=self.train,
+            test=self.test,
             notebook_users=self.notebook_pairs.users,
             notebook_items=self.notebook_pairs.items,
             cold_users=self.cold_users,
@@ -247,10 +245,3 @@ def cold_split(
         cold_users=cold_users,
         cold_items=cold_items,
     )
-
-
-def load_split(path):
-    """Reads what :meth:`Split.save` wrote (the server's reader: one format, one parser)."""
-    from towerserve.server.splits import load_recorded_split
-
-    return load_recorded_split(path)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .progress import steps
+
 # transformers probes TensorFlow at import time; with Keras 3 installed that probe breaks sentence
 # models. USE_TF=0 must be set before the first transformers import (TRANSFORMERS_NO_TF does not help).
 os.environ["USE_TF"] = "0"
@@ -157,7 +159,8 @@ class TextEncoder:
         Args:
             texts: strings; duplicates are common (professions) and cost nothing.
             max_length: tokens kept per text (longer texts are truncated).
-            desc: progress-bar label.
+            desc: label of the progress bar (or log lines, when ``progress`` is False).
+            progress: a tqdm bar; False logs plain lines instead.
         """
         texts = [str(t) for t in texts]
         if not texts:
@@ -178,21 +181,15 @@ class TextEncoder:
         self, texts: list[str], max_length: int, pad_to: int | None, desc: str, progress: bool
     ) -> np.ndarray:
         import torch
-        from tqdm import tqdm
 
         self._load()
         # Similar lengths in a batch waste less compute on padding; order is restored afterwards.
         order = np.argsort([len(t) for t in texts], kind="stable")
         out = np.zeros((len(texts), self.model.config.hidden_size), dtype=np.float32)
         bs = self.config.batch_size
+        batches = range(0, len(texts), bs)
         with torch.inference_mode():
-            for start in tqdm(
-                range(0, len(texts), bs),
-                desc=desc,
-                unit="batch",
-                disable=not progress,
-                total=(len(texts) + bs - 1) // bs,
-            ):
+            for start in steps(batches, len(batches), desc, "batch", bars=progress):
                 idx = order[start : start + bs]
                 batch = [texts[j] for j in idx]
                 if pad_to is None:

@@ -13,10 +13,12 @@ import numpy as np
 from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, save_tables
 from towerserve.server.manifest import TRAIN_FORMAT
 from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
+from towerserve.server.splits import save_recorded_split
 
 from . import baselines, splits
 from .artifacts import atomic_dir, package_versions, write_json
 from .data import Dataset, load_dataset
+from .progress import epoch_callback
 from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
 
 _LOGGER = logging.getLogger(__name__)
@@ -79,7 +81,7 @@ class TrainConfig:
         hidden: two_tower hidden layer widths.
         ks: metric cut-offs.
         cold: also train and evaluate on the cold split.
-        progress: show progress bars.
+        progress: tqdm bars (for a terminal); False logs one line per epoch and per embedded field.
     """
 
     models: tuple[str, ...] = ("seed", "two_tower")
@@ -168,35 +170,6 @@ def training_rows(
     return u[order], i[order], y[order]
 
 
-class _Progress:
-    """A tqdm bar per epoch for Keras fit (imported lazily with Keras)."""
-
-    @staticmethod
-    def make(desc: str, epochs: int, steps: int, enabled: bool):
-        import keras
-        from tqdm import tqdm
-
-        class Cb(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                self.bar = tqdm(
-                    total=steps,
-                    desc=f"{desc} epoch {epoch + 1}/{epochs}",
-                    unit="step",
-                    disable=not enabled,
-                    leave=True,
-                )
-
-            def on_train_batch_end(self, batch, logs=None):
-                self.bar.update(1)
-
-            def on_epoch_end(self, epoch, logs=None):
-                logs = logs or {}
-                self.bar.set_postfix({k: f"{float(v):.4f}" for k, v in logs.items() if "loss" in k})
-                self.bar.close()
-
-        return Cb()
-
-
 def fit_model(
     kind: str,
     U: np.ndarray,
@@ -224,7 +197,8 @@ def fit_model(
     n_val = len(y) - int(np.floor(len(y) * (1.0 - recipe.validation)))
     # Rows arrive shuffled, so the last n_val are a random sample (and exactly Keras' validation_split).
     tr, va = slice(0, len(y) - n_val), slice(len(y) - n_val, len(y))
-    callbacks = [_Progress.make(desc, recipe.epochs, -(-(len(y) - n_val) // recipe.batch_size), cfg.progress)]
+    steps = -(-(len(y) - n_val) // recipe.batch_size)
+    callbacks = [epoch_callback(desc, recipe.epochs, steps, cfg.progress)]
     if recipe.patience > 0 and n_val > 0:
         callbacks.append(
             keras.callbacks.EarlyStopping(
@@ -349,7 +323,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     secs,
                 )
             (tmp / "splits").mkdir(exist_ok=True)
-            split.save(tmp / "splits" / f"{split_name}.npz")
+            save_recorded_split(tmp / "splits" / f"{split_name}.npz", split.recorded())
 
         # The served default is the best model on the holdout ranking, not on the notebook's mean score.
         default = max(cfg.models, key=lambda k: metrics["holdout"][k]["ndcg@10"])
