@@ -82,11 +82,30 @@ def test_gram_in_blocks_equals_xtx(monkeypatch):
     rng = np.random.default_rng(1)
     x = (rng.random((50, 23)) < 0.2).astype(np.int64)
     expected = x.T @ x
+    np.testing.assert_array_equal(collab.gram(CSR.from_dense(x)), expected)  # dense chunks of X
+    # The sparse path (large catalogues): co-occurrence blocks, never a dense X.
+    monkeypatch.setattr(collab, "DENSE_MAX_ITEMS", 0)
     np.testing.assert_array_equal(collab.gram(CSR.from_dense(x)), expected)
     # A budget of a few cells forces one item per block: the blocks must still tile the matrix.
     monkeypatch.setattr(collab, "BLOCK_CELLS", 30)
     assert len(list(collab._item_blocks(CSR.from_dense(x), collab.transpose(CSR.from_dense(x))))) == 23
     np.testing.assert_array_equal(collab.gram(CSR.from_dense(x)), expected)
+
+
+def test_itemknn_sparse_path_equals_dense_path(monkeypatch):
+    rng = np.random.default_rng(2)
+    x = (rng.random((80, 30)) < 0.15).astype(np.int64)
+    x[7] = 0  # one user without training items
+    train = CSR.from_dense(x)
+    users = np.array([5, 7, 0, 79, 5])
+    dense = collab.ItemKNN.fit(train, k=6)
+    assert dense.dense is not None
+    monkeypatch.setattr(collab, "DENSE_MAX_ITEMS", 0)
+    monkeypatch.setattr(collab, "BLOCK_CELLS", 100)  # several item blocks and user chunks
+    sparse = collab.ItemKNN.fit(train, k=6)
+    assert sparse.dense is None
+    np.testing.assert_allclose(sparse(users), dense(users), rtol=1e-6)
+    assert sparse.by_source.nnz <= 6 * 30  # at most k neighbours per item
 
 
 def test_lambda_is_chosen_on_training_positives_only(small_data):

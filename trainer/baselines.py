@@ -12,12 +12,14 @@ from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics
 
 from . import synth
 from .collab import (
+    DENSE_MAX_ITEMS,
     EASE_LAMBDAS,
     EASE_MAX_ITEMS,
     KNN_K,
     ItemKNN,
     ease_skip_reason,
     fit_ease,
+    gram,
     popularity,
 )
 from .data import GENERATOR_FILE, TRUTH_FILE
@@ -128,13 +130,15 @@ def _collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, ease_max_i
         # Every judged user is cold: both models would return exactly the popularity scores.
         _LOGGER.info("no judged user has training positives: ItemKNN and EASE are MostPopular here")
         return {"itemknn": dict(done["mostpop"]), "ease": None if skip else dict(done["mostpop"])}
-    knn = ItemKNN.fit(train, knn_k)
+    # One XᵀX for both models when it is affordable (EASE needs it anyway; ItemKNN's dense path too).
+    g = gram(train) if not skip or train.n_cols <= DENSE_MAX_ITEMS else None
+    knn = ItemKNN.fit(train, knn_k, g)
     res: dict[str, dict[str, float] | None] = {
         "itemknn": {**full_ranking_metrics(knn, test, train, ks, users=users), "k": float(knn.k)}
     }
     res["ease"] = None
     if not skip:
-        ease = fit_ease(train, ease_lambdas, seed)
+        ease = fit_ease(train, ease_lambdas, seed, g)
         res["ease"] = {**full_ranking_metrics(ease, test, train, ks, users=users), "lambda": ease.lam}
     return res
 
