@@ -19,6 +19,16 @@ INT8_MIN_COSINE = 0.99
 INT8_MIN_WORST_COSINE = 0.95
 
 
+# Which implementation builds each piece (the ``backend`` argument below; the default is the one used).
+# optimum's exporter and ORTOptimizer build the same graphs as torch.onnx.export and ORT's optimizer,
+# so they are used. ORTQuantizer also quantises the attention's activation x activation MatMuls, which
+# quantize_dynamic leaves in fp32 (MatMulConstBOnly): lower cosine to fp32 and no speed gained, so int8
+# stays on quantize_dynamic. Figures: README "Text encoder"; benchmarks/bench_encoder.py builds both.
+EXPORTERS = ("optimum", "torch")
+OPTIMIZERS = ("optimum", "ort")
+QUANTIZERS = ("ort", "optimum")
+
+
 @dataclass(frozen=True)
 class EncoderExportConfig:
     """How the encoder is exported.
@@ -36,6 +46,11 @@ class EncoderExportConfig:
     fp16: bool = True
 
 
+def _check_backend(kind: str, backend: str, allowed: tuple[str, ...]) -> None:
+    if backend not in allowed:
+        raise ValueError(f"{kind} backend must be one of {allowed} (got {backend!r})")
+
+
 def load_reference(model_ref: str):
     """(tokenizer, torch model) in eval mode, eager attention so the optimizer can fuse it."""
     from transformers import AutoModel, AutoTokenizer
@@ -49,19 +64,39 @@ def load_reference(model_ref: str):
 
 
 def export_fp32(
-    model_ref: str, pooling: str, out_dir: Path, cfg: EncoderExportConfig
+    model_ref: str, pooling: str, out_dir: Path, cfg: EncoderExportConfig, backend: str = "optimum"
 ) -> tuple[Path, list[str], object]:
-    """Writes ``out_dir/model.onnx`` (inputs: the tokenizer's ids/mask[/types]; output: pooled embedding).
+    """Writes ``out_dir/model.onnx`` (inputs: the tokenizer's ids/mask[/types]; output: pooled embedding)
+    and the tokenizer beside it.
+
+    Args:
+        backend: "optimum" (optimum.exporters.onnx; pooling traced in by a model patcher, the result
+            validated by optimum) or "torch" (torch.onnx.export of a pooled wrapper: the baseline, and a
+            way out for an architecture optimum has no ONNX config for).
 
     Returns:
         (path, input names, tokenizer).
     """
+    _check_backend("exporter", backend, EXPORTERS)
+    tok, model = load_reference(model_ref)
+    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
+    path = out_dir / "model.onnx"
+    if backend == "optimum":
+        from .encoder_optimum import export_pooled
+
+        export_pooled(model, pooling, input_names, path, cfg.opset)
+    else:
+        _torch_export(model, tok, pooling, input_names, path, cfg.opset)
+    tok.save_pretrained(out_dir)
+    if not (out_dir / "tokenizer.json").is_file():
+        raise ValueError(f"{model_ref}: has no fast tokenizer (tokenizer.json); the server needs one")
+    return path, input_names, tok
+
+
+def _torch_export(model, tok, pooling: str, input_names: list[str], path: Path, opset: int) -> None:
     import torch
 
     from towerserve.trainer.text import pool
-
-    tok, model = load_reference(model_ref)
-    input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
 
     class Pooled(torch.nn.Module):
         def __init__(self):
@@ -75,9 +110,8 @@ def export_fp32(
 
     sample = tok(["a short text", "a somewhat longer text for the trace"], padding=True, return_tensors="pt")
     args = tuple(sample[n] for n in input_names)
-    path = out_dir / "model.onnx"
-    axes = {n: {0: "batch", 1: "sequence"} for n in input_names}
-    axes[ENCODER_OUTPUT] = {0: "batch"}
+    axes = {n: {0: "batch_size", 1: "sequence_length"} for n in input_names}
+    axes[ENCODER_OUTPUT] = {0: "batch_size"}
     with torch.inference_mode():
         # dynamo=False: the TorchScript exporter needs no onnxscript and takes dynamic_axes directly.
         torch.onnx.export(
@@ -87,25 +121,37 @@ def export_fp32(
             input_names=input_names,
             output_names=[ENCODER_OUTPUT],
             dynamic_axes=axes,
-            opset_version=cfg.opset,
+            opset_version=opset,
             dynamo=False,
             do_constant_folding=True,
         )
-    tok.save_pretrained(out_dir)
-    if not (out_dir / "tokenizer.json").is_file():
-        raise ValueError(f"{model_ref}: has no fast tokenizer (tokenizer.json); the server needs one")
-    return path, input_names, tok
 
 
 def optimize(
-    src: Path, dst: Path, num_heads: int, hidden: int, use_gpu: bool = False, fp16: bool = False
+    src: Path,
+    dst: Path,
+    num_heads: int,
+    hidden: int,
+    use_gpu: bool = False,
+    fp16: bool = False,
+    backend: str = "optimum",
 ) -> Path:
-    """ONNX Runtime's BERT optimizer (fused attention, LayerNorm, GELU); fp16 keeps fp32 inputs/outputs."""
-    from onnxruntime.transformers.optimizer import optimize_model
+    """ONNX Runtime's BERT fusions (attention, embedding/skip LayerNorm, bias GELU) at ORT level 1;
+    fp16 keeps fp32 inputs/outputs.
 
+    Args:
+        backend: "optimum" (ORTOptimizer) or "ort" (onnxruntime.transformers.optimize_model).
+    """
+    _check_backend("optimizer", backend, OPTIMIZERS)
     # The optimizer logs every fusion at INFO; the parity lines are what matter to the reader.
     for name in ("onnx_model", "fusion_base", "onnx_model_bert", "fusion_utils", "onnxruntime.transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    if backend == "optimum":
+        from .encoder_optimum import optimize as optimum_optimize
+
+        return optimum_optimize(src, dst, num_heads, hidden, use_gpu=use_gpu, fp16=fp16)
+    from onnxruntime.transformers.optimizer import optimize_model
+
     opt = optimize_model(
         str(src), model_type="bert", num_heads=num_heads, hidden_size=hidden, use_gpu=use_gpu
     )
@@ -115,8 +161,18 @@ def optimize(
     return dst
 
 
-def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None) -> Path:
-    """Dynamic int8 with per-channel weight scales (per-tensor loses too much on MiniLM: cosine ~0.94)."""
+def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, backend: str = "ort") -> Path:
+    """Dynamic int8 with per-channel weight scales (per-tensor loses too much on MiniLM: cosine ~0.94).
+
+    Args:
+        exclude: node names left in fp32.
+        backend: "ort" (quantize_dynamic: weight MatMuls only) or "optimum" (ORTQuantizer: every MatMul).
+    """
+    _check_backend("quantizer", backend, QUANTIZERS)
+    if backend == "optimum":
+        from .encoder_optimum import quantize_int8 as optimum_quantize
+
+        return optimum_quantize(src, dst, exclude or [])
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
