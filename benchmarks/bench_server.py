@@ -83,8 +83,9 @@ def main() -> None:
     if args.quick:
         args.requests, args.grpc_requests, args.repeats = 500, 300, 1
 
-    from towerserve.server.engine import Engine, EngineConfig, UserAttrs
-    from towerserve.server.servicer import recommend_wire
+    from towerserve.server.engine import Engine, EngineConfig
+    from towerserve.server.types import UserAttrs
+    from towerserve.server.wire import recommend_wire
 
     serving = serving_dir(args.artifacts)
     rng = random.Random(args.seed)

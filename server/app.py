@@ -21,9 +21,10 @@ from grpc_reflection.v1alpha import reflection
 
 from towerserve.v1 import recommender_pb2
 
-from .engine import EngineConfig, Limits
+from .config import EngineConfig
 from .interceptors import AuthInterceptor, Metrics, MetricsInterceptor
 from .servicer import ADMIN_SERVICE, SERVICE, EngineHolder, generic_handlers
+from .validation import Limits
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import struct
 import threading
 import time
 from collections.abc import Callable
@@ -16,17 +15,21 @@ from pathlib import Path
 import grpc
 from google.protobuf.message import DecodeError
 
-from towerserve.clients.client import encode_varint
 from towerserve.v1 import recommender_pb2 as pb
 
-from .engine import Engine, EngineConfig, NewItemData, UserAttrs, check_deadline
+from .config import EngineConfig
+from .deadline import check_deadline
+from .engine import Engine
 from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError, Unavailable
 from .manifest import ArtifactError
+from .rpcs import ADMIN, RECOMMENDER, Rpc
+from .types import NewItemData, UserAttrs
+from .wire import recommend_wire
 
 _LOGGER = logging.getLogger(__name__)
 
-SERVICE = "towerserve.v1.Recommender"
-ADMIN_SERVICE = "towerserve.v1.Admin"
+SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
+ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 SPLITS = {pb.SPLIT_UNSPECIFIED: "holdout", pb.SPLIT_HOLDOUT: "holdout", pb.SPLIT_COLD: "cold"}
 PROTOCOLS = {pb.PROTOCOL_UNSPECIFIED: "full", pb.PROTOCOL_FULL: "full", pb.PROTOCOL_NOTEBOOK: "notebook"}
 
@@ -133,30 +136,6 @@ class EngineHolder:
             return engine, previous, time.perf_counter() - t0
 
 
-_SCORE = struct.Struct("<Bf")  # Item.score: field 2, wire type 5 (fixed32) -> tag byte 0x15
-
-
-def recommend_wire(
-    wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str
-) -> bytes:
-    """A serialized RecommendResponse, spliced from each item's pre-serialized fields.
-
-    Byte-for-byte what protobuf would produce (tests compare against SerializeToString), at a
-    fraction of the cost of building ten messages per request on the event loop.
-    """
-    parts = []
-    for j, score in zip(rows, scores):
-        head, tail = wire[j]
-        body = head + (_SCORE.pack(0x15, score) if score != 0.0 else b"") + tail  # proto3 omits a zero score
-        parts.append(
-            b"\x0a" + encode_varint(len(body)) + body
-        )  # RecommendResponse.items: field 1, length-delimited
-    if model_version:
-        mv = model_version.encode()
-        parts.append(b"\x12" + encode_varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
-    return b"".join(parts)
-
-
 def _serialize(message) -> bytes:
     """Responses are messages, or bytes already serialized by recommend_wire."""
     return message if isinstance(message, bytes) else message.SerializeToString()
@@ -254,7 +233,29 @@ class RecommenderServicer:
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
-        return pb.GetModelInfoResponse(**self.holder.get().info())
+        info = self.holder.get().info()
+        return pb.GetModelInfoResponse(
+            model_version=info.model_version,
+            model_kind=info.model_kind,
+            user_independent_ranking=info.user_independent_ranking,
+            item_count=info.item_count,
+            user_count=info.user_count,
+            providers=info.providers,
+            encoder=info.encoder,
+            encoder_variant=info.encoder_variant,
+            vector_dim=info.vector_dim,
+            user_fields=info.user_fields,
+            item_fields=info.item_fields,
+            training_metrics=info.training_metrics,
+            versions=info.versions,
+            artifacts=info.artifacts,
+            loaded_at=info.loaded_at,
+            max_top_n=info.max_top_n,
+            max_score_pairs=info.max_score_pairs,
+            max_upsert_items=info.max_upsert_items,
+            max_inline_interactions=info.max_inline_interactions,
+            categories=info.categories,
+        )
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
@@ -297,32 +298,28 @@ class AdminServicer:
         )
 
 
-_RECOMMENDER_METHODS = {
-    "Recommend": (pb.RecommendRequest, pb.RecommendResponse),
-    "Score": (pb.ScoreRequest, pb.ScoreResponse),
-    "Evaluate": (pb.EvaluateRequest, pb.EvaluateResponse),
-    "GetModelInfo": (pb.GetModelInfoRequest, pb.GetModelInfoResponse),
-    "UpsertItems": (pb.UpsertItemsRequest, pb.UpsertItemsResponse),
-}
-
-
 def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> list[grpc.GenericRpcHandler]:
-    """Method handlers for both services, with lenient request parsing."""
+    """Method handlers for both services, one per RPC of the proto, with lenient request parsing.
 
-    def build(service: str, servicer, methods) -> grpc.GenericRpcHandler:
+    Raises:
+        AttributeError: an RPC of the proto has no handler method on its servicer.
+    """
+
+    def build(rpcs: dict[str, Rpc], servicer) -> grpc.GenericRpcHandler:
+        (service,) = {r.service for r in rpcs.values()}
         return grpc.method_handlers_generic_handler(
             service,
             {
                 name: grpc.unary_unary_rpc_method_handler(
-                    getattr(servicer, name), request_deserializer=lenient(req), response_serializer=_serialize
+                    getattr(servicer, name),
+                    request_deserializer=lenient(rpc.request),
+                    response_serializer=_serialize,
                 )
-                for name, (req, resp) in methods.items()
+                for name, rpc in rpcs.items()
             },
         )
 
     return [
-        build(SERVICE, RecommenderServicer(holder, executor), _RECOMMENDER_METHODS),
-        build(
-            ADMIN_SERVICE, AdminServicer(holder, executor), {"Reload": (pb.ReloadRequest, pb.ReloadResponse)}
-        ),
+        build(RECOMMENDER, RecommenderServicer(holder, executor)),
+        build(ADMIN, AdminServicer(holder, executor)),
     ]

@@ -8,8 +8,9 @@ import numpy as np
 import pipeline
 import pytest
 
-from towerserve.server.engine import Engine, EngineConfig, NewItemData, item_wire
-from towerserve.server.servicer import recommend_wire
+from towerserve.server.engine import Engine, EngineConfig
+from towerserve.server.types import NewItemData
+from towerserve.server.wire import item_wire, recommend_wire
 from towerserve.v1 import recommender_pb2 as pb
 
 

@@ -20,7 +20,7 @@ from pipeline import server_and_channel as running_server
 from prometheus_client import CollectorRegistry
 
 from towerserve.server.app import ServerConfig, create_server
-from towerserve.server.engine import check_deadline
+from towerserve.server.deadline import check_deadline
 from towerserve.server.errors import ERROR_TABLE, GENERIC_INTERNAL, DeadlineExceeded
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc

@@ -1,0 +1,199 @@
+"""The model on ONNX Runtime: user and item tower sessions, the text encoder and its text-vector caches."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .encoder import OnnxTextEncoder
+from .features import FieldSpec, FieldTable
+from .manifest import ArtifactError, check_dims
+from .numerics import cosine_rows
+from .runtime import CUDA, make_session
+
+_LOGGER = logging.getLogger(__name__)
+
+# Load-time check of an encoder variant: its vectors for a sample of catalogue texts against the
+# training-time ones. int8/fp16 graphs that pass export's gate sit well above this.
+SELF_CHECK_SAMPLE = 32
+SELF_CHECK_MIN_COSINE = 0.999
+WARM_UP_LENGTH = 16
+
+
+class Tower:
+    """One (model, split) pair of ONNX towers with its feature specs and exported item vectors."""
+
+    def __init__(self, root: Path, entry: dict, providers: Sequence[str], threads: int):
+        self.user_specs = [FieldSpec.from_json(d) for d in entry["features"]["user"]]
+        self.item_specs = [FieldSpec.from_json(d) for d in entry["features"]["item"]]
+        u, i = entry["user_tower"], entry["item_tower"]
+        self.user_session = make_session(root / u["file"], providers, threads)
+        self.item_session = make_session(root / i["file"], providers, threads)
+        self.user_in, self.user_out = u["input"], u["output"]
+        self.item_in, self.item_out = i["input"], i["output"]
+        for sess, spec, d, f in (
+            (self.user_session, self.user_specs, u, u["file"]),
+            (self.item_session, self.item_specs, i, i["file"]),
+        ):
+            check_dims(root / f, "input width", d["input_dim"], int(sess.get_inputs()[0].shape[1]))
+            check_dims(root / f, "feature spec width", d["input_dim"], sum(s.dim for s in spec))
+        self.dim = int(u["output_dim"])
+        vec_path = root / entry["item_vectors_file"]
+        self.item_vectors = np.load(vec_path).astype(np.float32)
+        check_dims(vec_path, "vector width", self.dim, int(self.item_vectors.shape[1]))
+        self._all_users: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def providers(self) -> set[str]:
+        return set(self.user_session.get_providers()) | set(self.item_session.get_providers())
+
+    def users(self, features: np.ndarray) -> np.ndarray:
+        """User vectors float32 [n, dim] from user-tower inputs [n, input_dim]."""
+        return self.user_session.run([self.user_out], {self.user_in: features})[0]
+
+    def items(self, features: np.ndarray) -> np.ndarray:
+        """Item vectors float32 [n, dim] from item-tower inputs [n, input_dim]."""
+        return self.item_session.run([self.item_out], {self.item_in: features})[0]
+
+    def all_user_vectors(
+        self, build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray], n_users: int
+    ) -> np.ndarray:
+        """Every known user's vector: one batched user-tower pass, computed once and then reused by
+        Recommend, Score and Evaluate (a known user's attributes never change while served)."""
+        if self._all_users is not None:
+            return self._all_users
+        with self._lock:
+            if self._all_users is None:
+                out = np.empty((n_users, self.dim), dtype=np.float32)
+                for start in range(0, n_users, 4096):
+                    rows = np.arange(start, min(n_users, start + 4096))
+                    out[rows] = self.users(build_features(self.user_specs, rows))
+                self._all_users = out
+            return self._all_users
+
+
+class TextVectors:
+    """Text -> vector for one field: the exported table first, then the ONNX encoder (LRU-cached).
+
+    Safe to share across request threads: the cache is guarded by a lock, encoding runs outside it.
+    """
+
+    def __init__(self, table: FieldTable, max_length: int, pad_to: int | None, cache_size: int = 10_000):
+        self.known = {str(t): r for r, t in enumerate(table.texts)}
+        self.table = table.vectors
+        self.max_length = max_length
+        self.pad_to = pad_to
+        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache_size = cache_size
+        self.lock = threading.Lock()
+
+    @property
+    def truncation(self) -> int:
+        """Tokens the encoder keeps for this field."""
+        return min(self.max_length, self.pad_to) if self.pad_to else self.max_length
+
+    def get(self, texts: Sequence[str], encoder: OnnxTextEncoder) -> np.ndarray:
+        """float32 [len(texts), dim]."""
+        out = np.empty((len(texts), self.table.shape[1]), dtype=np.float32)
+        missing: list[int] = []
+        with self.lock:
+            for j, t in enumerate(texts):
+                r = self.known.get(t)
+                if r is not None:
+                    out[j] = self.table[r]
+                elif t in self.cache:
+                    self.cache.move_to_end(t)
+                    out[j] = self.cache[t]
+                else:
+                    missing.append(j)
+        if missing:
+            uniq = sorted({texts[j] for j in missing})
+            vecs = dict(zip(uniq, encoder.encode(uniq, self.max_length, self.pad_to)))
+            with self.lock:
+                for t, v in vecs.items():
+                    self.cache[t] = v
+                    if len(self.cache) > self.cache_size:
+                        self.cache.popitem(last=False)
+            for j in missing:
+                out[j] = vecs[texts[j]]
+        return out
+
+
+def text_vectors(tables: dict[str, FieldTable], enc: dict) -> dict[str, TextVectors]:
+    """One TextVectors per text field, with the lengths the manifest's encoder section records."""
+    padded = enc.get("padded_lengths", {})
+    return {f: TextVectors(tables[f], int(enc["max_lengths"][f]), padded.get(f)) for f in tables}
+
+
+def load_encoder(
+    root: Path,
+    enc: dict,
+    variant: str | None,
+    providers: Sequence[str],
+    threads: int,
+    text: dict[str, TextVectors],
+) -> tuple[OnnxTextEncoder, str]:
+    """The text encoder to serve with, and its variant.
+
+    Args:
+        root: the artifacts folder; enc: the manifest's encoder section.
+        variant: fp32 / optimized / int8 / fp16 (None: the manifest's choice for the device).
+        providers, threads: ONNX Runtime execution providers and threads.
+        text: the text fields, whose lengths are prepared now and whose tables check the variant.
+
+    Raises:
+        ArtifactError: the variant is not in the manifest, or its graph's width is wrong.
+    """
+    variant = variant or (enc["gpu_variant"] if CUDA in providers else enc["default_variant"])
+    if variant not in enc["variants"]:
+        raise ArtifactError(
+            root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})"
+        )
+    lengths = {t.truncation for t in text.values()} | {WARM_UP_LENGTH}
+    encoder = _open(root, enc, variant, providers, threads, lengths)
+    if not enc["variants"][variant].get("accepted", False) or CUDA in encoder.providers:
+        # Export checks variants on its own machine (often CPU only); a variant it could not
+        # check, or any graph now running on CUDA, is checked here on the device that runs it,
+        # against the training-time vectors, with a fall-back to fp32 if it disagrees.
+        ok, detail = _self_check(encoder, text)
+        if not ok:
+            _LOGGER.warning(
+                "encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail
+            )
+            variant = "fp32"
+            encoder = _open(root, enc, variant, providers, threads, lengths)
+    return encoder, variant
+
+
+def _open(
+    root: Path, enc: dict, variant: str, providers: Sequence[str], threads: int, lengths: set[int]
+) -> OnnxTextEncoder:
+    path = root / enc["variants"][variant]["file"]
+    encoder = OnnxTextEncoder(
+        path, root / enc["tokenizer_file"], enc["pooling"], providers, threads, lengths=sorted(lengths)
+    )
+    width = int(encoder.session.get_outputs()[0].shape[1] or enc["dim"])
+    check_dims(path, "embedding width", int(enc["dim"]), width)
+    return encoder
+
+
+def _self_check(encoder: OnnxTextEncoder, text: dict[str, TextVectors]) -> tuple[bool, str]:
+    """(passed, detail): cosine of fresh encodings with the exported vectors of the field with the most texts."""
+    field_name = max(text, key=lambda f: len(text[f].known))
+    field = text[field_name]
+    texts = list(field.known)[:SELF_CHECK_SAMPLE]
+    rows = [field.known[t] for t in texts]
+    try:
+        got = encoder.encode(texts, field.max_length, field.pad_to)
+    except Exception as err:  # an ORT kernel missing on this device, for instance
+        return False, f"{type(err).__name__}: {err}"
+    cos = cosine_rows(got, field.table[rows])
+    return bool(
+        cos.mean() >= SELF_CHECK_MIN_COSINE
+    ), f"cosine mean {cos.mean():.5f} on {len(texts)} {field_name} texts"

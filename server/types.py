@@ -1,0 +1,51 @@
+"""What the engine takes and gives, in plain Python: an unseen user, a new item, the model's description."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class UserAttrs:
+    """An unseen user's attributes (None: not given)."""
+
+    age: float
+    profession: str
+    personality: str | None = None
+
+
+@dataclass(frozen=True)
+class NewItemData:
+    """A catalogue item to add or replace (UpsertItems)."""
+
+    item_id: str
+    description: str
+    features: str
+    price: float
+    category: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What is being served; the fields of GetModelInfoResponse (documented in the proto)."""
+
+    model_version: str
+    model_kind: str
+    user_independent_ranking: bool
+    item_count: int
+    user_count: int
+    providers: list[str]
+    encoder: str
+    encoder_variant: str
+    vector_dim: int
+    user_fields: list[str]
+    item_fields: list[str]
+    training_metrics: dict[str, float]
+    versions: dict[str, str]
+    artifacts: str
+    loaded_at: str
+    max_top_n: int
+    max_score_pairs: int
+    max_upsert_items: int
+    max_inline_interactions: int
+    categories: list[str]

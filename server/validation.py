@@ -1,0 +1,102 @@
+"""Request validation: size limits, text lengths, numeric ranges; each failure an InvalidArgument."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .errors import InvalidArgument
+from .types import NewItemData, UserAttrs
+
+SHORT_TEXT_LIMIT = 200  # ids, profession, personality, category
+LONG_TEXT_LIMIT = 5000  # description, features
+MAX_AGE = 150.0
+MAX_PRICE = 1e9  # beyond this a price is a unit or typing error, and scaling it overflows
+MAX_K = 1000
+PROTOCOLS = ("full", "notebook")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Request size limits (reported by GetModelInfo so clients can plan batches)."""
+
+    max_top_n: int = 1000
+    max_score_pairs: int = 10_000
+    max_upsert_items: int = 1000
+    max_inline_interactions: int = 200_000
+
+
+def show(value: str, width: int = 60) -> str:
+    """A bounded repr for error messages: an id of 20,000 characters must not bloat the status."""
+    return repr(value) if len(value) <= width else repr(value[:width]) + f"... ({len(value)} characters)"
+
+
+def check_id(name: str, value: str) -> None:
+    """An id that matched nothing: too long is the caller's error to fix first (before NOT_FOUND)."""
+    if len(value) > SHORT_TEXT_LIMIT:
+        raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {SHORT_TEXT_LIMIT}")
+
+
+def check_text(name: str, value: str, limit: int, required: bool = True) -> str:
+    if required and not value.strip():
+        raise InvalidArgument(f"{name} must not be empty")
+    if len(value) > limit:
+        raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {limit}")
+    return value
+
+
+def validate_attrs(attrs: UserAttrs, needs_personality: bool) -> None:
+    if not math.isfinite(attrs.age) or attrs.age <= 0 or attrs.age > MAX_AGE:
+        raise InvalidArgument(f"user.age must be in (0, {MAX_AGE:g}] (got {attrs.age})")
+    check_text("user.profession", attrs.profession, SHORT_TEXT_LIMIT)
+    if needs_personality:
+        if not attrs.personality:
+            raise InvalidArgument(
+                "user.personality is required: the served model reads it (see GetModelInfo.user_fields)"
+            )
+        check_text("user.personality", attrs.personality, SHORT_TEXT_LIMIT)
+
+
+def validate_recommend(top_n: int, price_min: float | None, price_max: float | None, limits: Limits) -> None:
+    if not 1 <= top_n <= limits.max_top_n:
+        raise InvalidArgument(f"top_n must be in [1, {limits.max_top_n}] (got {top_n})")
+    for name, v in (("price_range.min", price_min), ("price_range.max", price_max)):
+        if v is not None and not math.isfinite(v):
+            raise InvalidArgument(f"{name} must be a finite number (got {v})")
+    if price_min is not None and price_max is not None and price_min > price_max:
+        raise InvalidArgument(f"price_range.min {price_min} is above price_range.max {price_max}")
+
+
+def validate_score(n_pairs: int, limits: Limits) -> None:
+    if not 1 <= n_pairs <= limits.max_score_pairs:
+        raise InvalidArgument(f"pairs must hold 1..{limits.max_score_pairs} pairs (got {n_pairs})")
+
+
+def validate_evaluate(ks: Sequence[int], protocol: str, n_inline: int | None, limits: Limits) -> None:
+    """``n_inline``: inline interactions given (None: a recorded split)."""
+    bad = [k for k in ks if not 1 <= k <= MAX_K]
+    if bad:
+        raise InvalidArgument(f"ks must be in [1, {MAX_K}] (got {bad})")
+    if protocol not in PROTOCOLS:
+        raise InvalidArgument(f"protocol must be 'full' or 'notebook' (got {protocol!r})")
+    if n_inline is not None and not 1 <= n_inline <= limits.max_inline_interactions:
+        raise InvalidArgument(
+            f"interactions must hold 1..{limits.max_inline_interactions} pairs (got {n_inline})"
+        )
+
+
+def validate_items(items: Sequence[NewItemData], limits: Limits) -> None:
+    if not 1 <= len(items) <= limits.max_upsert_items:
+        raise InvalidArgument(f"items must hold 1..{limits.max_upsert_items} items (got {len(items)})")
+    seen_ids = set()
+    for j, it in enumerate(items):
+        check_text(f"items[{j}].item_id", it.item_id, SHORT_TEXT_LIMIT)
+        check_text(f"items[{j}].description", it.description, LONG_TEXT_LIMIT)
+        check_text(f"items[{j}].features", it.features, LONG_TEXT_LIMIT)
+        check_text(f"items[{j}].category", it.category, SHORT_TEXT_LIMIT)
+        if not math.isfinite(it.price) or not 0 <= it.price <= MAX_PRICE:
+            raise InvalidArgument(f"items[{j}].price must be in [0, {MAX_PRICE:g}] (got {it.price})")
+        if it.item_id in seen_ids:
+            raise InvalidArgument(f"items[{j}].item_id {it.item_id!r} appears twice in the request")
+        seen_ids.add(it.item_id)

@@ -1,0 +1,56 @@
+"""Hand-spliced protobuf bytes: the varint, an Item's pre-serialized fields, a RecommendResponse.
+
+Pure Python over the generated messages (no numpy): the client library imports the varint from here,
+and a client-only install has no numpy.
+"""
+
+from __future__ import annotations
+
+import struct
+
+from towerserve.v1 import recommender_pb2 as pb
+
+_SCORE = struct.Struct("<Bf")  # Item.score: field 2, wire type 5 (fixed32) -> tag byte 0x15
+
+
+def encode_varint(n: int) -> bytes:
+    """Protobuf base-128 varint of a non-negative int (lengths of hand-spliced fields)."""
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def item_wire(
+    item_id: str, price: float, description: str, features: str, category: str
+) -> tuple[bytes, bytes]:
+    """An Item's serialized fields around ``score`` (field 2): responses splice the score between,
+    byte-for-byte what ``Item.SerializeToString()`` gives, without building a message per item."""
+    head = pb.Item(item_id=item_id).SerializeToString()
+    tail = pb.Item(
+        price=price, description=description, features=features, category=category
+    ).SerializeToString()
+    return head, tail
+
+
+def recommend_wire(
+    wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str
+) -> bytes:
+    """A serialized RecommendResponse, spliced from each item's pre-serialized fields.
+
+    Byte-for-byte what protobuf would produce (tests compare against SerializeToString), at a
+    fraction of the cost of building ten messages per request on the event loop.
+    """
+    parts = []
+    for j, score in zip(rows, scores):
+        head, tail = wire[j]
+        body = head + (_SCORE.pack(0x15, score) if score != 0.0 else b"") + tail  # proto3 omits a zero score
+        # RecommendResponse.items: field 1, length-delimited
+        parts.append(b"\x0a" + encode_varint(len(body)) + body)
+    if model_version:
+        mv = model_version.encode()
+        parts.append(b"\x12" + encode_varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
+    return b"".join(parts)
