@@ -51,8 +51,20 @@ def test_top_level_help():
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("usage: towerserve")
     assert "two-tower recommender" in proc.stdout
-    for sub in ("generate", "baselines"):
-        assert sub in proc.stdout
+    # Every package registers its own commands; all of them are listed.
+    for sub in (
+        "generate",
+        "baselines",
+        "train",
+        "export",
+        "serve",
+        "recommend",
+        "score",
+        "evaluate",
+        "info",
+        "loadtest",
+    ):
+        assert f"\n    {sub} " in proc.stdout, sub
 
 
 @pytest.mark.parametrize(
@@ -62,7 +74,20 @@ def test_top_level_help():
             "generate",
             ["--out", "--users", "--items", "--seed", "--density", "--long", "same seed, same bytes"],
         ),
-        ("baselines", ["--data", "--split", "--ks", "--plot", "--json", "Random, MostPopular and Oracle"]),
+        (
+            "baselines",
+            [
+                "--data",
+                "--split",
+                "--ks",
+                "--plot",
+                "--json",
+                "Random, MostPopular, ItemKNN, EASE and Oracle",
+            ],
+        ),
+        ("train", ["--data", "--out", "--model", "--preset", "--encoder", "--progress", "--quiet"]),
+        ("export", ["--artifacts", "--out", "--triton", "--opset", "--parity-users", "--no-int8"]),
+        ("serve", ["--artifacts", "--port", "--workers", "--token", "the training folder ARTIFACTS itself"]),
     ],
 )
 def test_subcommand_help(sub, words):
@@ -101,12 +126,47 @@ def test_generate_json_summary(tmp_path):
     assert (tmp_path / "d" / "interactions.csv").is_file()
 
 
+def test_piped_generate_writes_no_progress_frames(tmp_path):
+    """Output to a file: no carriage-return frames unless --progress asks for the bar anyway."""
+    for flags, bar in (((), False), (("--progress",), True)):
+        log = tmp_path / f"generate{len(flags)}.log"
+        out = tmp_path / f"d{len(flags)}"
+        with open(log, "wb") as fh:
+            done = subprocess.run(
+                [
+                    *towerserve_command(),
+                    "generate",
+                    "--out",
+                    str(out),
+                    "--users",
+                    "300",
+                    "--items",
+                    "40",
+                    *flags,
+                ],
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                timeout=120,
+            )
+        text = log.read_bytes().decode()
+        assert done.returncode == 0, text[-3000:]
+        assert ("\r" in text) == bar, text[-3000:]
+        assert f"wrote {out}: 300 users x 40 items" in text
+
+
+def test_progress_and_quiet_exclude_each_other(tmp_path):
+    proc = run("generate", "--out", tmp_path / "d", "--progress", "--quiet")
+    assert proc.returncode == 2
+    assert "argument -q/--quiet: not allowed with argument --progress" in proc.stderr
+
+
 def test_baselines_json(cli_data):
     proc = run("baselines", "--data", cli_data, "--json", "--ks", "5,10")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
-    assert set(results) == {"random", "mostpop", "oracle"}
-    for name in ("random", "mostpop", "oracle"):
+    names = ("random", "mostpop", "itemknn", "ease", "oracle")
+    assert set(results) == set(names)
+    for name in names:
         assert 0.0 <= results[name]["ndcg@10"] <= 1.0
         assert "ndcg@5" in results[name] and "ndcg@20" not in results[name]
     assert results["oracle"]["ndcg@10"] > results["random"]["ndcg@10"]
@@ -117,7 +177,7 @@ def test_baselines_table_and_plot(cli_data, tmp_path):
     proc = run("baselines", "--data", cli_data, "--split", "cold", "--plot", png)
     assert proc.returncode == 0, proc.stderr
     assert "cold split of" in proc.stdout
-    for row in ("random", "mostpop", "oracle", "ndcg@10"):
+    for row in ("random", "mostpop", "itemknn", "ease", "oracle", "ndcg@10"):
         assert row in proc.stdout
     assert png.read_bytes()[:8] == PNG_MAGIC
     assert png.stat().st_size > 1000

@@ -770,6 +770,23 @@ def test_client_only_install(serving, tmp_path, users):
     assert probe.returncode == 0, probe.stderr[-3000:]
     assert probe.stdout.strip() == "[]"
 
+    # Every command is listed; one whose extra is missing says which, in one line, and exits 2.
+    towerserve = str(venv / "bin" / "towerserve")
+    listed = subprocess.run([towerserve, "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    for command in ("generate", "baselines", "train", "export", "serve", "recommend", "info", "loadtest"):
+        assert f"\n    {command} " in listed.stdout, command
+    for command, extra in (
+        ("train", "train"),
+        ("serve", "server"),
+        ("export", "train"),
+        ("generate", "train"),
+        ("baselines", "train"),
+    ):
+        done = subprocess.run([towerserve, command], capture_output=True, text=True, env=env, timeout=60)
+        line = f"towerserve {command} needs the '{extra}' extra: pip install 'towerserve[{extra}]'\n"
+        assert (done.returncode, done.stdout, done.stderr) == (2, "", line)
+
     with running_server(serving) as running:
         call = subprocess.run(
             [str(python), "-c", _CALL, _target(running), users[0]["user_id"]],

@@ -1,0 +1,52 @@
+"""`towerserve export`: its flags and its command (only argparse here; the exporters load inside)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .bundle import ExportConfig, main_export
+    from .encoder import EncoderExportConfig
+
+    cfg = ExportConfig(
+        encoder=EncoderExportConfig(
+            opset=args.opset, optimize=not args.no_optimize, int8=not args.no_int8, fp16=not args.no_fp16
+        ),
+        parity_users=args.parity_users,
+        out=args.out,
+        triton=args.triton,
+    )
+    manifest = main_export(args.artifacts, cfg)
+    enc = manifest["encoder"]
+    default = manifest["default_model"]
+    print(f"\nserving artifacts: {args.out or Path(args.artifacts) / 'serving'}")
+    print(
+        f"default model: {default} ({manifest['models'][default]['model_version']}); "
+        f"encoder variant: {enc['default_variant']} (of {', '.join(enc['variants'])})"
+    )
+    if args.triton:
+        print(f"triton model repository: {args.triton}")
+    return 0
+
+
+def register(sub) -> None:
+    """Adds `export` to the `towerserve` subcommands (``sub`` is argparse's subparsers action)."""
+    p = sub.add_parser(
+        "export",
+        help="convert the encoder and towers to ONNX with parity checks (and Triton)",
+        description="Convert the text encoder (pooling inside the graph; optimised, int8 and fp16 "
+        "variants) and every trained model's towers to ONNX, check each against its "
+        "torch/Keras reference on real inputs, precompute item vectors and write "
+        "ARTIFACTS/serving with a sha256 manifest. Nothing is replaced if a check fails.",
+    )
+    p.add_argument("--artifacts", required=True, type=Path, help="the folder `towerserve train --out` wrote")
+    p.add_argument("--out", type=Path, help="serving folder to write (default ARTIFACTS/serving)")
+    p.add_argument("--triton", type=Path, help="also write a Triton Inference Server model repository here")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--parity-users", type=int, default=1000, help="users checked per tower (default 1000)")
+    p.add_argument("--no-optimize", action="store_true", help="skip the ORT transformer-optimised encoder")
+    p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder")
+    p.add_argument("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
+    p.set_defaults(func=cmd_export, extra="train")

@@ -1,0 +1,119 @@
+"""`towerserve serve`, and what every package's commands share: the extras check and argument types.
+
+Only argparse at the top: `towerserve --help` imports every package's cli module, in a client-only
+install too, so the heavy imports wait inside the command functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+from pathlib import Path
+
+# What each optional extra installs that its commands import: if one of these is missing, so is the extra.
+EXTRA_MODULES: dict[str, tuple[str, ...]] = {
+    "server": ("numpy", "onnxruntime", "tokenizers", "grpc_health", "grpc_reflection", "prometheus_client"),
+    "train": ("numpy", "pandas", "tensorflow", "keras", "torch", "transformers", "tf2onnx", "onnx", "tqdm"),
+}
+
+
+def missing_extra(command: str, extra: str) -> str | None:
+    """The one line to print when ``extra`` is not installed, or None when it is.
+
+    ``find_spec`` looks for the modules without importing them (importing TensorFlow to find out
+    whether it is there would cost seconds).
+    """
+    if any(importlib.util.find_spec(m) is None for m in EXTRA_MODULES[extra]):
+        return f"towerserve {command} needs the '{extra}' extra: pip install 'towerserve[{extra}]'"
+    return None
+
+
+def ks_list(text: str) -> tuple[int, ...]:
+    """argparse type for metric cut-offs such as ``5,10,20``."""
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 5,10,20 (got {text!r})"
+        ) from None
+    if not ks or min(ks) < 1:
+        raise argparse.ArgumentTypeError(f"every k must be >= 1 (got {text!r})")
+    return ks
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    # One BLAS/OpenMP thread per process: gRPC's thread pool is where the parallelism comes from, and
+    # a 1000 x 33 matrix-vector product gains nothing from more. Must precede numpy's import.
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(var, "1")
+    from .app import ServerConfig, serve
+
+    cfg = ServerConfig.from_env(
+        artifacts=args.artifacts,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        threads=args.threads,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        token=args.token,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        tls_client_ca=args.tls_client_ca,
+        metrics_port=args.metrics_port,
+        grace=args.grace,
+        device=args.device,
+        model=args.model,
+        encoder_variant=args.encoder_variant,
+    )
+    if cfg.artifacts is None:
+        raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
+    return serve(cfg)
+
+
+def register(sub) -> None:
+    """Adds `serve` to the `towerserve` subcommands (``sub`` is argparse's subparsers action)."""
+    p = sub.add_parser(
+        "serve",
+        help="serve the Recommender gRPC service from exported artifacts",
+        description="Serve towerserve.v1.Recommender (plus grpc.health.v1 and reflection) on ONNX "
+        "Runtime. Every option can also come from TOWERSERVE_<OPTION> environment "
+        "variables (e.g. TOWERSERVE_PORT); flags win. SIGTERM drains and exits 0; SIGHUP "
+        "reloads the artifacts folder.",
+    )
+    p.add_argument(
+        "--artifacts",
+        type=Path,
+        help="serving folder written by `towerserve export` (ARTIFACTS/serving); "
+        "the training folder ARTIFACTS itself also works",
+    )
+    p.add_argument("--host", help="listen address (default [::])")
+    p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
+    p.add_argument("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
+    p.add_argument("--threads", type=int, help="gRPC handler threads per process (default 16)")
+    p.add_argument("--max-concurrent-rpcs", type=int, help="beyond this, RESOURCE_EXHAUSTED (default 256)")
+    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every RPC but health")
+    p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
+    p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
+    p.add_argument(
+        "--tls-client-ca", type=Path, help="require client certificates signed by this CA (mutual TLS)"
+    )
+    p.add_argument(
+        "--metrics-port", type=int, help="Prometheus metrics over HTTP on this port (+ worker index)"
+    )
+    p.add_argument("--grace", type=float, help="seconds to drain in-flight RPCs on SIGTERM (default 10)")
+    p.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        help="ONNX Runtime device (default cpu; cuda falls back to cpu with a warning when unavailable)",
+    )
+    p.add_argument(
+        "--model", choices=("seed", "two_tower"), help="model to serve (default: best holdout NDCG@10)"
+    )
+    p.add_argument(
+        "--encoder-variant",
+        choices=("fp32", "optimized", "int8", "fp16"),
+        help="text encoder graph (default: int8 on CPU when it passed its gate, fp16 on CUDA)",
+    )
+    p.set_defaults(func=cmd_serve, extra="server")

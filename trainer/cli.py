@@ -1,0 +1,216 @@
+"""`towerserve generate`, `baselines` and `train`: their flags and commands (the training stack loads inside)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from towerserve.server.cli import ks_list
+from towerserve.server.tables import SUMMARY_METRICS, metrics_table
+
+from .progress import bars_wanted
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    from . import synth
+
+    bars = bars_wanted(args.progress, args.quiet)
+    summary = synth.generate(
+        args.out, args.users, args.items, args.seed, args.density, args.long, progress=bars
+    )
+    if args.json:
+        print(json.dumps(summary, indent=2, sort_keys=True))
+    else:
+        print(
+            f"wrote {args.out}: {summary['users']} users x {summary['items']} items, "
+            f"{summary['positives']} positives ({100 * summary['density']:.2f} %), {summary['form']} form"
+        )
+    return 0
+
+
+def cmd_baselines(args: argparse.Namespace) -> int:
+    from . import baselines, splits
+    from .data import load_dataset
+
+    ds = load_dataset(args.data)
+    ids = ds.users["user_id"].to_numpy()
+    split = (
+        splits.holdout_split(ds.positives, ids, seed=args.seed)
+        if args.split == "holdout"
+        else splits.cold_split(ds.positives, ids, seed=args.seed)
+    )
+    results = baselines.evaluate_baselines(split.train, split.test, args.data, args.ks)
+    if args.plot:
+        from .plots import metric_bars
+
+        metric_bars(
+            results,
+            ["ndcg@10", "recall@10", "hitrate@10", "mrr"],
+            args.plot,
+            title=f"baselines on {Path(args.data).name} ({args.split} split)",
+        )
+    if args.json:
+        print(json.dumps(results, indent=2, sort_keys=True))
+        return 0
+    print(
+        f"{args.split} split of {args.data}: {ds.n_users} users x {ds.n_items} items, "
+        f"{split.train.nnz} train / {split.test.nnz} test positives"
+    )
+    print(metrics_table(results, SUMMARY_METRICS))
+    if results.get("oracle") is None:
+        print("oracle: skipped (no true_probabilities.npy or generator.json beside the data)")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .text import EncoderConfig
+    from .train import PRESETS, TrainConfig, train
+
+    if args.preset not in PRESETS:
+        raise ValueError(f"--preset must be one of {sorted(PRESETS)} (got {args.preset!r})")
+    fit = PRESETS[args.preset]
+    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    encoder = EncoderConfig(
+        model=args.encoder or "",
+        pooling=args.pooling,
+        threads=args.threads,
+        cache_dir=None if args.no_cache else (args.cache_dir or EncoderConfig().cache_dir),
+    )
+    cfg = TrainConfig(
+        models=("seed", "two_tower") if args.model == "all" else (args.model,),
+        preset=args.preset,
+        fit=replace(fit, **overrides) if overrides else None,
+        encoder=encoder,
+        seed=args.seed,
+        embedding_dim=args.embedding_dim,
+        cold=not args.no_cold,
+        progress=bars_wanted(args.progress, args.quiet),
+    )
+    metrics = train(args.data, args.out, cfg)
+    if args.json:
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+        return 0
+    for split, table in metrics.items():
+        print(f"\n{split} split")
+        print(metrics_table(table, SUMMARY_METRICS + ("notebook_score",)))
+    print(f"\nartifacts: {args.out} (report: {Path(args.out) / 'report' / 'report.md'})")
+    return 0
+
+
+def _progress_flags(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--progress",
+        action="store_true",
+        help="progress bars even when stderr is not a terminal (default: bars on a terminal, "
+        "plain log lines in a file or pipe)",
+    )
+    group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", required=True, type=Path, help="folder with users.csv, items.csv and interactions"
+    )
+
+
+def register(sub) -> None:
+    """Adds generate, baselines and train to the `towerserve` subcommands (``sub``: argparse's subparsers)."""
+    p = sub.add_parser(
+        "generate",
+        help="write a synthetic data set in the seed schema (with its true probabilities)",
+        description="Write users.csv, items.csv and user_product_rating_matrix.csv (or interactions.csv "
+        "with --long) from a generative model with a known oracle; same seed, same bytes.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="folder to write (created if missing)")
+    p.add_argument(
+        "--users", type=int, default=10_000, help="number of users (default 10000, the notebook's)"
+    )
+    p.add_argument("--items", type=int, default=1_000, help="number of items (default 1000, the notebook's)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default 42)")
+    p.add_argument(
+        "--density", type=float, default=0.0966, help="target share of positive cells (default 0.0966)"
+    )
+    p.add_argument(
+        "--long",
+        action="store_true",
+        help="write long-form interactions.csv (user_id,item_id) block by block, never a dense matrix; "
+        "for large scales",
+    )
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _progress_flags(p)
+    p.set_defaults(func=cmd_generate, extra="train")
+
+    p = sub.add_parser(
+        "baselines",
+        help="full-ranking metrics of Random, MostPopular, ItemKNN, EASE and Oracle on a data set",
+        description="Split the data as the notebook does (or the cold split) and print full-ranking "
+        "metrics of the Random, MostPopular, ItemKNN, EASE and Oracle rankers.",
+    )
+    _data_arg(p)
+    p.add_argument(
+        "--split", choices=("holdout", "cold"), default="holdout", help="which split (default holdout)"
+    )
+    p.add_argument(
+        "--ks", type=ks_list, default=(5, 10, 20), help="cut-offs, comma-separated (default 5,10,20)"
+    )
+    p.add_argument("--seed", type=int, default=42, help="split seed (default 42, the notebook's)")
+    p.add_argument("--plot", type=Path, help="also write the comparison as a PNG bar chart here")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"random": {...}, "mostpop": {...}, "itemknn": {...}, "ease": {...}, "oracle": {...}}',
+    )
+    p.set_defaults(func=cmd_baselines, extra="train")
+
+    p = sub.add_parser(
+        "train",
+        help="embed texts, train the models on the holdout and cold splits, write artifacts",
+        description="Embed profession/personality/description/features/category with a BERT-family "
+        "encoder, train the notebook's seed model and the personalised two_tower on the "
+        "notebook's split (and a cold split), evaluate against the baselines and write the "
+        "artifacts folder with metrics.json and a report.",
+    )
+    _data_arg(p)
+    p.add_argument("--out", required=True, type=Path, help="artifacts folder to write (replaced atomically)")
+    p.add_argument(
+        "--model", choices=("seed", "two_tower", "all"), default="all", help="which model(s) (default all)"
+    )
+    p.add_argument(
+        "--preset",
+        choices=("default", "notebook"),
+        default="default",
+        help="default: all training rows, batch 4096, early stopping; notebook: the notebook's 200,000-row "
+        "sample, 10 epochs, batch 32",
+    )
+    p.add_argument(
+        "--encoder",
+        help="BERT-family model name or folder (default: packaged all-MiniLM-L6-v2); "
+        "e.g. bert-base-uncased if it is in your Hugging Face cache",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "notebook"),
+        default="mean",
+        help="mean: average real tokens only (default); notebook: average padding in, as the notebook did",
+    )
+    p.add_argument("--epochs", type=int, help="override the preset's epochs")
+    p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument("--embedding-dim", type=int, default=32, help="two_tower embedding width (default 32)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="seed for splits, sampling and initialisation (default 42)"
+    )
+    p.add_argument("--threads", type=int, help="torch threads for the encoder (default: torch's choice)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        help="embedding cache (default ~/.cache/towerserve/embeddings or $TOWERSERVE_CACHE/embeddings)",
+    )
+    p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
+    p.add_argument("--no-cold", action="store_true", help="skip the cold-start split")
+    p.add_argument("--json", action="store_true", help="print metrics.json")
+    _progress_flags(p)
+    p.set_defaults(func=cmd_train, extra="train")
