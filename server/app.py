@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -11,7 +12,7 @@ import threading
 import time
 from collections.abc import Mapping
 from concurrent import futures
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 import grpc
@@ -23,6 +24,7 @@ from towerserve.v1 import recommender_pb2
 
 from .config import EngineConfig
 from .interceptors import AuthInterceptor, Metrics, MetricsInterceptor
+from .manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
 from .servicer import ADMIN_SERVICE, SERVICE, EngineHolder, generic_handlers
 from .validation import Limits
 
@@ -209,6 +211,30 @@ def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
     )
 
 
+def resolve_artifacts(path: Path | str) -> Path:
+    """The serving folder for ``path``: ``path`` itself, or ``path/serving`` when ``path`` is the
+    training folder (`towerserve export --artifacts A` writes A/serving, so A is an easy slip).
+
+    Raises:
+        ArtifactError: ``path`` is a training folder that has not been exported yet.
+    """
+    path = Path(path)
+    try:
+        fmt = json.loads((path / MANIFEST_FILE).read_text()).get("format")
+    except (OSError, ValueError, AttributeError):
+        return path  # not a training folder; loading it says what is wrong
+    if fmt != TRAIN_FORMAT:
+        return path
+    serving = path / "serving"
+    if not (serving / MANIFEST_FILE).is_file():
+        raise ArtifactError(
+            path,
+            f"a training folder with no serving/ inside: run `towerserve export --artifacts {path}` first",
+        )
+    _LOGGER.info("%s is a training folder: serving %s, which `towerserve export` wrote", path, serving)
+    return serving
+
+
 def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
     """Builds, binds and starts a server whose health is NOT_SERVING until :meth:`RunningServer.load`.
 
@@ -220,6 +246,8 @@ def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
         The running server; ``port`` is the bound port (useful with port 0).
     """
     cfg.validate()
+    if cfg.artifacts is not None:
+        cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
     running = RunningServer(cfg, metrics_registry)
     try:
         running._run(running._build())
@@ -282,6 +310,8 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
 def serve(cfg: ServerConfig) -> int:
     """Serves until SIGTERM; with workers > 1, forks them first and supervises (restarting crashes)."""
     cfg.validate()
+    if cfg.artifacts is not None:  # once, before any fork: one log line, and a refusal before any worker
+        cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
     if cfg.workers == 1:
         return _serve_one(cfg)
     children: dict[int, int] = {}  # pid -> worker index

@@ -1,4 +1,4 @@
-"""The client subcommands of the `towerserve` CLI (recommend, score, evaluate, info) as real processes."""
+"""The client subcommands of the `towerserve` CLI (recommend, score, evaluate, info) and `serve`, as real processes."""
 
 from __future__ import annotations
 
@@ -6,9 +6,12 @@ import contextlib
 import csv
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pipeline
@@ -399,6 +402,44 @@ def test_tls_ca(tls_target):
     assert out["health"] == "SERVING"
     err = failed(cli("info", "--timeout", "5", target=target))  # plaintext to a TLS port
     assert "UNAVAILABLE" in err
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def test_serve_the_training_folder_serves_its_export(serving):
+    """`serve --artifacts A` with A the training folder serves A/serving (what export wrote), and says so."""
+    artifacts = serving.parent
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(artifacts)]
+    cmd += ["--host", "127.0.0.1", "--port", "0"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=base)
+    try:
+        log: list[str] = []
+        deadline = time.monotonic() + 120
+        while not any(" SERVING " in line for line in log):
+            line = proc.stderr.readline()
+            assert line and time.monotonic() < deadline, "".join(log)[-3000:]
+            log.append(line)
+        text = "".join(log)
+        assert f"{artifacts} is a training folder: serving {serving}, which `towerserve export` wrote" in text
+        port = re.search(r"listening on 127\.0\.0\.1:(\d+)", text).group(1)
+        out = json.loads(ok(cli("info", "--json", target=f"127.0.0.1:{port}")))
+        assert out["health"] == "SERVING" and out["artifacts"] == str(serving)
+    finally:
+        proc.terminate()
+        rest = proc.communicate(timeout=60)[1]
+    assert proc.returncode == 0, rest[-3000:]
+
+
+def test_serve_a_training_folder_not_exported_yet(serving, tmp_path):
+    artifacts = tmp_path / "artifacts"
+    shutil.copytree(serving.parent, artifacts, ignore=shutil.ignore_patterns("serving"))
+    err = failed(cli("serve", "--artifacts", str(artifacts)))
+    assert err.splitlines() == [
+        f"towerserve serve: error: {artifacts}: a training folder with no serving/ inside: "
+        f"run `towerserve export --artifacts {artifacts}` first"
+    ]
 
 
 # ---------------------------------------------------------------------------------------------- help
