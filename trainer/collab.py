@@ -4,12 +4,12 @@ Both score a user from the items in their training row, so a user with none (eve
 split) gets no signal from them: such users fall back to popularity (training positives per item),
 i.e. ItemKNN and EASE equal MostPopular for them, never less. Items nobody trained on score 0.
 
-EASE (Steck 2019) inverts a dense items x items float64 Gram matrix: n² x 8 bytes per matrix and
-about three alive at once (G, P, B), and O(n³) time. Measured on this project's 2-core machine
-(shared, so loaded): one inversion takes 0.7 s at 1,000 items and 24 s at 5,000, and choosing λ
-costs one inversion per grid value plus the final fit (7 in all). Above ``EASE_MAX_ITEMS`` = 5,000
-(200 MB a matrix, about 3 minutes in all) EASE is skipped with a note; at 20,000 items one matrix is
-3.2 GB and one inversion would take about 64 x 24 s = 25 minutes.
+EASE (Steck 2019) inverts a dense items x items float64 Gram matrix: n² x 8 bytes per matrix, about
+three alive at once (G, P, B), and O(n³) time. Measured on this project's 2-core machine: one fit
+(inverse and B) takes 0.25 s of CPU at 1,000 items and 12.5 s at 5,000 (0.8 s and 39 s of wall time
+while the machine was shared, load 9), and choosing λ costs one fit per grid value plus the final one
+(8 in all). Above ``EASE_MAX_ITEMS`` = 5,000 (200 MB a matrix, about 100 s of CPU in all) EASE is
+skipped with a note: at 20,000 items one matrix is 3.2 GB and one fit 64 x as long (~13 CPU-minutes).
 """
 
 from __future__ import annotations
