@@ -22,12 +22,15 @@ from pathlib import Path
 
 import grpc
 
+from towerserve.server.rpcs import HEALTH_CHECK, RECOMMENDER
 from towerserve.v1 import recommender_pb2 as pb
 
-from .client import HEALTH_CHECK, RECOMMENDER
 from .tables import format_table
 
-RPCS = ("recommend", "score", "evaluate", "health")
+# The RPCs a load test can drive, by the Python clients' names (from the proto's descriptors), plus
+# "health", the server's own empty-RPC ceiling.
+_RPCS = {RECOMMENDER[name].python_name: RECOMMENDER[name] for name in ("Recommend", "Score", "Evaluate")}
+RPCS = (*_RPCS, "health")
 
 
 def parse_duration(text: str | float) -> float:
@@ -169,14 +172,13 @@ def _requests(cfg: LoadTestConfig, rng: random.Random, n: int = 2048) -> tuple[s
     """(method path, a pool of serialized requests)."""
     if cfg.rpc == "health":
         return HEALTH_CHECK, [b""]
+    rpc = _RPCS[cfg.rpc]
     if cfg.rpc == "recommend":
         users = [rng.choice(cfg.user_ids) for _ in range(n)]
-        return RECOMMENDER + "Recommend", [
-            pb.RecommendRequest(user_id=u, top_n=cfg.top_n).SerializeToString() for u in users
-        ]
+        return rpc.path, [rpc.request(user_id=u, top_n=cfg.top_n).SerializeToString() for u in users]
     if cfg.rpc == "score":
-        return RECOMMENDER + "Score", [
-            pb.ScoreRequest(
+        return rpc.path, [
+            rpc.request(
                 pairs=[
                     pb.ScorePair(user_id=rng.choice(cfg.user_ids), item_id=rng.choice(cfg.item_ids))
                     for _ in range(cfg.score_pairs)
@@ -185,7 +187,7 @@ def _requests(cfg: LoadTestConfig, rng: random.Random, n: int = 2048) -> tuple[s
             for _ in range(n // 8)
         ]
     proto = pb.PROTOCOL_NOTEBOOK if cfg.evaluate_protocol == "notebook" else pb.PROTOCOL_FULL
-    return RECOMMENDER + "Evaluate", [pb.EvaluateRequest(protocol=proto).SerializeToString()]
+    return rpc.path, [rpc.request(protocol=proto).SerializeToString()]
 
 
 def nearest_rank(sorted_values: Sequence[float], q: float) -> float:

@@ -1,0 +1,129 @@
+"""Requests built from the client's arguments and replies parsed into its types; shared by both clients."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from towerserve.server.wire import encode_varint
+from towerserve.v1 import recommender_pb2 as pb
+
+from .types import Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem, User
+
+HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
+SPLITS = {"holdout": pb.SPLIT_HOLDOUT, "cold": pb.SPLIT_COLD}
+PROTOCOLS = {"full": pb.PROTOCOL_FULL, "notebook": pb.PROTOCOL_NOTEBOOK}
+
+
+def who(user_id: str | None, user: User | None) -> str | User:
+    if (user_id is None) == (user is None):
+        raise ValueError("give exactly one of user_id or user")
+    return user_id if user_id is not None else user
+
+
+def _user_fields(user: str | User) -> dict[str, Any]:
+    if isinstance(user, User):
+        return {
+            "user": pb.UserAttributes(age=user.age, profession=user.profession, personality=user.personality)
+        }
+    return {"user_id": user}
+
+
+def recommend_request(
+    user, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+) -> pb.RecommendRequest:
+    req = pb.RecommendRequest(
+        top_n=top_n,
+        exclude_seen=exclude_seen,
+        categories=list(categories),
+        exclude_item_ids=list(exclude_item_ids),
+        **_user_fields(user),
+    )
+    if price_min is not None:
+        req.price_range.min = price_min
+    if price_max is not None:
+        req.price_range.max = price_max
+    return req
+
+
+def recommendation(r: pb.RecommendResponse) -> Recommendation:
+    return Recommendation(
+        [
+            RecommendedItem(i.item_id, i.score, i.price, i.description, i.features, i.category)
+            for i in r.items
+        ],
+        r.model_version,
+    )
+
+
+def score_request(pairs: Sequence[tuple[str | User, str]]) -> pb.ScoreRequest:
+    return pb.ScoreRequest(pairs=[pb.ScorePair(item_id=item, **_user_fields(user)) for user, item in pairs])
+
+
+def evaluate_request(split, ks, protocol, interactions) -> pb.EvaluateRequest:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)} (got {split!r})")
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {sorted(PROTOCOLS)} (got {protocol!r})")
+    return pb.EvaluateRequest(
+        split=SPLITS[split],
+        ks=list(ks),
+        protocol=PROTOCOLS[protocol],
+        interactions=[pb.Interaction(user_id=u, item_id=i) for u, i in interactions or ()],
+    )
+
+
+def evaluation(r: pb.EvaluateResponse) -> Evaluation:
+    return Evaluation(dict(r.metrics), r.users, r.seconds, r.model_version, r.split, r.protocol)
+
+
+def model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
+    return ModelInfo(
+        model_version=r.model_version,
+        model_kind=r.model_kind,
+        user_independent_ranking=r.user_independent_ranking,
+        item_count=r.item_count,
+        user_count=r.user_count,
+        providers=list(r.providers),
+        encoder=r.encoder,
+        encoder_variant=r.encoder_variant,
+        vector_dim=r.vector_dim,
+        user_fields=list(r.user_fields),
+        item_fields=list(r.item_fields),
+        training_metrics=dict(r.training_metrics),
+        versions=dict(r.versions),
+        artifacts=r.artifacts,
+        loaded_at=r.loaded_at,
+        max_top_n=r.max_top_n,
+        max_score_pairs=r.max_score_pairs,
+        max_upsert_items=r.max_upsert_items,
+        max_inline_interactions=r.max_inline_interactions,
+        categories=list(r.categories),
+    )
+
+
+def upsert_request(items: Sequence[ItemData]) -> pb.UpsertItemsRequest:
+    return pb.UpsertItemsRequest(
+        items=[
+            pb.NewItem(
+                item_id=i.item_id,
+                description=i.description,
+                features=i.features,
+                price=i.price,
+                category=i.category,
+            )
+            for i in items
+        ]
+    )
+
+
+def health_request(service: str) -> bytes:
+    # grpc.health.v1.HealthCheckRequest{service = 1}; encoded by hand so the client needs no
+    # grpcio-health-checking.
+    data = service.encode()
+    return (b"\x0a" + encode_varint(len(data)) + data) if data else b""
+
+
+def health_status(data: bytes) -> str:
+    # HealthCheckResponse{status = 1 (enum)}: absent means 0 (UNKNOWN).
+    return HEALTH_STATUS.get(data[1], "UNKNOWN") if len(data) >= 2 and data[0] == 0x08 else "UNKNOWN"
