@@ -15,6 +15,7 @@ import numpy as np
 from towerserve.server.features import FieldSpec, feature_matrix, load_tables
 from towerserve.server.manifest import (
     FORMAT_VERSION,
+    SERVED_SPLIT,
     SERVING_FORMAT,
     TRAIN_FORMAT,
     ArtifactError,
@@ -341,7 +342,7 @@ def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> Se
         )
         write_json(tmp / "manifest.json", manifest.to_json())
     if cfg.triton:
-        default = manifest.models[manifest.default_model].splits["holdout"]
+        default = manifest.models[manifest.default_model].splits[SERVED_SPLIT]
         repo = {
             "text_encoder": (out / "encoder" / "model.onnx", 256),
             "user_tower": (out / default.user_tower.file, 1024),

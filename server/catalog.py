@@ -54,17 +54,35 @@ class Catalog:
         return len(self.ids)
 
 
-def read_csv(path: Path) -> list[dict[str, str]]:
+# The items.csv columns a snapshot is built from (item_columns).
+ITEM_COLUMNS = ("item_id", "price", "category", "description", "features")
+
+
+def read_csv(path: Path, columns: Sequence[str] = (), numeric: Sequence[str] = ()) -> list[dict[str, str]]:
     """The rows of a catalogue CSV (items.csv, users.csv).
 
+    Args:
+        columns, numeric: columns that must be present; ``numeric`` ones must also parse as floats.
+
     Raises:
-        ArtifactError: the file cannot be read or parsed.
+        ArtifactError: the file cannot be read or parsed, lacks a column or has a non-number in a numeric one.
     """
     try:
         with open(path, newline="", encoding="utf-8") as fh:
-            return list(csv.DictReader(fh))
+            reader = csv.DictReader(fh)
+            rows = list(reader)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
         raise ArtifactError(path, f"unreadable ({err})") from err
+    missing = [c for c in (*columns, *numeric) if c not in (reader.fieldnames or ())]
+    if missing:
+        raise ArtifactError(path, f"lacks columns {missing} (has {reader.fieldnames})")
+    for c in numeric:
+        for j, r in enumerate(rows):
+            try:
+                float(r[c])
+            except (TypeError, ValueError):
+                raise ArtifactError(path, f"row {j + 1}: {c} {r[c]!r} is not a number") from None
+    return rows
 
 
 def item_columns(rows: Sequence[dict[str, str]]) -> dict:

@@ -13,12 +13,15 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
 from .catalog import (
+    ITEM_COLUMNS,
     Catalog,
     admissible,
     build_catalog,
@@ -31,8 +34,8 @@ from .catalog import (
 from .config import EngineConfig
 from .csr import CSR
 from .errors import InvalidArgument, NotFound
-from .features import MINMAX, FieldSpec, assemble, feature_matrix, load_tables
-from .manifest import ArtifactError, check_dims, load_manifest
+from .features import MINMAX, TEXT, FieldSpec, assemble, feature_matrix, load_tables
+from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ServingManifest, check_dims
 from .metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
 from .numerics import sigmoid
 from .runtime import resolve_providers
@@ -51,9 +54,18 @@ from .validation import (
 from .versions import SERVING_VERSIONS
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Keys of the training metrics that are bookkeeping, not metrics (left out of GetModelInfo).
 _NOT_METRICS = ("epochs", "train_seconds", "users")
+
+
+def _read_npz(read: Callable[[Path], T], path: Path) -> T:
+    """``read(path)``, with a file that is not what export wrote (no hash check, or a bug) named."""
+    try:
+        return read(path)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ArtifactError(path, f"unreadable ({type(err).__name__}: {err})") from err
 
 
 class Engine:
@@ -68,55 +80,58 @@ class Engine:
         self.root = Path(root).resolve()
         self.config = config
         self.limits = config.limits
-        self.manifest = m = load_manifest(self.root, verify_hashes=config.verify_hashes)
-        self.kind = config.model or m["default_model"]
-        if self.kind not in m["models"]:
+        # Every name and type the engine relies on is checked here (ArtifactError naming the field).
+        self.manifest = m = ServingManifest.load(self.root, verify_hashes=config.verify_hashes)
+        self.kind = config.model or m.default_model
+        if self.kind not in m.models:
             raise ArtifactError(
-                self.root / "manifest.json", f"has no model {self.kind!r} (has {sorted(m['models'])})"
+                self.root / MANIFEST_FILE, f"has no model {self.kind!r} (has {sorted(m.models)})"
             )
-        entry = m["models"][self.kind]
-        self.model_version = entry["model_version"]
-        self.user_independent = bool(entry["user_independent"])
+        entry = m.models[self.kind]
+        self.model_version = entry.model_version
+        self.user_independent = entry.user_independent
         providers = resolve_providers(config.device)
         self.towers = {
-            s: Tower(self.root, e, providers, config.tower_threads) for s, e in entry["splits"].items()
+            s: Tower(self.root, e, providers, config.tower_threads) for s, e in entry.splits.items()
         }
-        if "holdout" not in self.towers:
-            raise ArtifactError(
-                self.root / "manifest.json", f"model {self.kind!r} has no holdout split to serve"
-            )
-        self.serving = self.towers["holdout"]
+        self.serving = self.towers[SERVED_SPLIT]  # every model has one (the manifest checks)
 
-        enc = m["encoder"]
-        embeddings_file = self.root / m["catalog"]["embeddings_file"]
-        self.tables = load_tables(embeddings_file)
-        self.text = text_vectors(self.tables, enc)
+        enc = m.encoder
+        embeddings_file = self.root / m.catalog.embeddings_file
+        self.tables = _read_npz(load_tables, embeddings_file)
+        read = {
+            s.name for t in self.towers.values() for s in (*t.user_specs, *t.item_specs) if s.kind == TEXT
+        }
+        if read - set(self.tables):
+            raise ArtifactError(
+                embeddings_file,
+                f"lacks text fields {sorted(read - set(self.tables))} that the {self.kind} towers read",
+            )
+        self.text = text_vectors(self.tables, enc, embeddings_file)
         self.encoder, self.encoder_variant = load_encoder(
             self.root, enc, config.encoder_variant, providers, config.encoder_threads, self.text
         )
-        self.encoder_name = enc.get("name") or Path(enc["model"]).name
+        self.encoder_name = enc.name or Path(enc.model).name
         self.user_fields = [s.name for s in self.serving.user_specs]
         self.item_fields = [s.name for s in self.serving.item_specs]
 
-        users = read_csv(self.root / m["catalog"]["users_file"])
+        numeric = {s.name for t in self.towers.values() for s in t.user_specs if s.kind == MINMAX}
+        users = read_csv(self.root / m.catalog.users_file, ("user_id",), numeric=sorted(numeric))
         self.user_ids = [r["user_id"] for r in users]
         self.user_index = {u: j for j, u in enumerate(self.user_ids)}
         # Numeric user attributes, for the user towers' minmax fields (the text ones are in the tables).
-        numeric = {s.name for t in self.towers.values() for s in t.user_specs if s.kind == MINMAX}
         self.user_raw = {f: np.array([float(r[f]) for r in users]) for f in sorted(numeric)}
         for f in ("profession", "personality"):
             if f in self.tables:
                 check_dims(embeddings_file, f"{f} rows", len(users), len(self.tables[f].index))
 
-        items = read_csv(self.root / m["catalog"]["items_file"])
-        check_dims(
-            self.root / m["catalog"]["items_file"], "item rows", len(self.serving.item_vectors), len(items)
-        )
+        items = read_csv(self.root / m.catalog.items_file, ITEM_COLUMNS, numeric=("price",))
+        check_dims(self.root / m.catalog.items_file, "item rows", len(self.serving.item_vectors), len(items))
         self.splits: dict[str, RecordedSplit] = {
-            s: load_recorded_split(self.root / e["file"]) for s, e in m["splits"].items()
+            s: _read_npz(load_recorded_split, self.root / e.file) for s, e in m.splits.items()
         }
-        holdout = self.splits["holdout"]
-        check_dims(self.root / m["splits"]["holdout"]["file"], "users", len(users), holdout.train.n_rows)
+        holdout = self.splits[SERVED_SPLIT]
+        check_dims(self.root / m.splits[SERVED_SPLIT].file, "users", len(users), holdout.train.n_rows)
         self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
         self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
@@ -352,7 +367,8 @@ class Engine:
         self.encoder.encode(["warm up"], WARM_UP_LENGTH)
 
     def info(self) -> ModelInfo:
-        train = self.manifest.get("training", {}).get("metrics", {}).get("holdout", {}).get(self.kind, {})
+        training = self.manifest.training
+        train = training.metrics.get(SERVED_SPLIT, {}).get(self.kind, {}) if training else {}
         cat = self.catalog
         return ModelInfo(
             model_version=self.model_version,
@@ -370,7 +386,7 @@ class Engine:
                 k: float(v) for k, v in train.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS
             },
             versions={
-                **{f"export.{k}": str(v) for k, v in self.manifest.get("versions", {}).items()},
+                **{f"export.{k}": str(v) for k, v in self.manifest.versions.items()},
                 **{f"serve.{k}": v for k, v in SERVING_VERSIONS.items()},
             },
             artifacts=str(self.root),

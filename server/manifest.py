@@ -2,24 +2,21 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 import hashlib
 import json
-import reprlib
-import types
-import typing
-from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .features import FieldSpec
+from .features import TEXT, FieldSpec
+from .records import FieldError, decode, encode, string_fields
 
 SERVING_FORMAT = "towerserve-serving"
 TRAIN_FORMAT = "towerserve-train"  # the training folder's manifest.json, which export reads
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
+SERVED_SPLIT = "holdout"  # the split whose towers and vectors answer requests (cold is for Evaluate)
+FALLBACK_VARIANT = "fp32"  # the encoder variant every export has
 
 
 class ArtifactError(ValueError):
@@ -31,18 +28,8 @@ class ArtifactError(ValueError):
         self.problem = problem
 
 
-# --------------------------------------------------------------------------------------- JSON <-> records
-
-
 class _Record:
-    """``from_json``/``to_json`` for the frozen dataclasses below, driven by their type annotations.
-
-    Supported annotations: str, int, float (an int is accepted: JSON writes 3.0 as 3), bool, Any,
-    ``X | None``, ``tuple[X, ...]`` (a JSON list), ``dict[str, X]`` and nested dataclasses. A field
-    with a default may be absent; ``None`` fields are left out of the JSON, so an optional key that was
-    absent stays absent. Unknown keys are ignored, so a newer exporter's extra facts do not break an
-    older server.
-    """
+    """``from_json``/``to_json`` for the frozen dataclasses below, driven by their annotations (records.py)."""
 
     @classmethod
     def from_json(cls, data: Any, source: Path | str = MANIFEST_FILE):
@@ -51,91 +38,13 @@ class _Record:
         Raises:
             ArtifactError: naming ``source`` and the dotted path of the first missing or mistyped field.
         """
-        return _decode(cls, data, "", source)
+        try:
+            return decode(cls, data)
+        except FieldError as err:
+            raise ArtifactError(source, str(err)) from err
 
     def to_json(self) -> dict[str, Any]:
-        return _encode(self)
-
-
-def _join(where: str, key: str) -> str:
-    return f"{where}.{key}" if where else key
-
-
-def _type_name(tp: Any, top: bool = True) -> str:
-    """How an error names an annotation: int, str or null, list[str], dict[str, TowerGraph], an object (Catalog)."""
-    if tp is Any:
-        return "any value"
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType):
-        return " or ".join(_type_name(a, top) for a in args)
-    if typing.get_origin(tp) is tuple:
-        return f"list[{_type_name(args[0], False)}]"
-    if typing.get_origin(tp) is dict:
-        return f"dict[str, {_type_name(args[1], False)}]"
-    if dataclasses.is_dataclass(tp):
-        return f"an object ({tp.__name__})" if top else tp.__name__
-    return "null" if tp is type(None) else tp.__name__
-
-
-def _got(value: Any) -> str:
-    return f"{type(value).__name__} {reprlib.repr(value)}"  # reprlib: long strings and lists shortened
-
-
-def _decode(tp: Any, value: Any, where: str, source: Path | str, shown: Any = None) -> Any:
-    def wrong() -> ArtifactError:
-        return ArtifactError(
-            source, f"{where or 'the manifest'} must be {_type_name(shown or tp)} (got {_got(value)})"
-        )
-
-    if tp is Any:
-        return copy.deepcopy(value)  # a free-form part: the record must not share it with the caller
-    if isinstance(tp, types.UnionType):  # only ``X | None`` is used
-        if value is None:
-            return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _decode(inner, value, where, source, shown=tp)
-    origin = typing.get_origin(tp)
-    if origin is tuple:
-        if not isinstance(value, list):
-            raise wrong()
-        item = typing.get_args(tp)[0]
-        return tuple(_decode(item, v, f"{where}[{j}]", source) for j, v in enumerate(value))
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise wrong()
-        item = typing.get_args(tp)[1]
-        return {k: _decode(item, v, _join(where, k), source) for k, v in value.items()}
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise wrong()
-        hints = typing.get_type_hints(tp)
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in value:
-                kwargs[f.name] = _decode(hints[f.name], value[f.name], _join(where, f.name), source)
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ArtifactError(
-                    source, f"{_join(where, f.name)} is missing (expected {_type_name(hints[f.name])})"
-                )
-        return tp(**kwargs)
-    # bool is a subclass of int in Python, never in JSON: true is not a dimension.
-    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return value
-    if isinstance(value, tp) and (tp is bool or not isinstance(value, bool)):
-        return value
-    raise wrong()
-
-
-def _encode(value: Any) -> Any:
-    if dataclasses.is_dataclass(value):
-        return {
-            f.name: _encode(v) for f in dataclasses.fields(value) if (v := getattr(value, f.name)) is not None
-        }
-    if isinstance(value, (tuple, list)):
-        return [_encode(v) for v in value]
-    if isinstance(value, Mapping):
-        return {k: _encode(v) for k, v in value.items()}
-    return value
+        return encode(self)
 
 
 # ----------------------------------------------------------------------------------------- the records
@@ -288,7 +197,7 @@ class ServingManifest(_Record):
 
     @classmethod
     def from_json(cls, data: Any, source: Path | str = MANIFEST_FILE) -> ServingManifest:
-        """As :meth:`_Record.from_json`, plus the checks that span fields (format, default model)."""
+        """As :meth:`_Record.from_json`, plus format, version, and the names one field gives another's keys."""
         if not isinstance(data, dict):
             raise ArtifactError(source, f"must be a JSON object (got {type(data).__name__})")
         if data.get("format") != SERVING_FORMAT:
@@ -297,22 +206,10 @@ class ServingManifest(_Record):
             raise ArtifactError(
                 source, f"format_version {data.get('format_version')} is not {FORMAT_VERSION}"
             )
-        m: ServingManifest = _decode(cls, data, "", source)
-        if not m.models:
-            raise ArtifactError(source, "models is empty (expected at least one exported model)")
-        if m.default_model not in m.models:
-            raise ArtifactError(
-                source, f"default_model {m.default_model!r} is not among models {sorted(m.models)}"
-            )
-        for key, name in (
-            ("default_variant", m.encoder.default_variant),
-            ("gpu_variant", m.encoder.gpu_variant),
-        ):
-            if name not in m.encoder.variants:
-                raise ArtifactError(
-                    source,
-                    f"encoder.{key} {name!r} is not among encoder.variants {sorted(m.encoder.variants)}",
-                )
+        m = super().from_json(data, source)
+        problem = _names_that_point_nowhere(m)
+        if problem:
+            raise ArtifactError(source, problem)
         return m
 
     @classmethod
@@ -354,25 +251,39 @@ class ServingManifest(_Record):
 
     def referenced_files(self) -> list[str]:
         """Every file the manifest points to: the values of fields named ``file`` or ``*_file``."""
-        return list(_file_fields(self))
+        return list(string_fields(self, lambda name: name == "file" or name.endswith("_file"), skip="files"))
 
 
-def _file_fields(node: Any) -> Iterator[str]:
-    if dataclasses.is_dataclass(node):
-        for f in dataclasses.fields(node):
-            value = getattr(node, f.name)
-            if f.name == "files":  # the hash list itself
-                continue
-            if isinstance(value, str) and (f.name == "file" or f.name.endswith("_file")):
-                yield value
-            else:
-                yield from _file_fields(value)
-    elif isinstance(node, Mapping):
-        for v in node.values():
-            yield from _file_fields(v)
-    elif isinstance(node, (tuple, list)):
-        for v in node:
-            yield from _file_fields(v)
+def _names_that_point_nowhere(m: ServingManifest) -> str | None:
+    """The first name in ``m`` that is not a key where it must be one, described; None if all are."""
+    if not m.models:
+        return "models is empty (expected at least one exported model)"
+    if m.default_model not in m.models:
+        return f"default_model {m.default_model!r} is not among models {sorted(m.models)}"
+    variants = sorted(m.encoder.variants)
+    # fp32 is where the server falls back when another variant fails its load-time check.
+    for key, name in (("default_variant", m.encoder.default_variant), ("gpu_variant", m.encoder.gpu_variant)):
+        if name not in variants:
+            return f"encoder.{key} {name!r} is not among encoder.variants {variants}"
+    if FALLBACK_VARIANT not in variants:
+        return f"encoder.variants {variants} lack {FALLBACK_VARIANT!r}, the fall-back variant"
+    if SERVED_SPLIT not in m.splits:
+        return f"splits {sorted(m.splits)} lack {SERVED_SPLIT!r}, the split the server serves"
+    for kind, model in m.models.items():
+        where = f"models.{kind}.splits"
+        if SERVED_SPLIT not in model.splits:
+            return f"{where} {sorted(model.splits)} lack {SERVED_SPLIT!r}, the split the server serves"
+        for split, entry in model.splits.items():
+            if split not in m.splits:
+                return f"{where}.{split} has no recorded split (splits has {sorted(m.splits)})"
+            for side, specs in (("user", entry.features.user), ("item", entry.features.item)):
+                for j, spec in enumerate(specs):
+                    if spec.kind == TEXT and spec.name not in m.encoder.max_lengths:
+                        return (
+                            f"{where}.{split}.features.{side}[{j}] is text field {spec.name!r}, "
+                            f"which encoder.max_lengths {sorted(m.encoder.max_lengths)} lacks"
+                        )
+    return None
 
 
 # ------------------------------------------------------------------------------------- files and hashes
@@ -394,11 +305,6 @@ def file_entries(root: Path, exclude: tuple[str, ...] = (MANIFEST_FILE,)) -> dic
         if p.is_file() and rel not in exclude:
             out[rel] = FileEntry(sha256=sha256_file(p), bytes=p.stat().st_size)
     return out
-
-
-def load_manifest(root: Path | str, verify_hashes: bool = True) -> dict[str, Any]:
-    """The checked manifest as plain JSON, for the engine until it reads :class:`ServingManifest`."""
-    return ServingManifest.load(root, verify_hashes).to_json()
 
 
 def check_dims(path: Path | str, what: str, expected: int, got: int) -> None:

@@ -122,14 +122,9 @@ class EngineHolder:
             path = Path(artifacts) if artifacts else self.artifacts
             if path is None:
                 raise ArtifactError("<none>", "no artifacts folder given")
-            try:
-                engine = Engine(path, self.config)
-                engine.warm_up()
-            except (KeyError, TypeError, AttributeError, IndexError) as err:
-                # A manifest that passed the format checks but lacks structure the engine needs.
-                raise ArtifactError(
-                    Path(path) / "manifest.json", f"inconsistent ({type(err).__name__}: {err})"
-                ) from err
+            # The typed manifest has checked every field the engine reads (ArtifactError naming it).
+            engine = Engine(path, self.config)
+            engine.warm_up()
             previous, self._engine = self._engine, engine
             self.artifacts = path
             self._on_ready(True)

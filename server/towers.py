@@ -12,7 +12,7 @@ import numpy as np
 
 from .encoder import OnnxTextEncoder
 from .features import FieldSpec, FieldTable
-from .manifest import ArtifactError, check_dims
+from .manifest import FALLBACK_VARIANT, MANIFEST_FILE, ArtifactError, EncoderEntry, ModelSplit, check_dims
 from .numerics import cosine_rows
 from .runtime import CUDA, make_session
 
@@ -28,22 +28,22 @@ WARM_UP_LENGTH = 16
 class Tower:
     """One (model, split) pair of ONNX towers with its feature specs and exported item vectors."""
 
-    def __init__(self, root: Path, entry: dict, providers: Sequence[str], threads: int):
-        self.user_specs = [FieldSpec.from_json(d) for d in entry["features"]["user"]]
-        self.item_specs = [FieldSpec.from_json(d) for d in entry["features"]["item"]]
-        u, i = entry["user_tower"], entry["item_tower"]
-        self.user_session = make_session(root / u["file"], providers, threads)
-        self.item_session = make_session(root / i["file"], providers, threads)
-        self.user_in, self.user_out = u["input"], u["output"]
-        self.item_in, self.item_out = i["input"], i["output"]
-        for sess, spec, d, f in (
-            (self.user_session, self.user_specs, u, u["file"]),
-            (self.item_session, self.item_specs, i, i["file"]),
+    def __init__(self, root: Path, entry: ModelSplit, providers: Sequence[str], threads: int):
+        self.user_specs: list[FieldSpec] = list(entry.features.user)
+        self.item_specs: list[FieldSpec] = list(entry.features.item)
+        u, i = entry.user_tower, entry.item_tower
+        self.user_session = make_session(root / u.file, providers, threads)
+        self.item_session = make_session(root / i.file, providers, threads)
+        self.user_in, self.user_out = u.input, u.output
+        self.item_in, self.item_out = i.input, i.output
+        for sess, spec, graph in (
+            (self.user_session, self.user_specs, u),
+            (self.item_session, self.item_specs, i),
         ):
-            check_dims(root / f, "input width", d["input_dim"], int(sess.get_inputs()[0].shape[1]))
-            check_dims(root / f, "feature spec width", d["input_dim"], sum(s.dim for s in spec))
-        self.dim = int(u["output_dim"])
-        vec_path = root / entry["item_vectors_file"]
+            check_dims(root / graph.file, "input width", graph.input_dim, int(sess.get_inputs()[0].shape[1]))
+            check_dims(root / graph.file, "feature spec width", graph.input_dim, sum(s.dim for s in spec))
+        self.dim = u.output_dim
+        vec_path = root / entry.item_vectors_file
         self.item_vectors = np.load(vec_path).astype(np.float32)
         check_dims(vec_path, "vector width", self.dim, int(self.item_vectors.shape[1]))
         self._all_users: np.ndarray | None = None
@@ -125,15 +125,24 @@ class TextVectors:
         return out
 
 
-def text_vectors(tables: dict[str, FieldTable], enc: dict) -> dict[str, TextVectors]:
-    """One TextVectors per text field, with the lengths the manifest's encoder section records."""
-    padded = enc.get("padded_lengths", {})
-    return {f: TextVectors(tables[f], int(enc["max_lengths"][f]), padded.get(f)) for f in tables}
+def text_vectors(tables: dict[str, FieldTable], enc: EncoderEntry, path: Path) -> dict[str, TextVectors]:
+    """One TextVectors per text field, with the lengths the manifest's encoder section records.
+
+    Raises:
+        ArtifactError: ``path`` (the tables' file) has a field the manifest gives no length.
+    """
+    unknown = sorted(set(tables) - set(enc.max_lengths))
+    if unknown:
+        raise ArtifactError(
+            path,
+            f"has text fields {unknown} that manifest.json's encoder.max_lengths {sorted(enc.max_lengths)} lacks",
+        )
+    return {f: TextVectors(tables[f], enc.max_lengths[f], enc.padded_lengths.get(f)) for f in tables}
 
 
 def load_encoder(
     root: Path,
-    enc: dict,
+    enc: EncoderEntry,
     variant: str | None,
     providers: Sequence[str],
     threads: int,
@@ -150,14 +159,14 @@ def load_encoder(
     Raises:
         ArtifactError: the variant is not in the manifest, or its graph's width is wrong.
     """
-    variant = variant or (enc["gpu_variant"] if CUDA in providers else enc["default_variant"])
-    if variant not in enc["variants"]:
+    variant = variant or (enc.gpu_variant if CUDA in providers else enc.default_variant)
+    if variant not in enc.variants:
         raise ArtifactError(
-            root / "manifest.json", f"has no encoder variant {variant!r} (has {sorted(enc['variants'])})"
+            root / MANIFEST_FILE, f"has no encoder variant {variant!r} (has {sorted(enc.variants)})"
         )
     lengths = {t.truncation for t in text.values()} | {WARM_UP_LENGTH}
     encoder = _open(root, enc, variant, providers, threads, lengths)
-    if not enc["variants"][variant].get("accepted", False) or CUDA in encoder.providers:
+    if not enc.variants[variant].accepted or CUDA in encoder.providers:
         # Export checks variants on its own machine (often CPU only); a variant it could not
         # check, or any graph now running on CUDA, is checked here on the device that runs it,
         # against the training-time vectors, with a fall-back to fp32 if it disagrees.
@@ -166,20 +175,20 @@ def load_encoder(
             _LOGGER.warning(
                 "encoder variant %s failed its load-time check (%s); using fp32 instead", variant, detail
             )
-            variant = "fp32"
+            variant = FALLBACK_VARIANT
             encoder = _open(root, enc, variant, providers, threads, lengths)
     return encoder, variant
 
 
 def _open(
-    root: Path, enc: dict, variant: str, providers: Sequence[str], threads: int, lengths: set[int]
+    root: Path, enc: EncoderEntry, variant: str, providers: Sequence[str], threads: int, lengths: set[int]
 ) -> OnnxTextEncoder:
-    path = root / enc["variants"][variant]["file"]
+    path = root / enc.variants[variant].file
     encoder = OnnxTextEncoder(
-        path, root / enc["tokenizer_file"], enc["pooling"], providers, threads, lengths=sorted(lengths)
+        path, root / enc.tokenizer_file, enc.pooling, providers, threads, lengths=sorted(lengths)
     )
-    width = int(encoder.session.get_outputs()[0].shape[1] or enc["dim"])
-    check_dims(path, "embedding width", int(enc["dim"]), width)
+    width = int(encoder.session.get_outputs()[0].shape[1] or enc.dim)
+    check_dims(path, "embedding width", enc.dim, width)
     return encoder
 
 

@@ -307,17 +307,56 @@ def test_a_manifest_that_is_not_an_object_is_refused():
         ServingManifest.from_json([1, 2], "m.json")
 
 
+def _rename(d: dict, key: str, new: str) -> None:
+    d[new] = d.pop(key)
+
+
+def _holdout(d: dict) -> dict:
+    return d["models"]["seed"]["splits"]["holdout"]
+
+
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda d: d.update(default_model="two_tower"), ("default_model 'two_tower'", "['seed']")),
-        (lambda d: d["models"].clear(), ("models is empty",)),
-        (
+        pytest.param(
+            lambda d: d.update(default_model="two_tower"),
+            ("default_model 'two_tower'", "['seed']"),
+            id="model",
+        ),
+        pytest.param(lambda d: d["models"].clear(), ("models is empty",), id="no-models"),
+        pytest.param(
             lambda d: d["encoder"].update(gpu_variant="fp16"),
             ("encoder.gpu_variant 'fp16'", "['fp32', 'int8']"),
+            id="gpu-variant",
+        ),
+        pytest.param(
+            lambda d: (
+                _rename(d["encoder"]["variants"], "fp32", "fp32x") or d["encoder"].update(gpu_variant="int8")
+            ),
+            ("encoder.variants ['fp32x', 'int8']", "'fp32'", "fall-back"),
+            id="no-fp32",
+        ),
+        pytest.param(
+            lambda d: _rename(d["splits"], "holdout", "cold"),
+            ("splits ['cold']", "'holdout'"),
+            id="no-holdout",
+        ),
+        pytest.param(
+            lambda d: _rename(d["models"]["seed"]["splits"], "holdout", "cold"),
+            ("models.seed.splits ['cold']", "'holdout'"),
+            id="model-without-holdout",
+        ),
+        pytest.param(
+            lambda d: d["models"]["seed"]["splits"].update(cold=_holdout(d)),
+            ("models.seed.splits.cold has no recorded split", "['holdout']"),
+            id="split-not-recorded",
+        ),
+        pytest.param(
+            lambda d: d["encoder"]["max_lengths"].pop("profession"),
+            ("models.seed.splits.holdout.features.user[0]", "'profession'", "encoder.max_lengths []"),
+            id="text-field-without-length",
         ),
     ],
-    ids=["default-model", "no-models", "gpu-variant"],
 )
 def test_names_that_point_nowhere_are_refused(edit, words):
     data = _valid()
@@ -388,3 +427,26 @@ def test_the_record_shares_nothing_with_the_parsed_json():
     data["training"]["recipe"]["hidden"].append(32)
     data["models"]["seed"]["splits"]["holdout"]["features"]["user"].pop()
     assert m.to_json() == before
+
+
+# --- what the manifest cannot say: the catalogue files' columns ------------------------------------
+
+
+def test_a_catalogue_csv_without_a_needed_column_is_named(tmp_path):
+    from towerserve.server.catalog import read_csv
+
+    path = tmp_path / "users.csv"
+    path.write_text("user_id,years\nu1,30\n")
+    with pytest.raises(ArtifactError, match=r"lacks columns \['age'\] \(has \['user_id', 'years'\]\)") as err:
+        read_csv(path, ("user_id",), numeric=("age",))
+    assert err.value.path == str(path)
+
+
+def test_a_non_number_in_a_numeric_column_is_named_with_its_row(tmp_path):
+    from towerserve.server.catalog import read_csv
+
+    path = tmp_path / "items.csv"
+    path.write_text("item_id,price\ni1,9.5\ni2,cheap\n")
+    with pytest.raises(ArtifactError, match=r"row 2: price 'cheap' is not a number"):
+        read_csv(path, ("item_id",), numeric=("price",))
+    assert [r["price"] for r in read_csv(path, ("item_id",))] == ["9.5", "cheap"]  # not numeric: not checked
