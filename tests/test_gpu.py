@@ -6,7 +6,6 @@ import logging
 
 import numpy as np
 import onnxruntime as ort
-import pipeline
 import pytest
 
 from towerserve.server.engine import Engine, EngineConfig
@@ -19,11 +18,6 @@ needs_cuda = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def serving(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
-
-
 @pytest.mark.skipif(HAS_CUDA, reason="this machine has CUDA: the fall-back path is not taken")
 def test_cuda_request_falls_back_to_cpu_and_says_so(serving, caplog):
     caplog.set_level(logging.WARNING, logger="towerserve")
@@ -31,8 +25,8 @@ def test_cuda_request_falls_back_to_cpu_and_says_so(serving, caplog):
     engine = Engine(serving, EngineConfig(model="two_tower", device="cuda"))
     # The providers really used are reported (GetModelInfo.providers), never a silent CUDA claim.
     assert engine.providers == [CPU]
-    assert engine.info()["providers"] == [CPU]
-    assert engine.encoder_variant == engine.manifest["encoder"]["default_variant"]
+    assert engine.info().providers == [CPU]
+    assert engine.encoder_variant == engine.manifest.encoder.default_variant
     assert "falling back to CPU" in caplog.text
     cpu = Engine(serving, EngineConfig(model="two_tower", device="cpu"))
     user = engine.user_ids[0]
