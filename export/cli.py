@@ -19,12 +19,11 @@ def cmd_export(args: argparse.Namespace) -> int:
         triton=args.triton,
     )
     manifest = main_export(args.artifacts, cfg)
-    enc = manifest["encoder"]
-    default = manifest["default_model"]
+    enc, default = manifest.encoder, manifest.default_model
     print(f"\nserving artifacts: {args.out or Path(args.artifacts) / 'serving'}")
     print(
-        f"default model: {default} ({manifest['models'][default]['model_version']}); "
-        f"encoder variant: {enc['default_variant']} (of {', '.join(enc['variants'])})"
+        f"default model: {default} ({manifest.models[default].model_version}); "
+        f"encoder variant: {enc.default_variant} (of {', '.join(enc.variants)})"
     )
     if args.triton:
         print(f"triton model repository: {args.triton}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import json
 import os
 import re
@@ -29,11 +28,6 @@ def running_server(serving: Path, **overrides):
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> Path:
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
-
-
-@pytest.fixture(scope="module")
 def target(serving) -> str:
     with running_server(serving, model="two_tower") as target:
         yield target
@@ -43,12 +37,6 @@ def target(serving) -> str:
 def token_target(serving) -> str:
     with running_server(serving, model="two_tower", token=TOKEN) as target:
         yield target
-
-
-@pytest.fixture(scope="module")
-def users(serving) -> list[dict[str, str]]:
-    with open(serving / "catalog" / "users.csv", newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
 
 
 @pytest.fixture(scope="module")
@@ -440,6 +428,25 @@ def test_serve_a_training_folder_not_exported_yet(serving, tmp_path):
         f"towerserve serve: error: {artifacts}: a training folder with no serving/ inside: "
         f"run `towerserve export --artifacts {artifacts}` first"
     ]
+
+
+@pytest.mark.slow
+def test_export_command_piped(serving, tmp_path):
+    """`towerserve export` end to end with its output in a file: the summary lines, no progress frames."""
+    out, log = tmp_path / "serving", tmp_path / "export.log"
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "export", "--artifacts", str(serving.parent)]
+    cmd += ["--out", str(out), "--parity-users", "50", "--no-optimize", "--no-int8", "--no-fp16"]
+    with open(log, "wb") as fh:
+        done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=600)
+    text = log.read_bytes().decode()
+    assert done.returncode == 0, text[-3000:]
+    assert "\r" not in text
+    assert f"serving artifacts: {out}\n" in text
+    assert re.search(
+        r"default model: (seed|two_tower) \((seed|two_tower)-[0-9a-f]+\); encoder variant: fp32 \(of fp32\)",
+        text,
+    )
+    assert (out / "manifest.json").is_file()
 
 
 # ---------------------------------------------------------------------------------------------- help
