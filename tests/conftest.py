@@ -1,10 +1,24 @@
-"""Shared fixtures for the foundation tests: one small generated data set per session."""
+"""Shared fixtures: one small generated data set and one tiny real pipeline per session; the slow tier."""
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
+import pipeline
 import pytest
+
+# A test that needs the tiny pipeline (tiny BERT, training, export: half a minute on two cores, once
+# per session) is slow whatever it does afterwards; marking it here, from the fixtures it asks for,
+# keeps `pytest -m "not slow"` honest without a marker to forget in every module.
+_PIPELINE_FIXTURES = frozenset({"built", "serving"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    slow = pytest.mark.slow
+    for item in items:
+        if _PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(slow)
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +29,33 @@ def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_data")
     synth.generate(root, n_users=300, n_items=60, seed=7, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def built(tmp_path_factory) -> dict[str, Path]:
+    """The tiny pipeline's folders (bert, data, artifacts, serving); treat them as read-only and
+    tamper only with a :func:`pipeline.copy_serving` copy."""
+    return pipeline.build_all(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="session")
+def serving(built) -> Path:
+    """The tiny pipeline's serving folder (what a server loads)."""
+    return built["serving"]
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+@pytest.fixture(scope="session")
+def users(serving) -> list[dict[str, str]]:
+    """The served catalogue's users.csv rows, in file order (the row order of the recorded splits)."""
+    return _read_csv(serving / "catalog" / "users.csv")
+
+
+@pytest.fixture(scope="session")
+def items(serving) -> dict[str, dict[str, str]]:
+    """The served catalogue's items.csv rows by item_id, in file order (the splits' column order)."""
+    return {r["item_id"]: r for r in _read_csv(serving / "catalog" / "items.csv")}

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import re
 import threading
-from pathlib import Path
 
 import grpc
 import numpy as np
-import pipeline
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -30,11 +27,6 @@ SERVING, NOT_SERVING = health_pb2.HealthCheckResponse.SERVING, health_pb2.Health
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> Path:
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
-
-
-@pytest.fixture(scope="module")
 def two_tower(serving):
     """The personalised model; read-only for the tests that use it (upserts get their own server)."""
     with running_server(serving, model="two_tower") as (running, channel):
@@ -50,21 +42,6 @@ def stub(two_tower):
 def seed_stub(serving):
     with running_server(serving, model="seed") as (_, channel):
         yield recommender_pb2_grpc.RecommenderStub(channel)
-
-
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="", encoding="utf-8") as fh:
-        return list(csv.DictReader(fh))
-
-
-@pytest.fixture(scope="module")
-def users(serving) -> list[dict[str, str]]:
-    return _read_csv(serving / "catalog" / "users.csv")
-
-
-@pytest.fixture(scope="module")
-def items(serving) -> dict[str, dict[str, str]]:
-    return {r["item_id"]: r for r in _read_csv(serving / "catalog" / "items.csv")}
 
 
 @pytest.fixture(scope="module")

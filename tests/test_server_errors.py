@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import logging
 import subprocess
 import sys
@@ -14,13 +13,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-import pipeline
 import pytest
+from messages import mentions, missing
 from pipeline import server_and_channel as running_server
 from prometheus_client import CollectorRegistry
 
 from towerserve.server.app import ServerConfig, create_server
 from towerserve.server.deadline import check_deadline
+from towerserve.server.engine import Engine, EngineConfig
 from towerserve.server.errors import ERROR_TABLE, GENERIC_INTERNAL, DeadlineExceeded
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
@@ -47,11 +47,6 @@ ELSEWHERE = {
     "Reload of a bad artifacts folder": "test_server_ops.py::test_hot_reload_under_load_then_a_bad_folder_is_refused",
     "anything unexpected": "test_unexpected_errors_are_internal_with_a_generic_message",
 }
-
-
-@pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> Path:
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
 
 
 @pytest.fixture(scope="module")
@@ -92,13 +87,10 @@ class Ctx:
 
 
 @pytest.fixture(scope="module")
-def ctx(loaded, serving) -> Ctx:
+def ctx(loaded, users, items) -> Ctx:
     info = recommender_pb2_grpc.RecommenderStub(loaded[1]).GetModelInfo(pb.GetModelInfoRequest())
-    with open(serving / "catalog" / "users.csv", newline="") as fh:
-        user = next(csv.DictReader(fh))["user_id"]
-    with open(serving / "catalog" / "items.csv", newline="") as fh:
-        item = next(csv.DictReader(fh))["item_id"]
-    return Ctx(info, user, item)
+    assert "personality" in info.user_fields  # what makes "missing-personality" an error
+    return Ctx(info, users[0]["user_id"], next(iter(items)))
 
 
 @dataclass(frozen=True)
@@ -108,7 +100,10 @@ class Case:
     method: str  # "Service/Method"
     build: Callable[[Ctx], object]  # a request message, or raw bytes sent as they are
     code: grpc.StatusCode
-    message: Callable[[Ctx], str] | str  # a substring the status details must contain
+    # What the status details must name, each taken from the request the case sends (or from
+    # GetModelInfo's limits): the field at fault, the value that arrived, the bound it broke. Not
+    # the server's wording, which may change freely.
+    says: Callable[[Ctx], tuple[str, ...]] | tuple[str, ...]
     server: str = "loaded"
 
 
@@ -120,9 +115,16 @@ def _cold(top_n=5, **attrs) -> Callable[[Ctx], pb.RecommendRequest]:
     return lambda c: pb.RecommendRequest(user=c.attrs(**attrs), top_n=top_n)
 
 
+def _upsert(**kw) -> Callable[[Ctx], pb.UpsertItemsRequest]:
+    return lambda c: pb.UpsertItemsRequest(items=[c.new_item(**kw)])
+
+
 REC, SCORE, EVAL = "Recommender/Recommend", "Recommender/Score", "Recommender/Evaluate"
 UPSERT = "Recommender/UpsertItems"
-LONG_TEXT, SHORT_TEXT = 5000, 200
+# The limits recommender.proto and ERROR_TABLE document (GetModelInfo reports only the batch sizes).
+MAX_AGE, MAX_PRICE, SHORT_TEXT, LONG_TEXT, MAX_K = 150, 1e9, 200, 5000, 1000
+GHOST_USER, GHOST_ITEM = "nobody_0000", "no_such_item"
+NAN, INF = float("nan"), float("inf")
 
 CASES = [
     # NOT_FOUND
@@ -130,17 +132,17 @@ CASES = [
         "unknown-user",
         UNKNOWN,
         REC,
-        lambda c: pb.RecommendRequest(user_id="nobody_0000", top_n=5),
+        lambda c: pb.RecommendRequest(user_id=GHOST_USER, top_n=5),
         NOT_FOUND,
-        "unknown user_id 'nobody_0000'",
+        ("user_id", repr(GHOST_USER)),
     ),
     Case(
         "unknown-user-in-score",
         UNKNOWN,
         SCORE,
-        lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user_id="nobody_0000", item_id=c.item)]),
+        lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user_id=GHOST_USER, item_id=c.item)]),
         NOT_FOUND,
-        "unknown user_id 'nobody_0000'",
+        ("user_id", repr(GHOST_USER)),
     ),
     Case(
         "unknown-item-in-score",
@@ -149,19 +151,19 @@ CASES = [
         lambda c: pb.ScoreRequest(
             pairs=[
                 pb.ScorePair(user_id=c.user, item_id=c.item),
-                pb.ScorePair(user_id=c.user, item_id="no_such_item"),
+                pb.ScorePair(user_id=c.user, item_id=GHOST_ITEM),
             ]
         ),
         NOT_FOUND,
-        "unknown item_id 'no_such_item' (pair 1)",
+        ("item_id", repr(GHOST_ITEM), "pair 1"),  # the second pair is the bad one
     ),
     Case(
         "unknown-item-inline",
         UNKNOWN,
         EVAL,
-        lambda c: pb.EvaluateRequest(interactions=[pb.Interaction(user_id=c.user, item_id="no_such_item")]),
+        lambda c: pb.EvaluateRequest(interactions=[pb.Interaction(user_id=c.user, item_id=GHOST_ITEM)]),
         NOT_FOUND,
-        "unknown item_id 'no_such_item' (interaction 0)",
+        ("item_id", repr(GHOST_ITEM), "interaction 0"),
     ),
     # top_n
     Case(
@@ -170,7 +172,7 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user_id=c.user, top_n=0),
         INVALID,
-        lambda c: f"top_n must be in [1, {c.info.max_top_n}] (got 0)",
+        lambda c: ("top_n", "0", str(c.info.max_top_n)),
     ),
     Case(
         "top-n-negative",
@@ -178,7 +180,7 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user_id=c.user, top_n=-3),
         INVALID,
-        "(got -3)",
+        lambda c: ("top_n", "-3", str(c.info.max_top_n)),
     ),
     Case(
         "top-n-max-plus-1",
@@ -186,7 +188,7 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user_id=c.user, top_n=c.info.max_top_n + 1),
         INVALID,
-        lambda c: f"top_n must be in [1, {c.info.max_top_n}] (got {c.info.max_top_n + 1})",
+        lambda c: ("top_n", str(c.info.max_top_n + 1), str(c.info.max_top_n)),
     ),
     # batches
     Case(
@@ -195,7 +197,7 @@ CASES = [
         SCORE,
         lambda c: pb.ScoreRequest(),
         INVALID,
-        lambda c: f"pairs must hold 1..{c.info.max_score_pairs} pairs (got 0)",
+        lambda c: ("pairs", "0", str(c.info.max_score_pairs)),
     ),
     Case(
         "score-oversized",
@@ -205,7 +207,7 @@ CASES = [
             pairs=[pb.ScorePair(user_id=c.user, item_id=c.item)] * (c.info.max_score_pairs + 1)
         ),
         INVALID,
-        lambda c: f"(got {c.info.max_score_pairs + 1})",
+        lambda c: ("pairs", str(c.info.max_score_pairs + 1), str(c.info.max_score_pairs)),
     ),
     Case(
         "upsert-empty",
@@ -213,7 +215,7 @@ CASES = [
         UPSERT,
         lambda c: pb.UpsertItemsRequest(),
         INVALID,
-        lambda c: f"items must hold 1..{c.info.max_upsert_items} items (got 0)",
+        lambda c: ("items", "0", str(c.info.max_upsert_items)),
     ),
     Case(
         "upsert-oversized",
@@ -223,7 +225,7 @@ CASES = [
             items=[c.new_item(item_id=f"x{j}") for j in range(c.info.max_upsert_items + 1)]
         ),
         INVALID,
-        lambda c: f"items must hold 1..{c.info.max_upsert_items} items (got {c.info.max_upsert_items + 1})",
+        lambda c: ("items", str(c.info.max_upsert_items + 1), str(c.info.max_upsert_items)),
     ),
     Case(
         "inline-oversized",
@@ -234,38 +236,35 @@ CASES = [
             * (c.info.max_inline_interactions + 1)
         ),
         INVALID,
-        lambda c: f"interactions must hold 1..{c.info.max_inline_interactions} pairs",
+        lambda c: (
+            "interactions",
+            str(c.info.max_inline_interactions + 1),
+            str(c.info.max_inline_interactions),
+        ),
     ),
     # who
-    Case(
-        "neither-user",
-        NEITHER,
-        REC,
-        lambda c: pb.RecommendRequest(top_n=5),
-        INVALID,
-        "give either user_id or user attributes",
-    ),
+    Case("neither-user", NEITHER, REC, lambda c: pb.RecommendRequest(top_n=5), INVALID, ("user_id", "user")),
     Case(
         "neither-user-in-score",
         NEITHER,
         SCORE,
         lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(item_id=c.item)]),
         INVALID,
-        "give either user_id or user attributes",
+        ("user_id", "user"),
     ),
-    # numbers
-    Case("age-nan", NUMBERS, REC, _cold(age=float("nan")), INVALID, "user.age must be in (0, 150] (got nan)"),
-    Case("age-inf", NUMBERS, REC, _cold(age=float("inf")), INVALID, "user.age must be in (0, 150] (got inf)"),
-    Case("age-0", NUMBERS, REC, _cold(age=0.0), INVALID, "user.age must be in (0, 150] (got 0.0)"),
-    Case("age-negative", NUMBERS, REC, _cold(age=-1.0), INVALID, "(got -1.0)"),
-    Case("age-151", NUMBERS, REC, _cold(age=151.0), INVALID, "user.age must be in (0, 150] (got 151.0)"),
+    # numbers: the value as the server received it, a float (so 0 arrives as 0.0)
+    Case("age-nan", NUMBERS, REC, _cold(age=NAN), INVALID, ("user.age", str(NAN), str(MAX_AGE))),
+    Case("age-inf", NUMBERS, REC, _cold(age=INF), INVALID, ("user.age", str(INF), str(MAX_AGE))),
+    Case("age-0", NUMBERS, REC, _cold(age=0.0), INVALID, ("user.age", str(0.0), str(MAX_AGE))),
+    Case("age-negative", NUMBERS, REC, _cold(age=-1.0), INVALID, ("user.age", str(-1.0), str(MAX_AGE))),
+    Case("age-151", NUMBERS, REC, _cold(age=151.0), INVALID, ("user.age", str(151.0), str(MAX_AGE))),
     Case(
         "age-nan-in-score",
         NUMBERS,
         SCORE,
-        lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user=c.attrs(age=float("nan")), item_id=c.item)]),
+        lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user=c.attrs(age=NAN), item_id=c.item)]),
         INVALID,
-        "user.age must be in (0, 150]",
+        ("user.age", str(NAN)),
     ),
     Case(
         "price-range-inverted",
@@ -273,31 +272,27 @@ CASES = [
         REC,
         _rec(price_range=pb.PriceRange(min=500.0, max=100.0)),
         INVALID,
-        "price_range.min 500.0 is above price_range.max 100.0",
+        ("price_range.min", str(500.0), "price_range.max", str(100.0)),
     ),
     Case(
         "price-range-nan",
         NUMBERS,
         REC,
-        _rec(price_range=pb.PriceRange(max=float("nan"))),
+        _rec(price_range=pb.PriceRange(max=NAN)),
         INVALID,
-        "price_range.max must be a finite number (got nan)",
+        ("price_range.max", str(NAN)),
     ),
-    Case(
-        "upsert-price-nan",
-        NUMBERS,
-        UPSERT,
-        lambda c: pb.UpsertItemsRequest(items=[c.new_item(price=float("nan"))]),
-        INVALID,
-        "items[0].price must be in [0, 1e+09] (got nan)",
-    ),
+    Case("upsert-price-nan", NUMBERS, UPSERT, _upsert(price=NAN), INVALID, ("items[0].price", str(NAN))),
     Case(
         "upsert-price-negative",
         NUMBERS,
         UPSERT,
-        lambda c: pb.UpsertItemsRequest(items=[c.new_item(price=-1.0)]),
+        _upsert(price=-1.0),
         INVALID,
-        "items[0].price must be in [0, 1e+09] (got -1.0)",
+        ("items[0].price", str(-1.0), "0"),
+    ),
+    Case(
+        "upsert-price-1e300", NUMBERS, UPSERT, _upsert(price=1e300), INVALID, ("items[0].price", str(1e300))
     ),
     # texts
     Case(
@@ -306,27 +301,25 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user_id="", top_n=5),
         INVALID,
-        "user_id must not be empty",
+        ("user_id",),
     ),
-    Case("empty-profession", TEXT, REC, _cold(profession=""), INVALID, "user.profession must not be empty"),
+    Case("empty-profession", TEXT, REC, _cold(profession=""), INVALID, ("user.profession",)),
+    Case("blank-profession", TEXT, REC, _cold(profession="   "), INVALID, ("user.profession",)),
     Case(
-        "blank-profession", TEXT, REC, _cold(profession="   "), INVALID, "user.profession must not be empty"
-    ),
-    Case(
-        "profession-201",
+        "profession-too-long",
         TEXT,
         REC,
         _cold(profession="p" * (SHORT_TEXT + 1)),
         INVALID,
-        "user.profession is 201 characters; the limit is 200",
+        ("user.profession", str(SHORT_TEXT + 1), str(SHORT_TEXT)),
     ),
     Case(
-        "personality-201",
+        "personality-too-long",
         TEXT,
         REC,
         _cold(personality="p" * (SHORT_TEXT + 1)),
         INVALID,
-        "user.personality is 201 characters; the limit is 200",
+        ("user.personality", str(SHORT_TEXT + 1), str(SHORT_TEXT)),
     ),
     Case(
         "score-empty-item-id",
@@ -334,31 +327,24 @@ CASES = [
         SCORE,
         lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user_id=c.user)]),
         INVALID,
-        "pairs[0].item_id must not be empty",
+        ("pairs[0].item_id",),
     ),
     Case(
-        "description-5001",
+        "description-too-long",
         TEXT,
         UPSERT,
-        lambda c: pb.UpsertItemsRequest(items=[c.new_item(description="d" * (LONG_TEXT + 1))]),
+        _upsert(description="d" * (LONG_TEXT + 1)),
         INVALID,
-        "items[0].description is 5001 characters; the limit is 5000",
+        ("items[0].description", str(LONG_TEXT + 1), str(LONG_TEXT)),
     ),
+    Case("features-empty", TEXT, UPSERT, _upsert(features=""), INVALID, ("items[0].features",)),
     Case(
-        "features-empty",
+        "item-id-too-long",
         TEXT,
         UPSERT,
-        lambda c: pb.UpsertItemsRequest(items=[c.new_item(features="")]),
+        _upsert(item_id="i" * (SHORT_TEXT + 1)),
         INVALID,
-        "items[0].features must not be empty",
-    ),
-    Case(
-        "item-id-201",
-        TEXT,
-        UPSERT,
-        lambda c: pb.UpsertItemsRequest(items=[c.new_item(item_id="i" * 201)]),
-        INVALID,
-        "items[0].item_id is 201 characters; the limit is 200",
+        ("items[0].item_id", str(SHORT_TEXT + 1), str(SHORT_TEXT)),
     ),
     Case(
         "category-empty",
@@ -366,7 +352,7 @@ CASES = [
         UPSERT,
         lambda c: pb.UpsertItemsRequest(items=[c.new_item(), c.new_item(item_id="item_y", category="")]),
         INVALID,
-        "items[1].category must not be empty",
+        ("items[1].category",),
     ),
     # required attribute
     Case(
@@ -375,19 +361,17 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user=pb.UserAttributes(age=30.0, profession="science"), top_n=5),
         INVALID,
-        "user.personality is required",
+        ("user.personality",),
     ),
-    # ks and duplicates
+    # ks, duplicates, ids over the limit
+    Case("ks-0", KS, EVAL, lambda c: pb.EvaluateRequest(ks=[0]), INVALID, ("ks", "0", str(MAX_K))),
     Case(
-        "ks-0", KS, EVAL, lambda c: pb.EvaluateRequest(ks=[0]), INVALID, "ks must be in [1, 1000] (got [0])"
-    ),
-    Case(
-        "ks-1001",
+        "ks-too-big",
         KS,
         EVAL,
-        lambda c: pb.EvaluateRequest(ks=[10, 1001]),
+        lambda c: pb.EvaluateRequest(ks=[10, MAX_K + 1]),
         INVALID,
-        "ks must be in [1, 1000] (got [1001])",
+        ("ks", str(MAX_K + 1), str(MAX_K)),
     ),
     Case(
         "upsert-duplicate-ids",
@@ -395,7 +379,24 @@ CASES = [
         UPSERT,
         lambda c: pb.UpsertItemsRequest(items=[c.new_item(item_id="dup"), c.new_item(item_id="dup")]),
         INVALID,
-        "items[1].item_id 'dup' appears twice in the request",
+        ("items[1].item_id", repr("dup")),
+    ),
+    # An unknown id over the limit is refused for its length; the status stays short (checked below).
+    Case(
+        "user-id-20000",
+        KS,
+        REC,
+        lambda c: pb.RecommendRequest(user_id="u" * 20_000, top_n=5),
+        INVALID,
+        ("user_id", "20000", str(SHORT_TEXT)),
+    ),
+    Case(
+        "score-item-id-too-long",
+        KS,
+        SCORE,
+        lambda c: pb.ScoreRequest(pairs=[pb.ScorePair(user_id=c.user, item_id="i" * (SHORT_TEXT + 1))]),
+        INVALID,
+        ("pairs[0].item_id", str(SHORT_TEXT + 1), str(SHORT_TEXT)),
     ),
     # bytes: field 1 (user_id) holding invalid UTF-8, then top_n=5
     Case(
@@ -404,7 +405,7 @@ CASES = [
         REC,
         lambda c: b"\x0a\x03\xff\xfe\xfd\x18\x05",
         INVALID,
-        "request is not a valid towerserve.v1.RecommendRequest",
+        (pb.RecommendRequest.DESCRIPTOR.full_name,),
     ),
     # server state
     Case(
@@ -413,7 +414,7 @@ CASES = [
         REC,
         lambda c: pb.RecommendRequest(user_id=c.user, top_n=5),
         grpc.StatusCode.UNAVAILABLE,
-        "the model is loading",
+        ("loading",),
         server="unloaded",
     ),
 ]
@@ -438,9 +439,21 @@ def test_error_table(case: Case, loaded, unloaded, ctx):
     channel = (loaded if case.server == "loaded" else unloaded)[1]
     with pytest.raises(grpc.RpcError) as err:
         _call(channel, case.method, case.build(ctx))
-    expected = case.message(ctx) if callable(case.message) else case.message
-    assert (err.value.code(), expected in err.value.details()) == (case.code, True), err.value.details()
+    details = err.value.details()
+    assert err.value.code() == case.code, details
+    says = case.says(ctx) if callable(case.says) else case.says
+    assert missing(details, says) == [], details
+    assert len(details) < 1000  # ids and texts are quoted bounded, never echoed whole
     assert case.code == _row(case.row)[1]
+
+
+def test_mentions_takes_whole_tokens_only():
+    assert mentions("top_n must be in [1, 1000] (got 0)", "0")
+    assert not mentions("top_n must be in [1, 1000] (got 1)", "0")
+    assert not mentions("user.age must be in [1, 150] (got 0.0)", "0")
+    assert not mentions("age 10.0", "0")
+    assert missing("pairs must hold 1..10000 pairs (got 0)", ("pairs", "10000", "0", "1")) == []
+    assert mentions("items[1].item_id 'dup' appears", "items[1].item_id")
 
 
 def test_cases_cover_the_whole_error_table():
@@ -468,40 +481,70 @@ def test_server_survives_the_error_cases(loaded, ctx):
 
 
 def test_a_deadline_too_short_for_evaluate(serving, ctx):
-    """The biggest inline Evaluate takes the server ~0.3 s; a 50 ms deadline must stop it.
+    """A deadline half as long as the biggest inline Evaluate takes ends the call DEADLINE_EXCEEDED,
+    and the server counts it so instead of finishing it.
 
     (A 1 us deadline is no test here: gRPC keeps deadlines at millisecond resolution and the tiny
-    recorded splits evaluate in under a millisecond, so such calls often succeed.)
+    recorded splits evaluate in under a millisecond, so such calls often succeed. A fixed 50 ms one
+    is no test either: on a busy machine the ~5 MB request may still be arriving when it is up, so
+    gRPC drops the call before any handler runs.)
     """
     registry = CollectorRegistry()
     running = create_server(
         ServerConfig(artifacts=serving, host="127.0.0.1", port=0, model="two_tower"),
         metrics_registry=registry,
     )
+    evaluate = {"method": "/towerserve.v1.Recommender/Evaluate"}
+
+    def count(code: str) -> float:
+        return registry.get_sample_value("towerserve_requests_total", {**evaluate, "code": code}) or 0.0
+
     try:
         running.load()
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = recommender_pb2_grpc.RecommenderStub(channel)
-            pairs = [pb.Interaction(user_id=ctx.user, item_id=ctx.item)] * ctx.info.max_inline_interactions
+            request = pb.EvaluateRequest(
+                interactions=[pb.Interaction(user_id=ctx.user, item_id=ctx.item)]
+                * ctx.info.max_inline_interactions
+            )
+            t0 = time.perf_counter()
+            done = stub.Evaluate(request, timeout=120)  # also grows the connection's flow-control window
+            took = time.perf_counter() - t0
+            assert done.seconds > took / 2, "the work, not the transfer, must take most of the call"
             with pytest.raises(grpc.RpcError) as err:
-                stub.Evaluate(pb.EvaluateRequest(interactions=pairs), timeout=0.05)
-            # gRPC's own deadline or the server's check inside Evaluate: both are DEADLINE_EXCEEDED.
-            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert "deadline" in err.value.details().lower()
+                stub.Evaluate(request, timeout=took / 2)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
 
-            # The server gave up too (its check raised) instead of finishing work nobody waits for.
-            labels = {"method": "/towerserve.v1.Recommender/Evaluate", "code": "DEADLINE_EXCEEDED"}
-            deadline = time.monotonic() + 20
-            while registry.get_sample_value("towerserve_requests_total", labels) != 1.0:
-                assert time.monotonic() < deadline, (
+            give_up = time.monotonic() + max(20.0, 10 * took)
+            while count("DEADLINE_EXCEEDED") != 1.0:
+                assert time.monotonic() < give_up, (
                     "the server never ended the Evaluate with DEADLINE_EXCEEDED"
                 )
                 time.sleep(0.05)
-            assert registry.get_sample_value("towerserve_requests_total", {**labels, "code": "OK"}) is None
+            assert count("OK") == 1.0  # the first call only
 
             assert stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_COLD), timeout=30).users > 0
     finally:
         running.stop(0)
+
+
+def test_evaluate_checks_the_deadline_during_the_work(serving, ctx):
+    """Evaluate asks ``check`` before it starts and again while it ranks, so a deadline that passes
+    midway stops the work; here the second check raises, as the deadline would."""
+    engine = Engine(serving, EngineConfig(model="two_tower"))
+    calls = []
+
+    def check() -> None:
+        calls.append(len(calls))
+        if len(calls) == 2:
+            raise DeadlineExceeded("deadline exceeded (0 ms left)")
+
+    with pytest.raises(DeadlineExceeded):
+        engine.evaluate(inline=[(ctx.user, ctx.item)], check=check)
+    assert calls == [0, 1]
+    calls.clear()
+    metrics, users = engine.evaluate(inline=[(ctx.user, ctx.item)], check=lambda: calls.append(0))
+    assert users == 1 and len(calls) >= 2  # the same call, unchecked by a deadline, completes
 
 
 @pytest.mark.parametrize(
@@ -516,7 +559,9 @@ def test_check_deadline(left, need, raises):
     with pytest.raises(DeadlineExceeded) as err:
         check()
     assert err.value.code == grpc.StatusCode.DEADLINE_EXCEEDED
-    assert err.value.message == f"deadline exceeded ({max(left, 0.0) * 1000:.0f} ms left)"
+    # It says how much time was left, in milliseconds, none when the deadline has passed.
+    left_ms = str(round(max(left, 0.0) * 1000))
+    assert missing(err.value.message, ("deadline", left_ms)) == [], err.value.message
 
 
 # ---------------------------------------------------------------------------------- concurrency limit
@@ -557,11 +602,6 @@ def test_more_concurrent_rpcs_than_allowed_are_refused(serving):
 
 
 # ------------------------------------------------------------------------------------------ INTERNAL
-
-
-def test_generic_internal_message_carries_no_details():
-    assert GENERIC_INTERNAL == "internal error; the server logged the details"
-    assert not any(s in GENERIC_INTERNAL for s in ("{", "%", "Traceback", "Error", "/"))
 
 
 def test_unexpected_errors_are_internal_with_a_generic_message(caplog):
@@ -610,38 +650,28 @@ def test_unexpected_errors_are_internal_with_a_generic_message(caplog):
     err = asyncio.run(call())
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details() == GENERIC_INTERNAL
-    assert "secret detail" not in err.details()
-    assert "secret detail" in caplog.text and "Traceback" in caplog.text  # the details went to the log
+    leaks = ("secret detail", "/srv/internal/path", "RuntimeError", "Traceback")
+    assert [s for s in leaks if s in err.details()] == []
+    assert all(s in caplog.text for s in leaks)  # the details went to the log
 
 
-def test_an_oversized_user_id_gets_a_domain_error(loaded):
-    stub = recommender_pb2_grpc.RecommenderStub(loaded[1])
-    with pytest.raises(grpc.RpcError) as err:
-        stub.Recommend(pb.RecommendRequest(user_id="u" * 20_000, top_n=5))
-    assert err.value.code() in (NOT_FOUND, INVALID), err.value.details()
-    assert len(err.value.details()) < 1000
-
-
-@pytest.mark.filterwarnings(
-    "ignore::RuntimeWarning"
-)  # numpy's overflow warnings are the symptom, not the test
-def test_a_huge_price_never_yields_nan_scores_or_filtered_out_items(serving, ctx):
+def test_the_largest_allowed_price_gives_finite_scores_and_is_not_filtered_out(serving, ctx):
+    """Prices above the limit are refused (the "upsert-price-1e300" case); the limit itself must
+    still scale to finite features, so the item ranks and scores like any other."""
+    biggest = float(MAX_PRICE)
     with running_server(serving, model="two_tower") as (_, channel):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
-        try:
-            stub.UpsertItems(
-                pb.UpsertItemsRequest(items=[ctx.new_item(item_id="pricey", price=1e300, category="yacht")])
-            )
-        except grpc.RpcError as err:  # refusing it is a fine fix
-            assert err.code() == INVALID and "price" in err.details()
-            return
+        done = stub.UpsertItems(
+            pb.UpsertItemsRequest(items=[ctx.new_item(item_id="pricey", price=biggest, category="yacht")])
+        )
+        assert done.inserted == 1
         got = stub.Recommend(pb.RecommendRequest(user_id=ctx.user, top_n=5, categories=["yacht"]))
-        assert [(it.item_id, it.category) for it in got.items] == [("pricey", "yacht")]
+        assert [(it.item_id, it.category, it.price) for it in got.items] == [("pricey", "yacht", biggest)]
         assert 0.0 <= got.items[0].score <= 1.0
-        score = stub.Score(pb.ScoreRequest(pairs=[pb.ScorePair(user_id=ctx.user, item_id="pricey")])).scores[
-            0
-        ]
-        assert 0.0 <= score <= 1.0
+        pair = pb.ScorePair(user_id=ctx.user, item_id="pricey")
+        assert stub.Score(pb.ScoreRequest(pairs=[pair])).scores[0] == pytest.approx(
+            got.items[0].score, abs=1e-5
+        )
 
 
 _TWO_SERVERS = textwrap.dedent("""

@@ -36,18 +36,13 @@ TOKEN = "s3cret"
 
 
 @pytest.fixture(scope="module")
-def serving(tmp_path_factory) -> Path:
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
-
-
-@pytest.fixture(scope="module")
 def manifest(serving) -> dict:
     return json.loads((serving / "manifest.json").read_text())
 
 
 @pytest.fixture(scope="module")
-def user(serving) -> str:
-    return (serving / "catalog" / "users.csv").read_text().splitlines()[1].split(",")[0]
+def user(users) -> str:
+    return users[0]["user_id"]
 
 
 def _free_port() -> int:
