@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from towerserve.server.cli import ks_list
@@ -16,8 +17,19 @@ def cmd_generate(args: argparse.Namespace) -> int:
     from . import synth
 
     bars = bars_wanted(args.progress, args.quiet)
+    if args.latent_weight is not None and args.regime != "latent":
+        print("--latent-weight applies to --regime latent only", file=sys.stderr)
+        return 2
     summary = synth.generate(
-        args.out, args.users, args.items, args.seed, args.density, args.long, progress=bars
+        args.out,
+        args.users,
+        args.items,
+        args.seed,
+        args.density,
+        args.long,
+        progress=bars,
+        regime=args.regime,
+        latent_weight=args.latent_weight,
     )
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -58,8 +70,8 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         f"{split.train.nnz} train / {split.test.nnz} test positives"
     )
     print(metrics_table(results, SUMMARY_METRICS))
-    if results.get("oracle") is None:
-        print("oracle: skipped (no true_probabilities.npy or generator.json beside the data)")
+    for note in baselines.skipped_notes(results, ds.n_items):
+        print(note)
     return 0
 
 
@@ -139,6 +151,18 @@ def register(sub) -> None:
         action="store_true",
         help="write long-form interactions.csv (user_id,item_id) block by block, never a dense matrix; "
         "for large scales",
+    )
+    p.add_argument(
+        "--regime",
+        choices=("latent", "content"),
+        default="latent",
+        help="latent (default): per-user and per-item latent tastes no attribute expresses, as in real "
+        "data; content: every preference lives in texts and attributes (the original generator)",
+    )
+    p.add_argument(
+        "--latent-weight",
+        type=float,
+        help="weight of the latent term in the logit (latent regime only; default 2.0)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _progress_flags(p)

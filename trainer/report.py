@@ -9,7 +9,7 @@ from towerserve.server.tables import SUMMARY_METRICS, metrics_table
 from .plots import metric_bars, training_curves
 
 REPORT_METRICS = SUMMARY_METRICS + ("notebook_score",)
-BASELINES = ("random", "mostpop", "oracle")
+BASELINES = ("random", "mostpop", "itemknn", "ease", "oracle")
 
 
 def ratios(metrics: dict, model: str, key: str = "ndcg@10") -> dict[str, float | None]:
