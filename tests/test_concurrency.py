@@ -12,8 +12,6 @@ import threading
 from collections import Counter
 
 import grpc
-import pipeline
-import pytest
 from pipeline import server_and_channel
 
 from towerserve.v1 import recommender_pb2 as pb
@@ -34,11 +32,6 @@ _WORDS = [
     "finance",
     "medicine",
 ]
-
-
-@pytest.fixture(scope="module")
-def serving(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
 
 
 def _text(caller: int, call: int, kind: str) -> str:

@@ -5,18 +5,12 @@ from __future__ import annotations
 import random
 
 import numpy as np
-import pipeline
 import pytest
 
 from towerserve.server.engine import Engine, EngineConfig
 from towerserve.server.types import NewItemData
 from towerserve.server.wire import item_wire, recommend_wire
 from towerserve.v1 import recommender_pb2 as pb
-
-
-@pytest.fixture(scope="module")
-def serving(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())["serving"]
 
 
 def _random_requests(engine: Engine, n: int, seed: int):

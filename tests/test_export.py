@@ -32,31 +32,21 @@ LEAN = EncoderExportConfig(optimize=False, int8=False, fp16=False)
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def serving(paths) -> Path:
-    return paths["serving"]
-
-
-@pytest.fixture(scope="module")
 def manifest(serving) -> ServingManifest:
     return ServingManifest.load(serving)
 
 
 @pytest.fixture(scope="module")
-def train_manifest(paths) -> dict:
-    return json.loads((paths["artifacts"] / "manifest.json").read_text())
+def train_manifest(built) -> dict:
+    return json.loads((built["artifacts"] / "manifest.json").read_text())
 
 
 def _session(path: Path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def _artifacts_copy(paths, dst: Path) -> Path:
-    shutil.copytree(paths["artifacts"], dst, ignore=shutil.ignore_patterns("serving"))
+def _artifacts_copy(built, dst: Path) -> Path:
+    shutil.copytree(built["artifacts"], dst, ignore=shutil.ignore_patterns("serving"))
     return dst
 
 
@@ -297,9 +287,9 @@ def test_edited_manifest_is_refused_naming_file_and_field(serving, tmp_path, edi
 
 
 @pytest.fixture(scope="module")
-def broken(paths, tmp_path_factory) -> Path:
+def broken(built, tmp_path_factory) -> Path:
     """Training artifacts whose two_tower/holdout model.keras is really a seed model."""
-    art = _artifacts_copy(paths, tmp_path_factory.mktemp("broken") / "artifacts")
+    art = _artifacts_copy(built, tmp_path_factory.mktemp("broken") / "artifacts")
     shutil.copy2(art / "models/seed/holdout/model.keras", art / "models/two_tower/holdout/model.keras")
     return art
 
@@ -326,8 +316,8 @@ def test_failed_export_leaves_no_half_written_folder(broken, tmp_path, existing)
     assert sorted(p.name for p in tmp_path.iterdir()) == (["serving2"] if existing else [])
 
 
-def test_failed_parity_keeps_the_previous_export(paths, tmp_path, capsys):
-    art = _artifacts_copy(paths, tmp_path / "artifacts")
+def test_failed_parity_keeps_the_previous_export(built, tmp_path, capsys):
+    art = _artifacts_copy(built, tmp_path / "artifacts")
     out = tmp_path / "serving3"
     out.mkdir()
     (out / "manifest.json").write_text("previous export")
@@ -344,20 +334,20 @@ def test_failed_parity_keeps_the_previous_export(paths, tmp_path, capsys):
     assert printed.count("✗ ") == 21
 
 
-def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
+def test_notebook_pooling_exports_with_training_pad_lengths(built, tmp_path):
     from towerserve.trainer.text import EncoderConfig
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 
     art = tmp_path / "artifacts"
     train(
-        paths["data"],
+        built["data"],
         art,
         TrainConfig(
             models=("two_tower",),
             fit=FitConfig(epochs=1, batch_size=256, patience=0),
             cold=False,
             progress=False,
-            encoder=EncoderConfig(model=str(paths["bert"]), pooling="notebook", cache_dir=None),
+            encoder=EncoderConfig(model=str(built["bert"]), pooling="notebook", cache_dir=None),
             embedding_dim=8,
             hidden=(16,),
         ),
@@ -387,9 +377,9 @@ def test_notebook_pooling_exports_with_training_pad_lengths(paths, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def triton(paths, tmp_path_factory) -> tuple[Path, ServingManifest]:
+def triton(built, tmp_path_factory) -> tuple[Path, ServingManifest]:
     root = tmp_path_factory.mktemp("triton")
-    art = _artifacts_copy(paths, root / "artifacts")
+    art = _artifacts_copy(built, root / "artifacts")
     m = main_export(art, ExportConfig(out=root / "serving", triton=root / "triton", parity_users=50))
     return root, m
 

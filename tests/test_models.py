@@ -10,7 +10,6 @@ import json  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
-import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.server.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
@@ -18,11 +17,6 @@ from towerserve.server.numerics import sigmoid  # noqa: E402
 from towerserve.trainer import models  # noqa: E402
 
 keras = models.keras
-
-
-@pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())
 
 
 def _randomise(model, seed: int) -> None:
@@ -141,10 +135,10 @@ def _rankings(model, U, I, users) -> np.ndarray:
     return np.argsort(-scores, axis=1, kind="stable")
 
 
-def test_seed_ranks_items_identically_for_every_user(paths):
+def test_seed_ranks_items_identically_for_every_user(built):
     assert models.user_independent("seed") is True
     assert models.user_independent("two_tower") is False
-    model, U, I, users = _features(paths["artifacts"], "seed")
+    model, U, I, users = _features(built["artifacts"], "seed")
     a = 0
     b = int(
         np.flatnonzero((users["profession"] != users["profession"][a]) & (users["age"] != users["age"][a]))[0]
@@ -160,8 +154,8 @@ def test_seed_ranks_items_identically_for_every_user(paths):
     assert len({tuple(r) for r in _rankings(model, U, I, np.arange(len(U)))}) == 1
 
 
-def test_two_tower_personalises(paths):
-    model, U, I, users = _features(paths["artifacts"], "two_tower")
+def test_two_tower_personalises(built):
+    model, U, I, users = _features(built["artifacts"], "two_tower")
     ranks = _rankings(model, U, I, np.arange(len(U)))
     distinct = {tuple(r) for r in ranks}
     assert len(distinct) > 1

@@ -38,13 +38,8 @@ NOT_METRICS = ("train_seconds",)
 
 
 @pytest.fixture(scope="module")
-def paths(tmp_path_factory):
-    return pipeline.build_all(tmp_path_factory.getbasetemp())
-
-
-@pytest.fixture(scope="module")
-def art(paths) -> Path:
-    return paths["artifacts"]
+def art(built) -> Path:
+    return built["artifacts"]
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +53,7 @@ def metrics(art) -> dict:
 
 
 @pytest.fixture(scope="module")
-def edited(paths, tmp_path_factory):
+def edited(built, tmp_path_factory):
     """The pipeline's data with one cold user aged 120 and one cold item priced 5000, trained twice.
 
     Which users and items the cold split holds out depends only on the seed and the table sizes, so
@@ -66,7 +61,7 @@ def edited(paths, tmp_path_factory):
     """
     root = tmp_path_factory.mktemp("edited")
     data = root / "data"
-    shutil.copytree(paths["data"], data)
+    shutil.copytree(built["data"], data)
     ds = load_dataset(data)
     cold = splits.cold_split(ds.positives, ds.users["user_id"].to_numpy(), seed=42)
     users = pd.read_csv(data / "users.csv", dtype=str)
@@ -76,7 +71,7 @@ def edited(paths, tmp_path_factory):
     items.loc[int(cold.cold_items[0]), "price"] = "5000"
     items.to_csv(data / "items.csv", index=False)
     runs = [
-        pipeline.tiny_train(root / f"run_{j}", data, paths["bert"], models=("two_tower",)) for j in (1, 2)
+        pipeline.tiny_train(root / f"run_{j}", data, built["bert"], models=("two_tower",)) for j in (1, 2)
     ]
     return {
         "data": data,
@@ -264,8 +259,8 @@ def test_same_seed_same_metrics(edited):
 
 
 @pytest.fixture(scope="module")
-def holdout(paths):
-    ds = load_dataset(paths["data"])
+def holdout(built):
+    ds = load_dataset(built["data"])
     return splits.holdout_split(ds.positives, ds.users["user_id"].to_numpy(), seed=42)
 
 
@@ -367,7 +362,7 @@ def test_atomic_dir_success_replaces_target(tmp_path):
 # --- logs when piped ---------------------------------------------------------------------------------
 
 
-def test_piped_train_logs_one_plain_line_per_epoch(paths, tmp_path):
+def test_piped_train_logs_one_plain_line_per_epoch(built, tmp_path):
     """`towerserve train` with stdout and stderr in a file: no carriage-return frames, and one log
     line per epoch of each model/split (bars only on a terminal or with --progress)."""
     import re
@@ -376,8 +371,8 @@ def test_piped_train_logs_one_plain_line_per_epoch(paths, tmp_path):
 
     out = tmp_path / "art"
     log = tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "towerserve.clients.cli", "train", "--data", str(paths["data"])]
-    cmd += ["--out", str(out), "--encoder", str(paths["bert"]), "--no-cache", "--epochs", "2"]
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "train", "--data", str(built["data"])]
+    cmd += ["--out", str(out), "--encoder", str(built["bert"]), "--no-cache", "--epochs", "2"]
     cmd += ["--batch-size", "256", "--embedding-dim", "8", "--model", "two_tower", "--no-cold"]
     with open(log, "wb") as fh:
         done = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, timeout=300)
