@@ -8,17 +8,17 @@ from pathlib import Path
 import pipeline
 import pytest
 
-# A test that needs the tiny pipeline (tiny BERT, training, export: half a minute on two cores, once
-# per session) is slow whatever it does afterwards; marking it here, from the fixtures it asks for,
-# keeps `pytest -m "not slow"` honest without a marker to forget in every module.
-_PIPELINE_FIXTURES = frozenset({"built", "serving"})
+# A test that needs the tiny pipeline (training and export: a minute or more on two busy cores, once
+# per session) or runs the tiny BERT through torch is slow whatever it does afterwards; marking it
+# here, from the fixtures it asks for, keeps `pytest -m "not slow"` honest without a marker to forget
+# in every module.
+_SLOW_FIXTURES = frozenset({"bert", "built", "serving"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    slow = pytest.mark.slow
     for item in items:
-        if _PIPELINE_FIXTURES & set(getattr(item, "fixturenames", ())):
-            item.add_marker(slow)
+        if _SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +29,15 @@ def small_data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_data")
     synth.generate(root, n_users=300, n_items=60, seed=7, progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def bert(tmp_path_factory) -> Path:
+    """The tiny BERT (MiniLM's tokenizer, seeded random weights), at the path build_all uses so the
+    session builds it once."""
+    root = tmp_path_factory.getbasetemp() / "pipeline"
+    root.mkdir(parents=True, exist_ok=True)
+    return pipeline.tiny_bert(root / "bert")
 
 
 @pytest.fixture(scope="session")

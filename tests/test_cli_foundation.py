@@ -105,6 +105,7 @@ def test_no_subcommand_is_a_usage_error():
     assert "usage: towerserve" in proc.stderr
 
 
+@pytest.mark.slow
 def test_generate_json_summary(tmp_path):
     proc = run(
         "generate",
@@ -126,6 +127,7 @@ def test_generate_json_summary(tmp_path):
     assert (tmp_path / "d" / "interactions.csv").is_file()
 
 
+@pytest.mark.slow
 def test_piped_generate_writes_no_progress_frames(tmp_path):
     """Output to a file: no carriage-return frames unless --progress asks for the bar anyway."""
     for flags, bar in (((), False), (("--progress",), True)):
@@ -160,6 +162,7 @@ def test_progress_and_quiet_exclude_each_other(tmp_path):
     assert "argument -q/--quiet: not allowed with argument --progress" in proc.stderr
 
 
+@pytest.mark.slow
 def test_baselines_json(cli_data):
     proc = run("baselines", "--data", cli_data, "--json", "--ks", "5,10")
     assert proc.returncode == 0, proc.stderr
@@ -172,6 +175,7 @@ def test_baselines_json(cli_data):
     assert results["oracle"]["ndcg@10"] > results["random"]["ndcg@10"]
 
 
+@pytest.mark.slow
 def test_baselines_table_and_plot(cli_data, tmp_path):
     png = tmp_path / "plots" / "x.png"
     proc = run("baselines", "--data", cli_data, "--split", "cold", "--plot", png)
@@ -183,6 +187,7 @@ def test_baselines_table_and_plot(cli_data, tmp_path):
     assert png.stat().st_size > 1000
 
 
+@pytest.mark.slow
 def test_malformed_data_exits_2_naming_the_file(cli_data, tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(cli_data, bad)

@@ -11,7 +11,6 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnx  # noqa: E402
-import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.export import encoder as enc_export  # noqa: E402
@@ -29,14 +28,6 @@ TEXTS = [
     "this smartwatch features a heart-rate sensor and contactless payments, built for students",
 ]
 ATOL = 1e-5  # fp32 graph vs torch on the same weights: reassociation error only
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    # The same path pipeline.build_all uses, so a session that also runs test_export builds it once.
-    root = Path(tmp_path_factory.getbasetemp()) / "pipeline"
-    root.mkdir(parents=True, exist_ok=True)
-    return pipeline.tiny_bert(root / "bert")
 
 
 def _torch_vectors(bert: Path, pooling: str) -> np.ndarray:

@@ -145,6 +145,7 @@ def test_true_probabilities_file(small_data):
     assert abs(truth.mean() - meta["target_density"]) < 0.01
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("regime", synth.REGIMES)
 @pytest.mark.parametrize("target", [synth.NOTEBOOK_DENSITY, 0.03])
 def test_density_hits_the_target(tmp_path, target, regime):
@@ -247,6 +248,7 @@ def notebook_scale(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_acceptance_at_notebook_scale(notebook_scale):
     users = pd.read_csv(notebook_scale / USERS_FILE, dtype=str)
     items = pd.read_csv(notebook_scale / ITEMS_FILE, dtype=str)
@@ -260,6 +262,7 @@ def test_acceptance_at_notebook_scale(notebook_scale):
     assert abs(ds.density - 0.0966) <= 0.003, ds.density
 
 
+@pytest.mark.slow
 def test_oracle_replays_every_block_at_notebook_scale(tmp_path, notebook_scale):
     # Only generator.json: the oracle must rebuild the world and replay blocks of 2,000 users.
     shutil.copy(notebook_scale / GENERATOR_FILE, tmp_path / GENERATOR_FILE)

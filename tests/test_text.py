@@ -11,7 +11,6 @@ import logging  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
-import pipeline  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
@@ -23,12 +22,6 @@ TEXTS = [
     "chef",
     "software engineer working on distributed databases",
 ]
-
-
-@pytest.fixture(scope="module")
-def bert(tmp_path_factory) -> Path:
-    # The same path build_all uses, so the session builds this tiny BERT once for every module.
-    return pipeline.tiny_bert(tmp_path_factory.getbasetemp() / "pipeline" / "bert")
 
 
 @pytest.fixture(scope="module")
