@@ -109,13 +109,29 @@ class EncoderEntry(_Record):
 
 @dataclass(frozen=True)
 class TowerGraph(_Record):
-    """A user or item tower: one float32 [batch, input_dim] input, one [batch, output_dim] output."""
+    """A user or item tower: one float32 [batch, input_dim] input, one [batch, output_dim] output.
+
+    A hybrid model's user tower also takes ids and a history (absent fields: a features-only tower):
+
+    Attributes:
+        id_input: int32 [batch] input: 1 + the user's row in the catalogue's users.csv for a known
+            user, 0 for an unknown or anonymous one.
+        history_input: int32 [batch, L] input (L >= 1, dynamic): 1 + a row of the catalogue's
+            items.csv for each item the user interacted with, 0 for padding. A known user's history
+            is their training positives in the recorded split of the same name (all of them).
+        history_pooling: how the tower pools the history ("mean" or "attention"), for people.
+        max_history: the most history items a request may carry.
+    """
 
     file: str
     input: str
     output: str
     input_dim: int
     output_dim: int
+    id_input: str | None = None
+    history_input: str | None = None
+    history_pooling: str | None = None
+    max_history: int | None = None
 
 
 @dataclass(frozen=True)

@@ -450,3 +450,43 @@ def test_a_non_number_in_a_numeric_column_is_named_with_its_row(tmp_path):
     with pytest.raises(ArtifactError, match=r"row 2: price 'cheap' is not a number"):
         read_csv(path, ("item_id",), numeric=("price",))
     assert [r["price"] for r in read_csv(path, ("item_id",))] == ["9.5", "cheap"]  # not numeric: not checked
+
+
+# --- the hybrid model's user tower (ids and history) ---------------------------------------------------
+
+
+def test_a_hybrid_user_tower_names_its_id_and_history_inputs():
+    data = _valid()
+    tower = data["models"]["seed"]["splits"]["holdout"]["user_tower"]
+    tower.update(id_input="user_index", history_input="history", history_pooling="mean", max_history=100)
+    m = ServingManifest.from_json(data)
+    user = m.models["seed"].splits["holdout"].user_tower
+    assert (user.id_input, user.history_input, user.history_pooling, user.max_history) == (
+        "user_index",
+        "history",
+        "mean",
+        100,
+    )
+    assert m.to_json() == data  # written back exactly
+    # A features-only tower (every manifest written before the hybrid) has none of them.
+    plain = ServingManifest.from_json(_valid()).models["seed"].splits["holdout"].user_tower
+    assert (plain.id_input, plain.history_input, plain.history_pooling, plain.max_history) == (None,) * 4
+    assert (
+        "id_input"
+        not in ServingManifest.from_json(_valid()).to_json()["models"]["seed"]["splits"]["holdout"][
+            "user_tower"
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value, expected",
+    [("max_history", "100", "must be int"), ("id_input", 3, "must be str")],
+)
+def test_a_mistyped_hybrid_field_is_named(key, value, expected):
+    data = _valid()
+    data["models"]["seed"]["splits"]["holdout"]["user_tower"][key] = value
+    with pytest.raises(ArtifactError) as err:
+        ServingManifest.from_json(data)
+    assert f"models.seed.splits.holdout.user_tower.{key}" in str(err.value)
+    assert expected in str(err.value)
