@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export USE_TF := 0
 
-.PHONY: run test install data artifacts serve bench proto proto-check clean
+.PHONY: run test test-fast install data artifacts serve bench proto proto-check clean
 
 install: $(STAMP)
 
@@ -45,6 +45,11 @@ run: data artifacts
 # gpu-marked tests skip themselves (with the reason) where onnxruntime has no CUDA.
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The fast tier: everything but the `slow` marker (tests that build the tiny pipeline or BERT, train,
+# or generate at scale); see tests/conftest.py.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
