@@ -84,8 +84,8 @@ def copy_serving(serving: Path, dst: Path) -> Path:
 
 
 def build_all(base: Path) -> dict[str, Path]:
-    """The whole tiny pipeline under ``base/pipeline``; idempotent, so test modules share one build
-    per session when they pass ``tmp_path_factory.getbasetemp()``."""
+    """The whole tiny pipeline under ``base/pipeline``; idempotent. Tests take it from conftest's
+    session fixtures (``built``, ``serving``, ``bert``), which pass the session's base temp folder."""
     root = Path(base) / "pipeline"
     root.mkdir(parents=True, exist_ok=True)
     bert = tiny_bert(root / "bert")
