@@ -23,9 +23,8 @@ from pathlib import Path
 import grpc
 
 from towerserve.server.rpcs import HEALTH_CHECK, RECOMMENDER
+from towerserve.server.tables import format_table
 from towerserve.v1 import recommender_pb2 as pb
-
-from .tables import format_table
 
 # The RPCs a load test can drive, by the Python clients' names (from the proto's descriptors), plus
 # "health", the server's own empty-RPC ceiling.

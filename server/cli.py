@@ -109,7 +109,7 @@ def register(sub) -> None:
         help="ONNX Runtime device (default cpu; cuda falls back to cpu with a warning when unavailable)",
     )
     p.add_argument(
-        "--model", choices=("seed", "two_tower"), help="model to serve (default: best holdout NDCG@10)"
+        "--model", help="model kind to serve, one of the manifest's (default: best holdout NDCG@10)"
     )
     p.add_argument(
         "--encoder-variant",

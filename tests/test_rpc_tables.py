@@ -113,3 +113,13 @@ def test_model_info_types_carry_every_field_of_the_response():
     want = [f.name for f in pb.GetModelInfoResponse.DESCRIPTOR.fields]
     assert [f.name for f in fields(ServerModelInfo)] == want
     assert [f.name for f in fields(ClientModelInfo)] == want
+
+
+def test_loadtest_command_offers_every_rpc_the_harness_drives():
+    # The CLI parser may import only the standard library, so its --rpc choices are written out;
+    # this keeps them equal to the harness's table, which is read from the proto.
+    from towerserve.clients.cli import _build
+
+    _, commands = _build()
+    rpc = next(a for a in commands["loadtest"]._actions if "--rpc" in a.option_strings)
+    assert sorted(rpc.choices) == sorted(loadtest.RPCS)
