@@ -338,7 +338,13 @@ def generate(
     for stale in (out / MATRIX_FILE, out / LONG_FILE, out / TRUTH_FILE):
         stale.unlink(missing_ok=True)
     positives = write_interactions(
-        out, u["user_id"], it["item_id"], iter_blocks(world), long_form=long_form, progress=progress
+        out,
+        u["user_id"],
+        it["item_id"],
+        iter_blocks(world),
+        long_form=long_form,
+        progress=progress,
+        n_blocks=-(-n_users // block_size(n_items)),
     )
     summary = {
         "generator_version": GENERATOR_VERSION if weight else CONTENT_VERSION,

@@ -23,6 +23,7 @@ def write_interactions(
     blocks: Iterable[tuple[np.ndarray, np.ndarray, np.random.Generator]],
     long_form: bool,
     progress: bool,
+    n_blocks: int = 0,
 ) -> int:
     """Draws each block's pairs from its probabilities and stream, and appends them to the file.
 
@@ -35,7 +36,7 @@ def write_interactions(
     Returns:
         The number of positives drawn.
     """
-    from tqdm import tqdm
+    from .progress import steps
 
     n_users, n_items = len(user_ids), len(item_ids)
     truth = None
@@ -47,8 +48,8 @@ def write_interactions(
     target = out / (LONG_FILE if long_form else MATRIX_FILE)
     with open(target, "wb") as fh:
         fh.write((("user_id,item_id" if long_form else "user_id," + ",".join(item_ids)) + "\n").encode())
-        bar = tqdm(total=n_users, desc="generate", unit="user", disable=not progress)
-        for users, probs, rng in blocks:
+        # A bar on a terminal; piped, a plain log line every 30 s and one at the end (trainer/progress.py).
+        for users, probs, rng in steps(blocks, n_blocks, "generate", "blocks", bars=progress):
             hit = rng.random(probs.shape, dtype=np.float32) < probs
             positives += int(hit.sum())
             ids = user_ids[users]
@@ -64,8 +65,6 @@ def write_interactions(
                 cells[:, -1] = ord("\n")
                 for uid, row in zip(ids, cells):
                     fh.write(uid.encode() + b"," + row.tobytes())
-            bar.update(len(users))
-        bar.close()
     if truth is not None:
         truth.flush()
         del truth
