@@ -34,7 +34,9 @@ from .catalog import (
 from .config import EngineConfig
 from .csr import CSR
 from .errors import InvalidArgument, NotFound
-from .features import MINMAX, TEXT, FieldSpec, assemble, feature_matrix, load_tables
+from .features import MINMAX, TEXT, load_tables
+from .history import NO_HISTORY, History, HistoryIndex
+from .inputs import TowerInputs, UserRef
 from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ServingManifest, check_dims
 from .metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
 from .numerics import sigmoid
@@ -45,7 +47,6 @@ from .types import ModelInfo, NewItemData, UserAttrs
 from .validation import (
     check_id,
     show,
-    validate_attrs,
     validate_evaluate,
     validate_items,
     validate_recommend,
@@ -92,7 +93,7 @@ class Engine:
         self.user_independent = entry.user_independent
         providers = resolve_providers(config.device)
         self.towers = {
-            s: Tower(self.root, e, providers, config.tower_threads) for s, e in entry.splits.items()
+            s: Tower(self.root, e, providers, config.tower_threads, s) for s, e in entry.splits.items()
         }
         self.serving = self.towers[SERVED_SPLIT]  # every model has one (the manifest checks)
 
@@ -133,6 +134,16 @@ class Engine:
         holdout = self.splits[SERVED_SPLIT]
         check_dims(self.root / m.splits[SERVED_SPLIT].file, "users", len(users), holdout.train.n_rows)
         self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
+        self.inputs = TowerInputs(
+            self.tables,
+            self.text,
+            self.encoder,
+            self.user_raw,
+            len(self.user_ids),
+            {s: r.train for s, r in self.splits.items()},
+        )
+        # Request histories name items of the exported catalogue (upserts never get a history row).
+        self.history_index = HistoryIndex([r["item_id"] for r in items], self.serving.max_history)
         self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
         self.catalog = self._build_catalog(**item_columns(items), vectors=self.serving.item_vectors)
@@ -164,28 +175,13 @@ class Engine:
             user_independent=self.user_independent,
         )
 
-    def _user_features(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
-        """Tower inputs for known users ``rows``, from the exported tables and users.csv."""
-        return feature_matrix(specs, self.tables, self.user_raw, rows)
-
-    def _record_features(
-        self, specs: list[FieldSpec], records: Sequence[UserAttrs | NewItemData]
-    ) -> np.ndarray:
-        """Input vectors for records that carry raw attributes (unseen users, new items): numbers are
-        scaled, texts looked up in the exported tables or encoded (and cached)."""
-        parts = {}
-        for s in specs:
-            values = [getattr(r, s.name) for r in records]
-            parts[s.name] = (
-                np.array(values, dtype=np.float64)
-                if s.kind == MINMAX
-                else self.text[s.name].get(values, self.encoder)
-            )
-        return assemble(specs, parts)
-
     def known_user_vectors(self, tower: Tower | None = None) -> np.ndarray:
         """Every known user's vector for ``tower`` (default: the served one), computed once."""
-        return (tower or self.serving).all_user_vectors(self._user_features, len(self.user_ids))
+        return self.inputs.known_vectors(tower or self.serving)
+
+    def history(self, ids: Sequence[str], name: str = "history") -> History:
+        """A request's history against the served model (InvalidArgument past its limits)."""
+        return self.history_index.resolve(ids, name)
 
     def user_index_of(self, user_id: str) -> int:
         idx = self.user_index.get(user_id)
@@ -194,24 +190,15 @@ class Engine:
             raise NotFound(f"unknown user_id {show(user_id)}")
         return idx
 
-    def user_vectors(self, refs: Sequence[int | UserAttrs], tower: Tower | None = None) -> np.ndarray:
-        """Vectors [len(refs), d] for known users (int index: computed at load) and unseen ones
-        (UserAttrs: one user-tower pass for the request)."""
-        tower = tower or self.serving
-        known_vecs = self.known_user_vectors(tower)
-        new = [j for j, r in enumerate(refs) if isinstance(r, UserAttrs)]
-        if not new:
-            return known_vecs[np.asarray(refs, dtype=np.int64)]
-        needs_personality = "personality" in [s.name for s in tower.user_specs]
-        attrs = [refs[j] for j in new]
-        for a in attrs:
-            validate_attrs(a, needs_personality)
-        out = np.empty((len(refs), tower.dim), dtype=np.float32)
-        out[new] = tower.users(self._record_features(tower.user_specs, attrs))
-        known = [j for j, r in enumerate(refs) if not isinstance(r, UserAttrs)]
-        if known:
-            out[known] = known_vecs[[refs[j] for j in known]]
-        return out
+    def user_vectors(
+        self,
+        refs: Sequence[UserRef],
+        tower: Tower | None = None,
+        histories: Sequence[History] | None = None,
+    ) -> np.ndarray:
+        """Vectors [len(refs), d] for known users (int index: computed at load unless a history adds
+        items) and unseen ones (UserAttrs: one user-tower pass for the request)."""
+        return self.inputs.user_vectors(tower or self.serving, refs, histories)
 
     # ------------------------------------------------------------------------------------- requests
 
@@ -224,14 +211,17 @@ class Engine:
         price_max: float | None = None,
         categories: Sequence[str] = (),
         exclude_item_ids: Sequence[str] = (),
+        history: History | Sequence[str] = NO_HISTORY,
     ) -> tuple[Catalog, list[int], list[float]]:
-        """Top-N for one user.
+        """Top-N for one user; ``history`` (ids, or :meth:`history`'s result) feeds a hybrid user tower.
 
         Written for the event loop, where every numpy call over the catalogue drops the GIL and,
         under load, pays for a contended re-acquire (measured: ~70 us of CPU for one mat-vec).
         So a known user with seen items excluded is answered from the snapshot's candidate list in
         plain Python when its top-M holds enough admissible items; otherwise the exact path runs:
-        one mat-vec, exclusions assigned by index, one partition. Both give the same items.
+        one mat-vec, exclusions assigned by index, one partition. Both give the same items. A history
+        with items the model reads needs a user-tower pass and the exact path; without one, nothing
+        changes.
 
         Returns:
             (catalogue snapshot, item rows, probabilities) best first; at most top_n of each.
@@ -239,25 +229,32 @@ class Engine:
         validate_recommend(top_n, price_min, price_max, self.limits)
         cat = self.catalog  # one snapshot for the whole request
         ref = self.user_index_of(user) if isinstance(user, str) else user
+        if not isinstance(history, History):
+            history = self.history(history)
         excluded = {cat.index[i] for i in exclude_item_ids if i in cat.index}
         codes = {cat.categories.index(c) for c in categories if c in cat.category_set} if categories else None
         known = not isinstance(ref, UserAttrs)
-        if known and exclude_seen and cat.cand_rows is not None and top_n <= cat.cand_rows.shape[1]:
+        fixed = known and not history.used  # the vector computed at load
+        if fixed and exclude_seen and cat.cand_rows is not None and top_n <= cat.cand_rows.shape[1]:
             hit = walk_candidates(cat, ref, top_n, excluded, price_min, price_max, codes)
             if hit is not None:
                 return cat, *hit
-        u = self.known_user_vectors()[ref] if known else self.user_vectors([ref])[0]
+        u = self.known_user_vectors()[ref] if fixed else self.user_vectors([ref], histories=[history])[0]
         if known and exclude_seen:
             excluded.update(self.seen.row(ref).tolist())
         allowed = admissible(cat, price_min, price_max, codes)
         return cat, *rank(cat, u, top_n, excluded, allowed)
 
-    def score(self, pairs: Sequence[tuple[str | UserAttrs, str]]) -> np.ndarray:
-        """Probabilities for (user, item id) pairs, float32 [len(pairs)]."""
+    def score(
+        self, pairs: Sequence[tuple[str | UserAttrs, str]], histories: Sequence[History] | None = None
+    ) -> np.ndarray:
+        """Probabilities for (user, item id) pairs, float32 [len(pairs)]; ``histories``: one per pair."""
         validate_score(len(pairs), self.limits)
         cat = self.catalog
         items = np.empty(len(pairs), dtype=np.int64)
-        refs: list[int | UserAttrs] = []
+        hists = histories or [NO_HISTORY] * len(pairs)
+        refs: list[UserRef] = []
+        per_ref: list[History] = []
         slot: dict[object, int] = {}
         which = np.empty(len(pairs), dtype=np.int64)
         for j, (user, item_id) in enumerate(pairs):
@@ -266,12 +263,14 @@ class Engine:
                 check_id(f"pairs[{j}].item_id", item_id)
                 raise NotFound(f"unknown item_id {show(item_id)} (pair {j})")
             items[j] = i
-            key = self.user_index_of(user) if isinstance(user, str) else user
-            if key not in slot:  # each distinct user goes through the tower once
+            ref = self.user_index_of(user) if isinstance(user, str) else user
+            key = (ref, hists[j].rows)
+            if key not in slot:  # each distinct (user, history) goes through the tower once
                 slot[key] = len(refs)
-                refs.append(key)
+                refs.append(ref)
+                per_ref.append(hists[j])
             which[j] = slot[key]
-        uvec = self.user_vectors(refs)
+        uvec = self.user_vectors(refs, histories=per_ref)
         logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
         return sigmoid(logits).astype(np.float32)
 
@@ -347,7 +346,7 @@ class Engine:
             (inserted, updated, catalogue size).
         """
         validate_items(items, self.limits)
-        vecs = self.serving.items(self._record_features(self.serving.item_specs, items))
+        vecs = self.serving.items(self.inputs.records(self.serving.item_specs, items))
         bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
         if bad.size:
             raise InvalidArgument(
@@ -396,4 +395,5 @@ class Engine:
             max_upsert_items=self.limits.max_upsert_items,
             max_inline_interactions=self.limits.max_inline_interactions,
             categories=list(cat.categories),
+            max_history=self.serving.max_history,
         )

@@ -51,7 +51,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ("unknown user_id or item_id", grpc.StatusCode.NOT_FOUND),
     ("top_n <= 0 or > max_top_n", grpc.StatusCode.INVALID_ARGUMENT),
     (
-        "empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions)",
+        "empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions); "
+        "a history over max_history items",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("neither user_id nor user attributes", grpc.StatusCode.INVALID_ARGUMENT),
@@ -65,7 +66,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (
-        "ks outside 1..1000; unknown split/protocol value; duplicate ids in one UpsertItems; an id over 200 characters",
+        "ks outside 1..1000; unknown split/protocol value; duplicate ids in one UpsertItems; an id over "
+        "200 characters (history ids included)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("request bytes that do not parse (e.g. invalid UTF-8 in a string)", grpc.StatusCode.INVALID_ARGUMENT),

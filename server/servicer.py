@@ -170,6 +170,7 @@ class RecommenderServicer:
         engine = self.holder.get()
         pr = request.price_range if request.HasField("price_range") else None
         user = _user(request)
+        history = engine.history(request.history)
         args = (
             user,
             request.top_n,
@@ -178,26 +179,29 @@ class RecommenderServicer:
             pr.max if pr is not None and pr.HasField("max") else None,
             list(request.categories),
             list(request.exclude_item_ids),
+            history,
         )
-        if isinstance(user, str):
+        if isinstance(user, str):  # a history adds one small user-tower pass at most: inline too
             cat, top, scores = engine.recommend(*args)
         else:  # an unseen user may need the text encoder
             cat, top, scores = await self._offload(engine.recommend, *args)
-        return recommend_wire(cat.wire, top, scores, engine.model_version)
+        return recommend_wire(cat.wire, top, scores, engine.model_version, history.used)
 
     @rpc
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         engine = self.holder.get()
-        pairs = []
+        pairs, histories = [], []
         for j, p in enumerate(request.pairs):
             if not p.item_id:
                 raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
             pairs.append((_user(p), p.item_id))
+            histories.append(engine.history(p.history, f"pairs[{j}].history"))
         if len(pairs) <= self.INLINE_SCORE_PAIRS and all(isinstance(u, str) for u, _ in pairs):
-            scores = engine.score(pairs)
+            scores = engine.score(pairs, histories)
         else:
-            scores = await self._offload(engine.score, pairs)
-        return pb.ScoreResponse(scores=scores.tolist(), model_version=engine.model_version)
+            scores = await self._offload(engine.score, pairs, histories)
+        used = [h.used for h in histories] if any(h.sent for h in histories) else []
+        return pb.ScoreResponse(scores=scores.tolist(), model_version=engine.model_version, history_used=used)
 
     @rpc
     async def Evaluate(self, request: pb.EvaluateRequest, context) -> pb.EvaluateResponse:
@@ -250,6 +254,7 @@ class RecommenderServicer:
             max_upsert_items=info.max_upsert_items,
             max_inline_interactions=info.max_inline_interactions,
             categories=info.categories,
+            max_history=info.max_history,
         )
 
     @rpc

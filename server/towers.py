@@ -6,13 +6,24 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+from .csr import CSR
 from .encoder import OnnxTextEncoder
 from .features import FieldSpec, FieldTable
-from .manifest import FALLBACK_VARIANT, MANIFEST_FILE, ArtifactError, EncoderEntry, ModelSplit, check_dims
+from .history import DEFAULT_MAX_HISTORY, padded_rows
+from .manifest import (
+    FALLBACK_VARIANT,
+    MANIFEST_FILE,
+    ArtifactError,
+    EncoderEntry,
+    ModelSplit,
+    TowerGraph,
+    check_dims,
+)
 from .numerics import cosine_rows
 from .runtime import CUDA, make_session
 
@@ -25,10 +36,26 @@ SELF_CHECK_MIN_COSINE = 0.999
 WARM_UP_LENGTH = 16
 
 
-class Tower:
-    """One (model, split) pair of ONNX towers with its feature specs and exported item vectors."""
+def _graph_inputs(path: Path, sess, graph: TowerGraph) -> dict[str, np.dtype]:
+    """The integer inputs' dtypes by name, after checking the graph has exactly the inputs the manifest
+    names (features, and a hybrid user tower's ids and history) and the feature width it records."""
+    args = {a.name: a for a in sess.get_inputs()}
+    named = [n for n in (graph.input, graph.id_input, graph.history_input) if n]
+    if sorted(args) != sorted(named):
+        raise ArtifactError(path, f"has inputs {sorted(args)}, manifest.json names {sorted(named)}")
+    check_dims(path, "input width", graph.input_dim, int(args[graph.input].shape[1]))
+    return {n: np.dtype(np.int64 if "int64" in args[n].type else np.int32) for n in named[1:]}
 
-    def __init__(self, root: Path, entry: ModelSplit, providers: Sequence[str], threads: int):
+
+class Tower:
+    """One (model, split) pair of ONNX towers with its feature specs and exported item vectors.
+
+    A hybrid user tower also reads the user's id (``id_input``) and interaction history
+    (``history_input``); either may be absent (None), and a features-only tower reads neither.
+    """
+
+    def __init__(self, root: Path, entry: ModelSplit, providers: Sequence[str], threads: int, split: str):
+        self.split = split
         self.user_specs: list[FieldSpec] = list(entry.features.user)
         self.item_specs: list[FieldSpec] = list(entry.features.item)
         u, i = entry.user_tower, entry.item_tower
@@ -36,12 +63,14 @@ class Tower:
         self.item_session = make_session(root / i.file, providers, threads)
         self.user_in, self.user_out = u.input, u.output
         self.item_in, self.item_out = i.input, i.output
-        for sess, spec, graph in (
-            (self.user_session, self.user_specs, u),
-            (self.item_session, self.item_specs, i),
-        ):
-            check_dims(root / graph.file, "input width", graph.input_dim, int(sess.get_inputs()[0].shape[1]))
+        self.id_input, self.history_input = u.id_input, u.history_input
+        self.int_types = _graph_inputs(root / u.file, self.user_session, u)
+        # The item tower is fed features only (a hybrid's ID part is in the precomputed vectors).
+        _graph_inputs(root / i.file, self.item_session, replace(i, id_input=None, history_input=None))
+        for spec, graph in ((self.user_specs, u), (self.item_specs, i)):
             check_dims(root / graph.file, "feature spec width", graph.input_dim, sum(s.dim for s in spec))
+        # Most history items a request may send (0: this tower reads no history).
+        self.max_history = (u.max_history or DEFAULT_MAX_HISTORY) if u.history_input else 0
         self.dim = u.output_dim
         vec_path = root / entry.item_vectors_file
         self.item_vectors = np.load(vec_path).astype(np.float32)
@@ -53,19 +82,41 @@ class Tower:
     def providers(self) -> set[str]:
         return set(self.user_session.get_providers()) | set(self.item_session.get_providers())
 
-    def users(self, features: np.ndarray) -> np.ndarray:
-        """User vectors float32 [n, dim] from user-tower inputs [n, input_dim]."""
-        return self.user_session.run([self.user_out], {self.user_in: features})[0]
+    def users(
+        self, features: np.ndarray, ids: np.ndarray | None = None, history: np.ndarray | None = None
+    ) -> np.ndarray:
+        """User vectors float32 [n, dim] from user-tower inputs [n, input_dim], plus, for a tower that
+        reads them, ids [n] (1 + users.csv row; 0 or None: unknown) and history [n, L] (1 + exported
+        item row, 0 padding; None: empty). A features-only tower ignores both."""
+        feed = {self.user_in: features}
+        n = len(features)
+        if self.id_input:
+            dtype = self.int_types[self.id_input]
+            feed[self.id_input] = np.zeros(n, dtype) if ids is None else ids.astype(dtype, copy=False)
+        if self.history_input:
+            dtype = self.int_types[self.history_input]
+            feed[self.history_input] = (
+                np.zeros((n, 1), dtype) if history is None else history.astype(dtype, copy=False)
+            )
+        return self.user_session.run([self.user_out], feed)[0]
 
     def items(self, features: np.ndarray) -> np.ndarray:
         """Item vectors float32 [n, dim] from item-tower inputs [n, input_dim]."""
         return self.item_session.run([self.item_out], {self.item_in: features})[0]
 
     def all_user_vectors(
-        self, build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray], n_users: int
+        self,
+        build_features: Callable[[list[FieldSpec], np.ndarray], np.ndarray],
+        n_users: int,
+        train: CSR | None = None,
     ) -> np.ndarray:
         """Every known user's vector: one batched user-tower pass, computed once and then reused by
-        Recommend, Score and Evaluate (a known user's attributes never change while served)."""
+        Recommend, Score and Evaluate (a known user's attributes never change while served).
+
+        A hybrid tower gets each user's id (1 + row) and history: their positives in ``train`` (the
+        training positives of this tower's split, so Evaluate never sees a held-out item), padded
+        per batch.
+        """
         if self._all_users is not None:
             return self._all_users
         with self._lock:
@@ -73,7 +124,8 @@ class Tower:
                 out = np.empty((n_users, self.dim), dtype=np.float32)
                 for start in range(0, n_users, 4096):
                     rows = np.arange(start, min(n_users, start + 4096))
-                    out[rows] = self.users(build_features(self.user_specs, rows))
+                    history = padded_rows(train, rows) if train is not None and self.history_input else None
+                    out[rows] = self.users(build_features(self.user_specs, rows), rows + 1, history)
                 self._all_users = out
             return self._all_users
 

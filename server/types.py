@@ -49,3 +49,4 @@ class ModelInfo:
     max_upsert_items: int
     max_inline_interactions: int
     categories: list[str]
+    max_history: int

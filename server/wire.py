@@ -37,7 +37,11 @@ def item_wire(
 
 
 def recommend_wire(
-    wire: list[tuple[bytes, bytes]], rows: list[int], scores: list[float], model_version: str
+    wire: list[tuple[bytes, bytes]],
+    rows: list[int],
+    scores: list[float],
+    model_version: str,
+    history_used: int = 0,
 ) -> bytes:
     """A serialized RecommendResponse, spliced from each item's pre-serialized fields.
 
@@ -53,4 +57,6 @@ def recommend_wire(
     if model_version:
         mv = model_version.encode()
         parts.append(b"\x12" + encode_varint(len(mv)) + mv)  # RecommendResponse.model_version: field 2
+    if history_used:  # RecommendResponse.history_used: field 3, varint (proto3 omits 0)
+        parts.append(b"\x18" + encode_varint(history_used))
     return b"".join(parts)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftowerserve/v1/recommender.proto\x12\rtowerserve.v1\"F\n\x0eUserAttributes\x12\x0b\n\x03\x61ge\x18\x01 \x01(\x01\x12\x12\n\nprofession\x18\x02 \x01(\t\x12\x13\n\x0bpersonality\x18\x03 \x01(\t\"@\n\nPriceRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"n\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05price\x18\x03 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\"\xf9\x01\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x04user\x18\x02 \x01(\x0b\x32\x1d.towerserve.v1.UserAttributesH\x00\x12\r\n\x05top_n\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12.\n\x0bprice_range\x18\x05 \x01(\x0b\x32\x19.towerserve.v1.PriceRange\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x07 \x03(\tB\n\n\x08user_refB\x0f\n\r_exclude_seen\"N\n\x11RecommendResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.towerserve.v1.Item\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"j\n\tScorePair\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x04user\x18\x02 \x01(\x0b\x32\x1d.towerserve.v1.UserAttributesH\x00\x12\x0f\n\x07item_id\x18\x03 \x01(\tB\n\n\x08user_ref\"7\n\x0cScoreRequest\x12\'\n\x05pairs\x18\x01 \x03(\x0b\x32\x18.towerserve.v1.ScorePair\"6\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"/\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\"\x9f\x01\n\x0f\x45valuateRequest\x12#\n\x05split\x18\x01 \x01(\x0e\x32\x14.towerserve.v1.Split\x12\n\n\x02ks\x18\x02 \x03(\x05\x12)\n\x08protocol\x18\x03 \x01(\x0e\x32\x17.towerserve.v1.Protocol\x12\x30\n\x0cinteractions\x18\x04 \x03(\x0b\x32\x1a.towerserve.v1.Interaction\"\xd9\x01\n\x10\x45valuateResponse\x12=\n\x07metrics\x18\x01 \x03(\x0b\x32,.towerserve.v1.EvaluateResponse.MetricsEntry\x12\r\n\x05users\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\r\n\x05split\x18\x05 \x01(\t\x12\x10\n\x08protocol\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest\"\xa9\x05\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12 \n\x18user_independent_ranking\x18\x03 \x01(\x08\x12\x12\n\nitem_count\x18\x04 \x01(\x05\x12\x12\n\nuser_count\x18\x05 \x01(\x05\x12\x11\n\tproviders\x18\x06 \x03(\t\x12\x0f\n\x07\x65ncoder\x18\x07 \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x08 \x01(\t\x12\x12\n\nvector_dim\x18\t \x01(\x05\x12\x13\n\x0buser_fields\x18\n \x03(\t\x12\x13\n\x0bitem_fields\x18\x0b \x03(\t\x12R\n\x10training_metrics\x18\x0c \x03(\x0b\x32\x38.towerserve.v1.GetModelInfoResponse.TrainingMetricsEntry\x12\x43\n\x08versions\x18\r \x03(\x0b\x32\x31.towerserve.v1.GetModelInfoResponse.VersionsEntry\x12\x11\n\tartifacts\x18\x0e \x01(\t\x12\x11\n\tloaded_at\x18\x0f \x01(\t\x12\x11\n\tmax_top_n\x18\x10 \x01(\x05\x12\x17\n\x0fmax_score_pairs\x18\x11 \x01(\x05\x12\x18\n\x10max_upsert_items\x18\x12 \x01(\x05\x12\x1f\n\x17max_inline_interactions\x18\x13 \x01(\x05\x12\x12\n\ncategories\x18\x14 \x03(\t\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x01(\t\x12\r\n\x05price\x18\x04 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\";\n\x12UpsertItemsRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.towerserve.v1.NewItem\"c\n\x13UpsertItemsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x12\n\nitem_count\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\"\n\rReloadRequest\x12\x11\n\tartifacts\x18\x01 \x01(\t\"X\n\x0eReloadResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1e\n\x16previous_model_version\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01*A\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x11\n\rSPLIT_HOLDOUT\x10\x01\x12\x0e\n\nSPLIT_COLD\x10\x02*N\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x15\n\x11PROTOCOL_NOTEBOOK\x10\x01\x12\x11\n\rPROTOCOL_FULL\x10\x02\x32\x9d\x03\n\x0bRecommender\x12N\n\tRecommend\x12\x1f.towerserve.v1.RecommendRequest\x1a .towerserve.v1.RecommendResponse\x12\x42\n\x05Score\x12\x1b.towerserve.v1.ScoreRequest\x1a\x1c.towerserve.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.towerserve.v1.EvaluateRequest\x1a\x1f.towerserve.v1.EvaluateResponse\x12W\n\x0cGetModelInfo\x12\".towerserve.v1.GetModelInfoRequest\x1a#.towerserve.v1.GetModelInfoResponse\x12T\n\x0bUpsertItems\x12!.towerserve.v1.UpsertItemsRequest\x1a\".towerserve.v1.UpsertItemsResponse2N\n\x05\x41\x64min\x12\x45\n\x06Reload\x12\x1c.towerserve.v1.ReloadRequest\x1a\x1d.towerserve.v1.ReloadResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ftowerserve/v1/recommender.proto\x12\rtowerserve.v1\"F\n\x0eUserAttributes\x12\x0b\n\x03\x61ge\x18\x01 \x01(\x01\x12\x12\n\nprofession\x18\x02 \x01(\t\x12\x13\n\x0bpersonality\x18\x03 \x01(\t\"@\n\nPriceRange\x12\x10\n\x03min\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03max\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x06\n\x04_minB\x06\n\x04_max\"n\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05price\x18\x03 \x01(\x01\x12\x13\n\x0b\x64\x65scription\x18\x04 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x06 \x01(\t\"\x8a\x02\n\x10RecommendRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x04user\x18\x02 \x01(\x0b\x32\x1d.towerserve.v1.UserAttributesH\x00\x12\r\n\x05top_n\x18\x03 \x01(\x05\x12\x19\n\x0c\x65xclude_seen\x18\x04 \x01(\x08H\x01\x88\x01\x01\x12.\n\x0bprice_range\x18\x05 \x01(\x0b\x32\x19.towerserve.v1.PriceRange\x12\x12\n\ncategories\x18\x06 \x03(\t\x12\x18\n\x10\x65xclude_item_ids\x18\x07 \x03(\t\x12\x0f\n\x07history\x18\x08 \x03(\tB\n\n\x08user_refB\x0f\n\r_exclude_seen\"d\n\x11RecommendResponse\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.towerserve.v1.Item\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0chistory_used\x18\x03 \x01(\x05\"{\n\tScorePair\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12-\n\x04user\x18\x02 \x01(\x0b\x32\x1d.towerserve.v1.UserAttributesH\x00\x12\x0f\n\x07item_id\x18\x03 \x01(\t\x12\x0f\n\x07history\x18\x04 \x03(\tB\n\n\x08user_ref\"7\n\x0cScoreRequest\x12\'\n\x05pairs\x18\x01 \x03(\x0b\x32\x18.towerserve.v1.ScorePair\"L\n\rScoreResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x14\n\x0chistory_used\x18\x03 \x03(\x05\"/\n\x0bInteraction\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\"\x9f\x01\n\x0f\x45valuateRequest\x12#\n\x05split\x18\x01 \x01(\x0e\x32\x14.towerserve.v1.Split\x12\n\n\x02ks\x18\x02 \x03(\x05\x12)\n\x08protocol\x18\x03 \x01(\x0e\x32\x17.towerserve.v1.Protocol\x12\x30\n\x0cinteractions\x18\x04 \x03(\x0b\x32\x1a.towerserve.v1.Interaction\"\xd9\x01\n\x10\x45valuateResponse\x12=\n\x07metrics\x18\x01 \x03(\x0b\x32,.towerserve.v1.EvaluateResponse.MetricsEntry\x12\r\n\x05users\x18\x02 \x01(\x05\x12\x0f\n\x07seconds\x18\x03 \x01(\x01\x12\x15\n\rmodel_version\x18\x04 \x01(\t\x12\r\n\x05split\x18\x05 \x01(\t\x12\x10\n\x08protocol\x18\x06 \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\x15\n\x13GetModelInfoRequest\"\xbe\x05\n\x14GetModelInfoResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x12\n\nmodel_kind\x18\x02 \x01(\t\x12 \n\x18user_independent_ranking\x18\x03 \x01(\x08\x12\x12\n\nitem_count\x18\x04 \x01(\x05\x12\x12\n\nuser_count\x18\x05 \x01(\x05\x12\x11\n\tproviders\x18\x06 \x03(\t\x12\x0f\n\x07\x65ncoder\x18\x07 \x01(\t\x12\x17\n\x0f\x65ncoder_variant\x18\x08 \x01(\t\x12\x12\n\nvector_dim\x18\t \x01(\x05\x12\x13\n\x0buser_fields\x18\n \x03(\t\x12\x13\n\x0bitem_fields\x18\x0b \x03(\t\x12R\n\x10training_metrics\x18\x0c \x03(\x0b\x32\x38.towerserve.v1.GetModelInfoResponse.TrainingMetricsEntry\x12\x43\n\x08versions\x18\r \x03(\x0b\x32\x31.towerserve.v1.GetModelInfoResponse.VersionsEntry\x12\x11\n\tartifacts\x18\x0e \x01(\t\x12\x11\n\tloaded_at\x18\x0f \x01(\t\x12\x11\n\tmax_top_n\x18\x10 \x01(\x05\x12\x17\n\x0fmax_score_pairs\x18\x11 \x01(\x05\x12\x18\n\x10max_upsert_items\x18\x12 \x01(\x05\x12\x1f\n\x17max_inline_interactions\x18\x13 \x01(\x05\x12\x12\n\ncategories\x18\x14 \x03(\t\x12\x13\n\x0bmax_history\x18\x15 \x01(\x05\x1a\x36\n\x14TrainingMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a/\n\rVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"b\n\x07NewItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x02 \x01(\t\x12\x10\n\x08\x66\x65\x61tures\x18\x03 \x01(\t\x12\r\n\x05price\x18\x04 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x05 \x01(\t\";\n\x12UpsertItemsRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.towerserve.v1.NewItem\"c\n\x13UpsertItemsResponse\x12\x10\n\x08inserted\x18\x01 \x01(\x05\x12\x0f\n\x07updated\x18\x02 \x01(\x05\x12\x12\n\nitem_count\x18\x03 \x01(\x05\x12\x15\n\rmodel_version\x18\x04 \x01(\t\"\"\n\rReloadRequest\x12\x11\n\tartifacts\x18\x01 \x01(\t\"X\n\x0eReloadResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x1e\n\x16previous_model_version\x18\x02 \x01(\t\x12\x0f\n\x07seconds\x18\x03 \x01(\x01*A\n\x05Split\x12\x15\n\x11SPLIT_UNSPECIFIED\x10\x00\x12\x11\n\rSPLIT_HOLDOUT\x10\x01\x12\x0e\n\nSPLIT_COLD\x10\x02*N\n\x08Protocol\x12\x18\n\x14PROTOCOL_UNSPECIFIED\x10\x00\x12\x15\n\x11PROTOCOL_NOTEBOOK\x10\x01\x12\x11\n\rPROTOCOL_FULL\x10\x02\x32\x9d\x03\n\x0bRecommender\x12N\n\tRecommend\x12\x1f.towerserve.v1.RecommendRequest\x1a .towerserve.v1.RecommendResponse\x12\x42\n\x05Score\x12\x1b.towerserve.v1.ScoreRequest\x1a\x1c.towerserve.v1.ScoreResponse\x12K\n\x08\x45valuate\x12\x1e.towerserve.v1.EvaluateRequest\x1a\x1f.towerserve.v1.EvaluateResponse\x12W\n\x0cGetModelInfo\x12\".towerserve.v1.GetModelInfoRequest\x1a#.towerserve.v1.GetModelInfoResponse\x12T\n\x0bUpsertItems\x12!.towerserve.v1.UpsertItemsRequest\x1a\".towerserve.v1.UpsertItemsResponse2N\n\x05\x41\x64min\x12\x45\n\x06Reload\x12\x1c.towerserve.v1.ReloadRequest\x1a\x1d.towerserve.v1.ReloadResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,10 +37,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETMODELINFORESPONSE_TRAININGMETRICSENTRY']._serialized_options = b'8\001'
   _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._loaded_options = None
   _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_SPLIT']._serialized_start=2379
-  _globals['_SPLIT']._serialized_end=2444
-  _globals['_PROTOCOL']._serialized_start=2446
-  _globals['_PROTOCOL']._serialized_end=2524
+  _globals['_SPLIT']._serialized_start=2478
+  _globals['_SPLIT']._serialized_end=2543
+  _globals['_PROTOCOL']._serialized_start=2545
+  _globals['_PROTOCOL']._serialized_end=2623
   _globals['_USERATTRIBUTES']._serialized_start=50
   _globals['_USERATTRIBUTES']._serialized_end=120
   _globals['_PRICERANGE']._serialized_start=122
@@ -48,43 +48,43 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM']._serialized_start=188
   _globals['_ITEM']._serialized_end=298
   _globals['_RECOMMENDREQUEST']._serialized_start=301
-  _globals['_RECOMMENDREQUEST']._serialized_end=550
-  _globals['_RECOMMENDRESPONSE']._serialized_start=552
-  _globals['_RECOMMENDRESPONSE']._serialized_end=630
-  _globals['_SCOREPAIR']._serialized_start=632
-  _globals['_SCOREPAIR']._serialized_end=738
-  _globals['_SCOREREQUEST']._serialized_start=740
-  _globals['_SCOREREQUEST']._serialized_end=795
-  _globals['_SCORERESPONSE']._serialized_start=797
-  _globals['_SCORERESPONSE']._serialized_end=851
-  _globals['_INTERACTION']._serialized_start=853
-  _globals['_INTERACTION']._serialized_end=900
-  _globals['_EVALUATEREQUEST']._serialized_start=903
-  _globals['_EVALUATEREQUEST']._serialized_end=1062
-  _globals['_EVALUATERESPONSE']._serialized_start=1065
-  _globals['_EVALUATERESPONSE']._serialized_end=1282
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=1236
-  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=1282
-  _globals['_GETMODELINFOREQUEST']._serialized_start=1284
-  _globals['_GETMODELINFOREQUEST']._serialized_end=1305
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1308
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1989
-  _globals['_GETMODELINFORESPONSE_TRAININGMETRICSENTRY']._serialized_start=1886
-  _globals['_GETMODELINFORESPONSE_TRAININGMETRICSENTRY']._serialized_end=1940
-  _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._serialized_start=1942
-  _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._serialized_end=1989
-  _globals['_NEWITEM']._serialized_start=1991
-  _globals['_NEWITEM']._serialized_end=2089
-  _globals['_UPSERTITEMSREQUEST']._serialized_start=2091
-  _globals['_UPSERTITEMSREQUEST']._serialized_end=2150
-  _globals['_UPSERTITEMSRESPONSE']._serialized_start=2152
-  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2251
-  _globals['_RELOADREQUEST']._serialized_start=2253
-  _globals['_RELOADREQUEST']._serialized_end=2287
-  _globals['_RELOADRESPONSE']._serialized_start=2289
-  _globals['_RELOADRESPONSE']._serialized_end=2377
-  _globals['_RECOMMENDER']._serialized_start=2527
-  _globals['_RECOMMENDER']._serialized_end=2940
-  _globals['_ADMIN']._serialized_start=2942
-  _globals['_ADMIN']._serialized_end=3020
+  _globals['_RECOMMENDREQUEST']._serialized_end=567
+  _globals['_RECOMMENDRESPONSE']._serialized_start=569
+  _globals['_RECOMMENDRESPONSE']._serialized_end=669
+  _globals['_SCOREPAIR']._serialized_start=671
+  _globals['_SCOREPAIR']._serialized_end=794
+  _globals['_SCOREREQUEST']._serialized_start=796
+  _globals['_SCOREREQUEST']._serialized_end=851
+  _globals['_SCORERESPONSE']._serialized_start=853
+  _globals['_SCORERESPONSE']._serialized_end=929
+  _globals['_INTERACTION']._serialized_start=931
+  _globals['_INTERACTION']._serialized_end=978
+  _globals['_EVALUATEREQUEST']._serialized_start=981
+  _globals['_EVALUATEREQUEST']._serialized_end=1140
+  _globals['_EVALUATERESPONSE']._serialized_start=1143
+  _globals['_EVALUATERESPONSE']._serialized_end=1360
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_start=1314
+  _globals['_EVALUATERESPONSE_METRICSENTRY']._serialized_end=1360
+  _globals['_GETMODELINFOREQUEST']._serialized_start=1362
+  _globals['_GETMODELINFOREQUEST']._serialized_end=1383
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1386
+  _globals['_GETMODELINFORESPONSE']._serialized_end=2088
+  _globals['_GETMODELINFORESPONSE_TRAININGMETRICSENTRY']._serialized_start=1985
+  _globals['_GETMODELINFORESPONSE_TRAININGMETRICSENTRY']._serialized_end=2039
+  _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._serialized_start=2041
+  _globals['_GETMODELINFORESPONSE_VERSIONSENTRY']._serialized_end=2088
+  _globals['_NEWITEM']._serialized_start=2090
+  _globals['_NEWITEM']._serialized_end=2188
+  _globals['_UPSERTITEMSREQUEST']._serialized_start=2190
+  _globals['_UPSERTITEMSREQUEST']._serialized_end=2249
+  _globals['_UPSERTITEMSRESPONSE']._serialized_start=2251
+  _globals['_UPSERTITEMSRESPONSE']._serialized_end=2350
+  _globals['_RELOADREQUEST']._serialized_start=2352
+  _globals['_RELOADREQUEST']._serialized_end=2386
+  _globals['_RELOADRESPONSE']._serialized_start=2388
+  _globals['_RELOADRESPONSE']._serialized_end=2476
+  _globals['_RECOMMENDER']._serialized_start=2626
+  _globals['_RECOMMENDER']._serialized_end=3039
+  _globals['_ADMIN']._serialized_start=3041
+  _globals['_ADMIN']._serialized_end=3119
 # @@protoc_insertion_point(module_scope)

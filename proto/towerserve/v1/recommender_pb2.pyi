@@ -60,7 +60,7 @@ class Item(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., price: _Optional[float] = ..., description: _Optional[str] = ..., features: _Optional[str] = ..., category: _Optional[str] = ...) -> None: ...
 
 class RecommendRequest(_message.Message):
-    __slots__ = ("user_id", "user", "top_n", "exclude_seen", "price_range", "categories", "exclude_item_ids")
+    __slots__ = ("user_id", "user", "top_n", "exclude_seen", "price_range", "categories", "exclude_item_ids", "history")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     TOP_N_FIELD_NUMBER: _ClassVar[int]
@@ -68,6 +68,7 @@ class RecommendRequest(_message.Message):
     PRICE_RANGE_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     user: UserAttributes
     top_n: int
@@ -75,25 +76,30 @@ class RecommendRequest(_message.Message):
     price_range: PriceRange
     categories: _containers.RepeatedScalarFieldContainer[str]
     exclude_item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, user_id: _Optional[str] = ..., user: _Optional[_Union[UserAttributes, _Mapping]] = ..., top_n: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ..., categories: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    history: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., user: _Optional[_Union[UserAttributes, _Mapping]] = ..., top_n: _Optional[int] = ..., exclude_seen: _Optional[bool] = ..., price_range: _Optional[_Union[PriceRange, _Mapping]] = ..., categories: _Optional[_Iterable[str]] = ..., exclude_item_ids: _Optional[_Iterable[str]] = ..., history: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RecommendResponse(_message.Message):
-    __slots__ = ("items", "model_version")
+    __slots__ = ("items", "model_version", "history_used")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_USED_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[Item]
     model_version: str
-    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    history_used: int
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., model_version: _Optional[str] = ..., history_used: _Optional[int] = ...) -> None: ...
 
 class ScorePair(_message.Message):
-    __slots__ = ("user_id", "user", "item_id")
+    __slots__ = ("user_id", "user", "item_id", "history")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     USER_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     user: UserAttributes
     item_id: str
-    def __init__(self, user_id: _Optional[str] = ..., user: _Optional[_Union[UserAttributes, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
+    history: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_id: _Optional[str] = ..., user: _Optional[_Union[UserAttributes, _Mapping]] = ..., item_id: _Optional[str] = ..., history: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
     __slots__ = ("pairs",)
@@ -102,12 +108,14 @@ class ScoreRequest(_message.Message):
     def __init__(self, pairs: _Optional[_Iterable[_Union[ScorePair, _Mapping]]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("scores", "model_version")
+    __slots__ = ("scores", "model_version", "history_used")
     SCORES_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_USED_FIELD_NUMBER: _ClassVar[int]
     scores: _containers.RepeatedScalarFieldContainer[float]
     model_version: str
-    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ...) -> None: ...
+    history_used: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, scores: _Optional[_Iterable[float]] = ..., model_version: _Optional[str] = ..., history_used: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class Interaction(_message.Message):
     __slots__ = ("user_id", "item_id")
@@ -157,7 +165,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories")
+    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +200,7 @@ class GetModelInfoResponse(_message.Message):
     MAX_UPSERT_ITEMS_FIELD_NUMBER: _ClassVar[int]
     MAX_INLINE_INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     CATEGORIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_HISTORY_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     model_kind: str
     user_independent_ranking: bool
@@ -212,7 +221,8 @@ class GetModelInfoResponse(_message.Message):
     max_upsert_items: int
     max_inline_interactions: int
     categories: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_history: int
+    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ...) -> None: ...
 
 class NewItem(_message.Message):
     __slots__ = ("item_id", "description", "features", "price", "category")

@@ -1,0 +1,109 @@
+"""What the towers are fed: feature rows of known users and of raw records, ids and histories; user vectors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .csr import CSR
+from .encoder import OnnxTextEncoder
+from .features import MINMAX, FieldSpec, FieldTable, assemble, feature_matrix
+from .history import NO_HISTORY, History, padded, with_training
+from .towers import TextVectors, Tower
+from .types import NewItemData, UserAttrs
+from .validation import validate_attrs
+
+UserRef = int | UserAttrs  # a known user's row in users.csv, or an unseen user's attributes
+
+
+class TowerInputs:
+    """Builds tower inputs from the exported tables (known users), raw attributes (unseen users, new
+    items, through the text encoder when a text is new) and histories, and runs the user tower.
+
+    Args:
+        tables, text, encoder: the exported text tables, their per-field caches, the ONNX encoder.
+        user_raw: numeric user attributes of the known users (the minmax fields).
+        n_users: known users (rows of users.csv).
+        train: split name -> its recorded training positives (a hybrid tower's known-user histories).
+    """
+
+    def __init__(
+        self,
+        tables: dict[str, FieldTable],
+        text: dict[str, TextVectors],
+        encoder: OnnxTextEncoder,
+        user_raw: dict[str, np.ndarray],
+        n_users: int,
+        train: dict[str, CSR],
+    ):
+        self.tables, self.text, self.encoder = tables, text, encoder
+        self.user_raw, self.n_users, self.train = user_raw, n_users, train
+
+    def known(self, specs: list[FieldSpec], rows: np.ndarray) -> np.ndarray:
+        """Tower inputs for known users ``rows``, from the exported tables and users.csv."""
+        return feature_matrix(specs, self.tables, self.user_raw, rows)
+
+    def records(self, specs: list[FieldSpec], records: Sequence[UserAttrs | NewItemData]) -> np.ndarray:
+        """Input vectors for records that carry raw attributes (unseen users, new items): numbers are
+        scaled, texts looked up in the exported tables or encoded (and cached)."""
+        parts = {}
+        for s in specs:
+            values = [getattr(r, s.name) for r in records]
+            parts[s.name] = (
+                np.array(values, dtype=np.float64)
+                if s.kind == MINMAX
+                else self.text[s.name].get(values, self.encoder)
+            )
+        return assemble(specs, parts)
+
+    def known_vectors(self, tower: Tower) -> np.ndarray:
+        """Every known user's vector for ``tower`` (training histories only), computed once."""
+        return tower.all_user_vectors(self.known, self.n_users, self.train.get(tower.split))
+
+    def user_vectors(
+        self, tower: Tower, refs: Sequence[UserRef], histories: Sequence[History] | None = None
+    ) -> np.ndarray:
+        """Vectors [len(refs), d]: a known user without a history the tower reads takes the vector
+        computed at load; unseen users, and known users whose request history adds items, go through
+        one user-tower pass together."""
+        known_vecs = self.known_vectors(tower)
+        hists = histories or [NO_HISTORY] * len(refs)
+        reads = tower.history_input is not None
+        run = [
+            j for j, (r, h) in enumerate(zip(refs, hists)) if isinstance(r, UserAttrs) or (reads and h.used)
+        ]
+        if not run:
+            return known_vecs[np.asarray(refs, dtype=np.int64)]
+        out = np.empty((len(refs), tower.dim), dtype=np.float32)
+        out[run] = self._tower_pass(tower, [refs[j] for j in run], [hists[j] for j in run])
+        rest = sorted(set(range(len(refs))) - set(run))
+        if rest:
+            out[rest] = known_vecs[[refs[j] for j in rest]]
+        return out
+
+    def _tower_pass(self, tower: Tower, refs: Sequence[UserRef], hists: Sequence[History]) -> np.ndarray:
+        """One user-tower pass: features, ids (0 for unseen users) and histories (a known user's training
+        positives joined by the request's items) for each ref."""
+        new = [j for j, r in enumerate(refs) if isinstance(r, UserAttrs)]
+        old = [j for j, r in enumerate(refs) if not isinstance(r, UserAttrs)]
+        needs_personality = "personality" in [s.name for s in tower.user_specs]
+        for j in new:
+            validate_attrs(refs[j], needs_personality)
+        if not old:
+            features = self.records(tower.user_specs, refs)
+        elif not new:
+            features = self.known(tower.user_specs, np.asarray(refs, dtype=np.int64))
+        else:
+            features = np.empty((len(refs), sum(s.dim for s in tower.user_specs)), dtype=np.float32)
+            features[new] = self.records(tower.user_specs, [refs[j] for j in new])
+            features[old] = self.known(tower.user_specs, np.asarray([refs[j] for j in old], dtype=np.int64))
+        if tower.id_input is None and tower.history_input is None:
+            return tower.users(features)
+        ids = np.array([0 if isinstance(r, UserAttrs) else r + 1 for r in refs], dtype=np.int64)
+        train = self.train.get(tower.split)
+        lists = [
+            h.rows if isinstance(r, UserAttrs) or train is None else with_training(train.row(r), h.rows)
+            for r, h in zip(refs, hists)
+        ]
+        return tower.users(features, ids, padded(lists))

@@ -1,0 +1,463 @@
+"""Request histories over a real server: a hand-built hybrid-shaped user tower (onnx.helper: Gather +
+masked mean + MatMul, checked in numpy) and the trained hybrid's exported graph; a features-only model
+ignores them."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from pipeline import copy_serving
+from pipeline import server_and_channel as running_server
+
+from towerserve.server.catalog import logits, probabilities
+from towerserve.server.engine import Engine, EngineConfig
+from towerserve.server.features import FieldSpec, feature_matrix, load_tables
+from towerserve.server.manifest import file_entries
+from towerserve.server.splits import load_recorded_split
+from towerserve.server.wire import recommend_wire
+from towerserve.v1 import recommender_pb2 as pb
+from towerserve.v1 import recommender_pb2_grpc
+
+HAND = "handmade"  # the hand-built model's kind in the copied bundle
+MAX_HISTORY = 8
+INVALID = grpc.StatusCode.INVALID_ARGUMENT
+
+
+# ------------------------------------------------------------------------------ the hand-built tower
+
+
+def hand_tower(n_users: int, n_items: int, width: int, dim: int, seed: int = 0):
+    """A hybrid-shaped user tower and its weights: user_vector = x W + b + U[id] + masked_mean(H[history]).
+
+    W's and the tables' last column are 0 and b's is 1: the bias trick's constant column, as a trained
+    hybrid has. Row 0 of U and H (unknown id, padding) is 0.
+    """
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(0, 0.3, (width, dim)).astype(np.float32)
+    b = rng.normal(0, 0.1, dim).astype(np.float32)
+    u = rng.normal(0, 0.5, (n_users + 1, dim)).astype(np.float32)
+    h = rng.normal(0, 1.0, (n_items + 1, dim)).astype(np.float32)
+    w[:, -1], b[-1], u[:, -1], h[:, -1] = 0, 1, 0, 0
+    u[0], h[0] = 0, 0
+    consts = {
+        "W": w,
+        "b": b,
+        "U": u,
+        "H": h,
+        "zero": np.array(0, np.int32),
+        "one": np.array(1.0, np.float32),
+        "axis1": np.array([1], np.int64),
+        "axis2": np.array([2], np.int64),
+    }
+    nodes = [
+        helper.make_node("MatMul", ["user_features", "W"], ["xw"]),
+        helper.make_node("Add", ["xw", "b"], ["content"]),
+        helper.make_node("Gather", ["U", "id_input"], ["id_vec"], axis=0),
+        helper.make_node("Gather", ["H", "history_input"], ["hist_emb"], axis=0),
+        helper.make_node("Greater", ["history_input", "zero"], ["is_item"]),
+        helper.make_node("Cast", ["is_item"], ["mask"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask", "axis2"], ["mask3"]),
+        helper.make_node("Mul", ["hist_emb", "mask3"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["safe_count"]),
+        helper.make_node("Div", ["total", "safe_count"], ["pooled"]),
+        helper.make_node("Add", ["content", "id_vec"], ["with_id"]),
+        helper.make_node("Add", ["with_id", "pooled"], ["user_vector"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "hand_hybrid_user_tower",
+        [
+            helper.make_tensor_value_info("user_features", TensorProto.FLOAT, ["batch", width]),
+            helper.make_tensor_value_info("id_input", TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("history_input", TensorProto.INT32, ["batch", "length"]),
+        ],
+        [helper.make_tensor_value_info("user_vector", TensorProto.FLOAT, ["batch", dim])],
+        [numpy_helper.from_array(v, k) for k, v in consts.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8  # readable by every onnxruntime the project supports
+    onnx.checker.check_model(model)
+    return model, {"W": w, "b": b, "U": u, "H": h}
+
+
+def by_hand(weights: dict, x: np.ndarray, ids: np.ndarray, history: np.ndarray) -> np.ndarray:
+    """The hand tower in numpy: what the graph must compute."""
+    mask = (history > 0).astype(np.float32)[..., None]
+    pooled = (weights["H"][history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    return x @ weights["W"] + weights["b"] + weights["U"][ids] + pooled
+
+
+def add_hand_model(serving: Path, dst: Path) -> dict:
+    """A copy of ``serving`` with model HAND: two_tower's item side and feature specs, the hand-built
+    user tower; manifest and file hashes rewritten. Returns the weights."""
+    root = copy_serving(serving, dst)
+    manifest = json.loads((root / "manifest.json").read_text())
+    entry = json.loads(json.dumps(manifest["models"]["two_tower"]))
+    n_users, n_items = manifest["catalog"]["users"], manifest["catalog"]["items"]
+    hold = entry["splits"]["holdout"]["user_tower"]
+    model, weights = hand_tower(n_users, n_items, hold["input_dim"], hold["output_dim"])
+    for split, e in entry["splits"].items():
+        folder = root / "models" / HAND / split
+        folder.mkdir(parents=True)
+        for key in ("item_tower", "full"):
+            shutil.copy(root / e[key]["file"], folder / Path(e[key]["file"]).name)
+            e[key]["file"] = f"models/{HAND}/{split}/{Path(e[key]['file']).name}"
+        shutil.copy(root / e["item_vectors_file"], folder / "item_vectors.npy")
+        e["item_vectors_file"] = f"models/{HAND}/{split}/item_vectors.npy"
+        (folder / "user_tower.onnx").write_bytes(model.SerializeToString())
+        e["user_tower"].update(
+            file=f"models/{HAND}/{split}/user_tower.onnx",
+            input="user_features",
+            id_input="id_input",
+            history_input="history_input",
+            history_pooling="mean",
+            max_history=MAX_HISTORY,
+        )
+    entry.update(kind=HAND, model_version=f"{HAND}-0123456789")
+    manifest["models"][HAND] = entry
+    manifest["files"] = {k: v.to_json() for k, v in file_entries(root).items()}
+    (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return weights
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+
+
+@pytest.fixture(scope="module")
+def hand(serving, tmp_path_factory):
+    """(serving folder with HAND, its weights)."""
+    dst = tmp_path_factory.mktemp("hand") / "serving"
+    return dst, add_hand_model(serving, dst)
+
+
+@pytest.fixture(scope="module")
+def hand_stub(hand):
+    with running_server(hand[0], model=HAND) as (_, channel):
+        yield recommender_pb2_grpc.RecommenderStub(channel)
+
+
+@pytest.fixture(scope="module")
+def two_tower_stub(serving):
+    with running_server(serving, model="two_tower") as (_, channel):
+        yield recommender_pb2_grpc.RecommenderStub(channel)
+
+
+class Bundle:
+    """What the tests compute by hand from a serving folder: features, histories, rankings."""
+
+    def __init__(self, root: Path, kind: str):
+        self.root = root
+        manifest = json.loads((root / "manifest.json").read_text())
+        e = manifest["models"][kind]["splits"]["holdout"]
+        self.specs = [FieldSpec.from_json(s) for s in e["features"]["user"]]
+        self.tables = load_tables(root / "catalog" / "embeddings.npz")
+        with open(root / "catalog" / "users.csv", newline="", encoding="utf-8") as fh:
+            self.users = list(csv.DictReader(fh))
+        with open(root / "catalog" / "items.csv", newline="", encoding="utf-8") as fh:
+            self.item_ids = [r["item_id"] for r in csv.DictReader(fh)]
+        self.raw = {
+            s.name: np.array([float(u[s.name]) for u in self.users]) for s in self.specs if s.kind == "minmax"
+        }
+        self.vectors = np.load(root / e["item_vectors_file"]).astype(np.float32)
+        self.split = load_recorded_split(root / "splits" / "holdout.npz")
+        import onnxruntime as ort
+
+        self.session = ort.InferenceSession(
+            str(root / e["user_tower"]["file"]), providers=["CPUExecutionProvider"]
+        )
+
+    def features(self, row: int) -> np.ndarray:
+        """float32 [1, F]: user ``row``'s attributes (an anonymous user with them has the same)."""
+        return feature_matrix(self.specs, self.tables, self.raw, np.array([row]))
+
+    def rows(self, ids) -> list[int]:
+        return [self.item_ids.index(i) for i in ids]
+
+    def graph(self, x: np.ndarray, user_id: int, history_rows) -> np.ndarray:
+        """The user tower run directly: id 1 + row (0: anonymous), history 1 + item rows."""
+        h = np.array([[r + 1 for r in history_rows] or [0]], dtype=np.int32)
+        feed = {"user_features": x, "id_input": np.array([user_id], np.int32), "history_input": h}
+        return self.session.run(None, feed)[0][0]
+
+    def known(self, row: int, extra_rows=()) -> np.ndarray:
+        """A known user's vector: training positives, then the request's items they lack."""
+        train = self.split.train.row(row).tolist()
+        return self.graph(self.features(row), row + 1, train + [r for r in extra_rows if r not in train])
+
+    def top(self, u: np.ndarray, n: int, exclude=()) -> tuple[list[str], list[float]]:
+        """The server's exact ranking of the catalogue for vector ``u``: float64 sums, ties by row."""
+        scores = logits(self.vectors.astype(np.float64), u)
+        scores[list(exclude)] = -np.inf
+        order = np.lexsort((np.arange(len(scores)), -scores))[:n]
+        return [self.item_ids[j] for j in order], probabilities(scores[order]).tolist()
+
+    def attrs(self, row: int) -> pb.UserAttributes:
+        u = self.users[row]
+        return pb.UserAttributes(
+            age=float(u["age"]), profession=u["profession"], personality=u["personality"]
+        )
+
+    def seen(self, row: int) -> set[int]:
+        return set(self.split.train.row(row).tolist()) | set(self.split.test.row(row).tolist())
+
+
+@pytest.fixture(scope="module")
+def hb(hand) -> Bundle:
+    return Bundle(hand[0], HAND)
+
+
+def _ids(response) -> list[str]:
+    return [it.item_id for it in response.items]
+
+
+def _scores(response) -> list[float]:
+    return [it.score for it in response.items]
+
+
+# ------------------------------------------------------------------------------ the hand-built graph
+
+
+def test_the_hand_graph_pools_as_numpy_does(hand, hb):
+    weights = hand[1]
+    x = np.concatenate([hb.features(0), hb.features(5)])
+    ids = np.array([0, 6], np.int32)
+    history = np.array([[3, 9, 0, 0], [0, 0, 0, 0]], np.int32)  # padding, and an empty history
+    got = hb.session.run(None, {"user_features": x, "id_input": ids, "history_input": history})[0]
+    np.testing.assert_allclose(got, by_hand(weights, x, ids, history), rtol=1e-5, atol=1e-6)
+    # padding changes nothing; the constant column stays 1
+    short = hb.session.run(None, {"user_features": x, "id_input": ids, "history_input": history[:, :2]})[0]
+    np.testing.assert_allclose(short, got, rtol=1e-6, atol=1e-7)
+    assert np.all(got[:, -1] == 1.0)
+
+
+def test_known_users_vectors_use_their_training_history_only(hand, hb):
+    engine = Engine(hand[0], EngineConfig(model=HAND))
+    vecs = engine.known_user_vectors()
+    for row in (0, 7, len(hb.users) - 1):
+        train = hb.split.train.row(row)
+        x = hb.features(row)
+        want = by_hand(hand[1], x, np.array([row + 1]), np.array([(train + 1).tolist() or [0]]))
+        np.testing.assert_allclose(vecs[row], want[0], rtol=1e-5, atol=1e-6)
+    # Evaluate ranks with these vectors (no held-out item feeds a user's history)
+    cold = engine.known_user_vectors(engine.towers["cold"])
+    cold_split = load_recorded_split(hand[0] / "splits" / "cold.npz")
+    row = int(np.flatnonzero(cold_split.train.row_lengths())[0])
+    x = hb.features(row)
+    want = by_hand(hand[1], x, np.array([row + 1]), np.array([(cold_split.train.row(row) + 1).tolist()]))
+    np.testing.assert_allclose(cold[row], want[0], rtol=1e-5, atol=1e-6)
+
+
+def test_model_info_reports_max_history(hand_stub, two_tower_stub):
+    assert hand_stub.GetModelInfo(pb.GetModelInfoRequest()).max_history == MAX_HISTORY
+    assert two_tower_stub.GetModelInfo(pb.GetModelInfoRequest()).max_history == 0
+
+
+def test_anonymous_history_personalises_like_the_graph(hand_stub, hb, hand):
+    row, history = 4, hb.item_ids[10:13]
+    plain = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(row), top_n=10))
+    with_h = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(row), top_n=10, history=history))
+    assert with_h.history_used == 3 and plain.history_used == 0
+    assert _ids(with_h) != _ids(plain)
+    u = hb.graph(hb.features(row), 0, hb.rows(history))
+    ids, scores = hb.top(u, 10)
+    assert _ids(with_h) == ids
+    np.testing.assert_allclose(_scores(with_h), scores, rtol=1e-6)
+    # ... and the graph is the hand-written pooling
+    want = by_hand(hand[1], hb.features(row), np.array([0]), np.array([[r + 1 for r in hb.rows(history)]]))
+    np.testing.assert_allclose(u, want[0], rtol=1e-5, atol=1e-6)
+    # without history the anonymous user is the graph with id 0 and only padding
+    ids, _ = hb.top(hb.graph(hb.features(row), 0, []), 10)
+    assert _ids(plain) == ids
+
+
+def test_known_user_history_joins_the_training_history(hand_stub, hb):
+    row = 2
+    user_id = hb.users[row]["user_id"]
+    train = hb.split.train.row(row).tolist()
+    new = [j for j in range(len(hb.item_ids)) if j not in train][:2]
+    history = [hb.item_ids[new[0]], hb.item_ids[train[0]], hb.item_ids[new[1]]]  # one already trained on
+    plain = hand_stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10))
+    got = hand_stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10, history=history))
+    assert got.history_used == 3
+    ids, scores = hb.top(hb.known(row, hb.rows(history)), 10, exclude=hb.seen(row))
+    assert _ids(got) == ids and _ids(plain) != ids
+    np.testing.assert_allclose(_scores(got), scores, rtol=1e-6)
+    ids, _ = hb.top(hb.known(row), 10, exclude=hb.seen(row))
+    assert _ids(plain) == ids  # no history: the vector computed at load, from training positives
+    # a history of items the user trained on adds nothing new: the same vector
+    same = hand_stub.Recommend(
+        pb.RecommendRequest(user_id=user_id, top_n=10, history=[hb.item_ids[train[0]]])
+    )
+    assert (_ids(same), same.history_used) == (_ids(plain), 1)
+
+
+def test_unknown_and_repeated_history_ids_are_ignored_and_counted(hand_stub, hb):
+    a, b = hb.item_ids[20], hb.item_ids[30]
+    clean = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=[a, b]))
+    noisy = hand_stub.Recommend(
+        pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=["no_such_item", a, b, a, ""])
+    )
+    assert (clean.history_used, noisy.history_used) == (2, 2)
+    assert _ids(noisy) == _ids(clean) and _scores(noisy) == _scores(clean)
+    only_unknown = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=["ghost"]))
+    plain = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10))
+    assert only_unknown.history_used == 0 and _ids(only_unknown) == _ids(plain)
+
+
+def test_history_limits(hand_stub, hb):
+    user = hb.users[0]["user_id"]
+    too_many = [hb.item_ids[j] for j in range(MAX_HISTORY + 1)]
+    cases = [
+        (
+            pb.RecommendRequest(user_id=user, top_n=5, history=too_many),
+            ("history", str(MAX_HISTORY + 1), str(MAX_HISTORY)),
+        ),
+        (
+            pb.RecommendRequest(user=hb.attrs(0), top_n=5, history=["a", "i" * 201]),
+            ("history[1]", "201", "200"),
+        ),
+    ]
+    for request, says in cases:
+        with pytest.raises(grpc.RpcError) as err:
+            hand_stub.Recommend(request)
+        assert err.value.code() == INVALID and all(s in err.value.details() for s in says), (
+            err.value.details()
+        )
+    pairs = [
+        pb.ScorePair(user_id=user, item_id=hb.item_ids[0]),
+        pb.ScorePair(user_id=user, item_id=hb.item_ids[0], history=too_many),
+    ]
+    with pytest.raises(grpc.RpcError) as err:
+        hand_stub.Score(pb.ScoreRequest(pairs=pairs))
+    assert err.value.code() == INVALID and "pairs[1].history" in err.value.details()
+    exactly = hand_stub.Recommend(pb.RecommendRequest(user_id=user, top_n=5, history=too_many[:-1]))
+    assert 0 < exactly.history_used <= MAX_HISTORY
+
+
+def test_score_with_history_per_pair(hand_stub, hb):
+    row, item = 3, hb.item_ids[5]
+    user_id = hb.users[row]["user_id"]
+    h1, h2 = hb.item_ids[40:42], ["ghost", hb.item_ids[44]]
+    pairs = [
+        pb.ScorePair(user_id=user_id, item_id=item),
+        pb.ScorePair(user_id=user_id, item_id=item, history=h1),
+        pb.ScorePair(user=hb.attrs(row), item_id=item, history=h2),
+        pb.ScorePair(user=hb.attrs(row), item_id=item),
+    ]
+    got = hand_stub.Score(pb.ScoreRequest(pairs=pairs))
+    assert list(got.history_used) == [0, 2, 1, 0]
+    j = hb.item_ids.index(item)
+    users = [
+        hb.known(row),
+        hb.known(row, hb.rows(h1)),
+        hb.graph(hb.features(row), 0, hb.rows(h2[1:])),
+        hb.graph(hb.features(row), 0, []),
+    ]
+    want = [probabilities(logits(hb.vectors[j : j + 1].astype(np.float64), u))[0] for u in users]
+    np.testing.assert_allclose(got.scores, want, rtol=1e-5)
+    assert len(set(got.scores)) == 4
+    plain = hand_stub.Score(pb.ScoreRequest(pairs=[pairs[0], pairs[3]]))
+    assert list(plain.history_used) == []  # no pair carried a history
+
+
+def test_upserted_items_are_unknown_to_history_but_recommendable(hand):
+    with running_server(hand[0], model=HAND) as (_, channel):
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        hb = Bundle(hand[0], HAND)
+        new = pb.NewItem(
+            item_id="brand_new",
+            description="A brand new tent.",
+            features="Light",
+            price=50.0,
+            category="history_test",
+        )
+        replaced = hb.item_ids[7]
+        again = pb.NewItem(
+            item_id=replaced,
+            description="Replaced text.",
+            features="Heavy",
+            price=60.0,
+            category="history_test",
+        )
+        stub.UpsertItems(pb.UpsertItemsRequest(items=[new, again]))
+        attrs = hb.attrs(0)
+        plain = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, categories=["history_test"]))
+        got = stub.Recommend(
+            pb.RecommendRequest(user=attrs, top_n=5, categories=["history_test"], history=["brand_new"])
+        )
+        assert got.history_used == 0  # no history embedding for an item the export never had
+        assert sorted(_ids(got)) == sorted(_ids(plain)) == sorted(["brand_new", replaced])
+        assert _scores(got) == _scores(plain)
+        # an upsert that replaces an exported id keeps that id's learned history row
+        kept = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, history=[replaced, "brand_new"]))
+        assert kept.history_used == 1
+
+
+def test_a_features_only_model_ignores_history(two_tower_stub, users, items):
+    ids = list(items)
+    user = users[0]
+    attrs = pb.UserAttributes(
+        age=float(user["age"]), profession=user["profession"], personality=user["personality"]
+    )
+    for who in ({"user_id": user["user_id"]}, {"user": attrs}):
+        plain = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, **who))
+        got = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, history=ids[:30] + ["ghost"], **who))
+        assert got.history_used == 0 and _ids(got) == _ids(plain) and _scores(got) == _scores(plain)
+    pair = pb.ScorePair(user_id=user["user_id"], item_id=ids[0], history=ids[:3])
+    got = two_tower_stub.Score(pb.ScoreRequest(pairs=[pair]))
+    assert list(got.history_used) == [0]
+    with pytest.raises(grpc.RpcError) as err:  # ids are still checked
+        two_tower_stub.Recommend(pb.RecommendRequest(user_id=user["user_id"], top_n=5, history=["i" * 201]))
+    assert err.value.code() == INVALID
+
+
+# ------------------------------------------------------------------------------------- engine paths
+
+
+def test_history_skips_the_candidate_lists_and_matches_the_exact_path(hand, hb):
+    fast = Engine(hand[0], EngineConfig(model=HAND, candidates=16))
+    exact = Engine(hand[0], EngineConfig(model=HAND, candidates=0))
+    for row in range(0, 40, 7):
+        user = hb.users[row]["user_id"]
+        history = [hb.item_ids[(row * 3 + k) % len(hb.item_ids)] for k in range(1 + row % 5)]
+        a = fast.recommend(user, 5, history=history)
+        b = exact.recommend(user, 5, history=history)
+        assert a[1:] == b[1:]
+        ids, _ = hb.top(hb.known(row, hb.rows(history)), 5, exclude=hb.seen(row))
+        assert [a[0].ids[j] for j in a[1]] == ids
+
+
+def test_spliced_bytes_carry_history_used(hand):
+    engine = Engine(hand[0], EngineConfig(model=HAND))
+    cat, rows, scores = engine.recommend(engine.user_ids[1], 5, history=engine.catalog.ids[:2])
+    want = pb.RecommendResponse(
+        model_version=engine.model_version,
+        history_used=2,
+        items=[
+            pb.Item(
+                item_id=cat.ids[j],
+                score=s,
+                price=cat.price[j],
+                description=cat.description[j],
+                features=cat.features[j],
+                category=cat.category[j],
+            )
+            for j, s in zip(rows, scores)
+        ],
+    )
+    assert recommend_wire(cat.wire, rows, scores, engine.model_version, 2) == want.SerializeToString()
+    assert (
+        recommend_wire(cat.wire, [], [], "", 300)
+        == pb.RecommendResponse(history_used=300).SerializeToString()
+    )
