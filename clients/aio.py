@@ -60,17 +60,17 @@ class AsyncRecommenderClient(Base):
         price_max: float | None = None,
         categories: Sequence[str] = (),
         exclude_item_ids: Sequence[str] = (),
+        history: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Recommendation:
         who = convert.who(user_id, user)
         request = convert.recommend_request(
-            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids, history
         )
         return convert.recommendation(await self._call("Recommend", request, timeout))
 
-    async def score(self, pairs: Sequence[tuple[str | User, str]], timeout: float | None = None) -> Scores:
-        r = await self._call("Score", convert.score_request(pairs), timeout)
-        return Scores(list(r.scores), r.model_version)
+    async def score(self, pairs: Sequence[tuple], timeout: float | None = None) -> Scores:
+        return convert.scores(await self._call("Score", convert.score_request(pairs), timeout))
 
     async def evaluate(
         self,

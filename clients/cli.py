@@ -74,6 +74,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
             price_max=args.price_max,
             categories=args.category or (),
             exclude_item_ids=args.exclude or (),
+            history=_history_arg(args.history),
         )
     if args.json:
         _print_json(rec)
@@ -84,7 +85,14 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     ]
     print(format_table(["#", "item_id", "score", "price", "category", "description"], rows))
     print(f"model {rec.model_version}")
+    if args.history:
+        print(f"history: the model used {rec.history_used} of {len(_history_arg(args.history))} items")
     return 0
+
+
+def _history_arg(text: str | None) -> list[str] | None:
+    """--history "a,b,c" -> ["a", "b", "c"] (blanks dropped); None when the flag is absent."""
+    return None if text is None else [x.strip() for x in text.split(",") if x.strip()]
 
 
 def _clip(text: str, width: int) -> str:
@@ -224,6 +232,11 @@ def register(sub) -> None:
     p.add_argument("--price-max", type=float, help="only items at or below this price")
     p.add_argument("--category", action="append", help="only this category (repeatable)")
     p.add_argument("--exclude", action="append", help="never return this item id (repeatable)")
+    p.add_argument(
+        "--history",
+        help="items the user interacted with, most recent first, comma-separated (item_1,item_2); "
+        "read by models whose GetModelInfo.max_history > 0",
+    )
     p.set_defaults(func=cmd_recommend)
 
     p = sub.add_parser(

@@ -107,19 +107,25 @@ class RecommenderClient(Base):
         price_max: float | None = None,
         categories: Sequence[str] = (),
         exclude_item_ids: Sequence[str] = (),
+        history: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Recommendation:
-        """Top-N items for a known user (``user_id``) or an unseen one (``user``)."""
+        """Top-N items for a known user (``user_id``) or an unseen one (``user``).
+
+        ``history``: item ids the user interacted with, most recent first (or give ``User(history=...)``);
+        a model that reads histories personalises with them, and ``history_used`` says how many it
+        knew.
+        """
         who = convert.who(user_id, user)
         request = convert.recommend_request(
-            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+            who, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids, history
         )
         return convert.recommendation(self._call("Recommend", request, timeout))
 
-    def score(self, pairs: Sequence[tuple[str | User, str]], timeout: float | None = None) -> Scores:
-        """Probabilities for (user id or User, item id) pairs, in order."""
-        r = self._call("Score", convert.score_request(pairs), timeout)
-        return Scores(list(r.scores), r.model_version)
+    def score(self, pairs: Sequence[tuple], timeout: float | None = None) -> Scores:
+        """Probabilities for (user id or User, item id) pairs, in order; a pair may carry a third
+        element, the user's history (item ids, most recent first)."""
+        return convert.scores(self._call("Score", convert.score_request(pairs), timeout))
 
     def evaluate(
         self,

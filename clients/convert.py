@@ -8,7 +8,7 @@ from typing import Any
 from towerserve.server.wire import encode_varint
 from towerserve.v1 import recommender_pb2 as pb
 
-from .types import Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem, User
+from .types import Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem, Scores, User
 
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 SPLITS = {"holdout": pb.SPLIT_HOLDOUT, "cold": pb.SPLIT_COLD}
@@ -21,23 +21,37 @@ def who(user_id: str | None, user: User | None) -> str | User:
     return user_id if user_id is not None else user
 
 
-def _user_fields(user: str | User) -> dict[str, Any]:
+def _history(user: str | User, history: Sequence[str] | None) -> list[str]:
+    """The ids to send: ``history``, or the User's own; a str is one id, never its characters."""
+    own = user.history if isinstance(user, User) else ()
+    if history is not None and own:
+        raise ValueError("give the history once: as history=... or as User(history=...), not both")
+    ids = own if history is None else history
+    if isinstance(ids, str):
+        raise TypeError(f"history must be a sequence of item ids, not a str ({ids!r})")
+    return list(ids)
+
+
+def _user_fields(user: str | User, history: Sequence[str] | None = None) -> dict[str, Any]:
+    fields: dict[str, Any] = {"history": _history(user, history)}
     if isinstance(user, User):
-        return {
-            "user": pb.UserAttributes(age=user.age, profession=user.profession, personality=user.personality)
-        }
-    return {"user_id": user}
+        fields["user"] = pb.UserAttributes(
+            age=user.age, profession=user.profession, personality=user.personality
+        )
+    else:
+        fields["user_id"] = user
+    return fields
 
 
 def recommend_request(
-    user, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids
+    user, top_n, exclude_seen, price_min, price_max, categories, exclude_item_ids, history=None
 ) -> pb.RecommendRequest:
     req = pb.RecommendRequest(
         top_n=top_n,
         exclude_seen=exclude_seen,
         categories=list(categories),
         exclude_item_ids=list(exclude_item_ids),
-        **_user_fields(user),
+        **_user_fields(user, history),
     )
     if price_min is not None:
         req.price_range.min = price_min
@@ -53,11 +67,23 @@ def recommendation(r: pb.RecommendResponse) -> Recommendation:
             for i in r.items
         ],
         r.model_version,
+        r.history_used,
     )
 
 
-def score_request(pairs: Sequence[tuple[str | User, str]]) -> pb.ScoreRequest:
-    return pb.ScoreRequest(pairs=[pb.ScorePair(item_id=item, **_user_fields(user)) for user, item in pairs])
+def score_request(pairs: Sequence[tuple]) -> pb.ScoreRequest:
+    """Pairs are (user id or User, item id), or (user id or User, item id, history ids)."""
+    out = []
+    for j, pair in enumerate(pairs):
+        if len(pair) not in (2, 3):
+            raise ValueError(f"pairs[{j}] must be (user, item_id) or (user, item_id, history) (got {pair!r})")
+        user, item, *history = pair
+        out.append(pb.ScorePair(item_id=item, **_user_fields(user, history[0] if history else None)))
+    return pb.ScoreRequest(pairs=out)
+
+
+def scores(r: pb.ScoreResponse) -> Scores:
+    return Scores(list(r.scores), r.model_version, list(r.history_used))
 
 
 def evaluate_request(split, ks, protocol, interactions) -> pb.EvaluateRequest:
@@ -99,6 +125,7 @@ def model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
         max_upsert_items=r.max_upsert_items,
         max_inline_interactions=r.max_inline_interactions,
         categories=list(r.categories),
+        max_history=r.max_history,
     )
 
 

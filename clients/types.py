@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -19,11 +20,13 @@ class TowerserveError(Exception):
 
 @dataclass(frozen=True)
 class User:
-    """An unseen user, described by attributes (cold start)."""
+    """An unseen user, described by attributes (cold start), and optionally the items of their session
+    (``history``, most recent first), which a model with GetModelInfo.max_history > 0 reads."""
 
     age: float
     profession: str
     personality: str = ""
+    history: Sequence[str] = ()
 
 
 @dataclass(frozen=True)
@@ -40,12 +43,14 @@ class RecommendedItem:
 class Recommendation:
     items: list[RecommendedItem]
     model_version: str
+    history_used: int = 0  # distinct history items the model read (unknown ids are ignored)
 
 
 @dataclass(frozen=True)
 class Scores:
     scores: list[float]
     model_version: str
+    history_used: list[int] = field(default_factory=list)  # per pair; empty when no pair had a history
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,7 @@ class ModelInfo:
     max_upsert_items: int
     max_inline_interactions: int
     categories: list[str]
+    max_history: int
 
 
 @dataclass(frozen=True)
