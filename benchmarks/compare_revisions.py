@@ -30,7 +30,7 @@ from _common import DEFAULT_ARTIFACTS, ROOT, child_env, table, write_result  # n
 # Which numbers each benchmark's JSON is judged by (regex over flattened keys).
 DEFAULT_KEYS = {
     "bench_server": r"(recommend_in_process\.cases\.\d+\.(median|p99)_ms|grpc\..*(median|p99).*|load\.engine_s)$",
-    "bench_loadtest": r"^(rows|runs)\.\d+\..*(qps|p99_ms|ratio)$|targets_at_32\..*\.value$",
+    "bench_loadtest": r"^concurrency\.\d+\.(health_qps|recommend_qps|qps_ratio|health_p99_ms|recommend_p99_ms|p99_ratio)$",
 }
 
 
