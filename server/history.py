@@ -73,6 +73,15 @@ class HistoryIndex:
         return History(tuple(rows), len(ids))
 
 
+def known_ids(train: CSR | None, rows: np.ndarray) -> np.ndarray:
+    """int64 [len(rows)]: the id input of known users ``rows``: 1 + row, or 0 (unknown) for a user with
+    no training positives in the split (a cold user, whose ID row never trained), as training scores."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if train is None:
+        return rows + 1
+    return np.where(train.indptr[rows + 1] > train.indptr[rows], rows + 1, 0)
+
+
 def with_training(train: np.ndarray, rows: Sequence[int]) -> list[int]:
     """A known user's training positives followed by the request's rows they lack (each item once)."""
     have = train.tolist()

@@ -9,7 +9,7 @@ import numpy as np
 from .csr import CSR
 from .encoder import OnnxTextEncoder
 from .features import MINMAX, FieldSpec, FieldTable, assemble, feature_matrix
-from .history import NO_HISTORY, History, padded, with_training
+from .history import NO_HISTORY, History, known_ids, padded, with_training
 from .towers import TextVectors, Tower
 from .types import NewItemData, UserAttrs
 from .validation import validate_attrs
@@ -67,19 +67,20 @@ class TowerInputs:
         """Vectors [len(refs), d]: a known user without a history the tower reads takes the vector
         computed at load; unseen users, and known users whose request history adds items, go through
         one user-tower pass together."""
-        known_vecs = self.known_vectors(tower)
         hists = histories or [NO_HISTORY] * len(refs)
         reads = tower.history_input is not None
         run = [
             j for j, (r, h) in enumerate(zip(refs, hists)) if isinstance(r, UserAttrs) or (reads and h.used)
         ]
+        if len(run) == len(refs):  # e.g. one request's user: no scatter
+            return self._tower_pass(tower, refs, hists)
+        known_vecs = self.known_vectors(tower)
         if not run:
             return known_vecs[np.asarray(refs, dtype=np.int64)]
         out = np.empty((len(refs), tower.dim), dtype=np.float32)
         out[run] = self._tower_pass(tower, [refs[j] for j in run], [hists[j] for j in run])
         rest = sorted(set(range(len(refs))) - set(run))
-        if rest:
-            out[rest] = known_vecs[[refs[j] for j in rest]]
+        out[rest] = known_vecs[[refs[j] for j in rest]]
         return out
 
     def _tower_pass(self, tower: Tower, refs: Sequence[UserRef], hists: Sequence[History]) -> np.ndarray:
@@ -100,8 +101,10 @@ class TowerInputs:
             features[old] = self.known(tower.user_specs, np.asarray([refs[j] for j in old], dtype=np.int64))
         if tower.id_input is None and tower.history_input is None:
             return tower.users(features)
-        ids = np.array([0 if isinstance(r, UserAttrs) else r + 1 for r in refs], dtype=np.int64)
         train = self.train.get(tower.split)
+        ids = np.zeros(len(refs), dtype=np.int64)  # unseen users: the unknown id
+        if old:
+            ids[old] = known_ids(train, [refs[j] for j in old])
         lists = [
             h.rows if isinstance(r, UserAttrs) or train is None else with_training(train.row(r), h.rows)
             for r, h in zip(refs, hists)

@@ -14,7 +14,7 @@ import numpy as np
 from .csr import CSR
 from .encoder import OnnxTextEncoder
 from .features import FieldSpec, FieldTable
-from .history import DEFAULT_MAX_HISTORY, padded_rows
+from .history import DEFAULT_MAX_HISTORY, known_ids, padded_rows
 from .manifest import (
     FALLBACK_VARIANT,
     MANIFEST_FILE,
@@ -113,9 +113,9 @@ class Tower:
         """Every known user's vector: one batched user-tower pass, computed once and then reused by
         Recommend, Score and Evaluate (a known user's attributes never change while served).
 
-        A hybrid tower gets each user's id (1 + row) and history: their positives in ``train`` (the
-        training positives of this tower's split, so Evaluate never sees a held-out item), padded
-        per batch.
+        A hybrid tower gets each user's id (1 + row; 0 without training positives) and history: their
+        positives in ``train`` (the training positives of this tower's split, so Evaluate never sees a
+        held-out item), padded per batch.
         """
         if self._all_users is not None:
             return self._all_users
@@ -125,7 +125,8 @@ class Tower:
                 for start in range(0, n_users, 4096):
                     rows = np.arange(start, min(n_users, start + 4096))
                     history = padded_rows(train, rows) if train is not None and self.history_input else None
-                    out[rows] = self.users(build_features(self.user_specs, rows), rows + 1, history)
+                    ids = known_ids(train, rows)
+                    out[rows] = self.users(build_features(self.user_specs, rows), ids, history)
                 self._all_users = out
             return self._all_users
 

@@ -12,7 +12,7 @@ import pytest
 # per session) or runs the tiny BERT through torch is slow whatever it does afterwards; marking it
 # here, from the fixtures it asks for, keeps `pytest -m "not slow"` honest without a marker to forget
 # in every module.
-_SLOW_FIXTURES = frozenset({"bert", "built", "serving"})
+_SLOW_FIXTURES = frozenset({"bert", "built", "serving", "hybrid"})
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -51,6 +51,34 @@ def built(tmp_path_factory) -> dict[str, Path]:
 def serving(built) -> Path:
     """The tiny pipeline's serving folder (what a server loads)."""
     return built["serving"]
+
+
+@pytest.fixture(scope="session")
+def hybrid(built) -> Path:
+    """A tiny hybrid (mean pooling, one recipe) trained on the tiny pipeline's data with the tiny BERT
+    and exported with the fp32 encoder only: its serving folder. Read-only, like ``serving``."""
+    from towerserve.export.bundle import ExportConfig, main_export
+    from towerserve.export.encoder import EncoderExportConfig
+    from towerserve.trainer.hybrid_config import HybridConfig
+    from towerserve.trainer.text import EncoderConfig
+    from towerserve.trainer.train import FitConfig, TrainConfig, train
+
+    artifacts = built["artifacts"].parent / "hybrid"
+    if not (artifacts / "serving" / "manifest.json").is_file():
+        cfg = TrainConfig(
+            models=("hybrid",),
+            fit=FitConfig(epochs=2, batch_size=256, patience=0),
+            encoder=EncoderConfig(model=str(built["bert"]), cache_dir=None),
+            progress=False,
+            hybrid=HybridConfig(
+                dim=8, hidden=(16,), batch_size=128, epochs=3, train_history=6, learning_rate=1e-2
+            ),
+            hybrid_search=({"loss": "softmax"},),
+        )
+        train(built["data"], artifacts, cfg)
+        lean = EncoderExportConfig(optimize=False, int8=False, fp16=False)
+        main_export(artifacts, ExportConfig(encoder=lean, parity_users=50))
+    return artifacts / "serving"
 
 
 def _read_csv(path: Path) -> list[dict[str, str]]:

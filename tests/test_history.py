@@ -4,9 +4,14 @@ ignores them."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -134,32 +139,18 @@ def add_hand_model(serving: Path, dst: Path) -> dict:
 # ------------------------------------------------------------------------------------------ fixtures
 
 
-@pytest.fixture(scope="module")
-def hand(serving, tmp_path_factory):
-    """(serving folder with HAND, its weights)."""
-    dst = tmp_path_factory.mktemp("hand") / "serving"
-    return dst, add_hand_model(serving, dst)
-
-
-@pytest.fixture(scope="module")
-def hand_stub(hand):
-    with running_server(hand[0], model=HAND) as (_, channel):
-        yield recommender_pb2_grpc.RecommenderStub(channel)
-
-
-@pytest.fixture(scope="module")
-def two_tower_stub(serving):
-    with running_server(serving, model="two_tower") as (_, channel):
-        yield recommender_pb2_grpc.RecommenderStub(channel)
-
-
 class Bundle:
-    """What the tests compute by hand from a serving folder: features, histories, rankings."""
+    """What the tests compute by hand from a serving folder's model ``kind``: features, histories,
+    rankings, and its user tower run directly."""
 
     def __init__(self, root: Path, kind: str):
-        self.root = root
+        import onnxruntime as ort
+
+        self.root, self.kind = root, kind
         manifest = json.loads((root / "manifest.json").read_text())
         e = manifest["models"][kind]["splits"]["holdout"]
+        self.tower = e["user_tower"]
+        self.max_history = self.tower["max_history"]
         self.specs = [FieldSpec.from_json(s) for s in e["features"]["user"]]
         self.tables = load_tables(root / "catalog" / "embeddings.npz")
         with open(root / "catalog" / "users.csv", newline="", encoding="utf-8") as fh:
@@ -171,10 +162,8 @@ class Bundle:
         }
         self.vectors = np.load(root / e["item_vectors_file"]).astype(np.float32)
         self.split = load_recorded_split(root / "splits" / "holdout.npz")
-        import onnxruntime as ort
-
         self.session = ort.InferenceSession(
-            str(root / e["user_tower"]["file"]), providers=["CPUExecutionProvider"]
+            str(root / self.tower["file"]), providers=["CPUExecutionProvider"]
         )
 
     def features(self, row: int) -> np.ndarray:
@@ -184,16 +173,26 @@ class Bundle:
     def rows(self, ids) -> list[int]:
         return [self.item_ids.index(i) for i in ids]
 
+    def run(self, x: np.ndarray, ids: np.ndarray, history: np.ndarray) -> np.ndarray:
+        feed = {self.tower["input"]: x, self.tower["id_input"]: ids, self.tower["history_input"]: history}
+        return self.session.run(None, feed)[0]
+
     def graph(self, x: np.ndarray, user_id: int, history_rows) -> np.ndarray:
         """The user tower run directly: id 1 + row (0: anonymous), history 1 + item rows."""
         h = np.array([[r + 1 for r in history_rows] or [0]], dtype=np.int32)
-        feed = {"user_features": x, "id_input": np.array([user_id], np.int32), "history_input": h}
-        return self.session.run(None, feed)[0][0]
+        return self.run(x, np.array([user_id], np.int32), h)[0]
 
     def known(self, row: int, extra_rows=()) -> np.ndarray:
         """A known user's vector: training positives, then the request's items they lack."""
         train = self.split.train.row(row).tolist()
         return self.graph(self.features(row), row + 1, train + [r for r in extra_rows if r not in train])
+
+    def trained_items(self, n: int, skip=()) -> list[str]:
+        """``n`` ids of items that are training positives of some user (their history rows learned)."""
+        popular = np.argsort(
+            -np.bincount(self.split.train.indices, minlength=len(self.item_ids)), kind="stable"
+        )
+        return [self.item_ids[j] for j in popular if j not in skip][:n]
 
     def top(self, u: np.ndarray, n: int, exclude=()) -> tuple[list[str], list[float]]:
         """The server's exact ranking of the catalogue for vector ``u``: float64 sums, ties by row."""
@@ -213,8 +212,39 @@ class Bundle:
 
 
 @pytest.fixture(scope="module")
+def hand(serving, tmp_path_factory):
+    """(serving folder with HAND, its weights)."""
+    dst = tmp_path_factory.mktemp("hand") / "serving"
+    return dst, add_hand_model(serving, dst)
+
+
+@pytest.fixture(scope="module")
 def hb(hand) -> Bundle:
     return Bundle(hand[0], HAND)
+
+
+@dataclass(frozen=True)
+class Served:
+    """A running server of a model that reads histories, and what the tests compute by hand for it."""
+
+    stub: recommender_pb2_grpc.RecommenderStub
+    target: str
+    bundle: Bundle
+
+
+@pytest.fixture(scope="module", params=[HAND, "hybrid"])
+def served(request, hand):
+    """The hand-built tower, then the trained hybrid (the session's `hybrid` fixture), each served."""
+    root = hand[0] if request.param == HAND else request.getfixturevalue("hybrid")
+    with running_server(root, model=request.param) as (running, channel):
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        yield Served(stub, f"127.0.0.1:{running.port}", Bundle(root, request.param))
+
+
+@pytest.fixture(scope="module")
+def two_tower_stub(serving):
+    with running_server(serving, model="two_tower") as (_, channel):
+        yield recommender_pb2_grpc.RecommenderStub(channel)
 
 
 def _ids(response) -> list[str]:
@@ -233,12 +263,10 @@ def test_the_hand_graph_pools_as_numpy_does(hand, hb):
     x = np.concatenate([hb.features(0), hb.features(5)])
     ids = np.array([0, 6], np.int32)
     history = np.array([[3, 9, 0, 0], [0, 0, 0, 0]], np.int32)  # padding, and an empty history
-    got = hb.session.run(None, {"user_features": x, "id_input": ids, "history_input": history})[0]
+    got = hb.run(x, ids, history)
     np.testing.assert_allclose(got, by_hand(weights, x, ids, history), rtol=1e-5, atol=1e-6)
-    # padding changes nothing; the constant column stays 1
-    short = hb.session.run(None, {"user_features": x, "id_input": ids, "history_input": history[:, :2]})[0]
-    np.testing.assert_allclose(short, got, rtol=1e-6, atol=1e-7)
-    assert np.all(got[:, -1] == 1.0)
+    np.testing.assert_allclose(hb.run(x, ids, history[:, :2]), got, rtol=1e-6, atol=1e-7)  # padding
+    assert np.all(got[:, -1] == 1.0)  # the constant column
 
 
 def test_known_users_vectors_use_their_training_history_only(hand, hb):
@@ -249,152 +277,186 @@ def test_known_users_vectors_use_their_training_history_only(hand, hb):
         x = hb.features(row)
         want = by_hand(hand[1], x, np.array([row + 1]), np.array([(train + 1).tolist() or [0]]))
         np.testing.assert_allclose(vecs[row], want[0], rtol=1e-5, atol=1e-6)
-    # Evaluate ranks with these vectors (no held-out item feeds a user's history)
+    # the cold tower (Evaluate's) pools the cold split's training positives; a cold user is unknown
     cold = engine.known_user_vectors(engine.towers["cold"])
     cold_split = load_recorded_split(hand[0] / "splits" / "cold.npz")
-    row = int(np.flatnonzero(cold_split.train.row_lengths())[0])
-    x = hb.features(row)
-    want = by_hand(hand[1], x, np.array([row + 1]), np.array([(cold_split.train.row(row) + 1).tolist()]))
+    lengths = cold_split.train.row_lengths()
+    row, cold_row = int(np.flatnonzero(lengths)[0]), int(np.flatnonzero(lengths == 0)[0])
+    history = np.array([(cold_split.train.row(row) + 1).tolist()])
+    want = by_hand(hand[1], hb.features(row), np.array([row + 1]), history)
     np.testing.assert_allclose(cold[row], want[0], rtol=1e-5, atol=1e-6)
+    want = by_hand(hand[1], hb.features(cold_row), np.array([0]), np.array([[0]]))
+    np.testing.assert_allclose(cold[cold_row], want[0], rtol=1e-5, atol=1e-6)
 
 
-def test_model_info_reports_max_history(hand_stub, two_tower_stub):
-    assert hand_stub.GetModelInfo(pb.GetModelInfoRequest()).max_history == MAX_HISTORY
+def test_the_hybrid_graph_pools_a_masked_mean(hybrid):
+    """The trained hybrid's exported tower, checked by hand in numpy: with mean pooling a history's
+    contribution is the mean of its items' contributions, and padding adds nothing."""
+    b = Bundle(hybrid, "hybrid")
+    assert b.tower["history_pooling"] == "mean" and b.max_history == 100
+    x = b.features(3)
+    a, c, d = b.rows(b.trained_items(3))
+    base = b.graph(x, 0, [])
+    one = {r: b.graph(x, 0, [r]) - base for r in (a, c, d)}
+    both = b.graph(x, 0, [a, c, d]) - base
+    np.testing.assert_allclose(both, (one[a] + one[c] + one[d]) / 3, rtol=1e-4, atol=1e-5)
+    assert np.abs(both).max() > 1e-4  # the history moves the vector
+    padded = b.run(x, np.array([0], np.int32), np.array([[a + 1, 0, c + 1, d + 1, 0, 0]], np.int32))[0]
+    np.testing.assert_allclose(padded, base + both, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------- over gRPC
+
+
+def test_model_info_reports_max_history(served, two_tower_stub):
+    assert served.stub.GetModelInfo(pb.GetModelInfoRequest()).max_history == served.bundle.max_history > 0
     assert two_tower_stub.GetModelInfo(pb.GetModelInfoRequest()).max_history == 0
 
 
-def test_anonymous_history_personalises_like_the_graph(hand_stub, hb, hand):
-    row, history = 4, hb.item_ids[10:13]
-    plain = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(row), top_n=10))
-    with_h = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(row), top_n=10, history=history))
+def test_known_users_without_history_are_the_graph_with_their_training_history(served):
+    b = served.bundle
+    item = b.item_ids[1]
+    rows = [0, 5, 11]
+    got = served.stub.Score(
+        pb.ScoreRequest(pairs=[pb.ScorePair(user_id=b.users[r]["user_id"], item_id=item) for r in rows])
+    )
+    v = b.vectors[1:2].astype(np.float64)
+    want = [probabilities(logits(v, b.known(r)))[0] for r in rows]
+    np.testing.assert_allclose(got.scores, want, rtol=1e-5)
+
+
+def test_anonymous_history_personalises_like_the_graph(served):
+    b, stub, row = served.bundle, served.stub, 4
+    history = b.trained_items(3)
+    plain = stub.Recommend(pb.RecommendRequest(user=b.attrs(row), top_n=10))
+    with_h = stub.Recommend(pb.RecommendRequest(user=b.attrs(row), top_n=10, history=history))
     assert with_h.history_used == 3 and plain.history_used == 0
-    assert _ids(with_h) != _ids(plain)
-    u = hb.graph(hb.features(row), 0, hb.rows(history))
-    ids, scores = hb.top(u, 10)
+    assert _scores(with_h) != _scores(plain)
+    ids, scores = b.top(b.graph(b.features(row), 0, b.rows(history)), 10)
     assert _ids(with_h) == ids
     np.testing.assert_allclose(_scores(with_h), scores, rtol=1e-6)
-    # ... and the graph is the hand-written pooling
+    # without history the anonymous user is the graph with id 0 and only padding
+    ids, scores = b.top(b.graph(b.features(row), 0, []), 10)
+    assert _ids(plain) == ids
+    np.testing.assert_allclose(_scores(plain), scores, rtol=1e-6)
+
+
+def test_hand_anonymous_history_is_the_numpy_pooling(hand, hb):
+    row, history = 4, hb.item_ids[10:13]
+    u = hb.graph(hb.features(row), 0, hb.rows(history))
     want = by_hand(hand[1], hb.features(row), np.array([0]), np.array([[r + 1 for r in hb.rows(history)]]))
     np.testing.assert_allclose(u, want[0], rtol=1e-5, atol=1e-6)
-    # without history the anonymous user is the graph with id 0 and only padding
-    ids, _ = hb.top(hb.graph(hb.features(row), 0, []), 10)
-    assert _ids(plain) == ids
 
 
-def test_known_user_history_joins_the_training_history(hand_stub, hb):
-    row = 2
-    user_id = hb.users[row]["user_id"]
-    train = hb.split.train.row(row).tolist()
-    new = [j for j in range(len(hb.item_ids)) if j not in train][:2]
-    history = [hb.item_ids[new[0]], hb.item_ids[train[0]], hb.item_ids[new[1]]]  # one already trained on
-    plain = hand_stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10))
-    got = hand_stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10, history=history))
+def test_known_user_history_joins_the_training_history(served):
+    b, stub, row = served.bundle, served.stub, 2
+    user_id = b.users[row]["user_id"]
+    train = b.split.train.row(row).tolist()
+    new = b.rows(b.trained_items(2, skip=set(train)))
+    history = [b.item_ids[new[0]], b.item_ids[train[0]], b.item_ids[new[1]]]  # one already trained on
+    plain = stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10))
+    got = stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10, history=history))
     assert got.history_used == 3
-    ids, scores = hb.top(hb.known(row, hb.rows(history)), 10, exclude=hb.seen(row))
-    assert _ids(got) == ids and _ids(plain) != ids
+    ids, scores = b.top(b.known(row, b.rows(history)), 10, exclude=b.seen(row))
+    assert _ids(got) == ids and _scores(plain) != scores
     np.testing.assert_allclose(_scores(got), scores, rtol=1e-6)
-    ids, _ = hb.top(hb.known(row), 10, exclude=hb.seen(row))
+    ids, _ = b.top(b.known(row), 10, exclude=b.seen(row))
     assert _ids(plain) == ids  # no history: the vector computed at load, from training positives
     # a history of items the user trained on adds nothing new: the same vector
-    same = hand_stub.Recommend(
-        pb.RecommendRequest(user_id=user_id, top_n=10, history=[hb.item_ids[train[0]]])
-    )
-    assert (_ids(same), same.history_used) == (_ids(plain), 1)
+    same = stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10, history=[b.item_ids[train[0]]]))
+    assert (_ids(same), _scores(same), same.history_used) == (_ids(plain), _scores(plain), 1)
 
 
-def test_unknown_and_repeated_history_ids_are_ignored_and_counted(hand_stub, hb):
-    a, b = hb.item_ids[20], hb.item_ids[30]
-    clean = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=[a, b]))
-    noisy = hand_stub.Recommend(
-        pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=["no_such_item", a, b, a, ""])
+def test_unknown_and_repeated_history_ids_are_ignored_and_counted(served):
+    b, stub = served.bundle, served.stub
+    a, c = b.trained_items(2)
+    clean = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=[a, c]))
+    noisy = stub.Recommend(
+        pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["no_such_item", a, c, a, ""])
     )
     assert (clean.history_used, noisy.history_used) == (2, 2)
     assert _ids(noisy) == _ids(clean) and _scores(noisy) == _scores(clean)
-    only_unknown = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10, history=["ghost"]))
-    plain = hand_stub.Recommend(pb.RecommendRequest(user=hb.attrs(1), top_n=10))
-    assert only_unknown.history_used == 0 and _ids(only_unknown) == _ids(plain)
+    only_unknown = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["ghost"]))
+    plain = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10))
+    assert only_unknown.history_used == 0
+    assert (_ids(only_unknown), _scores(only_unknown)) == (_ids(plain), _scores(plain))
 
 
-def test_history_limits(hand_stub, hb):
-    user = hb.users[0]["user_id"]
-    too_many = [hb.item_ids[j] for j in range(MAX_HISTORY + 1)]
+def test_history_limits(served):
+    b, stub, limit = served.bundle, served.stub, served.bundle.max_history
+    user = b.users[0]["user_id"]
+    too_many = [b.item_ids[j % len(b.item_ids)] for j in range(limit + 1)]
     cases = [
         (
             pb.RecommendRequest(user_id=user, top_n=5, history=too_many),
-            ("history", str(MAX_HISTORY + 1), str(MAX_HISTORY)),
+            ("history", str(limit + 1), str(limit)),
         ),
         (
-            pb.RecommendRequest(user=hb.attrs(0), top_n=5, history=["a", "i" * 201]),
+            pb.RecommendRequest(user=b.attrs(0), top_n=5, history=["a", "i" * 201]),
             ("history[1]", "201", "200"),
         ),
     ]
     for request, says in cases:
         with pytest.raises(grpc.RpcError) as err:
-            hand_stub.Recommend(request)
+            stub.Recommend(request)
         assert err.value.code() == INVALID and all(s in err.value.details() for s in says), (
             err.value.details()
         )
     pairs = [
-        pb.ScorePair(user_id=user, item_id=hb.item_ids[0]),
-        pb.ScorePair(user_id=user, item_id=hb.item_ids[0], history=too_many),
+        pb.ScorePair(user_id=user, item_id=b.item_ids[0]),
+        pb.ScorePair(user_id=user, item_id=b.item_ids[0], history=too_many),
     ]
     with pytest.raises(grpc.RpcError) as err:
-        hand_stub.Score(pb.ScoreRequest(pairs=pairs))
+        stub.Score(pb.ScoreRequest(pairs=pairs))
     assert err.value.code() == INVALID and "pairs[1].history" in err.value.details()
-    exactly = hand_stub.Recommend(pb.RecommendRequest(user_id=user, top_n=5, history=too_many[:-1]))
-    assert 0 < exactly.history_used <= MAX_HISTORY
+    exactly = stub.Recommend(pb.RecommendRequest(user_id=user, top_n=5, history=too_many[:-1]))
+    assert exactly.history_used == len(set(too_many[:-1]))
 
 
-def test_score_with_history_per_pair(hand_stub, hb):
-    row, item = 3, hb.item_ids[5]
-    user_id = hb.users[row]["user_id"]
-    h1, h2 = hb.item_ids[40:42], ["ghost", hb.item_ids[44]]
+def test_score_with_history_per_pair(served):
+    b, stub, row = served.bundle, served.stub, 3
+    item = b.item_ids[5]
+    user_id = b.users[row]["user_id"]
+    train = set(b.split.train.row(row).tolist())
+    h1, h2 = b.trained_items(2, skip=train), ["ghost", b.trained_items(1)[0]]
     pairs = [
         pb.ScorePair(user_id=user_id, item_id=item),
         pb.ScorePair(user_id=user_id, item_id=item, history=h1),
-        pb.ScorePair(user=hb.attrs(row), item_id=item, history=h2),
-        pb.ScorePair(user=hb.attrs(row), item_id=item),
+        pb.ScorePair(user=b.attrs(row), item_id=item, history=h2),
+        pb.ScorePair(user=b.attrs(row), item_id=item),
     ]
-    got = hand_stub.Score(pb.ScoreRequest(pairs=pairs))
+    got = stub.Score(pb.ScoreRequest(pairs=pairs))
     assert list(got.history_used) == [0, 2, 1, 0]
-    j = hb.item_ids.index(item)
     users = [
-        hb.known(row),
-        hb.known(row, hb.rows(h1)),
-        hb.graph(hb.features(row), 0, hb.rows(h2[1:])),
-        hb.graph(hb.features(row), 0, []),
+        b.known(row),
+        b.known(row, b.rows(h1)),
+        b.graph(b.features(row), 0, b.rows(h2[1:])),
+        b.graph(b.features(row), 0, []),
     ]
-    want = [probabilities(logits(hb.vectors[j : j + 1].astype(np.float64), u))[0] for u in users]
-    np.testing.assert_allclose(got.scores, want, rtol=1e-5)
-    assert len(set(got.scores)) == 4
-    plain = hand_stub.Score(pb.ScoreRequest(pairs=[pairs[0], pairs[3]]))
+    v = b.vectors[5:6].astype(np.float64)
+    np.testing.assert_allclose(got.scores, [probabilities(logits(v, u))[0] for u in users], rtol=1e-5)
+    plain = stub.Score(pb.ScoreRequest(pairs=[pairs[0], pairs[3]]))
     assert list(plain.history_used) == []  # no pair carried a history
 
 
-def test_upserted_items_are_unknown_to_history_but_recommendable(hand):
-    with running_server(hand[0], model=HAND) as (_, channel):
+@pytest.mark.parametrize("kind", [HAND, "hybrid"])
+def test_upserted_items_are_unknown_to_history_but_recommendable(kind, hand, request):
+    root = hand[0] if kind == HAND else request.getfixturevalue("hybrid")
+    b = Bundle(root, kind)
+    with running_server(root, model=kind) as (_, channel):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
-        hb = Bundle(hand[0], HAND)
         new = pb.NewItem(
-            item_id="brand_new",
-            description="A brand new tent.",
-            features="Light",
-            price=50.0,
-            category="history_test",
+            item_id="brand_new", description="A brand new tent.", features="Light", price=50.0, category="ht"
         )
-        replaced = hb.item_ids[7]
+        replaced = b.trained_items(1)[0]
         again = pb.NewItem(
-            item_id=replaced,
-            description="Replaced text.",
-            features="Heavy",
-            price=60.0,
-            category="history_test",
+            item_id=replaced, description="Replaced text.", features="Heavy", price=60.0, category="ht"
         )
         stub.UpsertItems(pb.UpsertItemsRequest(items=[new, again]))
-        attrs = hb.attrs(0)
-        plain = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, categories=["history_test"]))
+        attrs = b.attrs(0)
+        plain = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, categories=["ht"]))
         got = stub.Recommend(
-            pb.RecommendRequest(user=attrs, top_n=5, categories=["history_test"], history=["brand_new"])
+            pb.RecommendRequest(user=attrs, top_n=5, categories=["ht"], history=["brand_new"])
         )
         assert got.history_used == 0  # no history embedding for an item the export never had
         assert sorted(_ids(got)) == sorted(_ids(plain)) == sorted(["brand_new", replaced])
@@ -402,6 +464,8 @@ def test_upserted_items_are_unknown_to_history_but_recommendable(hand):
         # an upsert that replaces an exported id keeps that id's learned history row
         kept = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, history=[replaced, "brand_new"]))
         assert kept.history_used == 1
+        ids, _ = b.top(b.graph(b.features(0), 0, b.rows([replaced])), 5, exclude=b.rows([replaced]))
+        assert [i for i in _ids(kept) if i not in ("brand_new", replaced)][:3] == ids[:3]
 
 
 def test_a_features_only_model_ignores_history(two_tower_stub, users, items):
@@ -461,3 +525,55 @@ def test_spliced_bytes_carry_history_used(hand):
         recommend_wire(cat.wire, [], [], "", 300)
         == pb.RecommendResponse(history_used=300).SerializeToString()
     )
+
+
+# ------------------------------------------------------------------------------- client library, CLI
+
+
+def test_client_sends_history_sync_and_async(served):
+    from towerserve.clients.client import AsyncRecommenderClient, RecommenderClient, TowerserveError, User
+
+    b, row, item = served.bundle, 4, served.bundle.item_ids[0]
+    history = [*b.trained_items(3), "ghost"]
+    u = b.users[row]
+    user = User(float(u["age"]), u["profession"], u["personality"])
+    want = served.stub.Recommend(pb.RecommendRequest(user=b.attrs(row), top_n=5, history=history))
+    with RecommenderClient(served.target) as c:
+        a = c.recommend(user=user, top_n=5, history=history)
+        same = c.recommend(user=User(user.age, user.profession, user.personality, history=history), top_n=5)
+        assert [i.item_id for i in a.items] == [i.item_id for i in same.items] == _ids(want)
+        assert a.history_used == same.history_used == 3
+        s = c.score([(u["user_id"], item), (user, item, history)])
+        assert s.history_used == [0, 3] and s.scores[0] != s.scores[1]
+        assert c.model_info().max_history == b.max_history
+        with pytest.raises(ValueError, match="history"):  # given twice
+            c.recommend(user=User(1.0, "x", history=["a"]), history=["b"])
+        with pytest.raises(TypeError, match="str"):  # a str is one id, not a list of characters
+            c.recommend(u["user_id"], history="item_1")
+        with pytest.raises(TowerserveError) as err:
+            c.recommend(u["user_id"], history=["x"] * (b.max_history + 1))
+        assert err.value.code == INVALID
+
+    async def run():
+        async with AsyncRecommenderClient(served.target) as c:
+            return (
+                await c.recommend(u["user_id"], top_n=5, history=history),
+                await c.score([(u["user_id"], item, history)]),
+            )
+
+    r, s = asyncio.run(run())
+    assert r.history_used == 3 and s.history_used == [3]
+
+
+def test_cli_recommend_with_history(served):
+    b = served.bundle
+    a, c = b.trained_items(2)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
+    args = ["recommend", "--target", served.target, "--user", b.users[0]["user_id"], "-n", "3"]
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", *args, "--history", f"{a}, ghost,{c}"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "the model used 2 of 3 items" in done.stdout
+    done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout)["history_used"] == 2
