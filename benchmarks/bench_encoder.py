@@ -41,6 +41,8 @@ os.environ.update(OFFLINE_ENV)
 
 import numpy as np  # noqa: E402
 
+from towerserve.server.numerics import cosine_rows  # noqa: E402
+
 THREADS = 2
 MAX_LENGTH = 200  # MAX_LENGTHS["description"]
 BATCH = 64
@@ -112,11 +114,6 @@ def build(model_ref: str, root: Path, builder: str, fp16: bool) -> tuple[dict[st
         graphs[variant] = step()
         secs[variant] = time.perf_counter() - t0
     return graphs, secs
-
-
-def cosine_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a, b = a.astype(np.float64), b.astype(np.float64)
-    return (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
 
 
 def main() -> None:

@@ -46,7 +46,7 @@ def feature_matrices(artifacts: Path, kind: str = "seed") -> tuple[np.ndarray, n
     """(U [n_users, du], I [n_items, di]) exactly as training built them for ``kind``'s holdout model."""
     import pandas as pd
 
-    from towerserve.server.features import MINMAX, FieldSpec, assemble, load_tables
+    from towerserve.server.features import FieldSpec, feature_matrix, load_tables
 
     manifest = json.loads((artifacts / "manifest.json").read_text())
     feats = manifest["models"][kind]["splits"]["holdout"]["features"]
@@ -57,10 +57,7 @@ def feature_matrices(artifacts: Path, kind: str = "seed") -> tuple[np.ndarray, n
     }
 
     def build(side: str) -> np.ndarray:
-        specs = [FieldSpec.from_json(d) for d in feats[side]]
-        return assemble(
-            specs, {s.name: raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity() for s in specs}
-        )
+        return feature_matrix([FieldSpec.from_json(d) for d in feats[side]], tables, raw)
 
     return build("user"), build("item")
 
