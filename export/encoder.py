@@ -176,15 +176,23 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, backen
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # Fused contrib ops (com.microsoft) defeat ONNX shape inference; their outputs are float.
-    quantize_dynamic(
-        str(src),
-        str(dst),
-        per_channel=True,
-        weight_type=QuantType.QInt8,
-        nodes_to_exclude=exclude or [],
-        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-    )
+    # The quantizer logs one INFO line per activation it leaves unquantised, on the ROOT logger (two
+    # dozen lines for MiniLM that drown the parity lines); quiet the root logger for this call only.
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.WARNING))
+    try:
+        # Fused contrib ops (com.microsoft) defeat ONNX shape inference; their outputs are float.
+        quantize_dynamic(
+            str(src),
+            str(dst),
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude or [],
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+    finally:
+        root.setLevel(level)
     return dst
 
 
