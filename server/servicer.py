@@ -21,6 +21,7 @@ from .config import EngineConfig
 from .deadline import check_deadline
 from .engine import Engine
 from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError, Unavailable
+from .history import NO_HISTORY
 from .manifest import ArtifactError
 from .rpcs import ADMIN, RECOMMENDER, Rpc
 from .types import NewItemData, UserAttrs
@@ -195,7 +196,7 @@ class RecommenderServicer:
             if not p.item_id:
                 raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
             pairs.append((_user(p), p.item_id))
-            histories.append(engine.history(p.history, f"pairs[{j}].history"))
+            histories.append(engine.history(p.history, f"pairs[{j}].history") if p.history else NO_HISTORY)
         if len(pairs) <= self.INLINE_SCORE_PAIRS and all(isinstance(u, str) for u, _ in pairs):
             scores = engine.score(pairs, histories)
         else:
