@@ -169,7 +169,9 @@ def main() -> None:
             [attrs(j, True) for j in range(n_cold // 5)],
         ),
     ]
-    n_hist = min(args.history, engine.serving.max_history, len(engine.history_index.index))
+    # Sampled with replacement: a small catalogue still gets --history ids per request (the server
+    # resolves every id, and pools each distinct item once).
+    n_hist = min(args.history, engine.serving.max_history)
     if n_hist:
         exported = list(engine.history_index.index)
         cold = [attrs(j) for j in range(n_cold)]
@@ -177,13 +179,13 @@ def main() -> None:
             (
                 f"known user + {n_hist} history items",
                 work_history(engine),
-                [(u, rng.sample(exported, n_hist)) for u in users],
+                [(u, rng.choices(exported, k=n_hist)) for u in users],
             ),
             ("unseen user by attributes, no history (same users)", work(engine), cold),
             (
                 f"unseen user by attributes + {n_hist} history items",
                 work_history(engine),
-                [(a, rng.sample(exported, n_hist)) for a in cold],
+                [(a, rng.choices(exported, k=n_hist)) for a in cold],
             ),
         ]
     recommend_rows = []

@@ -771,3 +771,29 @@ def test_client_only_install(serving, tmp_path, users):
         )
         assert cli.returncode == 0, cli.stderr[-3000:]
         assert '"health": "SERVING"' in cli.stdout
+
+
+def test_history_goes_into_the_requests_and_comes_back_typed():
+    # No server needed: what the client puts on the wire, and what it makes of the replies.
+    from towerserve.clients import convert
+    from towerserve.v1 import recommender_pb2 as pb
+
+    req = convert.recommend_request(User(30, "x", history=("a", "b")), 5, True, None, None, (), ())
+    assert list(req.history) == ["a", "b"] and req.WhichOneof("user_ref") == "user"
+    req = convert.recommend_request("u1", 5, True, None, None, (), (), ["c"])
+    assert list(req.history) == ["c"] and req.user_id == "u1"
+    assert list(convert.recommend_request("u1", 5, True, None, None, (), ()).history) == []
+    pairs = convert.score_request(
+        [("u1", "i1"), (User(30, "x"), "i2", ["a"]), (User(30, "x", history=["b"]), "i3")]
+    )
+    assert [list(p.history) for p in pairs.pairs] == [[], ["a"], ["b"]]
+    with pytest.raises(ValueError, match="pairs\\[0\\]"):
+        convert.score_request([("u1",)])
+    with pytest.raises(ValueError, match="history"):
+        convert.recommend_request(User(30, "x", history=["a"]), 5, True, None, None, (), (), ["b"])
+    with pytest.raises(TypeError, match="str"):
+        convert.recommend_request("u1", 5, True, None, None, (), (), "abc")
+    assert convert.recommendation(pb.RecommendResponse(history_used=3)).history_used == 3
+    scores = convert.scores(pb.ScoreResponse(scores=[0.5, 0.25], model_version="m", history_used=[2, 0]))
+    assert (scores.scores, scores.model_version, scores.history_used) == ([0.5, 0.25], "m", [2, 0])
+    assert convert.model_info(pb.GetModelInfoResponse(max_history=100)).max_history == 100

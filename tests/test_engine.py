@@ -96,3 +96,28 @@ def test_spliced_recommend_bytes_equal_protobuf(serving):
         item_id="x", description="d", features="f", category="c"
     )
     assert recommend_wire(cat.wire, [], [], "") == b""
+
+
+def test_spliced_recommend_bytes_carry_history_used(serving):
+    # RecommendResponse.history_used (field 3, a varint after model_version): absent at 0, one byte
+    # below 128, two from 128 on; byte-identical to protobuf either way.
+    engine = Engine(serving, EngineConfig(model="two_tower"))
+    cat, rows, scores = engine.recommend(engine.user_ids[5], 4)
+    items = [
+        pb.Item(
+            item_id=cat.ids[j],
+            score=s,
+            price=cat.price[j],
+            description=cat.description[j],
+            features=cat.features[j],
+            category=cat.category[j],
+        )
+        for j, s in zip(rows, scores)
+    ]
+    for used in (0, 1, 127, 128, 300):
+        want = pb.RecommendResponse(items=items, model_version=engine.model_version, history_used=used)
+        assert recommend_wire(cat.wire, rows, scores, engine.model_version, used) == want.SerializeToString()
+        assert (
+            recommend_wire(cat.wire, [], [], "", used)
+            == pb.RecommendResponse(history_used=used).SerializeToString()
+        )
