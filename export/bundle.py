@@ -188,7 +188,10 @@ def export_models(
     """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors."""
     import onnxruntime as ort
 
-    from towerserve.trainer.models import user_independent
+    from towerserve.server.splits import load_recorded_split
+    from towerserve.trainer.models import ids_and_history, user_independent
+
+    from . import hybrid
 
     entries = {}
     rng = np.random.default_rng(0)
@@ -205,24 +208,41 @@ def export_models(
             sess = {
                 k: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]) for k, p in paths.items()
             }
-            uo = sess["user_tower"].run([USER_OUTPUT], {"user_features": U[users]})[0]
             io = sess["item_tower"].run([ITEM_OUTPUT], {"item_features": I})[0]
-            report.allclose(
-                f"{kind}/{split} user_tower ({len(users)} users)", np.asarray(user_k(U[users])), uo, cfg.atol
-            )
             report.allclose(
                 f"{kind}/{split} item_tower (all {len(I)} items)", np.asarray(item_k(I)), io, cfg.atol
             )
-            pairs_i = rng.integers(0, len(I), size=len(users))
-            ref = np.asarray(model([U[users], I[pairs_i]])).reshape(-1)
-            full = (
-                sess["full"]
-                .run([SCORE_OUTPUT], {"user_features": U[users], "item_features": I[pairs_i]})[0]
-                .reshape(-1)
-            )
-            report.allclose(f"{kind}/{split} full model ({len(users)} pairs)", ref, full, cfg.atol)
-            dot = sigmoid(np.einsum("nd,nd->n", uo, io[pairs_i]))
-            report.allclose(f"{kind}/{split} sigmoid(user . item) vs Keras model", ref, dot, cfg.atol)
+            ids = {}
+            if ids_and_history(kind):
+                # Ids and histories: their own parity cases; catalogue vectors gain the ID rows.
+                recorded = load_recorded_split(artifacts / train["splits"][s.get("history_split", split)])
+                uo, io = hybrid.check_split(
+                    f"{kind}/{split}", model, sess, U, I, recorded, users, io, cfg.atol, report, rng
+                )
+                ids = {
+                    "id_input": hybrid.ID_INPUT,
+                    "history_input": hybrid.HISTORY_INPUT,
+                    "history_pooling": s.get("history_pooling", "mean"),
+                    "max_history": int(s.get("max_history", 100)),
+                }
+            else:
+                uo = sess["user_tower"].run([USER_OUTPUT], {"user_features": U[users]})[0]
+                report.allclose(
+                    f"{kind}/{split} user_tower ({len(users)} users)",
+                    np.asarray(user_k(U[users])),
+                    uo,
+                    cfg.atol,
+                )
+                pairs_i = rng.integers(0, len(I), size=len(users))
+                ref = np.asarray(model([U[users], I[pairs_i]])).reshape(-1)
+                full = (
+                    sess["full"]
+                    .run([SCORE_OUTPUT], {"user_features": U[users], "item_features": I[pairs_i]})[0]
+                    .reshape(-1)
+                )
+                report.allclose(f"{kind}/{split} full model ({len(users)} pairs)", ref, full, cfg.atol)
+                dot = sigmoid(np.einsum("nd,nd->n", uo, io[pairs_i]))
+                report.allclose(f"{kind}/{split} sigmoid(user . item) vs Keras model", ref, dot, cfg.atol)
             np.save(tmp / rel / "item_vectors.npy", io.astype(np.float32))
             splits[split] = ModelSplit(
                 user_tower=TowerGraph(
@@ -231,6 +251,7 @@ def export_models(
                     output=USER_OUTPUT,
                     input_dim=int(U.shape[1]),
                     output_dim=int(uo.shape[1]),
+                    **ids,
                 ),
                 item_tower=TowerGraph(
                     file=str(rel / "item_tower.onnx"),
@@ -239,7 +260,9 @@ def export_models(
                     input_dim=int(I.shape[1]),
                     output_dim=int(io.shape[1]),
                 ),
-                full=FullGraph(
+                full=hybrid.full_graph(rel)
+                if ids
+                else FullGraph(
                     file=str(rel / "full.onnx"),
                     inputs=("user_features", "item_features"),
                     output=SCORE_OUTPUT,

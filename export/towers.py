@@ -25,17 +25,29 @@ def _rename_output(proto, new: str) -> None:
     proto.graph.output[0].name = new
 
 
-def keras_to_onnx(model, path: Path, output_name: str, opset: int = 17) -> Path:
-    """Converts a Keras functional model with float32 [batch, dim] inputs; the batch axis is dynamic."""
+def input_signature(model) -> tuple:
+    """One TensorSpec per Keras input, with its own dtype and shape: float32 [batch, dim] features,
+    int32 [batch] ids, int32 [batch, L] histories. The batch axis (and any axis Keras left open, such
+    as L) stays dynamic; tf2onnx would otherwise trace the int inputs as float."""
     import tensorflow as tf
+
+    def dims(shape) -> tuple:
+        return (None,) + tuple(None if d is None else int(d) for d in shape[1:])
+
+    return tuple(
+        tf.TensorSpec(dims(t.shape), tf.as_dtype(str(t.dtype)), name=t.name.split(":")[0])
+        for t in model.inputs
+    )
+
+
+def keras_to_onnx(model, path: Path, output_name: str, opset: int = 17) -> Path:
+    """Converts a Keras functional model (inputs as :func:`input_signature` reads them)."""
     import tf2onnx
 
     # tf2onnx logs every optimizer pass at INFO; the parity lines are what the reader needs.
     logging.getLogger("tf2onnx").setLevel(logging.WARNING)
 
-    spec = tuple(
-        tf.TensorSpec((None, int(t.shape[1])), tf.float32, name=t.name.split(":")[0]) for t in model.inputs
-    )
+    spec = input_signature(model)
     proto, _ = tf2onnx.convert.from_keras(model, input_signature=spec, opset=opset)
     _rename_output(proto, output_name)
     path.write_bytes(proto.SerializeToString())
@@ -54,6 +66,7 @@ def export_model(model_path: Path, kind: str, out_dir: Path, opset: int = 17) ->
     from towerserve.trainer.models import serving_towers
 
     try:
+        # Custom layers (the hybrid's) are registered when trainer.models is imported: before loading.
         model = keras.saving.load_model(model_path)
         user, item = serving_towers(model, kind)
     except (ValueError, KeyError, OSError) as err:

@@ -46,21 +46,28 @@ def test_build_seed_has_exactly_the_notebook_layers():
 
 
 def test_build_rejects_unknown_kind():
-    with pytest.raises(ValueError, match=r"model kind must be one of \('seed', 'two_tower'\) \(got 'mlp'\)"):
+    with pytest.raises(
+        ValueError, match=r"model kind must be one of \('seed', 'two_tower', 'hybrid'\) \(got 'mlp'\)"
+    ):
         models.build("mlp", 5, 7)
     with pytest.raises(ValueError, match="got 'mlp'"):
         models.serving_towers(models.build_seed(5, 7), "mlp")
 
 
 def test_the_kind_table_is_the_one_list_of_kinds():
-    assert models.MODEL_KINDS == tuple(models.KINDS) == ("seed", "two_tower")
+    assert models.MODEL_KINDS == tuple(models.KINDS) == ("seed", "two_tower", "hybrid")
     assert all(k.name == name for name, k in models.KINDS.items())
     # only the seed's concat-linear head ranks every user alike
     assert {name: k.user_independent for name, k in models.KINDS.items()} == {
         "seed": True,
         "two_tower": False,
+        "hybrid": False,
     }
-    with pytest.raises(ValueError, match=r"model kind must be one of \('seed', 'two_tower'\) \(got 'mlp'\)"):
+    # only the hybrid's user tower takes ids and histories (tests/test_hybrid.py checks its towers)
+    assert [name for name, k in models.KINDS.items() if k.ids_and_history] == ["hybrid"]
+    with pytest.raises(
+        ValueError, match=r"model kind must be one of \('seed', 'two_tower', 'hybrid'\) \(got 'mlp'\)"
+    ):
         models.model_kind("mlp")
 
 
@@ -77,7 +84,7 @@ def test_two_tower_shapes_and_frozen_ones_column():
 # --- serving towers ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", models.MODEL_KINDS)
+@pytest.mark.parametrize("kind", [k for k in models.MODEL_KINDS if not models.ids_and_history(k)])
 def test_serving_towers_reproduce_the_model(kind):
     m = models.build(kind, 5, 7, dim=4, hidden=(8,))
     _randomise(m, seed=1)

@@ -92,7 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cache_dir=None if args.no_cache else (args.cache_dir or EncoderConfig().cache_dir),
     )
     cfg = TrainConfig(
-        models=("seed", "two_tower") if args.model == "all" else (args.model,),
+        models=("seed", "two_tower") if args.model == "all" else args.model,
         preset=args.preset,
         fit=replace(fit, **overrides) if overrides else None,
         encoder=encoder,
@@ -110,6 +110,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(metrics_table(table, SUMMARY_METRICS + ("notebook_score",)))
     print(f"\nartifacts: {args.out} (report: {Path(args.out) / 'report' / 'report.md'})")
     return 0
+
+
+def model_list(text: str) -> str | tuple[str, ...]:
+    """``all`` or a comma-separated list of model kinds (argparse ``type``)."""
+    if text == "all":
+        return text
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    bad = [k for k in kinds if k not in ("seed", "two_tower", "hybrid")] or ([] if kinds else [text])
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"expected seed, two_tower, hybrid, a list of them or all (got {bad[0]!r})"
+        )
+    return kinds
 
 
 def _progress_flags(p: argparse.ArgumentParser) -> None:
@@ -201,7 +214,11 @@ def register(sub) -> None:
     _data_arg(p)
     p.add_argument("--out", required=True, type=Path, help="artifacts folder to write (replaced atomically)")
     p.add_argument(
-        "--model", choices=("seed", "two_tower", "all"), default="all", help="which model(s) (default all)"
+        "--model",
+        type=model_list,
+        default="all",
+        help="seed, two_tower, hybrid, a comma-separated list of them, or all (default: all = seed and "
+        "two_tower; the hybrid's user tower takes ids and histories, so it is trained only when named)",
     )
     p.add_argument(
         "--preset",

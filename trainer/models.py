@@ -1,4 +1,4 @@
-"""Keras models: the notebook's `seed`, the personalized `two_tower`, and their dot-product serving towers.
+"""Keras models: the notebook's `seed`, the personalized `two_tower`, the `hybrid`, and their serving towers.
 
 Every model here scores a pair as ``sigmoid(user_vec . item_vec)`` once decomposed, so the server needs
 one user-tower pass and one matrix-vector product per request:
@@ -6,6 +6,8 @@ one user-tower pass and one matrix-vector product per request:
 * ``two_tower``: user MLP -> [u, 1], item MLP -> [v, b]; logit = u.v + b (b: a learned item bias).
 * ``seed``: logit = w_u . relu(W_u x_u) + w_i . relu(W_i x_i) + c, i.e. [s_u, 1] . [1, c_i]. The
   ranking is ``c_i`` for everybody: the notebook's architecture cannot personalise.
+* ``hybrid`` (trainer/hybrid.py): two_tower's content MLPs plus user/item ID embeddings and the
+  user's pooled interaction history; its user tower also takes ``user_index`` and ``history``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from dataclasses import dataclass
 import keras  # the package __init__ has set KERAS_BACKEND and TF_CPP_MIN_LOG_LEVEL
 import numpy as np
 from keras import layers
+
+from . import hybrid  # registers the hybrid's layers, so any saved model of any kind loads
 
 USER_INPUT, ITEM_INPUT = "user_features", "item_features"
 
@@ -93,23 +97,40 @@ class ModelKind:
 
     Attributes:
         name: the kind's name in configs, artifacts and manifests.
-        build: (user_dim, item_dim, dim, hidden) -> an untrained Keras model.
+        build: (user_dim, item_dim, dim, hidden, n_users, n_items) -> an untrained Keras model.
         towers: trained model -> (user tower, item tower) with logit = user_vec . item_vec.
         user_independent: every user gets the same ranking (the served vectors are [s_u, 1] . [1, c_i]).
+        ids_and_history: the user tower also takes ``user_index`` and ``history`` (hybrid.py), and the
+            catalogue's item vectors add learned ID rows to the item tower's content vectors.
     """
 
     name: str
-    build: Callable[[int, int, int, tuple[int, ...]], keras.Model]
+    build: Callable[[int, int, int, tuple[int, ...], int, int], keras.Model]
     towers: Callable[[keras.Model], tuple[keras.Model, keras.Model]]
     user_independent: bool
+    ids_and_history: bool = False
+
+
+def _build_hybrid(user_dim, item_dim, dim, hidden, n_users, n_items) -> keras.Model:
+    return hybrid.build_hybrid(
+        user_dim, item_dim, n_users, n_items, hybrid.HybridConfig(dim=dim, hidden=tuple(hidden))
+    )
 
 
 # The one table of model kinds: everything that differs per kind is read from here.
 KINDS: dict[str, ModelKind] = {
     k.name: k
     for k in (
-        ModelKind("seed", lambda u, i, dim, hidden: build_seed(u, i), _seed_towers, user_independent=True),
-        ModelKind("two_tower", build_two_tower, _two_tower_towers, user_independent=False),
+        ModelKind(
+            "seed", lambda u, i, dim, hidden, *_: build_seed(u, i), _seed_towers, user_independent=True
+        ),
+        ModelKind(
+            "two_tower",
+            lambda u, i, dim, hidden, *_: build_two_tower(u, i, dim, hidden),
+            _two_tower_towers,
+            False,
+        ),
+        ModelKind("hybrid", _build_hybrid, hybrid.towers, user_independent=False, ids_and_history=True),
     )
 }
 MODEL_KINDS = tuple(KINDS)
@@ -122,9 +143,16 @@ def model_kind(kind: str) -> ModelKind:
 
 
 def build(
-    kind: str, user_dim: int, item_dim: int, dim: int = 32, hidden: tuple[int, ...] = (128,)
+    kind: str,
+    user_dim: int,
+    item_dim: int,
+    dim: int = 32,
+    hidden: tuple[int, ...] = (128,),
+    n_users: int = 0,
+    n_items: int = 0,
 ) -> keras.Model:
-    return model_kind(kind).build(user_dim, item_dim, dim, hidden)
+    """An untrained model; ``n_users``/``n_items`` size the hybrid's ID tables (others ignore them)."""
+    return model_kind(kind).build(user_dim, item_dim, dim, hidden, n_users, n_items)
 
 
 def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Model]:
@@ -138,6 +166,11 @@ def serving_towers(model: keras.Model, kind: str) -> tuple[keras.Model, keras.Mo
 def user_independent(kind: str) -> bool:
     """True when every user gets the same ranking (the seed model's concat-linear head)."""
     return model_kind(kind).user_independent
+
+
+def ids_and_history(kind: str) -> bool:
+    """True when the kind's user tower also takes user ids and histories (the hybrid)."""
+    return model_kind(kind).ids_and_history
 
 
 def frozen_lookup(table: np.ndarray, name: str) -> layers.Embedding:

@@ -41,7 +41,7 @@ def training_curves(histories: dict[str, dict[str, list[float]]], path: Path | s
                 ax.plot(range(1, len(values) + 1), values, marker="o", label=key)
         ax.set_title(name)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("binary cross-entropy")
+        ax.set_ylabel("loss (cross-entropy)")
         ax.legend(fontsize=8)
     return _save(fig, path)
 

@@ -18,6 +18,39 @@ def ratios(metrics: dict, model: str, key: str = "ndcg@10") -> dict[str, float |
     return {b: (value / metrics[b][key] if metrics.get(b) and metrics[b][key] else None) for b in BASELINES}
 
 
+def hybrid_section(metrics: dict) -> list[str]:
+    """The hybrid's recipe search as a table: one row per candidate (loss, temperature, ...), its
+    validation NDCG@10 (what chose), epochs, seconds, and its test NDCG@10 (reported, never used)."""
+    rec = (metrics.get("holdout", {}).get("hybrid") or {}).get("recipe")
+    if not rec or not rec.get("candidates"):
+        return []
+    chosen = rec["chosen"]
+    keys = ("loss", "temperature", "learning_rate", "id_dropout", "dim", "pooling")
+    rows = []
+    for c in rec["candidates"]:
+        mark = "**chosen**" if all(c.get(k) == chosen.get(k) for k in chosen if k != "epochs") else ""
+        rows.append(
+            [c.get(k) for k in keys]
+            + [c["val_ndcg@10"], c.get("test_ndcg@10"), c["epochs"], c["seconds"], mark]
+        )
+    from towerserve.server.tables import format_table
+
+    headers = [*keys, "val ndcg@10", "test ndcg@10", "epochs", "seconds", ""]
+    share = rec.get("validation_share", 0.1)
+    return [
+        "## hybrid: loss and recipe comparison (holdout split)",
+        "",
+        f"Each candidate trained on {100 * (1 - share):.0f} % of every user's training positives and was judged on "
+        f"the other {100 * share:.0f} % (validation NDCG@10, which chose); the chosen one was refitted on "
+        "all of them. Test NDCG@10 of each candidate's validation-split model is shown for comparison only.",
+        "",
+        "```",
+        format_table(headers, rows),
+        "```",
+        "",
+    ]
+
+
 def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> Path:
     """Writes report/report.md, report/training_curves.png and report/metrics_<split>.png."""
     out = root / "report"
@@ -48,6 +81,7 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
             parts = [f"{r[b]:.2f}× {b}" for b in BASELINES if r[b] is not None]
             lines.append(f"- {model}: NDCG@10 = " + ", ".join(parts))
         lines += ["", f"![{split}](metrics_{split}.png)", ""]
+    lines += hybrid_section(metrics)
     lines += ["## Training curves", "", "![curves](training_curves.png)", "", "## Timings (seconds)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in manifest["timings"].items()]
     (out / "report.md").write_text("\n".join(lines) + "\n")

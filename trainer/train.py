@@ -10,14 +10,16 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, assemble, save_tables
+from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, feature_matrix, save_tables
 from towerserve.server.manifest import TRAIN_FORMAT
 from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
+from towerserve.server.numerics import sigmoid
 from towerserve.server.splits import save_recorded_split
 
 from . import baselines, splits
 from .artifacts import atomic_dir, package_versions, write_json
 from .data import Dataset, load_dataset
+from .hybrid_config import HybridConfig
 from .progress import epoch_callback
 from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
 
@@ -25,7 +27,8 @@ _LOGGER = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 # Which attributes each model reads. `seed` keeps the notebook's inputs exactly; `two_tower` also
-# reads personality and category, which the data set has and the notebook ignored.
+# reads personality and category, which the data set has and the notebook ignored; `hybrid` reads
+# two_tower's attributes (plus ids and histories, which are not features).
 FEATURE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
     "seed": {"user": ("profession", "age"), "item": ("description", "features", "price")},
     "two_tower": {
@@ -33,6 +36,10 @@ FEATURE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
         "item": ("description", "features", "category", "price"),
     },
 }
+FEATURE_SETS["hybrid"] = FEATURE_SETS["two_tower"]
+# Kinds whose user tower takes ids and histories: the server cannot feed them yet, so they are served
+# by default only when nothing else was trained.
+ID_KINDS = ("hybrid",)
 NUMERIC_FIELDS = ("age", "price")
 SPLITS = ("holdout", "cold")
 
@@ -73,7 +80,7 @@ class TrainConfig:
     """Everything `towerserve train` decides.
 
     Attributes:
-        models: kinds to train ("seed", "two_tower").
+        models: kinds to train ("seed", "two_tower", "hybrid").
         preset: "default" or "notebook" (see PRESETS); ``fit`` overrides it when given.
         encoder: text encoder settings.
         seed: seeds splits, sampling, initialisation and shuffling.
@@ -82,6 +89,8 @@ class TrainConfig:
         ks: metric cut-offs.
         cold: also train and evaluate on the cold split.
         progress: tqdm bars (for a terminal); False logs one line per epoch and per embedded field.
+        hybrid: the hybrid's base recipe; the search overrides some of its fields.
+        hybrid_search: candidate overrides chosen among on validation (None: hybrid_search.SEARCH).
     """
 
     models: tuple[str, ...] = ("seed", "two_tower")
@@ -94,6 +103,8 @@ class TrainConfig:
     ks: tuple[int, ...] = DEFAULT_KS
     cold: bool = True
     progress: bool = True
+    hybrid: HybridConfig = field(default_factory=HybridConfig)
+    hybrid_search: tuple[dict, ...] | None = None
 
     def __post_init__(self):
         bad = [k for k in self.models if k not in FEATURE_SETS] or ([] if self.models else [""])
@@ -144,13 +155,6 @@ def field_specs(
         else:
             specs.append(FieldSpec(n, TEXT, int(tables[n].vectors.shape[1]), max_length=MAX_LENGTHS[n]))
     return specs
-
-
-def feature_matrix(
-    specs: list[FieldSpec], tables: dict[str, FieldTable], raw: dict[str, np.ndarray]
-) -> np.ndarray:
-    parts = {s.name: (raw[s.name] if s.kind == MINMAX else tables[s.name].per_entity()) for s in specs}
-    return assemble(specs, parts)
 
 
 def training_rows(
@@ -238,7 +242,7 @@ def evaluate_model(uvec: np.ndarray, ivec: np.ndarray, split: splits.Split, ks) 
     metrics = full_ranking_metrics(lambda users: uvec[users] @ ivec.T, split.test, split.train, ks)
     nb = split.notebook_pairs
     logits = np.einsum("nd,nd->n", uvec[nb.users], ivec[nb.items])
-    metrics["notebook_score"] = notebook_metric(1.0 / (1.0 + np.exp(-logits)))
+    metrics["notebook_score"] = notebook_metric(sigmoid(logits))
     return metrics
 
 
@@ -278,6 +282,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
 
     metrics: dict[str, dict] = {}
     histories: dict[str, dict] = {}
+    hybrid_choice = None  # chosen on the holdout split's validation; the cold split reuses it
     model_entries: dict[str, dict] = {k: {"kind": k, "splits": {}} for k in cfg.models}
     with atomic_dir(out_dir) as tmp:
         for split_name, split in split_objs.items():
@@ -292,12 +297,21 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 ispec = field_specs(FEATURE_SETS[kind]["item"], tables, raw_item, warm_items)
                 U = feature_matrix(uspec, tables, raw_user)
                 I = feature_matrix(ispec, tables, raw_item)
-                model, history, secs = fit_model(kind, U, I, rows, cfg, recipe, f"{kind}/{split_name}")
-                t0 = time.perf_counter()
-                uvec, ivec = tower_scores(model, kind, U, I)
+                if kind in ID_KINDS:  # its own loop, recipe choice and vectors: trainer/hybrid_train.py
+                    from .hybrid_train import fit_hybrid
+
+                    fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}")
+                    model, history, secs, uvec, ivec, hybrid_choice, extra = fitted
+                    t0 = time.perf_counter()
+                else:
+                    model, history, secs = fit_model(kind, U, I, rows, cfg, recipe, f"{kind}/{split_name}")
+                    t0 = time.perf_counter()
+                    uvec, ivec = tower_scores(model, kind, U, I)
+                    extra = {}
                 m = evaluate_model(uvec, ivec, split, cfg.ks)
                 m["train_seconds"] = secs
                 m["epochs"] = len(history.get("loss", []))
+                m.update(extra.get("metrics", {}))
                 metrics[split_name][kind] = m
                 timings[f"fit_{kind}_{split_name}_s"] = secs
                 timings[f"eval_{kind}_{split_name}_s"] = time.perf_counter() - t0
@@ -314,6 +328,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     "epochs": m["epochs"],
                     "train_seconds": secs,
                 }
+                model_entries[kind]["splits"][split_name].update(extra.get("entry", {}))
                 _LOGGER.info(
                     "%s/%s: ndcg@10 %.4f (mostpop %.4f) in %.1f s",
                     kind,
@@ -325,13 +340,16 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             (tmp / "splits").mkdir(exist_ok=True)
             save_recorded_split(tmp / "splits" / f"{split_name}.npz", split.recorded())
 
-        # The served default is the best model on the holdout ranking, not on the notebook's mean score.
-        default = max(cfg.models, key=lambda k: metrics["holdout"][k]["ndcg@10"])
+        # The served default is the best model on the holdout ranking, not on the notebook's mean score;
+        # a kind whose user tower takes ids and histories only when nothing else was trained.
+        servable = [k for k in cfg.models if k not in ID_KINDS] or list(cfg.models)
+        default = max(servable, key=lambda k: metrics["holdout"][k]["ndcg@10"])
         save_tables(tmp / "embeddings.npz", tables)
         ds.users.to_csv(tmp / "users.csv", index=False)
         ds.items.to_csv(tmp / "items.csv", index=False)
         timings["total_s"] = time.perf_counter() - t_start
         write_json(tmp / "metrics.json", metrics)
+        chosen = {s: t["hybrid"]["recipe"]["chosen"] for s, t in metrics.items() if "hybrid" in t}
         manifest = {
             "format": TRAIN_FORMAT,
             "format_version": FORMAT_VERSION,
@@ -359,6 +377,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 "embedding_dim": cfg.embedding_dim,
                 "hidden": list(cfg.hidden),
                 "ks": list(cfg.ks),
+                **({"hybrid": chosen} if chosen else {}),
             },
             "models": model_entries,
             "default_model": default,

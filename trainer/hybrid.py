@@ -1,0 +1,212 @@
+"""The hybrid two-tower: content MLPs plus learned user/item ID embeddings and the user's pooled history.
+
+Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower pass and one product:
+
+* item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + 1]: the last column is the item
+  bias). Row 0 of every ID table is the unknown/padding id and always outputs zeros, so an item
+  nobody trained on (or one added later through UpsertItems) is exactly its content vector. The
+  exported item tower is the content path; catalogue vectors (content + ID) are precomputed.
+* user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]), 1]``. ``history`` is
+  ``1 + item row`` of the items the user interacted with in training, 0-padded; pooling is a masked
+  mean (or attention with the attribute vector as query). An unknown user (index 0) with an empty
+  history is exactly the content-only user vector: the cold path.
+
+Training (trainer/hybrid_fit.py) replaces ids by 0 with probability ``id_dropout`` (and empties a
+dropped user's history) so the content paths are good on their own, and removes the target item from
+the user's history, otherwise the model learns to find the answer in its input.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import keras  # the package __init__ has set KERAS_BACKEND
+import numpy as np
+from keras import layers, ops
+
+from .hybrid_config import POOLINGS, HybridConfig
+
+__all__ = ["HybridConfig", "HistoryPooling", "IdEmbedding", "build_hybrid", "towers"]
+
+_LOGGER = logging.getLogger(__name__)
+
+USER_INPUT, ITEM_INPUT = "user_features", "item_features"
+USER_INDEX, HISTORY, ITEM_INDEX = "user_index", "history", "item_index"
+
+
+@keras.saving.register_keras_serializable(package="towerserve")
+class IdEmbedding(layers.Layer):
+    """An ID table whose row 0 (unknown id, or padding) always outputs zeros and never learns.
+
+    Rows start small and random, not zero: an ID-times-ID interaction that starts at zero has zero
+    gradient and stays there. Training zeroes the rows of ids it never saw (hybrid_fit.fit), so an
+    id without training data is the content-only vector whatever index it is fed with.
+    """
+
+    def __init__(self, rows: int, dim: int, init_std: float = 0.05, **kwargs):
+        super().__init__(**kwargs)
+        self.rows, self.dim, self.init_std = int(rows), int(dim), float(init_std)
+
+    def build(self, input_shape):
+        self.embeddings = self.add_weight(
+            shape=(self.rows, self.dim),
+            initializer=keras.initializers.RandomNormal(stddev=self.init_std),
+            name="embeddings",
+        )
+
+    def zero_rows(self, ids: np.ndarray) -> None:
+        """Sets the rows of ``ids`` (and row 0) to zero: ids that had no training data."""
+        table = np.array(self.embeddings.numpy())
+        table[np.r_[0, np.asarray(ids, dtype=np.int64)]] = 0.0
+        self.embeddings.assign(table)
+
+    def call(self, ids):
+        ids = ops.cast(ids, "int32")
+        known = ops.expand_dims(ops.cast(ops.greater(ids, 0), self.compute_dtype), -1)
+        return ops.take(self.embeddings, ids, axis=0) * known
+
+    def get_config(self):
+        return {**super().get_config(), "rows": self.rows, "dim": self.dim, "init_std": self.init_std}
+
+
+@keras.saving.register_keras_serializable(package="towerserve")
+class HistoryPooling(layers.Layer):
+    """Pools history embeddings [B, L, d] over the non-padding positions (ids > 0) to [B, d].
+
+    ``mean``: their mean (zeros for an empty or all-padding history). ``attention``: softmax weights
+    from (W q) . e_j / sqrt(d) with the user's attribute vector q as query, over the same positions.
+    """
+
+    def __init__(self, mode: str = "mean", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} (got {mode!r})")
+        self.mode = mode
+
+    def build(self, input_shape):
+        if self.mode == "attention":
+            dim = int(input_shape[0][-1])
+            self.query = self.add_weight(shape=(dim, dim), initializer="glorot_uniform", name="query")
+
+    def position_weights(self, emb, ids, q):
+        """[B, L] weights that sum to 1 over a row's real positions (all 0 for an empty history).
+
+        Removing one position and renormalising the rest gives the pooling of the history without
+        it, for both modes: training uses that to leave the target out (trainer/hybrid_fit.py).
+        """
+        mask = ops.cast(ops.greater(ops.cast(ids, "int32"), 0), emb.dtype)  # [B, L]
+        if self.mode == "mean":
+            return mask / ops.maximum(ops.sum(mask, axis=1, keepdims=True), 1.0)
+        key = ops.matmul(q, self.query)  # [B, d]
+        logits = ops.sum(emb * ops.expand_dims(key, 1), axis=-1) / float(np.sqrt(emb.shape[-1]))
+        logits = logits - ops.max(logits, axis=1, keepdims=True)  # stable; padding removed below
+        weights = ops.exp(logits) * mask
+        return weights / ops.maximum(ops.sum(weights, axis=1, keepdims=True), 1e-12)
+
+    def call(self, inputs):
+        emb, ids, q = inputs
+        return ops.sum(emb * ops.expand_dims(self.position_weights(emb, ids, q), -1), axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+def _mlp(x, hidden: tuple[int, ...], side: str):
+    for j, width in enumerate(hidden):
+        x = layers.Dense(width, activation="relu", name=f"{side}_hidden{j}")(x)
+    return x
+
+
+def build_user_tower(
+    user_dim: int, n_users: int, n_items: int, dim: int, hidden: tuple[int, ...], pooling: str
+) -> keras.Model:
+    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + 1] (last column 1)."""
+    x = keras.Input((user_dim,), name=USER_INPUT)
+    uid = keras.Input((), dtype="int32", name=USER_INDEX)
+    hist = keras.Input((None,), dtype="int32", name=HISTORY)
+    content = layers.Dense(dim, name="user_embedding")(_mlp(x, hidden, "user"))
+    ids = IdEmbedding(n_users + 1, dim, name="user_id_embedding")(uid)
+    pooled = HistoryPooling(pooling, name="history_pooling")(
+        [IdEmbedding(n_items + 1, dim, name="history_embedding")(hist), hist, content]
+    )
+    u = layers.Add(name="user_sum")([content, ids, pooled])
+    # A frozen Dense(1) with zero kernel and unit bias: the constant column of the bias trick.
+    one = layers.Dense(
+        1, kernel_initializer="zeros", bias_initializer="ones", trainable=False, name="user_one"
+    )
+    return keras.Model([x, uid, hist], layers.Concatenate(name="user_vector")([u, one(u)]), name="user_tower")
+
+
+def build_item_tower(item_dim: int, dim: int, hidden: tuple[int, ...]) -> keras.Model:
+    """The content path: item_features [B, F] -> item_vector [B, d + 1] (embedding, bias)."""
+    x = keras.Input((item_dim,), name=ITEM_INPUT)
+    h = _mlp(x, hidden, "item")
+    out = layers.Concatenate(name="item_vector")(
+        [layers.Dense(dim, name="item_embedding")(h), layers.Dense(1, name="item_bias")(h)]
+    )
+    return keras.Model(x, out, name="item_tower")
+
+
+def build_hybrid(
+    user_dim: int, item_dim: int, n_users: int, n_items: int, cfg: HybridConfig = HybridConfig()
+) -> keras.Model:
+    """The whole model: (user_features, user_index, history, item_features, item_index) -> sigmoid(u.v)."""
+    user = build_user_tower(user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling)
+    item = build_item_tower(item_dim, cfg.dim, cfg.hidden)
+    item_ids = IdEmbedding(n_items + 1, cfg.dim + 1, name="item_id_embedding")
+    ux = keras.Input((user_dim,), name=USER_INPUT)
+    uid = keras.Input((), dtype="int32", name=USER_INDEX)
+    hist = keras.Input((None,), dtype="int32", name=HISTORY)
+    ix = keras.Input((item_dim,), name=ITEM_INPUT)
+    iid = keras.Input((), dtype="int32", name=ITEM_INDEX)
+    u = user([ux, uid, hist])
+    v = layers.Add(name="item_sum")([item(ix), item_ids(iid)])
+    score = layers.Activation("sigmoid", name="score")(layers.Dot(axes=1, name="dot")([u, v]))
+    return keras.Model([ux, uid, hist, ix, iid], score, name="hybrid")
+
+
+def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
+    """(user tower with ids and history, item tower: the content path only)."""
+    return model.get_layer("user_tower"), model.get_layer("item_tower")
+
+
+def pad_histories(lists: list[np.ndarray], min_length: int = 1) -> np.ndarray:
+    """int32 [len(lists), max(min_length, longest)] of ``1 + item row``, 0-padded at the end."""
+    width = max([min_length] + [len(x) for x in lists])
+    out = np.zeros((len(lists), width), dtype=np.int32)
+    for r, items in enumerate(lists):
+        out[r, : len(items)] = np.asarray(items, dtype=np.int64) + 1
+    return out
+
+
+def known_index(n: int, known: np.ndarray) -> np.ndarray:
+    """int32 [n]: ``1 + row`` where ``known`` (a boolean mask), else 0 (the unknown id)."""
+    return np.where(np.asarray(known, dtype=bool), np.arange(1, n + 1), 0).astype(np.int32)
+
+
+def item_vectors(model: keras.Model, item_features: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+    """float32 [n, d + 1]: content path plus the item's ID row (none where the index is 0)."""
+    content = np.asarray(model.get_layer("item_tower")(item_features, training=False), dtype=np.float32)
+    ids = np.asarray(model.get_layer("item_id_embedding")(item_index), dtype=np.float32)
+    return content + ids
+
+
+def user_vectors(
+    model: keras.Model,
+    user_features: np.ndarray,
+    user_index: np.ndarray,
+    histories: list[np.ndarray],
+    batch: int = 1024,
+) -> np.ndarray:
+    """float32 [n, d + 1] for users with their ids and histories (item rows), padded per batch."""
+    user = model.get_layer("user_tower")
+    out = []
+    for s in range(0, len(user_features), batch):
+        h = pad_histories(histories[s : s + batch])
+        out.append(
+            np.asarray(
+                user([user_features[s : s + batch], user_index[s : s + batch], h], training=False),
+                dtype=np.float32,
+            )
+        )
+    return np.concatenate(out) if out else np.zeros((0, model.get_layer("user_tower").output.shape[-1]))

@@ -1,0 +1,61 @@
+"""The hybrid two-tower's recipe: a frozen dataclass with no TensorFlow behind it (cheap to import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+POOLINGS = ("mean", "attention")
+LOSSES = ("softmax", "bce")
+# The most history items one request may carry to the served user tower (the manifest records it).
+MAX_HISTORY = 100
+
+
+@dataclass(frozen=True)
+class HybridConfig:
+    """One hybrid recipe (the values training chooses among are in hybrid_search.SEARCH).
+
+    Attributes:
+        dim: embedding width d (served vectors are d + 1 wide: the bias column).
+        hidden: hidden widths of both content MLPs.
+        loss: "softmax" (in-batch sampled softmax with logQ correction) or "bce" (sampled negatives).
+        temperature: softmax logits are divided by it (ignored by bce).
+        id_dropout: probability that a training row's user (id and history) or item id is unknown.
+        pooling: "mean" (masked mean) or "attention" over the history embeddings.
+        learning_rate: Adam's.
+        batch_size: positives per step (softmax) or rows per step (bce).
+        epochs: the most epochs; validation NDCG@10 stops sooner.
+        patience: epochs without validation improvement before stopping.
+        train_history: history items sampled per user per epoch (serving pools all of them).
+        user_chunk: a user's training rows are cut into chunks of this many, each chunk passing the
+            user tower once (trainer/hybrid_fit.user_batches).
+        user_ids: learn user ID rows (False: the user_index input is there but always 0 in training).
+        l2: squared-norm penalty on the ID rows of each batch row, per row.
+    """
+
+    dim: int = 32
+    hidden: tuple[int, ...] = (128,)
+    loss: str = "softmax"
+    temperature: float = 0.1
+    id_dropout: float = 0.2
+    pooling: str = "mean"
+    learning_rate: float = 2e-3
+    batch_size: int = 4096
+    epochs: int = 12
+    patience: int = 2
+    train_history: int = 256
+    user_chunk: int = 16
+    user_ids: bool = True
+    l2: float = 0.0
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise ValueError(f"loss must be one of {LOSSES} (got {self.loss!r})")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS} (got {self.pooling!r})")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1) (got {self.id_dropout})")
+        if self.temperature <= 0 or self.dim < 1 or self.train_history < 1:
+            raise ValueError(
+                f"temperature, dim and train_history must be positive "
+                f"(got {self.temperature}, {self.dim}, {self.train_history})"
+            )

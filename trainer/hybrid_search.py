@@ -1,0 +1,129 @@
+"""Chooses the hybrid's recipe on a validation split of the TRAINING positives, then refits on all of them.
+
+The candidates (SEARCH) differ in the loss and its temperature; each trains on 90 % of every user's
+training positives with early stopping on NDCG@10 over the other 10 %, and the best one is refitted
+on every training positive for its best epoch count. The test split is never read here.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, replace
+
+import numpy as np
+
+from towerserve.server.csr import CSR
+
+from . import hybrid_fit
+from .collab import validation_split
+from .hybrid_config import HybridConfig
+
+_LOGGER = logging.getLogger(__name__)
+
+VALIDATION_SHARE = 0.1  # of each user's training positives
+# Small on purpose: the whole search plus the refit must cost about what two_tower's fit did.
+SEARCH: tuple[dict, ...] = (
+    {"loss": "softmax", "temperature": 0.1},
+    {"loss": "softmax", "temperature": 0.2},
+    {"loss": "bce"},
+)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One recipe tried on the validation split."""
+
+    config: HybridConfig
+    val_ndcg: float
+    epochs: int
+    seconds: float
+    history: dict
+    model: object = None  # trained on the fit part; kept for the report's comparison, never saved
+
+    def to_json(self) -> dict:
+        return {
+            **{k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()},
+            "val_ndcg@10": self.val_ndcg,
+            "epochs": self.epochs,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The chosen recipe, its epoch count and every candidate (for the report's comparison)."""
+
+    config: HybridConfig
+    epochs: int
+    candidates: tuple[Candidate, ...]
+    share: float = VALIDATION_SHARE
+
+    def to_json(self) -> dict:
+        best = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
+        return {
+            "chosen": {**best, "epochs": self.epochs},
+            "validation_share": self.share,
+            "candidates": [c.to_json() for c in self.candidates],
+        }
+
+
+def choose(
+    U: np.ndarray,
+    I: np.ndarray,
+    train: CSR,
+    negatives: tuple[np.ndarray, np.ndarray],
+    base: HybridConfig,
+    seed: int,
+    search: tuple[dict, ...] = SEARCH,
+    share: float = VALIDATION_SHARE,
+    desc: str = "hybrid",
+) -> Choice:
+    """Fits every candidate on the fit part and keeps the best validation NDCG@10 (ties: the first)."""
+    if not search:
+        raise ValueError("search must hold at least one candidate recipe (got none)")
+    fit_part, val = validation_split(train, share, seed)
+    # Sampled negatives are non-positives of every positive, so they serve the fit part unchanged.
+    candidates = []
+    for j, overrides in enumerate(search):
+        cfg = replace(base, **overrides)
+        f = hybrid_fit.fit(
+            U,
+            I,
+            fit_part,
+            cfg,
+            seed,
+            negatives=negatives,
+            val=val,
+            desc=f"{desc} search {j + 1}/{len(search)}",
+        )
+        candidates.append(Candidate(cfg, float(f.val_ndcg), f.epochs, f.seconds, f.history, f.model))
+        _LOGGER.info("%s: %s -> validation ndcg@10 %.4f at epoch %d", desc, overrides, f.val_ndcg, f.epochs)
+    best = max(range(len(candidates)), key=lambda j: (candidates[j].val_ndcg, -j))
+    return Choice(candidates[best].config, max(1, candidates[best].epochs), tuple(candidates), share)
+
+
+def train_split(
+    U: np.ndarray,
+    I: np.ndarray,
+    train: CSR,
+    negatives: tuple[np.ndarray, np.ndarray],
+    base: HybridConfig,
+    seed: int,
+    choice: Choice | None = None,
+    search: tuple[dict, ...] = SEARCH,
+    desc: str = "hybrid",
+) -> tuple[hybrid_fit.Fitted, Choice, float]:
+    """Chooses a recipe (unless ``choice`` is given: the cold split reuses the holdout's) and refits it
+    on every training positive.
+
+    Returns:
+        (the refitted model, the choice, seconds spent in all, search included).
+    """
+    t0 = time.perf_counter()
+    if choice is None:
+        choice = choose(U, I, train, negatives, base, seed, search, desc=desc)
+    final = hybrid_fit.fit(
+        U, I, train, choice.config, seed, negatives=negatives, epochs=choice.epochs, desc=f"{desc} refit"
+    )
+    return final, choice, time.perf_counter() - t0
