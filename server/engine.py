@@ -239,7 +239,7 @@ class Engine:
             hit = walk_candidates(cat, ref, top_n, excluded, price_min, price_max, codes)
             if hit is not None:
                 return cat, *hit
-        u = self.known_user_vectors()[ref] if fixed else self.user_vectors([ref], histories=[history])[0]
+        u = self.known_user_vectors()[ref] if fixed else self.inputs.user_vector(self.serving, ref, history)
         if known and exclude_seen:
             excluded.update(self.seen.row(ref).tolist())
         allowed = admissible(cat, price_min, price_max, codes)

@@ -61,26 +61,42 @@ class TowerInputs:
         """Every known user's vector for ``tower`` (training histories only), computed once."""
         return tower.all_user_vectors(self.known, self.n_users, self.train.get(tower.split))
 
+    def user_vector(self, tower: Tower, ref: UserRef, history: History) -> np.ndarray:
+        """One request's user vector [d] (Recommend): :meth:`user_vectors` without its list handling
+        when a known user's history takes the mean-pooling shortcut."""
+        if history.used and tower.history_input and not isinstance(ref, UserAttrs):
+            self.known_vectors(tower)  # builds tower.mean_history
+            if tower.mean_history is not None:
+                return tower.mean_history.vector(ref, history.rows)
+        return self.user_vectors(tower, [ref], [history])[0]
+
     def user_vectors(
         self, tower: Tower, refs: Sequence[UserRef], histories: Sequence[History] | None = None
     ) -> np.ndarray:
         """Vectors [len(refs), d]: a known user without a history the tower reads takes the vector
-        computed at load; unseen users, and known users whose request history adds items, go through
-        one user-tower pass together."""
+        computed at load; a known user whose history adds items takes the mean-pooling shortcut
+        (tower.mean_history) or joins the unseen users in one user-tower pass."""
         hists = histories or [NO_HISTORY] * len(refs)
         reads = tower.history_input is not None
-        run = [
-            j for j, (r, h) in enumerate(zip(refs, hists)) if isinstance(r, UserAttrs) or (reads and h.used)
-        ]
-        if len(run) == len(refs):  # e.g. one request's user: no scatter
+        run, pooled = [], []  # a tower pass; the known users' mean-pooling shortcut (mean_history.py)
+        for j, (r, h) in enumerate(zip(refs, hists)):
+            if isinstance(r, UserAttrs):
+                run.append(j)
+            elif reads and h.used:
+                pooled.append(j)
+        if len(run) == len(refs):  # e.g. one request's unseen user: no scatter
             return self._tower_pass(tower, refs, hists)
-        known_vecs = self.known_vectors(tower)
-        if not run:
+        known_vecs = self.known_vectors(tower)  # builds tower.mean_history too
+        if not run and not pooled:
             return known_vecs[np.asarray(refs, dtype=np.int64)]
-        out = np.empty((len(refs), tower.dim), dtype=np.float32)
-        out[run] = self._tower_pass(tower, [refs[j] for j in run], [hists[j] for j in run])
-        rest = sorted(set(range(len(refs))) - set(run))
-        out[rest] = known_vecs[[refs[j] for j in rest]]
+        mean = tower.mean_history
+        if mean is None:
+            run, pooled = sorted(run + pooled), []
+        out = known_vecs[[0 if isinstance(r, UserAttrs) else r for r in refs]]
+        if run:
+            out[run] = self._tower_pass(tower, [refs[j] for j in run], [hists[j] for j in run])
+        for j in pooled:
+            out[j] = mean.vector(refs[j], hists[j].rows)
         return out
 
     def _tower_pass(self, tower: Tower, refs: Sequence[UserRef], hists: Sequence[History]) -> np.ndarray:

@@ -24,6 +24,7 @@ from .manifest import (
     TowerGraph,
     check_dims,
 )
+from .mean_history import MeanHistory
 from .numerics import cosine_rows
 from .runtime import CUDA, make_session
 
@@ -64,6 +65,10 @@ class Tower:
         self.user_in, self.user_out = u.input, u.output
         self.item_in, self.item_out = i.input, i.output
         self.id_input, self.history_input = u.id_input, u.history_input
+        self.history_pooling = u.history_pooling
+        # Known users' history requests without a tower pass (mean pooling, checked at load): see
+        # mean_history.py. Built with the known users' vectors; None: every such request runs the tower.
+        self.mean_history: MeanHistory | None = None
         self.int_types = _graph_inputs(root / u.file, self.user_session, u)
         # The item tower is fed features only (a hybrid's ID part is in the precomputed vectors).
         _graph_inputs(root / i.file, self.item_session, replace(i, id_input=None, history_input=None))
@@ -127,7 +132,11 @@ class Tower:
                     history = padded_rows(train, rows) if train is not None and self.history_input else None
                     ids = known_ids(train, rows)
                     out[rows] = self.users(build_features(self.user_specs, rows), ids, history)
-                self._all_users = out
+                if self.history_input and self.history_pooling == "mean" and train is not None:
+                    self.mean_history = MeanHistory.build(
+                        self.users, lambda rows: build_features(self.user_specs, rows), out, train
+                    )
+                self._all_users = out  # published last: readers check it without the lock
             return self._all_users
 
 

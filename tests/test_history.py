@@ -37,8 +37,9 @@ INVALID = grpc.StatusCode.INVALID_ARGUMENT
 # ------------------------------------------------------------------------------ the hand-built tower
 
 
-def hand_tower(n_users: int, n_items: int, width: int, dim: int, seed: int = 0):
-    """A hybrid-shaped user tower and its weights: user_vector = x W + b + U[id] + masked_mean(H[history]).
+def hand_tower(n_users: int, n_items: int, width: int, dim: int, seed: int = 0, squash: bool = False):
+    """A hybrid-shaped user tower and its weights: user_vector = x W + b + U[id] + masked_mean(H[history])
+    (``squash``: tanh of the pooled mean, a graph that is not affine in its history).
 
     W's and the tables' last column are 0 and b's is 1: the bias trick's constant column, as a trained
     hybrid has. Row 0 of U and H (unknown id, padding) is 0.
@@ -75,7 +76,8 @@ def hand_tower(n_users: int, n_items: int, width: int, dim: int, seed: int = 0):
         helper.make_node("ReduceSum", ["masked", "axis1"], ["total"], keepdims=0),
         helper.make_node("ReduceSum", ["mask", "axis1"], ["count"], keepdims=1),
         helper.make_node("Max", ["count", "one"], ["safe_count"]),
-        helper.make_node("Div", ["total", "safe_count"], ["pooled"]),
+        helper.make_node("Div", ["total", "safe_count"], ["mean" if squash else "pooled"]),
+        *([helper.make_node("Tanh", ["mean"], ["pooled"])] if squash else []),
         helper.make_node("Add", ["content", "id_vec"], ["with_id"]),
         helper.make_node("Add", ["with_id", "pooled"], ["user_vector"]),
     ]
@@ -93,17 +95,19 @@ def hand_tower(n_users: int, n_items: int, width: int, dim: int, seed: int = 0):
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8  # readable by every onnxruntime the project supports
     onnx.checker.check_model(model)
-    return model, {"W": w, "b": b, "U": u, "H": h}
+    return model, {"W": w, "b": b, "U": u, "H": h, "squash": squash}
 
 
 def by_hand(weights: dict, x: np.ndarray, ids: np.ndarray, history: np.ndarray) -> np.ndarray:
     """The hand tower in numpy: what the graph must compute."""
     mask = (history > 0).astype(np.float32)[..., None]
     pooled = (weights["H"][history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1.0)
+    if weights["squash"]:
+        pooled = np.tanh(pooled)
     return x @ weights["W"] + weights["b"] + weights["U"][ids] + pooled
 
 
-def add_hand_model(serving: Path, dst: Path) -> dict:
+def add_hand_model(serving: Path, dst: Path, squash: bool = False) -> dict:
     """A copy of ``serving`` with model HAND: two_tower's item side and feature specs, the hand-built
     user tower; manifest and file hashes rewritten. Returns the weights."""
     root = copy_serving(serving, dst)
@@ -111,7 +115,7 @@ def add_hand_model(serving: Path, dst: Path) -> dict:
     entry = json.loads(json.dumps(manifest["models"]["two_tower"]))
     n_users, n_items = manifest["catalog"]["users"], manifest["catalog"]["items"]
     hold = entry["splits"]["holdout"]["user_tower"]
-    model, weights = hand_tower(n_users, n_items, hold["input_dim"], hold["output_dim"])
+    model, weights = hand_tower(n_users, n_items, hold["input_dim"], hold["output_dim"], squash=squash)
     for split, e in entry["splits"].items():
         folder = root / "models" / HAND / split
         folder.mkdir(parents=True)
@@ -183,9 +187,11 @@ class Bundle:
         return self.run(x, np.array([user_id], np.int32), h)[0]
 
     def known(self, row: int, extra_rows=()) -> np.ndarray:
-        """A known user's vector: training positives, then the request's items they lack."""
+        """A known user's vector: training positives, then the request's items they lack; a user with
+        no training positives is the unknown id (0), as training scores them."""
         train = self.split.train.row(row).tolist()
-        return self.graph(self.features(row), row + 1, train + [r for r in extra_rows if r not in train])
+        history = train + [r for r in dict.fromkeys(extra_rows) if r not in train]  # each item once
+        return self.graph(self.features(row), row + 1 if train else 0, history)
 
     def trained_items(self, n: int, skip=()) -> list[str]:
         """``n`` ids of items that are training positives of some user (their history rows learned)."""
@@ -577,3 +583,38 @@ def test_cli_recommend_with_history(served):
     done = subprocess.run([*cmd, "--json"], capture_output=True, text=True, timeout=60, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout)["history_used"] == 2
+
+
+@pytest.mark.parametrize("kind", [HAND, "hybrid"])
+def test_mean_pooling_shortcut_equals_the_graph(kind, hand, request):
+    # Known users' history requests skip the tower pass (mean_history.py); the graph is the reference.
+    root = hand[0] if kind == HAND else request.getfixturevalue("hybrid")
+    engine = Engine(root, EngineConfig(model=kind))
+    b = Bundle(root, kind)
+    assert engine.serving.mean_history is not None
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        row = int(rng.integers(len(b.users)))
+        size = int(rng.integers(1, min(b.max_history, 12) + 1))
+        ids = [b.item_ids[j] for j in rng.integers(len(b.item_ids), size=size)]  # repeats too
+        got = engine.user_vectors([row], histories=[engine.history(ids)])[0]
+        np.testing.assert_allclose(got, b.known(row, b.rows(ids)), rtol=1e-5, atol=1e-6)
+
+
+def test_a_tower_not_affine_in_its_history_keeps_the_tower_pass(serving, tmp_path, caplog):
+    root = tmp_path / "squashed"
+    weights = add_hand_model(serving, root, squash=True)
+    b = Bundle(root, HAND)
+    engine = Engine(root, EngineConfig(model=HAND))
+    assert engine.serving.mean_history is None
+    assert "run the user tower per request" in caplog.text
+    row = 6
+    history = b.item_ids[3:9]
+    train = b.split.train.row(row).tolist()
+    h = [*train, *[r for r in b.rows(history) if r not in train]]
+    want = by_hand(weights, b.features(row), np.array([row + 1]), np.array([[r + 1 for r in h]]))[0]
+    np.testing.assert_allclose(b.known(row, b.rows(history)), want, rtol=1e-5, atol=1e-6)
+    cat, rows, scores = engine.recommend(b.users[row]["user_id"], 5, history=history)
+    ids, probs = b.top(want, 5, exclude=b.seen(row))
+    assert [cat.ids[j] for j in rows] == ids
+    np.testing.assert_allclose(scores, probs, rtol=1e-5)
