@@ -18,6 +18,7 @@ from .history import DEFAULT_MAX_HISTORY, known_ids, padded_rows
 from .manifest import (
     FALLBACK_VARIANT,
     MANIFEST_FILE,
+    SERVED_SPLIT,
     ArtifactError,
     EncoderEntry,
     ModelSplit,
@@ -132,7 +133,9 @@ class Tower:
                     history = padded_rows(train, rows) if train is not None and self.history_input else None
                     ids = known_ids(train, rows)
                     out[rows] = self.users(build_features(self.user_specs, rows), ids, history)
-                if self.history_input and self.history_pooling == "mean" and train is not None:
+                # Requests only reach the served split's tower (the cold one is for Evaluate).
+                reads_requests = self.split == SERVED_SPLIT and self.history_input
+                if reads_requests and self.history_pooling == "mean" and train is not None:
                     self.mean_history = MeanHistory.build(
                         self.users, lambda rows: build_features(self.user_specs, rows), out, train
                     )
