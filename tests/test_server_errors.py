@@ -481,7 +481,7 @@ def test_server_survives_the_error_cases(loaded, ctx):
 
 
 def test_a_deadline_too_short_for_evaluate(serving, ctx):
-    """A deadline half as long as the biggest inline Evaluate takes ends the call DEADLINE_EXCEEDED,
+    """A deadline a third as long as the biggest inline Evaluate takes ends the call DEADLINE_EXCEEDED,
     and the server counts it so instead of finishing it.
 
     (A 1 us deadline is no test here: gRPC keeps deadlines at millisecond resolution and the tiny
@@ -507,12 +507,16 @@ def test_a_deadline_too_short_for_evaluate(serving, ctx):
                 interactions=[pb.Interaction(user_id=ctx.user, item_id=ctx.item)]
                 * ctx.info.max_inline_interactions
             )
-            t0 = time.perf_counter()
-            done = stub.Evaluate(request, timeout=120)  # also grows the connection's flow-control window
-            took = time.perf_counter() - t0
-            assert done.seconds > took / 2, "the work, not the transfer, must take most of the call"
+            # Two full calls (the first also grows the connection's flow-control window); the faster
+            # one sets the deadline, so a warm, quick repeat cannot finish inside it on a busy machine.
+            took = float("inf")
+            for _ in range(2):
+                t0 = time.perf_counter()
+                done = stub.Evaluate(request, timeout=120)
+                took = min(took, time.perf_counter() - t0)
+                assert done.seconds > took / 2, "the work, not the transfer, must take most of the call"
             with pytest.raises(grpc.RpcError) as err:
-                stub.Evaluate(request, timeout=took / 2)
+                stub.Evaluate(request, timeout=took / 3)
             assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED, err.value.details()
 
             give_up = time.monotonic() + max(20.0, 10 * took)
@@ -521,7 +525,7 @@ def test_a_deadline_too_short_for_evaluate(serving, ctx):
                     "the server never ended the Evaluate with DEADLINE_EXCEEDED"
                 )
                 time.sleep(0.05)
-            assert count("OK") == 1.0  # the first call only
+            assert count("OK") == 2.0  # the two full calls only
 
             assert stub.Evaluate(pb.EvaluateRequest(split=pb.SPLIT_COLD), timeout=30).users > 0
     finally:

@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import json  # noqa: E402
+import re  # noqa: E402
 import shutil  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -22,6 +23,7 @@ from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.artifacts import atomic_dir  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402
 from towerserve.trainer.train import (  # noqa: E402
+    FEATURE_SETS,
     NOTEBOOK_FIT,
     PRESETS,
     TRAIN_FORMAT,
@@ -306,8 +308,8 @@ def test_unknown_preset_names_the_allowed_ones():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"models": ("mlp",)}, r"model must be one of \['seed', 'two_tower'\] \(got 'mlp'\)"),
-        ({"models": ()}, r"model must be one of \['seed', 'two_tower'\] \(got ''\)"),
+        ({"models": ("mlp",)}, rf"model must be one of {re.escape(str(sorted(FEATURE_SETS)))} \(got 'mlp'\)"),
+        ({"models": ()}, rf"model must be one of {re.escape(str(sorted(FEATURE_SETS)))} \(got ''\)"),
         ({"preset": "fast"}, r"preset must be one of \['default', 'notebook'\] \(got 'fast'\)"),
         ({"embedding_dim": 0}, r"embedding_dim and hidden widths must be >= 1"),
     ],
