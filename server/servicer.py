@@ -149,6 +149,12 @@ def _user(msg) -> str | UserAttrs:
     raise InvalidArgument("give either user_id or user attributes (age, profession[, personality])")
 
 
+def _tower_pass(engine: Engine, histories) -> bool:
+    """Whether known users' histories need a user-tower pass (a history the model reads, and no
+    mean-pooling shortcut: mean_history.py); the shortcut is a small numpy sum, fine on the loop."""
+    return engine.serving.mean_history is None and any(h.used for h in histories)
+
+
 class RecommenderServicer:
     """towerserve.v1.Recommender over an EngineHolder.
 
@@ -182,9 +188,9 @@ class RecommenderServicer:
             list(request.exclude_item_ids),
             history,
         )
-        if isinstance(user, str):  # a history adds one small user-tower pass at most: inline too
+        if isinstance(user, str) and not _tower_pass(engine, [history]):
             cat, top, scores = engine.recommend(*args)
-        else:  # an unseen user may need the text encoder
+        else:  # an unseen user may need the text encoder; any tower pass goes off the loop
             cat, top, scores = await self._offload(engine.recommend, *args)
         return recommend_wire(cat.wire, top, scores, engine.model_version, history.used)
 
@@ -197,7 +203,8 @@ class RecommenderServicer:
                 raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
             pairs.append((_user(p), p.item_id))
             histories.append(engine.history(p.history, f"pairs[{j}].history") if p.history else NO_HISTORY)
-        if len(pairs) <= self.INLINE_SCORE_PAIRS and all(isinstance(u, str) for u, _ in pairs):
+        known = all(isinstance(u, str) for u, _ in pairs)
+        if len(pairs) <= self.INLINE_SCORE_PAIRS and known and not _tower_pass(engine, histories):
             scores = engine.score(pairs, histories)
         else:
             scores = await self._offload(engine.score, pairs, histories)

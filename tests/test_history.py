@@ -618,3 +618,10 @@ def test_a_tower_not_affine_in_its_history_keeps_the_tower_pass(serving, tmp_pat
     ids, probs = b.top(want, 5, exclude=b.seen(row))
     assert [cat.ids[j] for j in rows] == ids
     np.testing.assert_allclose(scores, probs, rtol=1e-5)
+    # over gRPC the tower pass runs off the event loop, for Recommend and Score alike
+    with running_server(root, model=HAND) as (_, channel):
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        got = stub.Recommend(pb.RecommendRequest(user_id=b.users[row]["user_id"], top_n=5, history=history))
+        assert _ids(got) == ids and got.history_used == len(history)
+        pair = pb.ScorePair(user_id=b.users[row]["user_id"], item_id=ids[0], history=history)
+        np.testing.assert_allclose(stub.Score(pb.ScoreRequest(pairs=[pair])).scores, probs[:1], rtol=1e-5)
