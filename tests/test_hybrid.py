@@ -219,6 +219,7 @@ def test_bad_recipes_are_refused():
         ({"loss": "mse"}, "loss must be one of"),
         ({"pooling": "max"}, "pooling must be one of"),
         ({"id_dropout": 1.0}, "id_dropout must be in"),
+        ({"history_dropout": -0.1}, "history_dropout must be in"),
     ):
         with pytest.raises(ValueError, match=words):
             HybridConfig(**bad)

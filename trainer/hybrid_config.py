@@ -29,31 +29,38 @@ class HybridConfig:
         user_chunk: a user's training rows are cut into chunks of this many, each chunk passing the
             user tower once (trainer/hybrid_fit.user_batches).
         user_ids: learn user ID rows (False: the user_index input is there but always 0 in training).
+        lr_decay: Adam's learning rate is multiplied by this once an epoch.
+        user_id_learning_rate: Adagrad's learning rate for the user ID rows (0: Adam with the rest).
         l2: squared-norm penalty on the ID rows of each batch row, per row.
+        history_dropout: share of each history's items hidden from the user tower for an epoch.
     """
 
     dim: int = 32
     hidden: tuple[int, ...] = (128,)
     loss: str = "softmax"
-    temperature: float = 0.1
+    temperature: float = 0.5
     id_dropout: float = 0.2
     pooling: str = "mean"
-    learning_rate: float = 2e-3
+    learning_rate: float = 5e-3
     batch_size: int = 4096
-    epochs: int = 12
+    epochs: int = 16
     patience: int = 2
     train_history: int = 256
     user_chunk: int = 16
     user_ids: bool = True
+    user_id_learning_rate: float = 0.1
+    lr_decay: float = 1.0
     l2: float = 0.0
+    history_dropout: float = 0.0
 
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES} (got {self.loss!r})")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS} (got {self.pooling!r})")
-        if not 0.0 <= self.id_dropout < 1.0:
-            raise ValueError(f"id_dropout must be in [0, 1) (got {self.id_dropout})")
+        for name in ("id_dropout", "history_dropout"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
         if self.temperature <= 0 or self.dim < 1 or self.train_history < 1:
             raise ValueError(
                 f"temperature, dim and train_history must be positive "

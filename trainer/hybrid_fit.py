@@ -208,9 +208,19 @@ def fit(
     model = hybrid.build_hybrid(U.shape[1], I.shape[1], n_users, n_items, cfg)
     item_t = model.get_layer("item_tower")
     item_ids = model.get_layer("item_id_embedding")
-    variables = model.trainable_variables
+    # User ID rows take part in a few steps an epoch (one per chunk): Adam's second moment, decayed
+    # between their steps, makes each of those steps ~30 x the learning rate, so they learn with
+    # Adagrad, whose step shrinks with the row's own accumulated gradients.
+    user_ids = model.get_layer("user_tower").get_layer("user_id_embedding").trainable_variables
+    rare = {id(v) for v in user_ids}
+    variables = [v for v in model.trainable_variables if id(v) not in rare]
     opt = keras.optimizers.Adam(cfg.learning_rate)
     opt.build(variables)
+    opt_ids = keras.optimizers.Adagrad(cfg.user_id_learning_rate) if cfg.user_id_learning_rate else None
+    if opt_ids is not None:
+        opt_ids.build(user_ids)
+    else:
+        variables = variables + user_ids
 
     pu, pi = train.pairs()  # row-major: sorted by user
     rows_u, rows_i = pu.astype(np.int32), pi.astype(np.int32)
@@ -238,11 +248,9 @@ def fit(
         # A dropped user is a cold user: no id and no history.
         hist = tf.where(tf.expand_dims(drop_user, 1), tf.zeros_like(hist_var[:1]), tf.gather(hist_var, users))
         uid = tf.where(drop_user | (not cfg.user_ids), 0, users + 1)
-        if cfg.loss == "softmax":
-            # Each distinct item of the batch once: duplicates of the positive are no negatives.
-            cols, label = tf.unique(i)
-        else:
-            cols, label = i, None
+        # Each distinct item of the batch once: the item tower runs once per item, and for the
+        # softmax duplicates of a row's positive are not its negatives.
+        cols, col_of_row = tf.unique(i)
         iid = tf.where(tf.gather(drop_item, cols), 0, cols + 1)
         with tf.GradientTape() as tape:
             uvec = grouped_user_vectors(model, tf.gather(user_feats, users), uid, hist, local, i)
@@ -250,19 +258,21 @@ def fit(
             if cfg.loss == "softmax":
                 logits = tf.matmul(uvec, vvec, transpose_b=True) * inv_t - tf.gather(log_q, cols)[None, :]
                 loss = tf.reduce_mean(
-                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=label, logits=logits)
+                    tf.nn.sparse_softmax_cross_entropy_with_logits(labels=col_of_row, logits=logits)
                 )
             else:
-                logit = tf.reduce_sum(uvec * vvec, axis=1)
+                logit = tf.reduce_sum(uvec * tf.gather(vvec, col_of_row), axis=1)
                 loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit))
             if cfg.l2:
-                # On the ID rows this batch used (per row of the batch, as in matrix factorisation).
+                # On the ID rows each batch row used, per row, as in matrix factorisation.
                 user = model.get_layer("user_tower")
                 reg = tf.reduce_sum(tf.square(user.get_layer("user_id_embedding")(tf.gather(uid, local))))
-                reg += tf.reduce_sum(tf.square(item_ids(tf.gather(iid, label) if label is not None else iid)))
+                reg += tf.reduce_sum(tf.square(item_ids(tf.gather(iid, col_of_row))))
                 loss = loss + cfg.l2 * reg / tf.cast(tf.shape(i)[0], reg.dtype)
-        grads = tape.gradient(loss, variables)
-        opt.apply(grads, variables)
+        grads = tape.gradient(loss, variables + (user_ids if opt_ids is not None else []))
+        opt.apply(grads[: len(variables)], variables)
+        if opt_ids is not None:
+            opt_ids.apply(grads[len(variables) :], user_ids)
         return loss
 
     rng = np.random.default_rng([seed, 31])
@@ -273,7 +283,13 @@ def fit(
     t0 = time.perf_counter()
     for epoch in range(max_epochs):
         te = time.perf_counter()
-        hist_var.assign(_sampled(padded, width, rng))
+        opt.learning_rate.assign(cfg.learning_rate * cfg.lr_decay**epoch)
+        sample = _sampled(padded, width, rng)
+        if cfg.history_dropout:
+            # Each epoch sees a random part of every history: the item-item part cannot memorise
+            # co-occurrences (what EASE's λ and a denoising autoencoder's input dropout prevent).
+            sample = np.where(rng.random(sample.shape) < cfg.history_dropout, 0, sample).astype(np.int32)
+        hist_var.assign(sample)
         losses = []
         for users, rows, local in user_batches(rows_u, cfg.batch_size, rng, cfg.user_chunk):
             losses.append(
