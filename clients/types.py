@@ -9,6 +9,9 @@ from pathlib import Path
 
 import grpc
 
+# One record of GetModelInfoResponse for server and client (server/types.py is plain stdlib).
+from towerserve.server.types import ModelInfo  # noqa: F401 - re-exported
+
 
 class TowerserveError(Exception):
     """Any failed call. ``code`` is the grpc.StatusCode, ``details`` the server's message."""
@@ -61,31 +64,6 @@ class Evaluation:
     model_version: str
     split: str
     protocol: str
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    model_version: str
-    model_kind: str
-    user_independent_ranking: bool
-    item_count: int
-    user_count: int
-    providers: list[str]
-    encoder: str
-    encoder_variant: str
-    vector_dim: int
-    user_fields: list[str]
-    item_fields: list[str]
-    training_metrics: dict[str, float]
-    versions: dict[str, str]
-    artifacts: str
-    loaded_at: str
-    max_top_n: int
-    max_score_pairs: int
-    max_upsert_items: int
-    max_inline_interactions: int
-    categories: list[str]
-    max_history: int
 
 
 @dataclass(frozen=True)
