@@ -139,6 +139,12 @@ def test_user_batches_cover_every_row_once_in_user_chunks():
     assert batches >= 4
 
 
+def test_small_data_sets_get_smaller_batches_not_fewer_steps():
+    assert hybrid_fit.step_batch(775_000, 4096) == 4096  # the seed scale: the recipe's batch
+    assert hybrid_fit.step_batch(51_000, 4096) == 510  # the real data set: 100 steps an epoch
+    assert hybrid_fit.step_batch(3_000, 4096) == 256 and hybrid_fit.step_batch(3_000, 128) == 128
+
+
 def test_pad_histories_and_known_index():
     padded = hybrid.pad_histories([np.array([4, 0]), np.array([], np.int64), np.array([2])])
     np.testing.assert_array_equal(padded, [[5, 1], [0, 0], [3, 0]])
@@ -180,7 +186,9 @@ def test_both_losses_train_and_beat_their_start(data, loss):
     unknown = np.asarray(user([U[:2], np.zeros(2, np.int32), empty]))
     np.testing.assert_array_equal(by_index[0], unknown[0])
     assert np.abs(by_index[1] - unknown[1]).max() > 1e-3
-    assert len(f.history["loss"]) == 4 and np.all(np.isfinite(f.history["loss"]))
+    # The content epochs (every id unknown) first, then the joint ones, each judged on validation.
+    assert len(f.history["loss"]) == cfg.content_epochs + 4 and np.all(np.isfinite(f.history["loss"]))
+    assert len(f.history["val_ndcg@10"]) == 4
     assert f.history["loss"][-1] < f.history["loss"][0]
     assert f.val_ndcg == max(f.history["val_ndcg@10"]) and f.epochs == 1 + int(
         np.argmax(f.history["val_ndcg@10"])

@@ -118,16 +118,25 @@ def _mlp(x, hidden: tuple[int, ...], side: str):
 
 
 def build_user_tower(
-    user_dim: int, n_users: int, n_items: int, dim: int, hidden: tuple[int, ...], pooling: str
+    user_dim: int,
+    n_users: int,
+    n_items: int,
+    dim: int,
+    hidden: tuple[int, ...],
+    pooling: str,
+    id_init: float = 0.05,
+    content_init: float | None = None,
 ) -> keras.Model:
     """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + 1] (last column 1)."""
     x = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
-    content = layers.Dense(dim, name="user_embedding")(_mlp(x, hidden, "user"))
-    ids = IdEmbedding(n_users + 1, dim, name="user_id_embedding")(uid)
+    content = layers.Dense(dim, kernel_initializer=_out_init(content_init), name="user_embedding")(
+        _mlp(x, hidden, "user")
+    )
+    ids = IdEmbedding(n_users + 1, dim, id_init, name="user_id_embedding")(uid)
     pooled = HistoryPooling(pooling, name="history_pooling")(
-        [IdEmbedding(n_items + 1, dim, name="history_embedding")(hist), hist, content]
+        [IdEmbedding(n_items + 1, dim, id_init, name="history_embedding")(hist), hist, content]
     )
     u = layers.Add(name="user_sum")([content, ids, pooled])
     # A frozen Dense(1) with zero kernel and unit bias: the constant column of the bias trick.
@@ -137,12 +146,23 @@ def build_user_tower(
     return keras.Model([x, uid, hist], layers.Concatenate(name="user_vector")([u, one(u)]), name="user_tower")
 
 
-def build_item_tower(item_dim: int, dim: int, hidden: tuple[int, ...]) -> keras.Model:
+def _out_init(std: float | None):
+    """The content towers' last kernels: Glorot, or N(0, std) so the content vectors start near zero
+    (random content vectors of Glorot scale are noise the ID parts must first outweigh)."""
+    return "glorot_uniform" if std is None else keras.initializers.RandomNormal(stddev=std)
+
+
+def build_item_tower(
+    item_dim: int, dim: int, hidden: tuple[int, ...], content_init: float | None = None
+) -> keras.Model:
     """The content path: item_features [B, F] -> item_vector [B, d + 1] (embedding, bias)."""
     x = keras.Input((item_dim,), name=ITEM_INPUT)
     h = _mlp(x, hidden, "item")
     out = layers.Concatenate(name="item_vector")(
-        [layers.Dense(dim, name="item_embedding")(h), layers.Dense(1, name="item_bias")(h)]
+        [
+            layers.Dense(dim, kernel_initializer=_out_init(content_init), name="item_embedding")(h),
+            layers.Dense(1, kernel_initializer=_out_init(content_init), name="item_bias")(h),
+        ]
     )
     return keras.Model(x, out, name="item_tower")
 
@@ -151,9 +171,11 @@ def build_hybrid(
     user_dim: int, item_dim: int, n_users: int, n_items: int, cfg: HybridConfig = HybridConfig()
 ) -> keras.Model:
     """The whole model: (user_features, user_index, history, item_features, item_index) -> sigmoid(u.v)."""
-    user = build_user_tower(user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling)
-    item = build_item_tower(item_dim, cfg.dim, cfg.hidden)
-    item_ids = IdEmbedding(n_items + 1, cfg.dim + 1, name="item_id_embedding")
+    user = build_user_tower(
+        user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling, cfg.id_init, cfg.content_init
+    )
+    item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init)
+    item_ids = IdEmbedding(n_items + 1, cfg.dim + 1, cfg.id_init, name="item_id_embedding")
     ux = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)

@@ -29,10 +29,13 @@ class HybridConfig:
         user_chunk: a user's training rows are cut into chunks of this many, each chunk passing the
             user tower once (trainer/hybrid_fit.user_batches).
         user_ids: learn user ID rows (False: the user_index input is there but always 0 in training).
-        lr_decay: Adam's learning rate is multiplied by this once an epoch.
         user_id_learning_rate: Adagrad's learning rate for the user ID rows (0: Adam with the rest).
         l2: squared-norm penalty on the ID rows of each batch row, per row.
         history_dropout: share of each history's items hidden from the user tower for an epoch.
+        id_init: standard deviation of the ID and history rows at initialisation.
+        content_learning_rate: Adam's for the attribute MLPs (0: learning_rate).
+        content_init: standard deviation of the content towers' last kernels (None: Glorot).
+        content_epochs: epochs of the content paths alone (every id unknown) before the joint ones.
     """
 
     dim: int = 32
@@ -43,15 +46,18 @@ class HybridConfig:
     pooling: str = "mean"
     learning_rate: float = 5e-3
     batch_size: int = 4096
-    epochs: int = 16
-    patience: int = 2
+    epochs: int = 24
+    patience: int = 3
     train_history: int = 256
     user_chunk: int = 16
     user_ids: bool = True
     user_id_learning_rate: float = 0.1
-    lr_decay: float = 1.0
     l2: float = 0.0
     history_dropout: float = 0.0
+    id_init: float = 0.05
+    content_learning_rate: float = 2e-4
+    content_init: float | None = 1e-3
+    content_epochs: int = 3
 
     def __post_init__(self):
         if self.loss not in LOSSES:

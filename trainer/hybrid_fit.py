@@ -21,6 +21,9 @@ from .hybrid_config import HybridConfig
 _LOGGER = logging.getLogger(__name__)
 
 VALIDATION_MAX_USERS = 5_000  # users judged per epoch: enough to rank epochs and recipes, bounded
+# A small data set (the real one: ~50,000 positives) still gets this many steps an epoch: the batch
+# shrinks (not below MIN_BATCH) instead of the recipe being tuned per data set.
+MIN_STEPS, MIN_BATCH = 100, 256
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,11 @@ class Fitted:
     epochs: int = 0
     seconds: float = 0.0
     val_ndcg: float | None = None
+
+
+def step_batch(rows: int, batch: int) -> int:
+    """Rows per step: ``batch``, or fewer so that an epoch has at least MIN_STEPS steps."""
+    return int(min(batch, max(MIN_BATCH, rows // MIN_STEPS)))
 
 
 def known_users(train: CSR) -> np.ndarray:
@@ -208,14 +216,24 @@ def fit(
     model = hybrid.build_hybrid(U.shape[1], I.shape[1], n_users, n_items, cfg)
     item_t = model.get_layer("item_tower")
     item_ids = model.get_layer("item_id_embedding")
-    # User ID rows take part in a few steps an epoch (one per chunk): Adam's second moment, decayed
-    # between their steps, makes each of those steps ~30 x the learning rate, so they learn with
-    # Adagrad, whose step shrinks with the row's own accumulated gradients.
-    user_ids = model.get_layer("user_tower").get_layer("user_id_embedding").trainable_variables
+    # A user's ID row takes part in few steps (one per chunk): Adam's second moment, decayed between
+    # them, makes each of those steps ~30 x the learning rate, so those rows learn with Adagrad, whose
+    # step shrinks with the row's own accumulated gradients.
+    user = model.get_layer("user_tower")
+    user_ids = user.get_layer("user_id_embedding").trainable_variables
+    # The attribute MLPs fit fast and, left at the embeddings' pace, fit the known users before the
+    # ID parts learn (content_learning_rate slows them).
+    id_tables = {
+        id(v) for t in (user.get_layer("history_embedding"), item_ids) for v in t.trainable_variables
+    }
     rare = {id(v) for v in user_ids}
-    variables = [v for v in model.trainable_variables if id(v) not in rare]
+    rest = [v for v in model.trainable_variables if id(v) not in rare]
+    variables = [v for v in rest if id(v) in id_tables]
+    content = [v for v in rest if id(v) not in id_tables]
     opt = keras.optimizers.Adam(cfg.learning_rate)
     opt.build(variables)
+    opt_content = keras.optimizers.Adam(cfg.content_learning_rate or cfg.learning_rate)
+    opt_content.build(content)
     opt_ids = keras.optimizers.Adagrad(cfg.user_id_learning_rate) if cfg.user_id_learning_rate else None
     if opt_ids is not None:
         opt_ids.build(user_ids)
@@ -236,7 +254,8 @@ def fit(
     width = min(padded.shape[1], cfg.train_history)
     hist_var = tf.Variable(np.zeros((n_users, width), np.int32), trainable=False)
     user_feats, item_feats = tf.constant(U, tf.float32), tf.constant(I, tf.float32)
-    log_q = tf.constant(inclusion_log_q(train, cfg.batch_size))
+    batch = step_batch(len(rows_u), cfg.batch_size)
+    log_q = tf.constant(inclusion_log_q(train, batch))
     inv_t = 1.0 / cfg.temperature
 
     vec = tf.TensorSpec([None], tf.int32)
@@ -254,7 +273,8 @@ def fit(
         iid = tf.where(tf.gather(drop_item, cols), 0, cols + 1)
         with tf.GradientTape() as tape:
             uvec = grouped_user_vectors(model, tf.gather(user_feats, users), uid, hist, local, i)
-            vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
+            content_v = item_t(tf.gather(item_feats, cols), training=True)
+            vvec = content_v + item_ids(iid)
             if cfg.loss == "softmax":
                 logits = tf.matmul(uvec, vvec, transpose_b=True) * inv_t - tf.gather(log_q, cols)[None, :]
                 loss = tf.reduce_mean(
@@ -269,10 +289,12 @@ def fit(
                 reg = tf.reduce_sum(tf.square(user.get_layer("user_id_embedding")(tf.gather(uid, local))))
                 reg += tf.reduce_sum(tf.square(item_ids(tf.gather(iid, col_of_row))))
                 loss = loss + cfg.l2 * reg / tf.cast(tf.shape(i)[0], reg.dtype)
-        grads = tape.gradient(loss, variables + (user_ids if opt_ids is not None else []))
-        opt.apply(grads[: len(variables)], variables)
+        grads = tape.gradient(loss, variables + content + (user_ids if opt_ids is not None else []))
+        n, m = len(variables), len(variables) + len(content)
+        opt.apply(grads[:n], variables)
+        opt_content.apply(grads[n:m], content)
         if opt_ids is not None:
-            opt_ids.apply(grads[len(variables) :], user_ids)
+            opt_ids.apply(grads[m:], user_ids)
         return loss
 
     rng = np.random.default_rng([seed, 31])
@@ -281,9 +303,15 @@ def fit(
     history: dict[str, list[float]] = {"loss": []}
     best, best_epoch, best_weights, waited = -1.0, 0, None, 0
     t0 = time.perf_counter()
-    for epoch in range(max_epochs):
+    content_lr = cfg.content_learning_rate or cfg.learning_rate
+    # First the content paths alone (every id unknown) at the full rate: the content-only model cold
+    # users and new items get, as good as two_tower's; then ids and histories learn what it misses,
+    # the content paths moving at content_learning_rate (fast, they would fit the known users first).
+    for epoch in range(-cfg.content_epochs, max_epochs):
         te = time.perf_counter()
-        opt.learning_rate.assign(cfg.learning_rate * cfg.lr_decay**epoch)
+        alone = epoch < 0
+        opt_content.learning_rate.assign(cfg.learning_rate if alone else content_lr)
+        p_drop = 1.0 if alone else cfg.id_dropout
         sample = _sampled(padded, width, rng)
         if cfg.history_dropout:
             # Each epoch sees a random part of every history: the item-item part cannot memorise
@@ -291,20 +319,22 @@ def fit(
             sample = np.where(rng.random(sample.shape) < cfg.history_dropout, 0, sample).astype(np.int32)
         hist_var.assign(sample)
         losses = []
-        for users, rows, local in user_batches(rows_u, cfg.batch_size, rng, cfg.user_chunk):
+        for users, rows, local in user_batches(rows_u, batch, rng, cfg.user_chunk):
             losses.append(
                 step(
                     users,
                     local,
                     rows_i[rows],
                     labels[rows],
-                    rng.random(len(users)) < cfg.id_dropout,
-                    rng.random(n_items) < cfg.id_dropout,
+                    rng.random(len(users)) < p_drop,
+                    rng.random(n_items) < p_drop,
                 )
             )
         history["loss"].append(float(np.mean([float(x) for x in losses])))
         line = f"{desc} epoch {epoch + 1}/{max_epochs}: loss {history['loss'][-1]:.4f}"
-        if val is not None:
+        if alone:
+            line = f"{desc} content epoch {epoch + cfg.content_epochs + 1}/{cfg.content_epochs}: loss {history['loss'][-1]:.4f}"
+        elif val is not None:
             score = validation_ndcg(model, U, I, train, val, judged)
             history.setdefault("val_ndcg@10", []).append(score)
             line += f", val ndcg@10 {score:.4f}"
@@ -313,10 +343,10 @@ def fit(
             else:
                 waited += 1
         _LOGGER.info("%s (%.1f s)", line, time.perf_counter() - te)
-        if val is not None and waited >= cfg.patience:
+        if val is not None and not alone and waited >= cfg.patience:
             break
     if best_weights is not None:
         model.set_weights(best_weights)
     forget_unseen(model, train)
-    kept = best_epoch if val is not None else len(history["loss"])
+    kept = best_epoch if val is not None else len(history["loss"]) - cfg.content_epochs  # joint epochs
     return Fitted(model, history, kept, time.perf_counter() - t0, best if val is not None else None)
