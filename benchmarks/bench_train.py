@@ -158,9 +158,11 @@ def main() -> None:
         f"variants {', '.join(serving['encoder']['variants'])}, default {serving['encoder']['default_variant']})"
     )
 
-    scores = {k: ndcg(metrics, k) for k in ("two_tower", "seed", "mostpop", "oracle", "random")}
+    kinds = ("hybrid", "two_tower", "seed", "mostpop", "itemknn", "ease", "oracle", "random")
+    scores = {k: ndcg(metrics, k) for k in kinds}
+    served = manifest["default_model"]
     ratios = {}
-    for a, b in (("two_tower", "mostpop"), ("two_tower", "oracle"), ("seed", "mostpop")):
+    for a, b in ((served, "mostpop"), (served, "ease"), (served, "oracle"), ("seed", "mostpop")):
         ratios[f"{a}/{b}"] = None if scores[a] is None or not scores[b] else scores[a] / scores[b]
     print("\nholdout ndcg@10")
     print(table(["model", "ndcg@10"], [[k, "-" if v is None else f"{v:.4f}"] for k, v in scores.items()]))

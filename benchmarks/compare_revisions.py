@@ -8,6 +8,8 @@ that goes first on PYTHONPATH, so both sides use the same interpreter, libraries
     .venv/bin/python benchmarks/compare_revisions.py --rev b6a4c83 --bench bench_server --rounds 3 -- --quick
     .venv/bin/python benchmarks/compare_revisions.py --rev b6a4c83 --bench bench_loadtest --rounds 2 -- \
         --quick --skip-workers
+    .venv/bin/python benchmarks/compare_revisions.py --rev de39ee7~1 --bench bench_train --rounds 1 -- \
+        --data data/seed
 
 Arguments after ``--`` go to the benchmark script (``--artifacts`` is added for both sides).
 """
@@ -31,7 +33,10 @@ from _common import DEFAULT_ARTIFACTS, ROOT, child_env, table, write_result  # n
 DEFAULT_KEYS = {
     "bench_server": r"(recommend_in_process\.cases\.\d+\.(median|p99)_ms|grpc\..*(median|p99).*|load\.engine_s)$",
     "bench_loadtest": r"^concurrency\.\d+\.(health_qps|recommend_qps|qps_ratio|health_p99_ms|recommend_p99_ms|p99_ratio)$",
+    "bench_train": r"^(steps_s\.(train|export)_s|phases_s\..*|ndcg@10\..*)$",
 }
+# bench_train builds its own artifacts from --data; the others read a trained artifacts folder.
+NO_ARTIFACTS = {"bench_train"}
 
 
 def _flatten(obj, prefix: str = "") -> dict[str, float]:
@@ -108,7 +113,9 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "towerserve-revisions")
     parser.add_argument("bench_args", nargs=argparse.REMAINDER)
     args = parser.parse_args()
-    extra = [a for a in args.bench_args if a != "--"] + ["--artifacts", str(args.artifacts.resolve())]
+    extra = [a for a in args.bench_args if a != "--"]
+    if args.bench not in NO_ARTIFACTS:
+        extra += ["--artifacts", str(args.artifacts.resolve())]
     keys = re.compile(args.keys or DEFAULT_KEYS.get(args.bench, r".*"))
 
     args.cache.mkdir(parents=True, exist_ok=True)
