@@ -14,6 +14,7 @@ import pytest  # noqa: E402
 
 from towerserve.server.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
 from towerserve.server.numerics import sigmoid  # noqa: E402
+from towerserve.trainer import cli as trainer_cli  # noqa: E402
 from towerserve.trainer import models  # noqa: E402
 
 keras = models.keras
@@ -56,6 +57,7 @@ def test_build_rejects_unknown_kind():
 
 def test_the_kind_table_is_the_one_list_of_kinds():
     assert models.MODEL_KINDS == tuple(models.KINDS) == ("seed", "two_tower", "hybrid")
+    assert trainer_cli.ALL_MODELS == models.MODEL_KINDS  # the CLI's copy, kept free of Keras
     assert all(k.name == name for name, k in models.KINDS.items())
     # only the seed's concat-linear head ranks every user alike
     assert {name: k.user_independent for name, k in models.KINDS.items()} == {
