@@ -340,10 +340,8 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             (tmp / "splits").mkdir(exist_ok=True)
             save_recorded_split(tmp / "splits" / f"{split_name}.npz", split.recorded())
 
-        # The served default is the best model on the holdout ranking, not on the notebook's mean score;
-        # a kind whose user tower takes ids and histories only when nothing else was trained.
-        servable = [k for k in cfg.models if k not in ID_KINDS] or list(cfg.models)
-        default = max(servable, key=lambda k: metrics["holdout"][k]["ndcg@10"])
+        # The served default is the best model on the holdout ranking, not on the notebook's mean score.
+        default = max(cfg.models, key=lambda k: metrics["holdout"][k]["ndcg@10"])
         save_tables(tmp / "embeddings.npz", tables)
         ds.users.to_csv(tmp / "users.csv", index=False)
         ds.items.to_csv(tmp / "items.csv", index=False)
