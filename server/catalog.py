@@ -316,15 +316,25 @@ def admissible(
 
 
 def rank(
-    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], allowed: np.ndarray | None
+    cat: Catalog,
+    u: np.ndarray,
+    top_n: int,
+    excluded: set[int],
+    allowed: np.ndarray | None,
+    seen: np.ndarray | None = None,
 ) -> tuple[list[int], list[float]]:
     """The exact path: the best top_n admissible items for user vector ``u`` [d], best first (ties by
-    catalogue row, as the candidate lists), with their probabilities."""
+    catalogue row, as the candidate lists), with their probabilities. ``seen``: more rows to exclude,
+    as an array (a known user's training positives, without a round trip through a Python set)."""
     if cat.order is not None:
+        if seen is not None and seen.size:
+            excluded = excluded | set(seen.tolist())
         return _walk_order(cat, u, top_n, excluded, allowed)
     scores = logits(cat.vectors64, u)
     if excluded:
         scores[list(excluded)] = -np.inf
+    if seen is not None:
+        scores[seen] = -np.inf
     if cat.nan_rows.size:  # defensive: an item whose vector is not finite is never returned
         scores[cat.nan_rows] = -np.inf
     if allowed is not None:

@@ -240,10 +240,9 @@ class Engine:
             if hit is not None:
                 return cat, *hit
         u = self.known_user_vectors()[ref] if fixed else self.inputs.user_vector(self.serving, ref, history)
-        if known and exclude_seen:
-            excluded.update(self.seen.row(ref).tolist())
+        seen = self.seen.row(ref) if known and exclude_seen else None
         allowed = admissible(cat, price_min, price_max, codes)
-        return cat, *rank(cat, u, top_n, excluded, allowed)
+        return cat, *rank(cat, u, top_n, excluded, allowed, seen)
 
     def score(
         self, pairs: Sequence[tuple[str | UserAttrs, str]], histories: Sequence[History] | None = None

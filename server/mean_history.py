@@ -53,13 +53,17 @@ class MeanHistory:
 
     def vector(self, user: int, rows: Sequence[int]) -> np.ndarray:
         """User ``user``'s vector with their training positives joined by exported item ``rows``."""
-        have = set(self.train.row(user).tolist())
-        new = [r for r in rows if r not in have]
-        if not new:
+        # ``rows`` are distinct (history.resolve) and a training row's columns are sorted (build makes
+        # sure), so one searchsorted drops those already in the training history: no Python set.
+        new = np.fromiter(rows, dtype=np.int64, count=len(rows))
+        have = self.train.row(user)
+        if have.size and new.size:
+            new = new[have[np.minimum(np.searchsorted(have, new), have.size - 1)] != new]
+        if not new.size:
             return self.loaded[user]
         total = self.table[new].sum(axis=0)
         total += self.sums[user]
-        total /= self.counts[user] + len(new)
+        total /= self.counts[user] + new.size
         total += self.base[user]
         return total
 
@@ -70,6 +74,8 @@ class MeanHistory:
         """The decomposition from batched passes (``features(rows)``: known users' tower inputs), or
         None when the graph disagrees with it on the sampled cases."""
         n_users, n_items = len(loaded), train.n_cols
+        if not _rows_sorted(train):  # vector() searches each row
+            train = CSR.from_pairs(*train.pairs(), train.n_rows, train.n_cols)
         base = np.empty_like(loaded)
         for start in range(0, n_users, BATCH):
             rows = np.arange(start, min(n_users, start + BATCH))
@@ -117,3 +123,12 @@ class MeanHistory:
         if not np.allclose(got, want, CHECK_RTOL, CHECK_ATOL):
             return f"the graph is not affine in its history (max |diff| {np.abs(got - want).max():.2e})"
         return None
+
+
+def _rows_sorted(m: CSR) -> bool:
+    """Whether every row's column indices are strictly increasing (CSR.from_pairs makes them so)."""
+    step = np.diff(m.indices.astype(np.int64))
+    starts = m.indptr[1:-1]
+    inner = np.ones(step.size, dtype=bool)
+    inner[starts[(starts > 0) & (starts <= step.size)] - 1] = False  # a row's first vs previous row's last
+    return bool(np.all(step[inner] > 0))

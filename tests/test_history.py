@@ -601,6 +601,20 @@ def test_mean_pooling_shortcut_equals_the_graph(kind, hand, request):
         np.testing.assert_allclose(got, b.known(row, b.rows(ids)), rtol=1e-5, atol=1e-6)
 
 
+def test_the_shortcut_knows_whether_training_rows_are_sorted():
+    # vector() binary-searches a user's training row; build() re-sorts a CSR whose rows are not sorted.
+    from towerserve.server.csr import CSR
+    from towerserve.server.mean_history import _rows_sorted
+
+    m = CSR.from_pairs(np.array([0, 0, 2, 2, 2]), np.array([3, 1, 0, 4, 2]), 4, 5)
+    assert _rows_sorted(m) and _rows_sorted(CSR.from_pairs(np.array([], int), np.array([], int), 3, 3))
+    swapped = m.indices.copy()
+    swapped[[2, 3]] = swapped[[3, 2]]  # row 2 becomes [2, 0, 4]
+    assert not _rows_sorted(CSR(indptr=m.indptr, indices=swapped, n_cols=5))
+    falls = CSR(indptr=np.array([0, 2, 2, 4]), indices=np.array([3, 4, 0, 1], np.int32), n_cols=5)
+    assert _rows_sorted(falls)  # a column index may fall from one row to the next
+
+
 def test_a_tower_not_affine_in_its_history_keeps_the_tower_pass(serving, tmp_path, caplog):
     root = tmp_path / "squashed"
     weights = add_hand_model(serving, root, squash=True)
