@@ -8,10 +8,12 @@ that goes first on PYTHONPATH, so both sides use the same interpreter, libraries
     .venv/bin/python benchmarks/compare_revisions.py --rev b6a4c83 --bench bench_server --rounds 3 -- --quick
     .venv/bin/python benchmarks/compare_revisions.py --rev b6a4c83 --bench bench_loadtest --rounds 2 -- \
         --quick --skip-workers
-    .venv/bin/python benchmarks/compare_revisions.py --rev de39ee7~1 --bench bench_train --rounds 1 -- \
+    .venv/bin/python benchmarks/compare_revisions.py --rev REV --bench bench_train --rounds 1 -- \
         --data data/seed
 
-Arguments after ``--`` go to the benchmark script (``--artifacts`` is added for both sides).
+Arguments after ``--`` go to the benchmark script; ``--artifacts`` is added for both sides, except
+for bench_train, which builds its own (its old side needs a revision whose `towerserve export`
+works: de39ee7~1's fails on the typed manifest).
 """
 
 from __future__ import annotations

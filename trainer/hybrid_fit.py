@@ -273,8 +273,7 @@ def fit(
         iid = tf.where(tf.gather(drop_item, cols), 0, cols + 1)
         with tf.GradientTape() as tape:
             uvec = grouped_user_vectors(model, tf.gather(user_feats, users), uid, hist, local, i)
-            content_v = item_t(tf.gather(item_feats, cols), training=True)
-            vvec = content_v + item_ids(iid)
+            vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
             if cfg.loss == "softmax":
                 logits = tf.matmul(uvec, vvec, transpose_b=True) * inv_t - tf.gather(log_q, cols)[None, :]
                 loss = tf.reduce_mean(
