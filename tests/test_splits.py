@@ -216,3 +216,47 @@ def test_uniform_negatives_for_no_users_is_empty():
     exclude = CSR.from_dense(np.zeros((4, 5), dtype=bool))
     neg = splits.uniform_negatives(exclude, per_user=2, seed=0, users=np.zeros(0, dtype=np.int64))
     assert len(neg) == 0
+
+
+def _large_exclude(n_users: int = 300, n_items: int = splits.SPARSE_NEGATIVES_ITEMS, seed: int = 3) -> CSR:
+    rng = np.random.default_rng(seed)
+    return CSR.from_pairs(
+        rng.integers(0, n_users, 30_000), rng.integers(0, n_items, 30_000), n_users, n_items
+    )
+
+
+def test_large_catalogues_draw_negatives_sparsely():
+    exclude = _large_exclude()
+    neg = splits.uniform_negatives(exclude, per_user=100, seed=4)
+    n = exclude.n_cols
+    keys = neg.users * n + neg.items
+    assert len(np.unique(keys)) == len(keys)  # without replacement
+    banned = exclude.pairs()[0].astype(np.int64) * n + exclude.indices
+    assert not np.isin(keys, banned).any()
+    assert (np.bincount(neg.users, minlength=exclude.n_rows) == 100).all()
+    again = splits.uniform_negatives(exclude, per_user=100, seed=4)
+    np.testing.assert_array_equal(keys, again.users * n + again.items)
+    # The key path (one key per user x item) would have given another draw: this is the sparse one.
+    dense = splits._key_negatives(exclude, 100, 4, np.arange(exclude.n_rows), None)
+    assert not np.array_equal(np.sort(keys), np.sort(dense.users * n + dense.items))
+
+
+def test_sparse_negatives_are_uniform_and_respect_allowed_items():
+    n = splits.SPARSE_NEGATIVES_ITEMS
+    empty = CSR.from_pairs(np.zeros(0, int), np.zeros(0, int), 4_000, n)
+    counts = np.bincount(splits.uniform_negatives(empty, per_user=100, seed=0).items, minlength=n)
+    # 400,000 draws over 50,000 items: each count is ~Binomial(4e5, 2e-5), mean 8, sd ~2.83.
+    assert counts.mean() == 8.0 and abs(counts.std() - np.sqrt(8.0)) < 0.1
+    allowed = np.arange(0, n, 7)
+    neg = splits.uniform_negatives(_large_exclude(), 50, 1, users=np.arange(0, 300, 3), allowed_items=allowed)
+    assert np.isin(neg.items, allowed).all() and set(neg.users.tolist()) == set(range(0, 300, 3))
+
+
+def test_sparse_negatives_complete_a_nearly_full_row_exactly():
+    n = splits.SPARSE_NEGATIVES_ITEMS
+    # User 0 has every item but the first 30 excluded: 46 draws almost never find 30 of them, so the
+    # exact key path completes that row; user 1 (nothing excluded) stays on the sparse path.
+    exclude = CSR.from_pairs(np.zeros(n - 30, int), np.arange(30, n), 2, n)
+    neg = splits.uniform_negatives(exclude, per_user=30, seed=0)
+    np.testing.assert_array_equal(np.sort(neg.items[neg.users == 0]), np.arange(30))
+    assert np.sum(neg.users == 1) == 30

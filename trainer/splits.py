@@ -21,6 +21,9 @@ from towerserve.server.splits import RecordedSplit
 # The notebook's negative sampling enumerates every zero cell; past this many cells that is too big,
 # and negatives are sampled per user instead (same distribution, different draw).
 PARITY_MAX_CELLS = 60_000_000
+# From this many items on, negatives are drawn per negative (sparse_negatives), not per user x item:
+# at 100,000 items and 100,000 users the key path draws 10¹⁰ keys, at 1,000,000 x 1,000,000 10¹².
+SPARSE_NEGATIVES_ITEMS = 50_000
 
 
 @dataclass(frozen=True)
@@ -153,10 +156,25 @@ def uniform_negatives(
     """Up to ``per_user`` items per user, uniformly without replacement, outside ``exclude``.
 
     Works block by block (random keys, excluded items pushed to +inf, smallest keys win), so it
-    never holds more than ``chunk_cells`` floats.
+    never holds more than ``chunk_cells`` floats. That costs a key per user and item: from
+    ``SPARSE_NEGATIVES_ITEMS`` items on, :func:`sparse_negatives` draws the same distribution at a
+    cost per negative instead (a different draw).
     """
-    n_users, n_items = exclude.n_rows, exclude.n_cols
-    users = np.arange(n_users) if users is None else np.asarray(users, dtype=np.int64)
+    users = np.arange(exclude.n_rows) if users is None else np.asarray(users, dtype=np.int64)
+    if exclude.n_cols >= SPARSE_NEGATIVES_ITEMS:
+        return sparse_negatives(exclude, per_user, seed, users, allowed_items)
+    return _key_negatives(exclude, per_user, seed, users, allowed_items, chunk_cells)
+
+
+def _key_negatives(
+    exclude: CSR,
+    per_user: int,
+    seed: int,
+    users: np.ndarray,
+    allowed_items: np.ndarray | None,
+    chunk_cells: int = 4_000_000,
+) -> Pairs:
+    n_items = exclude.n_cols
     banned_cols = None
     if allowed_items is not None:
         banned_cols = np.ones(n_items, dtype=bool)
@@ -177,6 +195,55 @@ def uniform_negatives(
         ok = np.isfinite(np.take_along_axis(keys, pick, axis=1))
         out_u.append(np.repeat(block, k).reshape(len(block), k)[ok])
         out_i.append(pick[ok])
+    return Pairs(np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64))
+
+
+def sparse_negatives(
+    exclude: CSR,
+    per_user: int,
+    seed: int,
+    users: np.ndarray,
+    allowed_items: np.ndarray | None = None,
+    chunk_draws: int = 4_000_000,
+) -> Pairs:
+    """:func:`uniform_negatives` for large catalogues: per user, the first ``per_user`` distinct
+    allowed items among uniform draws (with replacement) that are not in ``exclude``.
+
+    The first k distinct valid items of an i.i.d. uniform stream are a uniform k-subset of the valid
+    items, so the distribution is uniform_negatives'. Each user gets 1.5 x per_user + 16 draws; the
+    rare user left short (a large ``exclude`` row) is completed by uniform_negatives' exact path.
+    """
+    n_items = exclude.n_cols
+    pool = np.arange(n_items) if allowed_items is None else np.sort(np.asarray(allowed_items, dtype=np.int64))
+    k = min(per_user, len(pool))
+    if len(users) == 0 or k == 0:
+        return Pairs(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+    # Sorted (user, item) keys of every excluded pair (CSR rows are sorted, so row-major is sorted).
+    banned = exclude.pairs()[0].astype(np.int64) * n_items + exclude.indices
+    m = k + k // 2 + 16
+    step = max(1, chunk_draws // m)
+    out_u, out_i, short = [], [], []
+    for b, start in enumerate(range(0, len(users), step)):
+        block = users[start : start + step]
+        rng = np.random.default_rng([seed, 5, 1, b])
+        draws = pool[rng.integers(0, len(pool), size=(len(block), m))]
+        keys = block[:, None] * n_items + draws
+        at = np.minimum(np.searchsorted(banned, keys), max(0, len(banned) - 1))
+        ok = banned[at] != keys if len(banned) else np.ones(keys.shape, dtype=bool)
+        first = np.zeros(keys.size, dtype=bool)  # the first draw of each (user, item)
+        first[np.unique(keys.ravel(), return_index=True)[1]] = True
+        ok &= first.reshape(keys.shape)
+        ok &= np.cumsum(ok, axis=1) <= k
+        got = ok.sum(axis=1)
+        full = got == k
+        out_u.append(np.repeat(block[full], k))
+        out_i.append(draws[full][ok[full]])
+        short.append(block[~full])
+    left = np.concatenate(short)
+    if len(left):  # uniform_negatives' key path below SPARSE_NEGATIVES_ITEMS: exact for any row
+        rest = _key_negatives(exclude, per_user, seed, left, allowed_items)
+        out_u.append(rest.users)
+        out_i.append(rest.items)
     return Pairs(np.concatenate(out_u).astype(np.int64), np.concatenate(out_i).astype(np.int64))
 
 
