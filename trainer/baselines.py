@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from towerserve.server.csr import CSR
-from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics
+from towerserve.server.metrics import DEFAULT_KS
 
 from . import synth
 from .collab import (
@@ -16,13 +17,16 @@ from .collab import (
     EASE_LAMBDAS,
     EASE_MAX_ITEMS,
     KNN_K,
+    KNN_MAX_ITEMS,
     ItemKNN,
     ease_skip_reason,
     fit_ease,
     gram,
+    knn_skip_reason,
     popularity,
 )
 from .data import GENERATOR_FILE, TRUTH_FILE
+from .evalsample import ranking_metrics
 
 __all__ = ["OracleScores", "evaluate_baselines", "popularity", "random_scores", "skipped_notes"]
 
@@ -52,6 +56,15 @@ class OracleScores:
     def available(root: Path | str) -> bool:
         root = Path(root)
         return (root / TRUTH_FILE).is_file() or (root / GENERATOR_FILE).is_file()
+
+    @staticmethod
+    def replay_block(root: Path | str | None) -> int:
+        """Users per replayed generator block when the Oracle replays (``--long`` data), else 1: an
+        evaluation sample of whole blocks replays the fewest (see evalsample.sample_users)."""
+        if root is None or (Path(root) / TRUTH_FILE).is_file() or not (Path(root) / GENERATOR_FILE).is_file():
+            return 1
+        meta = json.loads((Path(root) / GENERATOR_FILE).read_text())
+        return int(meta.get("block_users") or synth.block_size(int(meta["items"])))
 
     def __call__(self, users: np.ndarray) -> np.ndarray:
         if self._dense is not None:
@@ -85,6 +98,7 @@ def evaluate_baselines(
     knn_k: int = KNN_K,
     ease_lambdas=EASE_LAMBDAS,
     ease_max_items: int = EASE_MAX_ITEMS,
+    knn_max_items: int = KNN_MAX_ITEMS,
 ) -> dict[str, dict[str, float] | None]:
     """Full-ranking metrics of Random, MostPopular, ItemKNN, EASE and (when the data has one) the Oracle.
 
@@ -98,6 +112,9 @@ def evaluate_baselines(
         knn_k: neighbours per item for ItemKNN.
         ease_lambdas: λ grid for EASE.
         ease_max_items: above this catalogue size EASE is skipped (its row is None).
+        users: judge only these users (an evaluation sample, evalsample.sample_users): every row
+            then records the sample's size and NDCG@10's 95 % interval. None judges everyone.
+        knn_max_items: above this catalogue size ItemKNN is skipped (its row is None).
 
     Returns:
         ``{"random": {...}, "mostpop": {...}, "itemknn": {...}, "ease": {...} or None,
@@ -107,47 +124,58 @@ def evaluate_baselines(
     rnd.n_items = test.n_cols
     pop = popularity(train)
     out: dict[str, dict[str, float] | None] = {
-        "random": full_ranking_metrics(rnd, test, train, ks, users=users),
-        "mostpop": full_ranking_metrics(
+        "random": ranking_metrics(rnd, test, train, ks, users=users),
+        "mostpop": ranking_metrics(
             lambda u: np.broadcast_to(pop, (len(u), len(pop))), test, train, ks, users=users
         ),
     }
     if collaborative:
-        out.update(_collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, ease_max_items, out))
+        limits = (ease_max_items, knn_max_items)
+        out.update(_collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, limits, out))
     out["oracle"] = None
     if data_root is not None and OracleScores.available(data_root):
-        out["oracle"] = full_ranking_metrics(OracleScores(data_root), test, train, ks, users=users)
+        out["oracle"] = ranking_metrics(OracleScores(data_root), test, train, ks, users=users)
     else:
         _LOGGER.warning("no generator probabilities beside the data: the oracle row is skipped")
     return out
 
 
-def _collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, ease_max_items, done) -> dict:
+def _collaborative(train, test, ks, users, seed, knn_k, ease_lambdas, limits, done) -> dict:
+    ease_max_items, knn_max_items = limits
     skip = ease_skip_reason(train.n_cols, ease_max_items)
-    if skip:
-        _LOGGER.warning("%s", skip)
+    skip_knn = knn_skip_reason(train.n_cols, knn_max_items)
+    for reason in (skip_knn, skip):
+        if reason:
+            _LOGGER.warning("%s", reason)
     if not (train.row_lengths()[_evaluated(test, users)] > 0).any():
         # Every judged user is cold: both models would return exactly the popularity scores.
         _LOGGER.info("no judged user has training positives: ItemKNN and EASE are MostPopular here")
-        return {"itemknn": dict(done["mostpop"]), "ease": None if skip else dict(done["mostpop"])}
+        return {
+            "itemknn": None if skip_knn else dict(done["mostpop"]),
+            "ease": None if skip else dict(done["mostpop"]),
+        }
     # One XᵀX for both models when it is affordable (EASE needs it anyway; ItemKNN's dense path too).
     g = gram(train) if not skip or train.n_cols <= DENSE_MAX_ITEMS else None
-    knn = ItemKNN.fit(train, knn_k, g)
-    res: dict[str, dict[str, float] | None] = {
-        "itemknn": {**full_ranking_metrics(knn, test, train, ks, users=users), "k": float(knn.k)}
-    }
-    res["ease"] = None
+    res: dict[str, dict[str, float] | None] = {"itemknn": None, "ease": None}
+    if not skip_knn:
+        knn = ItemKNN.fit(train, knn_k, g)
+        res["itemknn"] = {**ranking_metrics(knn, test, train, ks, users=users), "k": float(knn.k)}
     if not skip:
         ease = fit_ease(train, ease_lambdas, seed, g)
-        res["ease"] = {**full_ranking_metrics(ease, test, train, ks, users=users), "lambda": ease.lam}
+        res["ease"] = {**ranking_metrics(ease, test, train, ks, users=users), "lambda": ease.lam}
     return res
 
 
 def skipped_notes(
-    results: dict[str, dict[str, float] | None], n_items: int, ease_max_items: int = EASE_MAX_ITEMS
+    results: dict[str, dict[str, float] | None],
+    n_items: int,
+    ease_max_items: int = EASE_MAX_ITEMS,
+    knn_max_items: int = KNN_MAX_ITEMS,
 ) -> list[str]:
     """One line per row of :func:`evaluate_baselines` that is None, saying why."""
     notes = []
+    if "itemknn" in results and results["itemknn"] is None:
+        notes.append(knn_skip_reason(n_items, knn_max_items) or "itemknn: skipped")
     if "ease" in results and results["ease"] is None:
         notes.append(ease_skip_reason(n_items, ease_max_items) or "ease: skipped")
     if results.get("oracle") is None:

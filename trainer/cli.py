@@ -48,6 +48,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
 def cmd_baselines(args: argparse.Namespace) -> int:
     from . import baselines, splits
     from .data import load_dataset
+    from .evalsample import default_eval_users, sample_users
 
     ds = load_dataset(args.data)
     ids = ds.users["user_id"].to_numpy()
@@ -56,7 +57,10 @@ def cmd_baselines(args: argparse.Namespace) -> int:
         if args.split == "holdout"
         else splits.cold_split(ds.positives, ids, seed=args.seed)
     )
-    results = baselines.evaluate_baselines(split.train, split.test, args.data, args.ks)
+    n_eval = default_eval_users(ds.n_users, ds.n_items) if args.eval_users is None else args.eval_users
+    block = baselines.OracleScores.replay_block(args.data)
+    judged = sample_users(split.test, n_eval or None, args.seed, block)
+    results = baselines.evaluate_baselines(split.train, split.test, args.data, args.ks, users=judged)
     if args.plot:
         from .plots import metric_bars
 
@@ -88,7 +92,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)} (got {args.preset!r})")
     fit = PRESETS[args.preset]
-    overrides = {k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size)) if v is not None}
+    given = (("epochs", args.epochs), ("batch_size", args.batch_size), ("sample", args.train_rows))
+    overrides = {k: v for k, v in given if v is not None}
     encoder = EncoderConfig(
         model=args.encoder or "",
         pooling=args.pooling,
@@ -104,6 +109,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         embedding_dim=args.embedding_dim,
         cold=not args.no_cold,
         progress=bars_wanted(args.progress, args.quiet),
+        eval_users=args.eval_users,
     )
     metrics = train(args.data, args.out, cfg)
     if args.json:
@@ -138,6 +144,16 @@ def _progress_flags(p: argparse.ArgumentParser) -> None:
         "plain log lines in a file or pipe)",
     )
     group.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def _eval_users_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-users",
+        type=int,
+        help="judge every model and baseline on this fixed, seeded sample of users (with NDCG@10's 95 %% "
+        "interval); 0: every user. Default: every user up to 10^9 users x items cells, above that "
+        "2x10^8 / items users, between 1000 and 10000",
+    )
 
 
 def _data_arg(p: argparse.ArgumentParser) -> None:
@@ -200,6 +216,7 @@ def register(sub) -> None:
     )
     p.add_argument("--seed", type=int, default=42, help="split seed (default 42, the notebook's)")
     p.add_argument("--plot", type=Path, help="also write the comparison as a PNG bar chart here")
+    _eval_users_arg(p)
     p.add_argument(
         "--json",
         action="store_true",
@@ -244,6 +261,13 @@ def register(sub) -> None:
     )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
+    p.add_argument(
+        "--train-rows",
+        type=int,
+        help="train on the first N rows (positives and sampled negatives alike) of the seeded shuffle "
+        "(default: the preset's; all rows for default). For large data sets",
+    )
+    _eval_users_arg(p)
     p.add_argument("--embedding-dim", type=int, default=32, help="two_tower embedding width (default 32)")
     p.add_argument(
         "--seed", type=int, default=42, help="seed for splits, sampling and initialisation (default 42)"

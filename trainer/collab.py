@@ -25,6 +25,10 @@ from towerserve.server.metrics import full_ranking_metrics
 _LOGGER = logging.getLogger(__name__)
 
 KNN_K = 100
+# ItemKNN's fit builds every item's cosine row densely, a block of items at a time: n² cells of
+# bincount, division and argpartition in all (10¹⁰ at 100,000 items, measured in the README's "The
+# pipeline at scale"; 10¹² and hours at 1,000,000). Above this it is skipped with a note, as EASE is.
+KNN_MAX_ITEMS = 100_000
 # At the seed scale (77 training positives a user, ~770 per item) the best λ is 1,000: 2,000 is in
 # the grid so that the choice is not pinned to its edge.
 EASE_LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -265,6 +269,16 @@ def ease_skip_reason(n_items: int, max_items: int = EASE_MAX_ITEMS) -> str | Non
     return (
         f"EASE skipped: {n_items} items is above its limit of {max_items} "
         f"(one dense items x items float64 matrix is {gb:.1f} GB, and inverting it is O(n³))"
+    )
+
+
+def knn_skip_reason(n_items: int, max_items: int = KNN_MAX_ITEMS) -> str | None:
+    """Why ItemKNN is not fitted for this catalogue, or None when it is."""
+    if n_items <= max_items:
+        return None
+    return (
+        f"ItemKNN skipped: {n_items} items is above its limit of {max_items} "
+        f"(its fit computes every item's dense cosine row: {n_items:.1e}² cells)"
     )
 
 

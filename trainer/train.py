@@ -12,13 +12,13 @@ import numpy as np
 
 from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, feature_matrix, save_tables
 from towerserve.server.manifest import TRAIN_FORMAT
-from towerserve.server.metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
-from towerserve.server.numerics import sigmoid
+from towerserve.server.metrics import DEFAULT_KS
 from towerserve.server.splits import save_recorded_split
 
 from . import baselines, splits
 from .artifacts import atomic_dir, package_versions, write_json
 from .data import Dataset, load_dataset
+from .evalsample import default_eval_users, evaluate_towers, sample_users
 from .hybrid_config import HybridConfig
 from .progress import epoch_callback
 from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
@@ -91,6 +91,8 @@ class TrainConfig:
         progress: tqdm bars (for a terminal); False logs one line per epoch and per embedded field.
         hybrid: the hybrid's base recipe; the search overrides some of its fields.
         hybrid_search: candidate overrides chosen among on validation (None: hybrid_search.SEARCH).
+        eval_users: judge every model and baseline on this fixed, seeded sample of users per split
+            (0: every user; None: evalsample.default_eval_users, every user up to 10⁹ user x item cells).
     """
 
     models: tuple[str, ...] = ("seed", "two_tower")
@@ -105,6 +107,7 @@ class TrainConfig:
     progress: bool = True
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     hybrid_search: tuple[dict, ...] | None = None
+    eval_users: int | None = None
 
     def __post_init__(self):
         bad = [k for k in self.models if k not in FEATURE_SETS] or ([] if self.models else [""])
@@ -237,15 +240,6 @@ def tower_scores(model, kind: str, U: np.ndarray, I: np.ndarray) -> tuple[np.nda
     )
 
 
-def evaluate_model(uvec: np.ndarray, ivec: np.ndarray, split: splits.Split, ks) -> dict[str, float]:
-    """Full-ranking metrics plus the notebook's mean holdout score."""
-    metrics = full_ranking_metrics(lambda users: uvec[users] @ ivec.T, split.test, split.train, ks)
-    nb = split.notebook_pairs
-    logits = np.einsum("nd,nd->n", uvec[nb.users], ivec[nb.items])
-    metrics["notebook_score"] = notebook_metric(sigmoid(logits))
-    return metrics
-
-
 def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainConfig()) -> dict:
     """Runs the whole training job and writes the artifacts folder (atomically).
 
@@ -282,12 +276,19 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
 
     metrics: dict[str, dict] = {}
     histories: dict[str, dict] = {}
+    evaluation: dict[str, dict] = {}  # per split: the evaluation sample's size (None: every user)
     hybrid_choice = None  # chosen on the holdout split's validation; the cold split reuses it
     model_entries: dict[str, dict] = {k: {"kind": k, "splits": {}} for k in cfg.models}
     with atomic_dir(out_dir) as tmp:
         for split_name, split in split_objs.items():
             t0 = time.perf_counter()
-            metrics[split_name] = dict(baselines.evaluate_baselines(split.train, split.test, ds.root, cfg.ks))
+            n_eval = default_eval_users(ds.n_users, ds.n_items) if cfg.eval_users is None else cfg.eval_users
+            block = baselines.OracleScores.replay_block(ds.root)
+            judged = sample_users(split.test, n_eval or None, cfg.seed, block)  # one sample for every model
+            evaluation[split_name] = {"sample": None if judged is None else len(judged), "seed": cfg.seed}
+            metrics[split_name] = dict(
+                baselines.evaluate_baselines(split.train, split.test, ds.root, cfg.ks, users=judged)
+            )
             timings[f"baselines_{split_name}_s"] = time.perf_counter() - t0
             warm_users = np.setdiff1d(np.arange(ds.n_users), split.cold_users)
             warm_items = np.setdiff1d(np.arange(ds.n_items), split.cold_items)
@@ -308,7 +309,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     t0 = time.perf_counter()
                     uvec, ivec = tower_scores(model, kind, U, I)
                     extra = {}
-                m = evaluate_model(uvec, ivec, split, cfg.ks)
+                m = evaluate_towers(uvec, ivec, split, cfg.ks, judged)
                 m["train_seconds"] = secs
                 m["epochs"] = len(history.get("loss", []))
                 m.update(extra.get("metrics", {}))
@@ -380,6 +381,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             "models": model_entries,
             "default_model": default,
             "splits": {s: f"splits/{s}.npz" for s in split_objs},
+            "evaluation": evaluation,
             "timings": timings,
             "versions": package_versions(("numpy", "tensorflow", "keras", "torch", "transformers", "pandas")),
             "platform": platform.platform(),
