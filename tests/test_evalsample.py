@@ -163,3 +163,6 @@ def test_train_judges_every_model_on_one_sample(small_data, bert, tmp_path):
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
     assert manifest["evaluation"] == {"holdout": {"sample": 80, "seed": 42}}
     assert json.loads((tmp_path / "art" / "metrics.json").read_text()) == metrics
+    report = (tmp_path / "art" / "report" / "report.md").read_text()
+    assert "Judged on a fixed sample of 80 users (seed 42)" in report
+    assert f"two_tower [{rows['two_tower']['ndcg@10_ci95_low']:.4f}, " in report

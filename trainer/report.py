@@ -51,6 +51,22 @@ def hybrid_section(metrics: dict) -> list[str]:
     ]
 
 
+def sample_lines(rows: dict, evaluation: dict | None) -> list[str]:
+    """Says on how many users the table was judged and NDCG@10's 95 % interval per row (when sampled)."""
+    if not evaluation or evaluation.get("sample") is None:
+        return []
+    ci = [
+        f"{name} [{r['ndcg@10_ci95_low']:.4f}, {r['ndcg@10_ci95_high']:.4f}]"
+        for name, r in rows.items()
+        if r and "ndcg@10_ci95_low" in r
+    ]
+    return [
+        f"Judged on a fixed sample of {evaluation['sample']} users (seed {evaluation['seed']}), the same for "
+        "every row; NDCG@10 95 % intervals (normal approximation over users): " + "; ".join(ci) + ".",
+        "",
+    ]
+
+
 def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> Path:
     """Writes report/report.md, report/training_curves.png and report/metrics_<split>.png."""
     out = root / "report"
@@ -76,6 +92,7 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
             title=f"{split} split: models against baselines",
         )
         lines += [f"## {split} split", "", "```", metrics_table(rows, REPORT_METRICS), "```", ""]
+        lines += sample_lines(rows, manifest.get("evaluation", {}).get(split))
         for model in manifest["models"]:
             r = ratios(table, model)
             parts = [f"{r[b]:.2f}× {b}" for b in BASELINES if r[b] is not None]
