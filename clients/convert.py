@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -104,29 +105,14 @@ def evaluation(r: pb.EvaluateResponse) -> Evaluation:
 
 
 def model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
-    return ModelInfo(
-        model_version=r.model_version,
-        model_kind=r.model_kind,
-        user_independent_ranking=r.user_independent_ranking,
-        item_count=r.item_count,
-        user_count=r.user_count,
-        providers=list(r.providers),
-        encoder=r.encoder,
-        encoder_variant=r.encoder_variant,
-        vector_dim=r.vector_dim,
-        user_fields=list(r.user_fields),
-        item_fields=list(r.item_fields),
-        training_metrics=dict(r.training_metrics),
-        versions=dict(r.versions),
-        artifacts=r.artifacts,
-        loaded_at=r.loaded_at,
-        max_top_n=r.max_top_n,
-        max_score_pairs=r.max_score_pairs,
-        max_upsert_items=r.max_upsert_items,
-        max_inline_interactions=r.max_inline_interactions,
-        categories=list(r.categories),
-        max_history=r.max_history,
-    )
+    """ModelInfo from the response: its fields are the response's, repeated ones as lists, maps as dicts."""
+    values = {}
+    for f in dataclasses.fields(ModelInfo):
+        v = getattr(r, f.name)
+        values[f.name] = (
+            v if isinstance(v, (str, int, float, bool)) else (dict(v) if hasattr(v, "items") else list(v))
+        )
+    return ModelInfo(**values)
 
 
 def upsert_request(items: Sequence[ItemData]) -> pb.UpsertItemsRequest:

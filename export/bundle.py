@@ -36,6 +36,7 @@ from towerserve.server.manifest import (
 from towerserve.server.numerics import cosine_rows, sigmoid
 
 from . import encoder as enc_export
+from .index import DEFAULT_MIN_RECALL, export_index
 from .parity import ParityReport
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, export_model
 
@@ -54,6 +55,8 @@ class ExportConfig:
         atol: fp32 tolerance for every parity line.
         out: serving folder (default ARTIFACTS/serving).
         triton: also write a Triton model repository here.
+        index: the served split's item index: auto (by catalogue size), exact, hnsw or ivf.
+        min_recall: the index's recall@10 floor against exact search (0: accept any).
     """
 
     encoder: enc_export.EncoderExportConfig = enc_export.EncoderExportConfig()
@@ -61,6 +64,8 @@ class ExportConfig:
     atol: float = 1e-4
     out: Path | None = None
     triton: Path | None = None
+    index: str = "auto"
+    min_recall: float = DEFAULT_MIN_RECALL
 
 
 def read_train_manifest(artifacts: Path) -> dict:
@@ -269,6 +274,10 @@ def export_models(
                 ),
                 item_vectors_file=str(rel / "item_vectors.npy"),
                 features=Features(user=tuple(uspec), item=tuple(ispec)),
+                # Only the served split is searched per request; a user-independent model walks one order.
+                index=export_index(tmp, rel, cfg.index, io, uo, cfg.min_recall)
+                if split == SERVED_SPLIT and not user_independent(kind)
+                else None,
             )
         # The version changes when any tower of any split changes (Evaluate serves the cold split too).
         digest = hashlib.sha256()

@@ -17,6 +17,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         parity_users=args.parity_users,
         out=args.out,
         triton=args.triton,
+        index=args.index,
+        min_recall=args.min_recall,
     )
     manifest = main_export(args.artifacts, cfg)
     enc, default = manifest.encoder, manifest.default_model
@@ -45,6 +47,18 @@ def register(sub) -> None:
     p.add_argument("--triton", type=Path, help="also write a Triton Inference Server model repository here")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
     p.add_argument("--parity-users", type=int, default=1000, help="users checked per tower (default 1000)")
+    p.add_argument(
+        "--index",
+        choices=("auto", "exact", "hnsw", "ivf"),
+        default="auto",
+        help="how Recommend searches the items: auto (exact up to 50,000 items, HNSW above), or force one",
+    )
+    p.add_argument(
+        "--min-recall",
+        type=float,
+        default=0.95,
+        help="refuse an approximate index whose recall@10 vs exact stays below this (default 0.95; 0: any)",
+    )
     p.add_argument("--no-optimize", action="store_true", help="skip the ORT transformer-optimised encoder")
     p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder")
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")

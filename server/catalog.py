@@ -1,57 +1,101 @@
-"""The catalogue: an immutable snapshot of the items, its per-user candidate lists, and ranking over it.
+"""The catalogue snapshot: the first n rows of the shared columns, the orders and lists derived from them.
 
-Readers never lock: UpsertItems builds a whole new snapshot (copy on write) and publishes it with one
-reference assignment, so a request that took the old snapshot finishes on it consistently.
+Readers never lock: UpsertItems writes the columns (columns.py: appends past every snapshot, replaced
+rows in place), patches the candidate lists (candidates.py) and publishes a new snapshot with one
+reference assignment. A request keeps the snapshot it took, so it never sees a row added after it
+started; a replaced item's new values may show up in a request already running.
 """
 
 from __future__ import annotations
 
 import csv
-import itertools
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from . import candidates as candidates_mod
+from .columns import ItemColumns
 from .csr import CSR
+from .index import AnnIndex
 from .manifest import ArtifactError
 from .numerics import sigmoid
 from .types import NewItemData
-from .wire import item_wire
-
-# Candidate lists are built only while users x items stays below this (a few seconds of work, at
-# load and per upsert); larger deployments serve every request through the exact path.
-CANDIDATE_MAX_CELLS = 200_000_000
 
 
 @dataclass(frozen=True)
 class Catalog:
-    """An immutable snapshot of the items; replaced whole by UpsertItems."""
+    """A snapshot of the catalogue: its first ``n`` rows of the shared columns, the derived orders
+    and candidate lists. UpsertItems publishes a new snapshot with one reference assignment."""
 
-    ids: list[str]
-    index: dict[str, int]
-    price: np.ndarray  # float64 [n]
-    category: list[str]
+    n: int
+    columns: ItemColumns  # the shared, growing storage (columns.py)
+    price: np.ndarray  # float64 [n] (a view of the columns)
     category_code: np.ndarray  # int32 [n], into categories
-    categories: list[str]
-    description: list[str]
-    features: list[str]
     vectors: np.ndarray  # float32 [n, d] of the served model
     vectors64: np.ndarray  # the same in float64, for logits()
     order: np.ndarray | None  # best-first item order when the ranking is user-independent
     nan_rows: np.ndarray  # rows whose vector is not finite (never recommended)
-    category_set: frozenset[str]
     order_list: list[int]  # ``order`` as Python ints (walked per request without numpy)
-    wire: list[tuple[bytes, bytes]]  # per item: serialized Item fields before and after ``score``
-    price_list: list[float]  # price and category code as Python values, for the candidate walk
-    code_list: list[int]
-    cand_rows: np.ndarray | None = None  # int32 [n_users, M]: each known user's best unseen items, -1 pads
+    cand_rows: np.ndarray | None = None  # int32 [n_users, M]: each known user's best unseen items
+    cand_scores: np.ndarray | None = None  # float32 [n_users, M]: their logits (candidates.py)
     cand_probs: np.ndarray | None = None  # float32 [n_users, M]: their probabilities
+    ann: AnnIndex | None = None  # the approximate index (None: exact search), shared by snapshots
+
+    # Per-row lists and lookups, shared with the columns (a row past ``n`` belongs to a later snapshot).
+    @property
+    def ids(self) -> list[str]:
+        return self.columns.ids
+
+    @property
+    def wire(self) -> list[tuple[bytes, bytes]]:
+        return self.columns.wire
+
+    @property
+    def category(self) -> list[str]:
+        return self.columns.category
+
+    @property
+    def description(self) -> list[str]:
+        return self.columns.description
+
+    @property
+    def features(self) -> list[str]:
+        return self.columns.features
+
+    @property
+    def price_list(self) -> list[float]:
+        return self.columns.price_list
+
+    @property
+    def code_list(self) -> list[int]:
+        return self.columns.code_list
+
+    @property
+    def categories(self) -> list[str]:
+        """Category names by code (codes in order of first appearance)."""
+        return self.columns.categories
+
+    @property
+    def category_index(self) -> dict[str, int]:
+        return self.columns.category_index
+
+    def row(self, item_id: str) -> int | None:
+        """The item's row in this snapshot (None: unknown here)."""
+        j = self.columns.index.get(item_id)
+        return j if j is not None and j < self.n else None
+
+    @property
+    def index_kind(self) -> str:
+        return self.ann.kind if self.ann is not None else "exact"
+
+    @property
+    def index_recall(self) -> float:
+        return self.ann.recall if self.ann is not None else 1.0
 
     def __len__(self) -> int:
-        return len(self.ids)
+        return self.n
 
 
 # The items.csv columns a snapshot is built from (item_columns).
@@ -121,8 +165,10 @@ def build_catalog(
     seen: CSR,
     candidates: int,
     user_independent: bool,
+    ann: AnnIndex | None = None,
+    candidate_budget_mb: float = 1024,
 ) -> Catalog:
-    """A snapshot with everything requests need precomputed.
+    """The first snapshot, with everything requests need precomputed.
 
     Args:
         ids, price, category, description, features: one entry per item.
@@ -132,234 +178,66 @@ def build_catalog(
         seen: each known user's interacted items, never in their candidate lists.
         candidates: M, items kept per user (0: no candidate lists).
         user_independent: every user ranks items alike, so one order serves all.
+        ann: the approximate index over ``vectors`` (None: exact search).
+        candidate_budget_mb: the most memory candidate lists may take (else none are kept).
     """
-    categories = sorted(set(category))
-    code = {c: j for j, c in enumerate(categories)}
+    columns = ItemColumns(ids, price, category, description, features, vectors, wire)
+    nan_rows = np.flatnonzero(~np.isfinite(columns.vectors).all(axis=1))
+    cand = candidates_mod.build(
+        users, columns.vectors64, seen, nan_rows, candidates, int(candidate_budget_mb * 2**20)
+    )
+    return _snapshot(columns, nan_rows, cand, users, user_independent, ann)
+
+
+def _snapshot(
+    columns: ItemColumns,
+    nan_rows: np.ndarray,
+    cand: dict[str, np.ndarray],
+    users: np.ndarray,
+    user_independent: bool,
+    ann: AnnIndex | None,
+) -> Catalog:
+    n = columns.n
+    vectors = columns.vectors[:n]
     order = None
     if user_independent:
         # Every user ranks items the same way: sort once with any user's vector.
         order = np.argsort(-(vectors @ users[0]), kind="stable")
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-    vectors64 = vectors.astype(np.float64)
-    category_code = np.array([code[c] for c in category], dtype=np.int32)
-    price = np.asarray(price, dtype=np.float64)
-    nan_rows = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
-    if order is not None and nan_rows.size:
-        order = order[~np.isin(order, nan_rows)]
-    if wire is None:
-        wire = [
-            item_wire(i, p, d, f, c)
-            for i, p, d, f, c in zip(ids, price.tolist(), description, features, category)
-        ]
+        if nan_rows.size:
+            order = order[~np.isin(order, nan_rows)]
     return Catalog(
-        ids=list(ids),
-        index={x: j for j, x in enumerate(ids)},
-        price=price,
-        category=list(category),
-        category_code=category_code,
-        categories=categories,
-        description=list(description),
-        features=list(features),
+        n=n,
+        columns=columns,
+        price=columns.price[:n],
+        category_code=columns.code[:n],
         vectors=vectors,
-        vectors64=vectors64,
+        vectors64=columns.vectors64[:n],
         order=order,
         nan_rows=nan_rows,
-        category_set=frozenset(categories),
         order_list=order.tolist() if order is not None else [],
-        wire=wire,
-        price_list=price.tolist(),
-        code_list=category_code.tolist(),
-        **candidate_lists(users, vectors64, seen, nan_rows, candidates),
+        ann=ann,
+        **cand,
     )
 
 
-def candidate_lists(
-    users: np.ndarray, vectors64: np.ndarray, seen: CSR, nan_rows: np.ndarray, m: int
-) -> dict[str, np.ndarray]:
-    """Each known user's exact top-M unseen items (score desc, ties by row, as the exact path).
-
-    Built block by block with a few large numpy calls, off the request path (load, upsert).
+def upserted(
+    cat: Catalog,
+    items: Sequence[NewItemData],
+    vecs: np.ndarray,
+    users: np.ndarray,
+    seen: CSR,
+    user_independent: bool,
+) -> tuple[Catalog, np.ndarray, int, int]:
+    """Writes ``items`` into the shared columns and returns the next snapshot: cost proportional to
+    the items (the candidate lists are patched, not rebuilt; a user-independent order is re-sorted).
 
     Returns:
-        {"cand_rows": int32 [n_users, M], "cand_probs": float32 [n_users, M]}, or {} when off.
+        (new snapshot, the items' rows, inserted, updated).
     """
-    n_users, n_items = len(users), len(vectors64)
-    m = min(m, n_items)
-    if m <= 0 or n_users * n_items > CANDIDATE_MAX_CELLS:
-        return {}
-    users = users.astype(np.float64)
-    rows = np.full((n_users, m), -1, dtype=np.int32)
-    probs = np.zeros((n_users, m), dtype=np.float32)
-    for start in range(0, n_users, 2048):
-        block = np.arange(start, min(n_users, start + 2048))
-        scores = (users[block] @ vectors64.T).astype(np.float32)  # as logits(): float64 sums, float32
-        mask = seen.dense_rows(block)  # upserted items (beyond the recorded columns) are never seen
-        scores[:, : mask.shape[1]][mask] = -np.inf
-        if nan_rows.size:
-            scores[:, nan_rows] = -np.inf
-        top = (
-            np.argpartition(scores, n_items - m, axis=1)[:, n_items - m :]
-            if m < n_items
-            else np.broadcast_to(np.arange(n_items), scores.shape).copy()
-        )
-        best = np.take_along_axis(scores, top, axis=1)
-        order = np.lexsort((top, -best), axis=1)
-        top, best = np.take_along_axis(top, order, axis=1), np.take_along_axis(best, order, axis=1)
-        finite = np.isfinite(best)
-        rows[block] = np.where(finite, top, -1)
-        probs[block] = np.where(finite, probabilities(best), 0.0)
-    return {"cand_rows": rows, "cand_probs": probs}
-
-
-def upserted_columns(cat: Catalog, items: Sequence[NewItemData], vecs: np.ndarray) -> tuple[dict, int, int]:
-    """The snapshot's columns with ``items`` added or replaced (copies: ``cat`` is left untouched).
-
-    Returns:
-        (keyword arguments for build_catalog, inserted, updated).
-    """
-    ids, price = list(cat.ids), cat.price.copy()
-    category, description, features = list(cat.category), list(cat.description), list(cat.features)
-    wire = list(cat.wire)
-    vectors = cat.vectors
-    new_rows = [it for it in items if it.item_id not in cat.index]
-    if new_rows:
-        vectors = np.concatenate([vectors, np.zeros((len(new_rows), vectors.shape[1]), dtype=np.float32)])
-        price = np.concatenate([price, np.zeros(len(new_rows))])
-    else:
-        vectors = vectors.copy()
-    index = dict(cat.index)
-    inserted = updated = 0
-    for it, v in zip(items, vecs):
-        j = index.get(it.item_id)
-        if j is None:
-            j = len(ids)
-            index[it.item_id] = j
-            ids.append(it.item_id)
-            category.append(it.category)
-            description.append(it.description)
-            features.append(it.features)
-            wire.append(b"")
-            inserted += 1
-        else:
-            category[j], description[j], features[j] = it.category, it.description, it.features
-            updated += 1
-        price[j] = it.price
-        vectors[j] = v
-        wire[j] = item_wire(it.item_id, it.price, it.description, it.features, it.category)
-    columns = {
-        "ids": ids,
-        "price": price,
-        "category": category,
-        "description": description,
-        "features": features,
-        "vectors": vectors,
-        "wire": wire,
-    }
-    return columns, inserted, updated
-
-
-# ------------------------------------------------------------------------------------------ ranking
-
-
-def walk_candidates(
-    cat: Catalog,
-    user: int,
-    top_n: int,
-    excluded: set[int],
-    price_min: float | None,
-    price_max: float | None,
-    codes: set[int] | None,
-) -> tuple[list[int], list[float]] | None:
-    """The first top_n admissible items of the user's candidate list, or None when the list (the
-    user's top-M unseen items) runs out before top_n are found and more items exist beyond it."""
-    rows, probs = [], []
-    price, code = cat.price_list, cat.code_list
-    # Most requests stop after about top_n entries: convert a short head first, the rest on demand.
-    head = top_n + 16
-    cand_rows, cand_probs = cat.cand_rows[user], cat.cand_probs[user]
-    pairs = zip(cand_rows[:head].tolist(), cand_probs[:head].tolist())
-    if head < len(cand_rows):
-        pairs = itertools.chain(pairs, zip(cand_rows[head:].tolist(), cand_probs[head:].tolist()))
-    for j, p in pairs:
-        if j < 0:
-            return rows, probs  # the list held every unseen item: nothing more exists
-        if (
-            j in excluded
-            or (price_min is not None and price[j] < price_min)
-            or (price_max is not None and price[j] > price_max)
-            or (codes is not None and code[j] not in codes)
-        ):
-            continue
-        rows.append(j)
-        probs.append(p)
-        if len(rows) == top_n:
-            return rows, probs
-    return None
-
-
-def admissible(
-    cat: Catalog, price_min: float | None, price_max: float | None, codes: set[int] | None
-) -> np.ndarray | None:
-    """bool [n]: items inside the price range and categories (None: no filter given)."""
-    if price_min is None and price_max is None and codes is None:
-        return None
-    allowed = np.ones(len(cat), dtype=bool)
-    if price_min is not None:
-        allowed &= cat.price >= price_min
-    if price_max is not None:
-        allowed &= cat.price <= price_max
-    if codes is not None:
-        pick = np.zeros(len(cat.categories), dtype=bool)
-        pick[list(codes)] = True
-        allowed &= pick[cat.category_code]
-    return allowed
-
-
-def rank(
-    cat: Catalog,
-    u: np.ndarray,
-    top_n: int,
-    excluded: set[int],
-    allowed: np.ndarray | None,
-    seen: np.ndarray | None = None,
-) -> tuple[list[int], list[float]]:
-    """The exact path: the best top_n admissible items for user vector ``u`` [d], best first (ties by
-    catalogue row, as the candidate lists), with their probabilities. ``seen``: more rows to exclude,
-    as an array (a known user's training positives, without a round trip through a Python set)."""
-    if cat.order is not None:
-        if seen is not None and seen.size:
-            excluded = excluded | set(seen.tolist())
-        return _walk_order(cat, u, top_n, excluded, allowed)
-    scores = logits(cat.vectors64, u)
-    if excluded:
-        scores[list(excluded)] = -np.inf
-    if seen is not None:
-        scores[seen] = -np.inf
-    if cat.nan_rows.size:  # defensive: an item whose vector is not finite is never returned
-        scores[cat.nan_rows] = -np.inf
-    if allowed is not None:
-        scores[~allowed] = -np.inf
-    n = len(scores)
-    k = min(top_n, n)
-    top = np.argpartition(scores, n - k)[n - k :] if k < n else np.arange(n)
-    best = scores[top]
-    order = np.lexsort((top, -best))
-    rows, best = top[order].tolist(), best[order]
-    keep = [j for j, x in enumerate(best.tolist()) if x != -math.inf]
-    probs = probabilities(best).tolist()
-    return [rows[j] for j in keep], [probs[j] for j in keep]
-
-
-def _walk_order(
-    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], allowed: np.ndarray | None
-) -> tuple[list[int], list[float]]:
-    """The user-independent ranking: first top_n admissible items of the precomputed order."""
-    rows: list[int] = []
-    for j in cat.order_list:
-        if j in excluded or (allowed is not None and not allowed[j]):
-            continue
-        rows.append(j)
-        if len(rows) == top_n:
-            break
-    probs = probabilities(logits(cat.vectors64[rows], u)).tolist() if rows else []
-    return rows, probs
+    rows, inserted, updated = cat.columns.write(items, vecs)
+    nan_rows = cat.nan_rows[~np.isin(cat.nan_rows, rows)] if cat.nan_rows.size else cat.nan_rows
+    cand = {}
+    if cat.cand_rows is not None:
+        old = {"cand_rows": cat.cand_rows, "cand_scores": cat.cand_scores, "cand_probs": cat.cand_probs}
+        cand = candidates_mod.update(old, users.astype(np.float64), cat.columns.vectors64, rows, seen)
+    return _snapshot(cat.columns, nan_rows, cand, users, user_independent, cat.ann), rows, inserted, updated

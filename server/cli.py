@@ -12,7 +12,15 @@ from pathlib import Path
 
 # What each optional extra installs that its commands import: if one of these is missing, so is the extra.
 EXTRA_MODULES: dict[str, tuple[str, ...]] = {
-    "server": ("numpy", "onnxruntime", "tokenizers", "grpc_health", "grpc_reflection", "prometheus_client"),
+    "server": (
+        "numpy",
+        "onnxruntime",
+        "tokenizers",
+        "grpc_health",
+        "grpc_reflection",
+        "prometheus_client",
+        "faiss",
+    ),
     "train": ("numpy", "pandas", "tensorflow", "keras", "torch", "transformers", "tf2onnx", "onnx", "tqdm"),
 }
 
@@ -66,6 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         device=args.device,
         model=args.model,
         encoder_variant=args.encoder_variant,
+        exact=args.exact or None,
+        candidate_budget_mb=args.candidate_budget_mb,
     )
     if cfg.artifacts is None:
         raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
@@ -115,5 +125,15 @@ def register(sub) -> None:
         "--encoder-variant",
         choices=("fp32", "optimized", "int8", "fp16"),
         help="text encoder graph (default: int8 on CPU when it passed its gate, fp16 on CUDA)",
+    )
+    p.add_argument(
+        "--exact",
+        action="store_true",
+        help="score every item, ignoring the bundle's approximate index (a reference, or a way out)",
+    )
+    p.add_argument(
+        "--candidate-budget-mb",
+        type=float,
+        help="memory for known users' precomputed top-128 lists (default 1024; beyond it, none are kept)",
     )
     p.set_defaults(func=cmd_serve, extra="server")

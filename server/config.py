@@ -1,8 +1,11 @@
-"""How the engine loads an artifacts folder: one frozen dataclass, filled by the server from its flags."""
+"""Configuration records: how the server runs (flags > environment > defaults) and how the engine loads."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 
 from .validation import Limits
 
@@ -21,6 +24,10 @@ class EngineConfig:
         verify_hashes: check every file's sha256 against the manifest at load.
         candidates: per known user, the exact top-M unseen items kept with each catalogue snapshot
             (0: off). Requests that M answers never touch numpy; see Engine.recommend.
+        candidate_budget_mb: memory the candidate lists may take (12 bytes per entry: 1.5 kB per
+            user at M = 128); above it (or above candidates.MAX_CELLS of work) there are none and
+            known users take the exact or index path.
+        exact: ignore the bundle's approximate index and score every item (a reference, or a fall-back).
         limits: request size limits.
     """
 
@@ -31,4 +38,110 @@ class EngineConfig:
     encoder_threads: int = 1
     verify_hashes: bool = True
     candidates: int = 128
+    candidate_budget_mb: float = 1024
+    exact: bool = False
     limits: Limits = field(default_factory=Limits)
+
+
+ENV_PREFIX = "TOWERSERVE_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything `towerserve serve` takes; flags > TOWERSERVE_* environment > these defaults.
+
+    Attributes:
+        artifacts: the serving folder (`towerserve export` output).
+        host, port: where to listen; port 0 picks a free port (tests).
+        workers: processes sharing the port through SO_REUSEPORT, forked before any server exists.
+        threads: the bounded worker pool per process: everything that scores the catalogue, runs a
+            tower or the encoder, Evaluate, UpsertItems and reload; only checks and candidate-list
+            walks (microseconds) run on the gRPC event loop itself.
+        max_concurrent_rpcs: beyond this, new RPCs get RESOURCE_EXHAUSTED instead of queueing.
+        token: bearer token every RPC but health must carry (never logged).
+        tls_cert, tls_key: serve TLS with this certificate chain and key.
+        tls_client_ca: also require client certificates signed by this CA (mutual TLS).
+        metrics_port: Prometheus metrics over HTTP (worker i listens on metrics_port + i).
+        grace: seconds in-flight RPCs get to finish on SIGTERM.
+        max_message_mb: largest request/response message.
+        device: "cpu" or "cuda".
+        model: model kind to serve (default: the manifest's).
+        encoder_variant: fp32 / optimized / int8 / fp16 (default: the manifest's choice for the device).
+        exact: score every item, ignoring the bundle's approximate index.
+        candidate_budget_mb: memory for known users' precomputed candidate lists.
+    """
+
+    artifacts: Path | None = None
+    host: str = "[::]"
+    port: int = 50051
+    workers: int = 1
+    threads: int = 16
+    max_concurrent_rpcs: int = 256
+    token: str | None = field(default=None, repr=False)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    metrics_port: int | None = None
+    grace: float = 10.0
+    max_message_mb: int = 16
+    device: str = "cpu"
+    model: str | None = None
+    encoder_variant: str | None = None
+    exact: bool = False
+    candidate_budget_mb: float = 1024.0
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> ServerConfig:
+        """Defaults, then TOWERSERVE_<FIELD> variables, then ``overrides`` that are not None."""
+        values = {}
+        for f in fields(cls):
+            raw = env.get(ENV_PREFIX + f.name.upper())
+            if raw is None or raw == "":
+                continue
+            kind = str(f.type)
+            try:
+                if kind == "bool":
+                    values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
+                elif "int" in kind and "Path" not in kind and "str" not in kind:
+                    values[f.name] = int(raw)
+                elif "float" in kind:
+                    values[f.name] = float(raw)
+                elif "Path" in kind:
+                    values[f.name] = Path(raw)
+                else:
+                    values[f.name] = raw
+            except ValueError:
+                raise ValueError(f"{ENV_PREFIX + f.name.upper()}={raw!r} is not a valid {kind}") from None
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
+        if self.workers < 1:
+            raise ValueError(f"--workers must be >= 1 (got {self.workers})")
+        if self.workers > 1 and self.port == 0:
+            raise ValueError("--workers > 1 needs a fixed --port: the workers share it")
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"--device must be cpu or cuda (got {self.device!r})")
+        for name in ("threads", "max_concurrent_rpcs", "max_message_mb"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.candidate_budget_mb < 0:
+            raise ValueError(f"--candidate-budget-mb must be >= 0 (got {self.candidate_budget_mb})")
+        if self.grace < 0:
+            raise ValueError(f"--grace must be >= 0 (got {self.grace})")
+
+    def engine_config(self) -> EngineConfig:
+        return EngineConfig(
+            model=self.model,
+            device=self.device,
+            encoder_variant=self.encoder_variant,
+            limits=Limits(),
+            exact=self.exact,
+            candidate_budget_mb=self.candidate_budget_mb,
+        )

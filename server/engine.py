@@ -16,30 +16,23 @@ import time
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from .catalog import (
-    ITEM_COLUMNS,
-    Catalog,
-    admissible,
-    build_catalog,
-    item_columns,
-    rank,
-    read_csv,
-    upserted_columns,
-    walk_candidates,
-)
+from . import evaluation, ranking
+from .catalog import ITEM_COLUMNS, Catalog, build_catalog, item_columns, read_csv, upserted
 from .config import EngineConfig
 from .csr import CSR
 from .errors import InvalidArgument, NotFound
 from .features import MINMAX, TEXT, load_tables
 from .history import NO_HISTORY, History, HistoryIndex
+from .index import AnnIndex
 from .inputs import TowerInputs, UserRef
-from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ServingManifest, check_dims
-from .metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
+from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
+from .metrics import DEFAULT_KS
 from .numerics import sigmoid
+from .ranking import Query
 from .runtime import resolve_providers
 from .splits import RecordedSplit, load_recorded_split
 from .towers import WARM_UP_LENGTH, Tower, load_encoder, text_vectors
@@ -47,7 +40,6 @@ from .types import ModelInfo, NewItemData, UserAttrs
 from .validation import (
     check_id,
     show,
-    validate_evaluate,
     validate_items,
     validate_recommend,
     validate_score,
@@ -56,6 +48,15 @@ from .versions import SERVING_VERSIONS
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class Planned(NamedTuple):
+    """A Recommend after :meth:`Engine.plan`: the resolved query, the user and their history."""
+
+    query: Query
+    ref: UserRef
+    history: History
+
 
 # Keys of the training metrics that are bookkeeping, not metrics (left out of GetModelInfo).
 _NOT_METRICS = ("epochs", "train_seconds", "users")
@@ -146,6 +147,7 @@ class Engine:
         self.history_index = HistoryIndex([r["item_id"] for r in items], self.serving.max_history)
         self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
+        self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, len(items))
         self.catalog = self._build_catalog(**item_columns(items), vectors=self.serving.item_vectors)
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.providers = sorted(
@@ -173,7 +175,26 @@ class Engine:
             seen=self.seen,
             candidates=self.config.candidates,
             user_independent=self.user_independent,
+            ann=self.ann,
+            candidate_budget_mb=self.config.candidate_budget_mb,
         )
+
+    def _load_index(self, entry: ItemIndex | None, n_items: int) -> AnnIndex | None:
+        """The served split's approximate index (None: exact search, or a bundle from before indexes)."""
+        if entry is None or entry.kind == "exact" or self.config.exact:
+            return None
+        if entry.file is None:
+            raise ArtifactError(self.root / MANIFEST_FILE, f"index of kind {entry.kind!r} names no file")
+        vectors = self.serving.item_vectors
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        try:
+            ann = AnnIndex.load(
+                self.root / entry.file, entry.kind, entry.search, entry.recall_at_10, n_items, bad
+            )
+        except RuntimeError as err:  # FAISS reports an unreadable file this way
+            raise ArtifactError(self.root / entry.file, f"unreadable index ({err})") from err
+        check_dims(self.root / entry.file, "indexed items", n_items, len(ann))
+        return ann
 
     def known_user_vectors(self, tower: Tower | None = None) -> np.ndarray:
         """Every known user's vector for ``tower`` (default: the served one), computed once."""
@@ -202,7 +223,7 @@ class Engine:
 
     # ------------------------------------------------------------------------------------- requests
 
-    def recommend(
+    def plan(
         self,
         user: str | UserAttrs,
         top_n: int,
@@ -212,37 +233,49 @@ class Engine:
         categories: Sequence[str] = (),
         exclude_item_ids: Sequence[str] = (),
         history: History | Sequence[str] = NO_HISTORY,
-    ) -> tuple[Catalog, list[int], list[float]]:
-        """Top-N for one user; ``history`` (ids, or :meth:`history`'s result) feeds a hybrid user tower.
-
-        Written for the event loop, where every numpy call over the catalogue drops the GIL and,
-        under load, pays for a contended re-acquire (measured: ~70 us of CPU for one mat-vec).
-        So a known user with seen items excluded is answered from the snapshot's candidate list in
-        plain Python when its top-M holds enough admissible items; otherwise the exact path runs:
-        one mat-vec, exclusions assigned by index, one partition. Both give the same items. A history
-        with items the model reads needs a user-tower pass and the exact path; without one, nothing
-        changes.
-
-        Returns:
-            (catalogue snapshot, item rows, probabilities) best first; at most top_n of each.
-        """
-        validate_recommend(top_n, price_min, price_max, self.limits)
+    ) -> Planned:
+        """A Recommend checked and resolved against the current snapshot: cheap (dict lookups), so the
+        servicer runs it on the event loop and sends only :meth:`answer` to the worker pool."""
+        validate_recommend(top_n, price_min, price_max, self.limits, len(categories), len(exclude_item_ids))
         cat = self.catalog  # one snapshot for the whole request
         ref = self.user_index_of(user) if isinstance(user, str) else user
         if not isinstance(history, History):
             history = self.history(history)
-        excluded = {cat.index[i] for i in exclude_item_ids if i in cat.index}
-        codes = {cat.categories.index(c) for c in categories if c in cat.category_set} if categories else None
+        excluded = {j for j in map(cat.row, exclude_item_ids) if j is not None}
+        # Unknown categories match nothing (a filter of only unknown ones returns no items).
+        codes = {cat.category_index[c] for c in categories if c in cat.category_index} if categories else None
         known = not isinstance(ref, UserAttrs)
-        fixed = known and not history.used  # the vector computed at load
-        if fixed and exclude_seen and cat.cand_rows is not None and top_n <= cat.cand_rows.shape[1]:
-            hit = walk_candidates(cat, ref, top_n, excluded, price_min, price_max, codes)
-            if hit is not None:
-                return cat, *hit
-        u = self.known_user_vectors()[ref] if fixed else self.inputs.user_vector(self.serving, ref, history)
         seen = self.seen.row(ref) if known and exclude_seen else None
-        allowed = admissible(cat, price_min, price_max, codes)
-        return cat, *rank(cat, u, top_n, excluded, allowed, seen)
+        q = Query(cat, top_n, excluded, price_min, price_max, codes, ref if known else None, seen)
+        return Planned(q, ref, history)
+
+    def answer_inline(self, p: Planned) -> tuple[list[int], list[float]] | None:
+        """The answer when it takes no scoring over the catalogue (ranking.inline), else None."""
+        fixed = p.query.user is not None and not p.history.used  # the vector computed at load
+        return ranking.inline(p.query, self.known_user_vectors()[p.query.user] if fixed else None)
+
+    def answer(self, p: Planned) -> tuple[list[int], list[float]]:
+        """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a
+        history or an unseen user needs one: the worker pool's part of a Recommend."""
+        q = p.query
+        fixed = q.user is not None and not p.history.used
+        u = (
+            self.known_user_vectors()[q.user]
+            if fixed
+            else self.inputs.user_vector(self.serving, p.ref, p.history)
+        )
+        return ranking.full(q, u)
+
+    def recommend(self, *args, **kwargs) -> tuple[Catalog, list[int], list[float]]:
+        """Top-N for one user, all in the calling thread (:meth:`plan`'s arguments); ``history``
+        (ids, or :meth:`history`'s result) feeds a hybrid user tower.
+
+        Returns:
+            (catalogue snapshot, item rows, probabilities) best first; at most top_n of each.
+        """
+        p = self.plan(*args, **kwargs)
+        hit = self.answer_inline(p)
+        return p.query.cat, *(hit if hit is not None else self.answer(p))
 
     def score(
         self, pairs: Sequence[tuple[str | UserAttrs, str]], histories: Sequence[History] | None = None
@@ -257,7 +290,7 @@ class Engine:
         slot: dict[object, int] = {}
         which = np.empty(len(pairs), dtype=np.int64)
         for j, (user, item_id) in enumerate(pairs):
-            i = cat.index.get(item_id)
+            i = cat.row(item_id)
             if i is None:
                 check_id(f"pairs[{j}].item_id", item_id)
                 raise NotFound(f"unknown item_id {show(item_id)} (pair {j})")
@@ -281,62 +314,13 @@ class Engine:
         inline: Sequence[tuple[str, str]] | None = None,
         check: Callable[[], None] | None = None,
     ) -> tuple[dict[str, float], int]:
-        """Metrics of the served model (the cold split uses the model trained without those users/items).
+        """Metrics of the served model (server/evaluation.py); the cold split uses the model trained
+        without those users/items.
 
         Returns:
             (metrics, users evaluated).
         """
-        ks = list(ks) or list(DEFAULT_KS)
-        validate_evaluate(ks, protocol, None if inline is None else len(inline), self.limits)
-        if inline is not None:
-            split = "holdout"
-        if split not in self.splits or split not in self.towers:
-            raise InvalidArgument(
-                f"split must be one of {sorted(set(self.splits) & set(self.towers))} (got {split!r})"
-            )
-        rec = self.splits[split]
-        tower = self.towers[split]
-        n_items = rec.train.n_cols
-        vectors = tower.item_vectors[:n_items]  # recorded splits rank the exported catalogue
-        if check:
-            check()
-        users_vec = self.known_user_vectors(tower)
-        if inline is not None:
-            test, nb_users, nb_items = self._inline_split(inline, n_items)
-        else:
-            test = rec.test
-            nb_users, nb_items = rec.notebook_users, rec.notebook_items
-        logits = np.einsum("nd,nd->n", users_vec[nb_users], vectors[nb_items])
-        metrics = {"notebook_score": notebook_metric(sigmoid(logits))}
-        n_users = len(nb_users)
-        if protocol == "full":
-            full = full_ranking_metrics(
-                lambda uu: users_vec[uu] @ vectors.T, test, rec.train, ks, on_chunk=check
-            )
-            n_users = int(full.pop("users"))
-            metrics.update(full)
-        return metrics, n_users
-
-    def _inline_split(
-        self, inline: Sequence[tuple[str, str]], n_items: int
-    ) -> tuple[CSR, np.ndarray, np.ndarray]:
-        """(held-out positives, notebook users, one positive each) from inline (user id, item id) pairs."""
-        cat = self.catalog
-        u = np.empty(len(inline), dtype=np.int64)
-        i = np.empty(len(inline), dtype=np.int64)
-        for j, (uid, iid) in enumerate(inline):
-            u[j] = self.user_index_of(uid)
-            ii = cat.index.get(iid)
-            if ii is None or ii >= n_items:
-                check_id(f"interactions[{j}].item_id", iid)
-                raise NotFound(f"unknown item_id {show(iid)} (interaction {j})")
-            i[j] = ii
-        test = CSR.from_pairs(u, i, len(self.user_ids), n_items)
-        rng = np.random.default_rng(42)
-        lengths = test.row_lengths()
-        nb_users = np.flatnonzero(lengths)
-        nb_items = test.indices[test.indptr[nb_users] + rng.integers(0, lengths[nb_users])]
-        return test, nb_users, nb_items
+        return evaluation.evaluate(self, split, ks, protocol, inline, check)
 
     def upsert_items(self, items: Sequence[NewItemData]) -> tuple[int, int, int]:
         """Adds or replaces items (encoder + item tower), then swaps the catalogue snapshot.
@@ -352,11 +336,15 @@ class Engine:
                 f"items[{int(bad[0])}] ({show(items[int(bad[0])].item_id)}): the item tower "
                 "produced non-finite values for these attributes"
             )
-        with self._write_lock:  # writers queue here; readers keep using the old snapshot meanwhile
-            columns, inserted, updated = upserted_columns(self.catalog, items, vecs)
-            # The new snapshot brings fresh candidate lists, so upserted items rank where they should.
-            self.catalog = self._build_catalog(**columns)
-        return inserted, updated, len(self.catalog)
+        with self._write_lock:  # writers queue here; readers keep using their snapshot meanwhile
+            # Cost proportional to the items: columns written in place, candidate lists patched.
+            cat, rows, inserted, updated = upserted(
+                self.catalog, items, vecs, self.known_user_vectors(), self.seen, self.user_independent
+            )
+            if self.ann is not None:  # the index first: no snapshot can return the rows before it
+                self.ann.upsert(rows, vecs)
+            self.catalog = cat
+        return inserted, updated, len(cat)
 
     def warm_up(self) -> None:
         """One pass through every session, so the first real request pays no lazy initialisation."""
@@ -393,6 +381,10 @@ class Engine:
             max_score_pairs=self.limits.max_score_pairs,
             max_upsert_items=self.limits.max_upsert_items,
             max_inline_interactions=self.limits.max_inline_interactions,
-            categories=list(cat.categories),
+            categories=sorted(cat.categories),
             max_history=self.serving.max_history,
+            max_categories=self.limits.max_categories,
+            max_exclude_items=self.limits.max_exclude_items,
+            index_kind=cat.index_kind,
+            index_recall_at_10=cat.index_recall,
         )

@@ -52,7 +52,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ("top_n <= 0 or > max_top_n", grpc.StatusCode.INVALID_ARGUMENT),
     (
         "empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions); "
-        "a history over max_history items",
+        "a history over max_history items; more than max_categories categories or max_exclude_items "
+        "exclude_item_ids",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("neither user_id nor user attributes", grpc.StatusCode.INVALID_ARGUMENT),

@@ -152,6 +152,25 @@ class Features(_Record):
 
 
 @dataclass(frozen=True)
+class ItemIndex(_Record):
+    """How Recommend searches the served split's item vectors, as export chose and measured it.
+
+    Attributes:
+        kind: "exact" (no file) or a FAISS index ("hnsw", "ivf") in ``file`` (faiss.write_index).
+        search: the search-time knob export tuned (HNSW efSearch, IVF nprobe; 0 for exact).
+        recall_at_10: mean recall@10 against exact search over ``queries`` sampled users.
+        build_seconds: the index build alone.
+    """
+
+    kind: str
+    recall_at_10: float
+    queries: int
+    file: str | None = None
+    search: int = 0
+    build_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class ModelSplit(_Record):
     """One model as trained on one split (holdout is served; cold is there for Evaluate)."""
 
@@ -160,6 +179,7 @@ class ModelSplit(_Record):
     full: FullGraph
     item_vectors_file: str  # float32 [n_items, item_tower.output_dim]
     features: Features
+    index: ItemIndex | None = None  # absent (bundles before the index existed): exact
 
 
 @dataclass(frozen=True)

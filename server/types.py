@@ -50,3 +50,7 @@ class ModelInfo:
     max_inline_interactions: int
     categories: list[str]
     max_history: int
+    max_categories: int
+    max_exclude_items: int
+    index_kind: str
+    index_recall_at_10: float

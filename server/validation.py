@@ -25,6 +25,9 @@ class Limits:
     max_score_pairs: int = 10_000
     max_upsert_items: int = 1000
     max_inline_interactions: int = 200_000
+    # Filters are sets the server looks up per request; bounded so one request cannot carry megabytes.
+    max_categories: int = 1000
+    max_exclude_items: int = 1000
 
 
 def show(value: str, width: int = 60) -> str:
@@ -58,9 +61,22 @@ def validate_attrs(attrs: UserAttrs, needs_personality: bool) -> None:
         check_text("user.personality", attrs.personality, SHORT_TEXT_LIMIT)
 
 
-def validate_recommend(top_n: int, price_min: float | None, price_max: float | None, limits: Limits) -> None:
+def validate_recommend(
+    top_n: int,
+    price_min: float | None,
+    price_max: float | None,
+    limits: Limits,
+    n_categories: int = 0,
+    n_excluded: int = 0,
+) -> None:
     if not 1 <= top_n <= limits.max_top_n:
         raise InvalidArgument(f"top_n must be in [1, {limits.max_top_n}] (got {top_n})")
+    if n_categories > limits.max_categories:
+        raise InvalidArgument(f"categories holds {n_categories} names; the limit is {limits.max_categories}")
+    if n_excluded > limits.max_exclude_items:
+        raise InvalidArgument(
+            f"exclude_item_ids holds {n_excluded} ids; the limit is {limits.max_exclude_items}"
+        )
     for name, v in (("price_range.min", price_min), ("price_range.max", price_max)):
         if v is not None and not math.isfinite(v):
             raise InvalidArgument(f"{name} must be a finite number (got {v})")

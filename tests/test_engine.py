@@ -67,7 +67,7 @@ def test_upserted_items_enter_the_candidate_lists(serving):
     _, rows_f, probs_f = engine.recommend(user, 3)
     _, rows_e, probs_e = exact.recommend(user, 3)
     assert (rows_f, probs_f) == (rows_e, probs_e)
-    assert engine.catalog.index["twin"] in rows_f
+    assert engine.catalog.row("twin") in rows_f
 
 
 def test_spliced_recommend_bytes_equal_protobuf(serving):
@@ -121,3 +121,27 @@ def test_spliced_recommend_bytes_carry_history_used(serving):
             recommend_wire(cat.wire, [], [], "", used)
             == pb.RecommendResponse(history_used=used).SerializeToString()
         )
+
+
+def test_twins_at_the_cut_are_broken_by_catalogue_row_on_every_path(serving):
+    # Many copies of a user's favourite item share one score; a top_n that cuts through them must
+    # keep the lowest catalogue rows, whichever path answers (candidate list or exact).
+    paths = [Engine(serving, EngineConfig(model="two_tower", candidates=m)) for m in (64, 0)]
+    user = paths[0].user_ids[3]
+    cat = paths[0].catalog
+    j = paths[0].recommend(user, 1)[1][0]
+    twins = [
+        NewItemData(
+            f"twin_{t:02d}", cat.description[j], cat.features[j], float(cat.price[j]), cat.category[j]
+        )
+        for t in range(12)
+    ]
+    answers = []
+    for e in paths:
+        e.upsert_items(twins[::-1])  # appended in reverse: row order differs from id order
+        _, rows, probs = e.recommend(user, 5)
+        assert len(set(probs[1:])) == 1  # the original and its copies tie
+        answers.append((rows, probs))
+    assert answers[0] == answers[1]
+    rows = answers[0][0]
+    assert rows == sorted(rows)  # ties by row: the original first, then the lowest rows of its copies

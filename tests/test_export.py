@@ -436,3 +436,50 @@ def test_triton_fp16_encoder_when_exported(triton):
 def test_triton_export_is_a_valid_serving_folder_too(triton):
     root, m = triton
     assert ServingManifest.load(root / "serving") == m
+
+
+def test_an_index_below_the_recall_floor_is_refused_and_nothing_replaced(built, tmp_path):
+    from towerserve.export.index import RecallError
+
+    out = tmp_path / "serving_ivf"
+    out.mkdir()
+    (out / "manifest.json").write_text("previous export")
+    # recall@10 can never exceed 1: a floor above it refuses any approximate index.
+    with pytest.raises(RecallError, match="below the floor 1.01"):
+        main_export(
+            built["artifacts"],
+            ExportConfig(out=out, parity_users=50, encoder=LEAN, index="ivf", min_recall=1.01),
+        )
+    assert (out / "manifest.json").read_text() == "previous export"
+    assert _leftovers(out) == []
+
+
+def test_an_hnsw_bundle_serves_the_exact_answers_and_takes_upserts(built, tmp_path):
+    from towerserve.server.engine import Engine, EngineConfig
+    from towerserve.server.types import NewItemData
+
+    out = tmp_path / "serving_hnsw"
+    m = main_export(built["artifacts"], ExportConfig(out=out, parity_users=50, encoder=LEAN, index="hnsw"))
+    entry = m.models["two_tower"].splits["holdout"].index
+    assert entry.kind == "hnsw" and entry.recall_at_10 >= 0.95 and entry.queries > 0
+    assert entry.file in m.files  # covered by the manifest's sha256
+    assert m.models["seed"].splits["holdout"].index is None  # user-independent: one precomputed order
+    ann = Engine(out, EngineConfig(model="two_tower", candidates=0))
+    exact = Engine(out, EngineConfig(model="two_tower", candidates=0, exact=True))
+    info = ann.info()
+    assert (info.index_kind, info.index_recall_at_10) == ("hnsw", entry.recall_at_10)
+    assert exact.info().index_kind == "exact"
+    # A catalogue this small is searched whole by HNSW: the answers must be the exact ones.
+    for user in ann.user_ids[:40]:
+        for kw in ({}, {"categories": ann.catalog.categories[:1]}, {"exclude_seen": False}):
+            assert ann.recommend(user, 5, **kw)[1:] == exact.recommend(user, 5, **kw)[1:], (user, kw)
+    user = ann.user_ids[0]
+    cat = ann.catalog
+    j = ann.recommend(user, 1)[1][0]
+    twin = NewItemData("twin", cat.description[j], cat.features[j], float(cat.price[j]), cat.category[j])
+    gone = NewItemData(cat.ids[j], "a different item now", "nothing alike", 1.0, cat.category[j])
+    for e in (ann, exact):
+        assert e.upsert_items([twin, gone]) == (1, 1, len(cat) + 1)
+    got, want = ann.recommend(user, 5), exact.recommend(user, 5)
+    assert got[1:] == want[1:]
+    assert ann.catalog.row("twin") == got[1][0]

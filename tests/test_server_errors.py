@@ -228,6 +228,26 @@ CASES = [
         lambda c: ("items", str(c.info.max_upsert_items + 1), str(c.info.max_upsert_items)),
     ),
     Case(
+        "recommend-too-many-categories",
+        BATCH,
+        REC,
+        lambda c: pb.RecommendRequest(
+            user_id=c.user, top_n=3, categories=[f"c{j}" for j in range(c.info.max_categories + 1)]
+        ),
+        INVALID,
+        lambda c: ("categories", str(c.info.max_categories + 1), str(c.info.max_categories)),
+    ),
+    Case(
+        "recommend-too-many-exclusions",
+        BATCH,
+        REC,
+        lambda c: pb.RecommendRequest(
+            user_id=c.user, top_n=3, exclude_item_ids=[f"x{j}" for j in range(c.info.max_exclude_items + 1)]
+        ),
+        INVALID,
+        lambda c: ("exclude_item_ids", str(c.info.max_exclude_items + 1), str(c.info.max_exclude_items)),
+    ),
+    Case(
         "inline-oversized",
         BATCH,
         EVAL,

@@ -1,0 +1,125 @@
+"""The catalogue's columns, grown in place so that an upsert costs what it upserts, not the catalogue.
+
+Arrays keep spare capacity (doubling, so appends are amortised O(1)); a snapshot (catalog.py) holds
+views ``[:n]`` and the shared lists, and only ever reads rows below its ``n``. New rows are written
+past every published snapshot; a replaced row is written in place, so a request already running
+may see the new values of an item it was ranking (never a row it does not hold). When an append
+outgrows the arrays, new ones are allocated and filled; older snapshots keep the old ones.
+Only one writer at a time (the engine's write lock).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .types import NewItemData
+from .wire import item_wire
+
+
+class ItemColumns:
+    """Ids, attributes, pre-serialised wire bytes and vectors of every catalogue row.
+
+    Attributes:
+        n: rows written so far (a snapshot taken now holds them all).
+        ids, category, description, features, wire, price_list, code_list: per-row lists (shared).
+        index: item id -> row (shared; a snapshot checks ``row < its n``).
+        categories, category_index: category names by code (first appearance) and name -> code.
+        price, code, vectors, vectors64: arrays with capacity >= n (snapshots take ``[:n]`` views).
+    """
+
+    def __init__(
+        self,
+        ids: Sequence[str],
+        price: Sequence[float] | np.ndarray,
+        category: Sequence[str],
+        description: Sequence[str],
+        features: Sequence[str],
+        vectors: np.ndarray,
+        wire: list[tuple[bytes, bytes]] | None = None,
+    ):
+        n, d = vectors.shape
+        self.n = n
+        self.ids, self.category = list(ids), list(category)
+        self.description, self.features = list(description), list(features)
+        self.index = {x: j for j, x in enumerate(self.ids)}
+        self.categories: list[str] = []
+        self.category_index: dict[str, int] = {}
+        codes = [self._code(c) for c in self.category]
+        self.price = np.asarray(price, dtype=np.float64).copy()
+        self.code = np.array(codes, dtype=np.int32)
+        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self.vectors64 = self.vectors.astype(np.float64)
+        self.price_list, self.code_list = self.price.tolist(), codes
+        self.wire = (
+            wire
+            if wire is not None
+            else [
+                item_wire(i, p, ds, f, c)
+                for i, p, ds, f, c in zip(
+                    self.ids, self.price_list, self.description, self.features, self.category
+                )
+            ]
+        )
+
+    def _code(self, name: str) -> int:
+        code = self.category_index.get(name)
+        if code is None:
+            code = self.category_index[name] = len(self.categories)
+            self.categories.append(name)
+        return code
+
+    def _reserve(self, n: int) -> None:
+        """Capacity for ``n`` rows: new arrays (twice as large) when the current ones are full."""
+        if n <= len(self.price):
+            return
+        cap = max(n, 2 * len(self.price), 16)
+
+        def grown(a: np.ndarray) -> np.ndarray:
+            out = np.zeros((cap, *a.shape[1:]), dtype=a.dtype)
+            out[: self.n] = a[: self.n]
+            return out
+
+        self.price, self.code = grown(self.price), grown(self.code)
+        self.vectors, self.vectors64 = grown(self.vectors), grown(self.vectors64)
+
+    def write(self, items: Sequence[NewItemData], vectors: np.ndarray) -> tuple[np.ndarray, int, int]:
+        """Adds or replaces ``items`` with their ``vectors`` [len(items), d].
+
+        Returns:
+            (their rows, inserted, updated).
+        """
+        new = sum(1 for it in items if it.item_id not in self.index)
+        self._reserve(self.n + new)
+        rows = np.empty(len(items), dtype=np.int64)
+        inserted = 0
+        for k, (it, v) in enumerate(zip(items, vectors)):
+            j = self.index.get(it.item_id)
+            code = self._code(it.category)
+            wire = item_wire(it.item_id, it.price, it.description, it.features, it.category)
+            if j is None:
+                j = self.n + inserted
+                inserted += 1
+                self.ids.append(it.item_id)
+                self.category.append(it.category)
+                self.description.append(it.description)
+                self.features.append(it.features)
+                self.wire.append(wire)
+                self.price_list.append(it.price)
+                self.code_list.append(code)
+            else:
+                self.category[j], self.description[j], self.features[j] = (
+                    it.category,
+                    it.description,
+                    it.features,
+                )
+                self.wire[j], self.price_list[j], self.code_list[j] = wire, it.price, code
+            self.price[j], self.code[j] = it.price, code
+            self.vectors[j], self.vectors64[j] = v, v
+            rows[k] = j
+        # Appended rows become visible only now, and only to snapshots taken from here on.
+        for it, j in zip(items, rows.tolist()):
+            self.index.setdefault(it.item_id, j)
+        self.n += inserted
+        return rows, inserted, len(items) - inserted
