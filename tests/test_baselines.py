@@ -92,20 +92,38 @@ def test_gram_in_blocks_equals_xtx(monkeypatch):
     np.testing.assert_array_equal(collab.gram(CSR.from_dense(x)), expected)
 
 
+def _kept_sims(knn: collab.ItemKNN) -> dict[int, list[float]]:
+    """Each target's kept neighbour similarities, sorted (blind to which of tied sources was kept)."""
+    src, tgt = knn.by_source.pairs()
+    return {int(t): sorted(np.round(knn.weights[tgt == t], 6).tolist()) for t in np.unique(tgt)}
+
+
 def test_itemknn_sparse_path_equals_dense_path(monkeypatch):
     rng = np.random.default_rng(2)
     x = (rng.random((80, 30)) < 0.15).astype(np.int64)
     x[7] = 0  # one user without training items
     train = CSR.from_dense(x)
     users = np.array([5, 7, 0, 79, 5])
-    dense = collab.ItemKNN.fit(train, k=6)
-    assert dense.dense is not None
+    dense = {k: collab.ItemKNN.fit(train, k=k) for k in (6, 30)}
+    assert dense[6].dense is not None
     monkeypatch.setattr(collab, "DENSE_MAX_ITEMS", 0)
     monkeypatch.setattr(collab, "BLOCK_CELLS", 100)  # several item blocks and user chunks
-    sparse = collab.ItemKNN.fit(train, k=6)
-    assert sparse.dense is None
-    np.testing.assert_allclose(sparse(users), dense(users), rtol=1e-6)
-    assert sparse.by_source.nnz <= 6 * 30  # at most k neighbours per item
+    sparse = {k: collab.ItemKNN.fit(train, k=k) for k in (6, 30)}
+    assert sparse[6].dense is None
+    # Every neighbour kept (no tie at a cut-off): the same scores exactly.
+    np.testing.assert_allclose(sparse[30](users), dense[30](users), rtol=1e-6)
+    # k = 6: the same similarities per item; which of two tied sources is kept may differ.
+    assert _kept_sims(sparse[6]) == _kept_sims(dense[6])
+    assert sparse[6].by_source.nnz <= 6 * 30  # at most k neighbours per item
+
+
+def test_itemknn_sparse_path_keeps_the_smaller_source_at_a_tie(monkeypatch):
+    # Items 1, 2 and 3 each co-occur with item 0 once, with the same norms: a three-way tie for k = 2.
+    x = np.array([[1, 1, 0, 0], [1, 0, 1, 0], [1, 0, 0, 1]])
+    monkeypatch.setattr(collab, "DENSE_MAX_ITEMS", 0)
+    knn = collab.ItemKNN.fit(CSR.from_dense(x), k=2)
+    src, tgt = knn.by_source.pairs()
+    assert sorted(src[tgt == 0].tolist()) == [1, 2]  # cosine 1/sqrt(3) each; 3 loses the tie
 
 
 def test_lambda_is_chosen_on_training_positives_only(small_data):

@@ -25,10 +25,11 @@ from towerserve.server.metrics import full_ranking_metrics
 _LOGGER = logging.getLogger(__name__)
 
 KNN_K = 100
-# ItemKNN's fit builds every item's cosine row densely, a block of items at a time: n² cells of
-# bincount, division and argpartition in all (10¹⁰ at 100,000 items, measured in the README's "The
-# pipeline at scale"; 10¹² and hours at 1,000,000). Above this it is skipped with a note, as EASE is.
-KNN_MAX_ITEMS = 100_000
+# Above DENSE_MAX_ITEMS, ItemKNN's fit works on co-occurring pairs only (Σ row length² triples, not
+# items²): 10⁸ triples at 100,000 users x 100,000 items with 38 training positives a user. Its
+# neighbour lists hold k x items entries (10⁸ at 1,000,000 items, ~2 GB while sorted): above this
+# catalogue size it is skipped with a note, as EASE is.
+KNN_MAX_ITEMS = 1_000_000
 # At the seed scale (77 training positives a user, ~770 per item) the best λ is 1,000: 2,000 is in
 # the grid so that the choice is not pinned to its edge.
 EASE_LAMBDAS = (10.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0)
@@ -71,16 +72,20 @@ def cooccurrence(train: CSR, items: np.ndarray, by_item: CSR | None = None) -> n
     return np.bincount(keys, minlength=len(items) * n).reshape(len(items), n).astype(np.float64)
 
 
-def _item_blocks(train: CSR, by_item: CSR):
-    """Consecutive item ranges whose co-occurrence fits ``BLOCK_CELLS`` both dense and as triples."""
+def _item_blocks(train: CSR, by_item: CSR, dense: bool = True):
+    """Consecutive item ranges whose co-occurrence fits ``BLOCK_CELLS`` as triples (and, when
+    ``dense``, as a dense block of rows too)."""
     n = train.n_cols
     rows, cols = by_item.pairs()  # rows are items here, cols users
     triples = np.bincount(rows, weights=train.row_lengths()[cols], minlength=n)
+    width = n if dense else 0
     start = 0
     while start < n:
         stop = start + 1
         budget = triples[start]
-        while stop < n and (stop - start + 1) * n <= BLOCK_CELLS and budget + triples[stop] <= BLOCK_CELLS:
+        while (
+            stop < n and (stop - start + 1) * width <= BLOCK_CELLS and budget + triples[stop] <= BLOCK_CELLS
+        ):
             budget += triples[stop]
             stop += 1
         yield np.arange(start, stop)
@@ -122,10 +127,12 @@ class ItemKNN:
         norms = np.sqrt(by_item.row_lengths().astype(np.float64))
         if g is None and n <= DENSE_MAX_ITEMS:
             g = gram(train)
+        if g is None:
+            tgt, src, val = _sparse_neighbours(train, by_item, norms, k)
+            return cls._from_triples(train, tgt, src, val, k)
         targets, sources, sims = [], [], []
         for block in _item_blocks(train, by_item):
-            c = g[block] if g is not None else cooccurrence(train, block, by_item)
-            sim = c / np.maximum(norms[block][:, None] * norms[None, :], 1e-12)
+            sim = g[block] / np.maximum(norms[block][:, None] * norms[None, :], 1e-12)
             sim[np.arange(len(block)), block] = 0.0  # an item is not its own neighbour
             kk = min(k, n)
             # argpartition: O(n) per row; ties at the k-th neighbour are broken arbitrarily (but
@@ -143,6 +150,11 @@ class ItemKNN:
         tgt = np.concatenate(targets) if targets else np.zeros(0, dtype=np.int64)
         src = np.concatenate(sources) if sources else np.zeros(0, dtype=np.int64)
         val = np.concatenate(sims) if sims else np.zeros(0)
+        return cls._from_triples(train, tgt, src, val, k)
+
+    @classmethod
+    def _from_triples(cls, train: CSR, tgt: np.ndarray, src: np.ndarray, val: np.ndarray, k: int) -> ItemKNN:
+        n = train.n_cols
         # Row-major by source, then target: the order CSR.from_pairs stores, so weights line up.
         order = np.lexsort((tgt, src))
         by_source = CSR.from_pairs(src[order], tgt[order], n, n)
@@ -175,6 +187,45 @@ class ItemKNN:
                 len(u), n
             )
         return _with_fallback(users, self.train, self.fallback, out)
+
+
+def _sparse_neighbours(
+    train: CSR, by_item: CSR, norms: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """ItemKNN's (target, source, cosine) for each target's top k sources, from co-occurring pairs only.
+
+    Work and memory follow the (item, user, other item) triples (Σ over users of their row length²),
+    never items x items: what lets ItemKNN fit at 10⁵-10⁶ items. Ties at the k-th neighbour go to
+    the smaller source id (the dense path's argpartition breaks them arbitrarily).
+    """
+    n = train.n_cols
+    targets, sources, sims = [], [], []
+    for block in _item_blocks(train, by_item, dense=False):
+        users = by_item.gather(block).astype(np.int64)
+        local = np.repeat(np.arange(len(block)), by_item.indptr[block + 1] - by_item.indptr[block])
+        keys = np.sort(np.repeat(local * n, train.row_lengths()[users]) + train.gather(users))
+        starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+        counts = np.diff(np.r_[starts, len(keys)])
+        a, j = np.divmod(keys[starts], n)
+        t = block[a]
+        other = j != t  # an item is not its own neighbour
+        a, j, t, c = a[other], j[other], t[other], counts[other]
+        sim = c / np.maximum(norms[t] * norms[j], 1e-12)
+        # Per target, most similar first; lexsort is stable and (a, j) arrive sorted, so ties keep j order.
+        order = np.lexsort((-sim, a))
+        a, j, t, sim = a[order], j[order], t[order], sim[order]
+        first = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
+        rank = np.arange(len(a)) - np.repeat(first, np.diff(np.r_[first, len(a)]))
+        keep = rank < k
+        targets.append(t[keep])
+        sources.append(j[keep])
+        sims.append(sim[keep])
+    empty = np.zeros(0, dtype=np.int64)
+    return (
+        np.concatenate(targets) if targets else empty,
+        np.concatenate(sources) if sources else empty,
+        np.concatenate(sims) if sims else np.zeros(0),
+    )
 
 
 def gram(train: CSR) -> np.ndarray:
