@@ -160,7 +160,7 @@ def main() -> None:
                     )
                     srv_wall.append(time.perf_counter() - t0)
                     timing = dict(call.trailing_metadata() or ()).get("server-timing", "")
-                    srv_compute.append(float(timing.split("dur=")[1]) / 1e3)
+                    srv_compute.append(float(timing.split("dur=")[1].split(",")[0]) / 1e3)
                     srv_top[u] = [item_row[x.item_id] for x in resp.items]
                     model_version = resp.model_version
             ev_wall, ev_server, ev_users = [], [], 0

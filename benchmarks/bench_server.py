@@ -302,7 +302,7 @@ def main() -> None:
                 if len(resp.items) != 10:
                     raise RuntimeError(f"expected 10 items for {req.user_id}, got {len(resp.items)}")
                 timing = dict(call.trailing_metadata() or ()).get("server-timing", "")
-                compute.append(float(timing.split("dur=")[1]) / 1e3)
+                compute.append(float(timing.split("dur=")[1].split(",")[0]) / 1e3)
                 wall.append(dt)
         mem = server.status()
         rc = server.stop()

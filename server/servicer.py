@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import dataclasses
 import functools
 import logging
@@ -29,6 +30,8 @@ from .types import NewItemData, UserAttrs
 from .wire import recommend_wire
 
 _LOGGER = logging.getLogger(__name__)
+# Seconds the current RPC waited for a worker thread (None: it never left the event loop).
+_QUEUED: contextvars.ContextVar[float | None] = contextvars.ContextVar("towerserve_queued", default=None)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
@@ -61,12 +64,15 @@ def rpc(method):
     """Maps ServingError to its status code and anything else to INTERNAL (traceback logged).
 
     ``context.abort`` raises, so it is awaited outside the ``try``. A successful call gets a
-    ``server-timing`` trailer with the server-side compute time in milliseconds.
+    ``server-timing`` trailer with the server-side time in milliseconds (``compute``), and, when
+    it went through the worker pool, the time it waited there for a thread (``queue``), e.g.
+    ``compute;dur=1.2345, queue;dur=0.0210``.
     """
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
         t0 = time.perf_counter()
+        _QUEUED.set(None)  # each RPC runs in its own task, so its own copy of the context
         try:
             if isinstance(request, _Undecodable):
                 raise InvalidArgument(f"request is not a valid {request.type_name}: {request.error}")
@@ -77,9 +83,10 @@ def rpc(method):
             _LOGGER.exception("unexpected error in %s", method.__name__)
             code, message = grpc.StatusCode.INTERNAL, GENERIC_INTERNAL
         else:
-            context.set_trailing_metadata(
-                (("server-timing", f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"),)
-            )
+            timing = f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"
+            if (queued := _QUEUED.get()) is not None:
+                timing += f", queue;dur={queued * 1e3:.4f}"
+            context.set_trailing_metadata((("server-timing", timing),))
             return response
         await context.abort(code, message)
 
@@ -173,7 +180,7 @@ class RecommenderServicer:
         self.executor = executor
 
     async def _offload(self, fn, *args):
-        return await asyncio.get_running_loop().run_in_executor(self.executor, fn, *args)
+        return await offload(self.executor, fn, *args)
 
     @rpc
     async def Recommend(self, request: pb.RecommendRequest, context) -> pb.RecommendResponse:
@@ -256,6 +263,19 @@ class RecommenderServicer:
         )
 
 
+async def offload(executor: Executor | None, fn, *args):
+    """``fn(*args)`` in the worker pool; the wait for a free thread is added to the RPC's ``queue``."""
+    submitted = time.perf_counter()
+
+    def timed():
+        waited = time.perf_counter() - submitted
+        return waited, fn(*args)
+
+    waited, result = await asyncio.get_running_loop().run_in_executor(executor, timed)
+    _QUEUED.set((_QUEUED.get() or 0.0) + waited)
+    return result
+
+
 class AdminServicer:
     """towerserve.v1.Admin: hot reload (loading runs in the executor; requests keep flowing)."""
 
@@ -266,7 +286,7 @@ class AdminServicer:
     @rpc
     async def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
         try:
-            engine, previous, seconds = await asyncio.get_running_loop().run_in_executor(
+            engine, previous, seconds = await offload(
                 self.executor, self.holder.load, request.artifacts or None
             )
         except (ArtifactError, OSError, ValueError) as err:

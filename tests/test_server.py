@@ -517,7 +517,12 @@ def test_reflection_lists_services(two_tower):
 def test_server_timing_trailer_on_success_only(stub):
     _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="tra_0001", top_n=3))
     trailers = dict(call.trailing_metadata())
-    assert re.fullmatch(r"compute;dur=\d+\.\d{4}", trailers["server-timing"])
+    assert re.fullmatch(r"compute;dur=\d+\.\d{4}", trailers["server-timing"])  # answered on the loop
+    # An unseen user needs the towers: the call went through the worker pool, and says how long it waited.
+    user = pb.UserAttributes(age=30, profession="a profession never seen", personality="calm")
+    _, call = stub.Recommend.with_call(pb.RecommendRequest(user=user, top_n=3))
+    pooled = dict(call.trailing_metadata())["server-timing"]
+    assert re.fullmatch(r"compute;dur=(\d+\.\d{4}), queue;dur=(\d+\.\d{4})", pooled)
 
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(pb.RecommendRequest(user_id="nobody", top_n=3))
