@@ -16,6 +16,7 @@ from towerserve.server.csr import CSR
 from towerserve.server.metrics import full_ranking_metrics
 
 from . import hybrid
+from .evalsample import chunk_users
 from .hybrid_config import HybridConfig
 
 _LOGGER = logging.getLogger(__name__)
@@ -83,7 +84,9 @@ def all_vectors(model, U: np.ndarray, I: np.ndarray, train: CSR) -> tuple[np.nda
 
 def validation_ndcg(model, U, I, fit: CSR, val: CSR, users: np.ndarray) -> float:
     uvec, ivec = all_vectors(model, U, I, fit)
-    return float(full_ranking_metrics(lambda u: uvec[u] @ ivec.T, val, fit, ks=(10,), users=users)["ndcg@10"])
+    chunk = chunk_users(val.n_cols)  # 2,048 users up to ~10,000 items; fewer above, bounding memory
+    row = full_ranking_metrics(lambda u: uvec[u] @ ivec.T, val, fit, ks=(10,), users=users, chunk_users=chunk)
+    return float(row["ndcg@10"])
 
 
 def judged_users(fit: CSR, val: CSR, seed: int, max_users: int = VALIDATION_MAX_USERS) -> np.ndarray:
