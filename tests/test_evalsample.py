@@ -98,9 +98,11 @@ def test_interval_is_around_the_sampled_ndcg(ties):
 
 
 def test_confidence_interval_by_hand():
-    # mean 0.5, sd (ddof 1) of [0, 1, 0, 1] = sqrt(1/3); half = 1.96 * 0.57735 / 2 = 0.565792
-    lo, hi = confidence_interval(np.array([0.0, 1.0, 0.0, 1.0]))
-    assert math.isclose(lo, 0.5 - 0.565792, abs_tol=1e-5) and math.isclose(hi, 0.5 + 0.565792, abs_tol=1e-5)
+    # mean 0.5, sd (ddof 1) of [0.4, 0.6, 0.4, 0.6] = sqrt(0.04/3) = 0.11547; half = 1.96 * 0.11547 / 2
+    lo, hi = confidence_interval(np.array([0.4, 0.6, 0.4, 0.6]))
+    assert math.isclose(lo, 0.5 - 0.113158, abs_tol=1e-5) and math.isclose(hi, 0.5 + 0.113158, abs_tol=1e-5)
+    # [0, 1, 0, 1]: half = 1.96 * 0.57735 / 2 = 0.565792 reaches past both ends; NDCG lives in [0, 1].
+    assert confidence_interval(np.array([0.0, 1.0, 0.0, 1.0])) == (0.0, 1.0)
     assert all(math.isnan(x) for x in confidence_interval(np.array([0.3])))
 
 

@@ -7,8 +7,9 @@ and every user is judged, as before. Above ``AUTO_SAMPLE_CELLS`` (10⁹ cells: 2
 instead, sized by a cell budget: ``SAMPLE_CELLS`` / items users, between ``MIN_SAMPLE`` and
 ``MAX_SAMPLE`` (2,000 users at 100,000 items, 1,000 at 1,000,000). Measured on 2 shared cores, full
 ranking costs ~15 ms a user at 100,000 items and ~200 ms at 1,000,000, so one model on one split
-takes ~30 s and ~200 s; per-user NDCG@10 has a standard deviation of ~0.3, so 2,000 users give a
-95 % interval of about ±0.013 and 1,000 about ±0.02 (the interval is recorded, not assumed).
+takes ~30 s and ~200 s. The interval is recorded, not assumed; measured: on the latent seed set
+(10,000 x 1,000) 500 users put EASE at 0.4006 ± 0.019 (every user: 0.3916); at 100,000 x 100,000,
+2,000 users put the Oracle at 0.115 ± 0.007 and ItemKNN at 0.015 ± 0.003.
 
 Every model and baseline of a run is judged on the same sample: :func:`sample_users` draws it once
 per split from the split's test set and a seed, and it is passed to each of them. When the data came
@@ -111,13 +112,14 @@ def per_user_ndcg(
 
 
 def confidence_interval(values: np.ndarray) -> tuple[float, float]:
-    """95 % normal-approximation interval of the mean: mean ± 1.96 · sd / √n (sd with ddof 1)."""
+    """95 % normal-approximation interval of the mean: mean ± 1.96 · sd / √n (sd with ddof 1), clipped
+    to [0, 1], where NDCG lives (near 0, e.g. Random at 100,000 items, the normal bound dips below)."""
     values = np.asarray(values, dtype=np.float64)
     if len(values) < 2:
         return (float("nan"), float("nan"))
     half = Z95 * float(values.std(ddof=1)) / math.sqrt(len(values))
     mean = float(values.mean())
-    return (mean - half, mean + half)
+    return (max(0.0, mean - half), min(1.0, mean + half))
 
 
 def ranking_metrics(
