@@ -41,8 +41,12 @@ class CSR:
             raise ValueError(f"row ids must be in [0, {n_rows}) (got {rows.min()}..{rows.max()})")
         if len(cols) and (cols.min() < 0 or cols.max() >= n_cols):
             raise ValueError(f"column ids must be in [0, {n_cols}) (got {cols.min()}..{cols.max()})")
-        # One sort on the combined key gives row-major order and makes duplicates adjacent.
-        key = np.unique(rows * n_cols + cols)
+        # One sort on the combined key gives row-major order and makes duplicates adjacent. (Not
+        # np.unique: numpy >= 2.3 dedupes through a hash table first, which took 14.5 s instead of
+        # 0.5 s on 5 million structured keys.)
+        key = np.sort(rows * n_cols + cols)
+        if len(key):
+            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         r, c = np.divmod(key, n_cols)
         indptr = np.zeros(n_rows + 1, dtype=np.int64)
         np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
