@@ -51,7 +51,8 @@ def register(sub) -> None:
         "--index",
         choices=("auto", "exact", "hnsw", "ivf"),
         default="auto",
-        help="how Recommend searches the items: auto (exact up to 50,000 items, HNSW above), or force one",
+        help="how Recommend searches the items: auto (exact up to 50,000 items; above, IVF, or HNSW if IVF "
+        "misses --min-recall), or force one",
     )
     p.add_argument(
         "--min-recall",

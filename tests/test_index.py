@@ -58,10 +58,10 @@ def _ann(items):
     return AnnIndex(flat, "flat", 0, 1.0, len(items), np.empty(0, dtype=np.int64))
 
 
-def test_auto_picks_exact_for_small_catalogues_and_hnsw_for_large_ones():
-    assert resolve_kind("auto", 1000) == "exact"
-    assert resolve_kind("auto", 2_000_000) == "hnsw"
-    assert resolve_kind("ivf", 10) == "ivf"
+def test_auto_picks_exact_for_small_catalogues_and_ivf_then_hnsw_for_large_ones():
+    assert resolve_kind("auto", 1000) == ["exact"]
+    assert resolve_kind("auto", 2_000_000) == ["ivf", "hnsw"]
+    assert resolve_kind("ivf", 10) == ["ivf"]
     with pytest.raises(ValueError, match="index must be one of"):
         resolve_kind("lsh", 10)
 
