@@ -1,24 +1,24 @@
-"""The item index as the catalogue grows: build time, size, recall@10 and per-request search cost.
+"""The item index as the catalogue grows: the search layer, and a real server on a bundle of that size.
 
-For each catalogue size, clustered item and user vectors with the spectrum of trained towers are
-drawn (see SPECTRUM), then one process measures, side by side:
-- the exact path (every item scored, float64 sums, then top-k) and the index path (HNSW or IVF
-  candidates, widened past the user's seen items, scored exactly) through server/ranking.py,
-  for the same users: median and p99 ms per request, one thread;
-- index build time (export tunes the search knob to the recall floor) and the index file's size;
-- recall@10 of the served answer against the exact answer;
-- a single-item upsert past the towers (columns written, index add; the encoder and item tower
-  add their own cost per new text).
+Part 1, the search layer (one thread, one process, side by side per size): exact scoring against
+each index kind (IVF, HNSW) through server/ranking.py, for the same users with 20 seen items each:
+build time (export tunes the knob to the recall floor), index size, recall@10 of the served answer
+vs the exact one, median/p99 ms per request, and a single-item upsert past the towers (columns
+written, index add). Item vectors are the trained seed-scale two-tower's, tiled to size and
+jittered (benchmarks/scale_bundle.py); queries are its known users' vectors.
 
-This measures the search layer the worker pool runs per request; whole-server figures (RSS, QPS at
-concurrency 32 next to health QPS) need a bundle at that scale (README, "Item index").
+Part 2 (--server): per size, a serving bundle tiled to that many items and users (scale_bundle.py,
+index chosen by export's `auto`), a real `towerserve serve`, then: seconds to SERVING, server RSS,
+and closed-loop Recommend (random known users, top 10) next to health Check at concurrency 32,
+alternated; Recommend p50/p99 and QPS, and the QPS ratio.
 
-    python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--kind hnsw]
+    python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--server] [--kinds ivf,hnsw]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -28,28 +28,29 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import NOTE, median, pct, table, write_result  # noqa: E402
+from _common import (  # noqa: E402
+    DEFAULT_ARTIFACTS,
+    NOTE,
+    OUT_DIR,
+    ServerProcess,
+    median,
+    pct,
+    serving_dir,
+    table,
+    write_result,
+)
+from bench_loadtest import run  # noqa: E402
+from scale_bundle import scale, tiled_vectors, user_queries  # noqa: E402
 
 from towerserve.export.index import DEFAULT_MIN_RECALL, build_and_tune  # noqa: E402
 from towerserve.server.catalog import build_catalog, upserted  # noqa: E402
 from towerserve.server.csr import CSR  # noqa: E402
+from towerserve.server.features import load_tables  # noqa: E402
 from towerserve.server.index import AnnIndex  # noqa: E402
 from towerserve.server.ranking import admissible, ann_rank, rank  # noqa: E402
 from towerserve.server.types import NewItemData  # noqa: E402
 
-DIM, USERS, SEEN, TOP_N = 32, 300, 20, 10
-
-
-# Spectrum decay: 90 % of the variance in ~17 of 32 dimensions, as in the trained towers' item vectors
-# at seed scale (two_tower 13-15 of 33, hybrid 22-24). Fixed centres (seeded), so users and items
-# share the clusters, as a trained model's users and items share one space.
-SPECTRUM = np.exp(-np.arange(DIM) / 16)
-CENTRES = np.random.default_rng(12345).standard_normal((256, DIM))
-
-
-def _clustered(n: int, rng: np.random.Generator) -> np.ndarray:
-    x = CENTRES[rng.integers(0, len(CENTRES), n)] + 0.5 * rng.standard_normal((n, DIM))
-    return (x * SPECTRUM).astype(np.float32)
+USERS, SEEN, TOP_N, MODEL = 300, 20, 10, "two_tower"
 
 
 def _catalog(items: np.ndarray, users: np.ndarray, seen: CSR, ann):
@@ -71,97 +72,188 @@ def _catalog(items: np.ndarray, users: np.ndarray, seen: CSR, ann):
     )
 
 
-def measure(n: int, kind: str, rng: np.random.Generator) -> dict:
+def search_layer(n: int, kinds: list[str], base: np.ndarray, queries: np.ndarray) -> list[dict]:
     import faiss
 
-    faiss.omp_set_num_threads(os.cpu_count() or 1)
-    items, users = _clustered(n, rng), _clustered(USERS, rng)
+    rng = np.random.default_rng(n)
+    items = tiled_vectors(base, n, rng)
+    users = queries[:USERS]
     seen = CSR.from_pairs(np.repeat(np.arange(USERS), SEEN), rng.integers(0, n, USERS * SEEN), USERS, n)
-    index, tuned = build_and_tune(items, kind, users[:200], DEFAULT_MIN_RECALL)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "index.faiss"
-        faiss.write_index(index, str(path))
-        size_mb = path.stat().st_size / 2**20
-        ann = AnnIndex.load(path, kind, tuned.knob, tuned.recall, n, np.empty(0, dtype=np.int64))
-    exact_cat, ann_cat = _catalog(items, users, seen, None), _catalog(items, users, seen, ann)
-    t_exact, t_ann, hits = [], [], 0
+    exact_cat = _catalog(items, users, seen, None)
+    t_exact = []
+    want = []
     for u in range(USERS):
-        s = seen.row(u)
         t0 = time.perf_counter()
-        want = rank(exact_cat, users[u], TOP_N, set(), admissible(exact_cat, None, None, None), s)[0]
-        t1 = time.perf_counter()
-        got = ann_rank(ann_cat, users[u], TOP_N, set(), None, s)[0]
-        t2 = time.perf_counter()
-        t_exact.append((t1 - t0) * 1e3)
-        t_ann.append((t2 - t1) * 1e3)
-        hits += len(set(got) & set(want))
-    # A single-item upsert past the towers: columns written, index add (a replace: tombstone + add).
-    t_up = []
-    for k in range(20):
-        item = NewItemData(str(int(rng.integers(0, n))) if k % 2 else f"new{k}", "d", "f", 1.0, "c")
-        vec = _clustered(1, rng)
-        t0 = time.perf_counter()
-        cat, rows, *_ = upserted(ann_cat, [item], vec, users[:1], seen, False)
-        ann.upsert(rows, vec)
-        t_up.append((time.perf_counter() - t0) * 1e3)
-        ann_cat = cat
+        want.append(
+            rank(exact_cat, users[u], TOP_N, set(), admissible(exact_cat, None, None, None), seen.row(u))[0]
+        )
+        t_exact.append((time.perf_counter() - t0) * 1e3)
+    out = []
+    for kind in kinds:
+        faiss.omp_set_num_threads(os.cpu_count() or 1)  # build on every core, as export does
+        index, tuned = build_and_tune(items, kind, queries, DEFAULT_MIN_RECALL)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "index.faiss"
+            faiss.write_index(index, str(path))
+            size_mb = path.stat().st_size / 2**20
+            ann = AnnIndex.load(path, kind, tuned.knob, tuned.recall, n, np.empty(0, dtype=np.int64))
+        cat = _catalog(items, users, seen, ann)
+        t_ann, hits = [], 0
+        for u in range(USERS):
+            t0 = time.perf_counter()
+            got = ann_rank(cat, users[u], TOP_N, set(), None, seen.row(u))[0]
+            t_ann.append((time.perf_counter() - t0) * 1e3)
+            hits += len(set(got) & set(want[u]))
+        t_up = []
+        for k in range(20):  # half replacements (a tombstone and an add), half new items
+            item = NewItemData(str(int(rng.integers(0, n))) if k % 2 else f"new{k}", "d", "f", 1.0, "c")
+            vec = tiled_vectors(base, 1, rng)
+            t0 = time.perf_counter()
+            cat, rows, *_ = upserted(cat, [item], vec, users[:1], seen, False)
+            ann.upsert(rows, vec)
+            t_up.append((time.perf_counter() - t0) * 1e3)
+        out.append(
+            {
+                "items": n,
+                "kind": kind,
+                "knob": tuned.knob,
+                "build_s": tuned.build_seconds,
+                "index_mb": size_mb,
+                "recall_at_10": hits / (USERS * TOP_N),
+                "exact_p50_ms": median(t_exact),
+                "exact_p99_ms": pct(t_exact, 99),
+                "ann_p50_ms": median(t_ann),
+                "ann_p99_ms": pct(t_ann, 99),
+                "upsert_p50_ms": median(t_up),
+            }
+        )
+        print(f"{n} items, {kind}: built in {tuned.build_seconds:.1f} s", flush=True)
+    return out
+
+
+def server_at(n: int, src: Path, duration: float) -> dict:
+    """A real server on a bundle tiled to n items and n users: load time, RSS, c=32 Recommend vs health."""
+    bundle = OUT_DIR / f"scale_{n}"
+    made = scale(src, bundle, n, n, MODEL, "auto", DEFAULT_MIN_RECALL)
+    index = made["index"]
+    size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20
+    users = _first_ids(bundle, 2000)
+    t0 = time.perf_counter()
+    with ServerProcess(bundle, tag=f"bench_scale_{n}") as server:
+        ready = time.perf_counter() - t0
+        rss_loaded = server.status()["VmRSS"] / 1024
+        health, rec = [], []
+        for r in range(2):
+            health.append(run(server.target, "health", 32, users, duration, 1.0, seed=r))
+            rec.append(run(server.target, "recommend", 32, users, duration, 1.0, seed=r))
+        mem = server.status()
+    print(f"{n} items/users: server measured", flush=True)
     return {
         "items": n,
-        "kind": kind,
-        "knob": tuned.knob,
-        "build_s": tuned.build_seconds,
-        "index_mb": size_mb,
-        "recall_at_10": hits / (USERS * TOP_N),
-        "exact_p50_ms": median(t_exact),
-        "exact_p99_ms": pct(t_exact, 99),
-        "ann_p50_ms": median(t_ann),
-        "ann_p99_ms": pct(t_ann, 99),
-        "upsert_p50_ms": median(t_up),
+        "users": n,
+        "index": index["kind"],
+        "index_recall_at_10": index["recall_at_10"],
+        "index_build_s": index.get("build_seconds", 0.0),
+        "bundle_mb": size_mb,
+        "serving_after_s": ready,
+        "rss_loaded_mb": rss_loaded,
+        "rss_peak_mb": mem["VmHWM"] / 1024,
+        "health_qps": median([h["qps"] for h in health]),
+        "recommend_qps": median([x["qps"] for x in rec]),
+        "recommend_p50_ms": median([x["p50_ms"] for x in rec]),
+        "recommend_p99_ms": median([x["p99_ms"] for x in rec]),
+        "errors": sum(x["errors"] for x in rec + health),
     }
+
+
+def _first_ids(bundle: Path, n: int) -> list[str]:
+    with open(bundle / "catalog" / "users.csv", encoding="utf-8") as fh:
+        fh.readline()
+        return [line.split(",", 1)[0] for _, line in zip(range(n), fh)]
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="10000,100000", help="catalogue sizes (default 10000,100000)")
-    ap.add_argument("--kind", default="hnsw", choices=("hnsw", "ivf"))
+    ap.add_argument("--kinds", default="ivf,hnsw", help="index kinds for part 1 (default ivf,hnsw)")
+    ap.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS, help="the trained bundle to tile")
+    ap.add_argument("--server", action="store_true", help="also part 2: a real server per size")
+    ap.add_argument("--duration", type=float, default=5.0, help="seconds per load run in part 2")
+    ap.add_argument("--skip-search", action="store_true", help="part 2 only")
     args = ap.parse_args()
-    rng = np.random.default_rng(0)
-    rows = []
-    for n in [int(x) for x in args.sizes.split(",")]:
-        r = measure(n, args.kind, rng)
-        rows.append(r)
-        print(f"{n} items: done ({r['build_s']:.1f} s build)", flush=True)
-    print(
-        table(
-            [
-                "items",
-                "index",
-                "build s",
-                "index MB",
-                "recall@10",
-                "exact p50/p99 ms",
-                "index p50/p99 ms",
-                "speed-up",
-                "1-item upsert ms",
-            ],
-            [
+    serving = serving_dir(args.artifacts)
+    sizes = [int(x) for x in args.sizes.split(",")]
+    manifest = json.loads((serving / "manifest.json").read_text())
+    split = manifest["models"][MODEL]["splits"]["holdout"]
+    base = np.load(serving / split["item_vectors_file"])
+    queries = user_queries(serving, split, load_tables(serving / "catalog" / "embeddings.npz"))
+    result: dict = {}
+    if not args.skip_search:
+        rows = [r for n in sizes for r in search_layer(n, args.kinds.split(","), base, queries)]
+        result["search"] = rows
+        print(
+            table(
                 [
-                    f"{r['items']:,}",
-                    f"{r['kind']} ({'efSearch' if r['kind'] == 'hnsw' else 'nprobe'} {r['knob']})",
-                    f"{r['build_s']:.1f}",
-                    f"{r['index_mb']:.1f}",
-                    f"{r['recall_at_10']:.3f}",
-                    f"{r['exact_p50_ms']:.3f} / {r['exact_p99_ms']:.3f}",
-                    f"{r['ann_p50_ms']:.3f} / {r['ann_p99_ms']:.3f}",
-                    f"{r['exact_p50_ms'] / r['ann_p50_ms']:.1f}x",
-                    f"{r['upsert_p50_ms']:.2f}",
-                ]
-                for r in rows
-            ],
+                    "items",
+                    "index",
+                    "build s",
+                    "MB",
+                    "recall@10",
+                    "exact p50/p99 ms",
+                    "index p50/p99 ms",
+                    "x",
+                    "upsert ms",
+                ],
+                [
+                    [
+                        f"{r['items']:,}",
+                        f"{r['kind']} ({'efSearch' if r['kind'] == 'hnsw' else 'nprobe'} {r['knob']})",
+                        f"{r['build_s']:.1f}",
+                        f"{r['index_mb']:.1f}",
+                        f"{r['recall_at_10']:.3f}",
+                        f"{r['exact_p50_ms']:.3f} / {r['exact_p99_ms']:.3f}",
+                        f"{r['ann_p50_ms']:.3f} / {r['ann_p99_ms']:.3f}",
+                        f"{r['exact_p50_ms'] / r['ann_p50_ms']:.1f}",
+                        f"{r['upsert_p50_ms']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            )
         )
-    )
+    if args.server:
+        rows = [server_at(n, serving, args.duration) for n in sizes]
+        result["server"] = rows
+        print(
+            table(
+                [
+                    "items = users",
+                    "index (recall@10)",
+                    "bundle MB",
+                    "ready s",
+                    "RSS MB",
+                    "Rec p50/p99 ms",
+                    "Rec QPS",
+                    "health QPS",
+                    "ratio",
+                ],
+                [
+                    [
+                        f"{r['items']:,}",
+                        f"{r['index']} ({r['index_recall_at_10']:.3f})",
+                        f"{r['bundle_mb']:.0f}",
+                        f"{r['serving_after_s']:.1f}",
+                        f"{r['rss_loaded_mb']:.0f}",
+                        f"{r['recommend_p50_ms']:.2f} / {r['recommend_p99_ms']:.2f}",
+                        f"{r['recommend_qps']:.0f}",
+                        f"{r['health_qps']:.0f}",
+                        f"{r['recommend_qps'] / r['health_qps']:.2f}",
+                    ]
+                    for r in rows
+                ],
+            )
+        )
     print(NOTE)
-    write_result("bench_scale", {"rows": rows})
+    write_result("bench_scale", result)
     return 0
 
 
