@@ -196,3 +196,17 @@ def test_ease_is_skipped_above_its_size_limit(small_data):
     # The default limit and the reason at the size the docs quote.
     assert collab.ease_skip_reason(collab.EASE_MAX_ITEMS) is None
     assert "3.2 GB" in collab.ease_skip_reason(20_000)
+
+
+def test_replayed_oracle_reuses_its_world_until_the_data_changes(tmp_path):
+    from towerserve.trainer import synth
+
+    synth.generate(tmp_path, n_users=60, n_items=20, seed=1, long_form=True, progress=False)
+    first = baselines.OracleScores(tmp_path)
+    second = baselines.OracleScores(tmp_path)
+    assert second._world is first._world  # train builds one per split: the world is drawn once
+    before = first(np.arange(60))
+    synth.generate(tmp_path, n_users=60, n_items=20, seed=2, long_form=True, progress=False)
+    after = baselines.OracleScores(tmp_path)
+    assert after._world is not first._world
+    assert not np.array_equal(after(np.arange(60)), before)
