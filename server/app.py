@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import threading
 import time
 from concurrent import futures
@@ -32,7 +31,6 @@ _LOGGER = logging.getLogger(__name__)
 # Worker threads run this much nicer than the event loop thread (Linux schedules threads one by one),
 # so a saturated pool delays health checks and candidate-list answers as little as possible.
 WORKER_NICE = 5
-GIL_SWITCH_SECONDS = 0.001
 
 
 def _worker_priority() -> None:
@@ -183,9 +181,6 @@ def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
 
 def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
     """Runs one server process until SIGTERM/SIGINT; SIGHUP reloads the artifacts folder."""
-    # A worker thread in Python code holds the GIL up to the switch interval while the event loop
-    # waits for it: 1 ms instead of CPython's 5 ms bounds what a busy pool adds to a health check.
-    sys.setswitchinterval(GIL_SWITCH_SECONDS)
     running = create_server(cfg)
     if cfg.metrics_port is not None:
         from prometheus_client import start_http_server

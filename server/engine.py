@@ -251,8 +251,9 @@ class Engine:
 
     def answer_inline(self, p: Planned) -> tuple[list[int], list[float]] | None:
         """The answer when it takes no scoring over the catalogue (ranking.inline), else None."""
-        fixed = p.query.user is not None and not p.history.used  # the vector computed at load
-        return ranking.inline(p.query, self.known_user_vectors()[p.query.user] if fixed else None)
+        if p.query.user is None or p.history.used:  # the vector needs a tower pass (or a history sum)
+            return None
+        return ranking.inline(p.query, lambda: self.known_user_vectors()[p.query.user])
 
     def answer(self, p: Planned) -> tuple[list[int], list[float]]:
         """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a

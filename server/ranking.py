@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from typing import NamedTuple
 
 import numpy as np
 
@@ -26,9 +27,11 @@ ANN_MARGIN, ANN_EXTRA, ANN_WIDEN = 1.5, 32, 4
 SELECTIVE_ITEMS, SELECTIVE_FRACTION = 20_000, 0.02
 
 
-@dataclass(frozen=True)
-class Query:
-    """One Recommend, resolved against one snapshot (validation done; ids turned into rows)."""
+class Query(NamedTuple):
+    """One Recommend, resolved against one snapshot (validation done; ids turned into rows).
+
+    A NamedTuple: built once per request on the event loop, where a frozen dataclass's __init__
+    costs several times more."""
 
     cat: Catalog
     top_n: int
@@ -40,14 +43,13 @@ class Query:
     seen: np.ndarray | None  # rows to leave out (a known user's interactions), when exclude_seen
 
 
-def inline(q: Query, u: np.ndarray | None) -> tuple[list[int], list[float]] | None:
-    """The answer when it needs no scoring over the catalogue, else None: a known user whose vector
-    ``u`` was computed at load (None: it needs a tower pass) and whose precomputed candidate list
-    holds enough admissible items, or a user-independent model (a walk down its precomputed order)."""
+def inline(q: Query, vector: Callable[[], np.ndarray]) -> tuple[list[int], list[float]] | None:
+    """The answer when it needs no scoring over the catalogue, else None, for a known user whose
+    vector was computed at load (``vector()`` returns it): their precomputed candidate list holds
+    enough admissible items, or the model is user-independent (a walk down its precomputed order)."""
     cat = q.cat
-    if u is None:
-        return None
     if cat.order is not None:
+        u = vector()
         return rank(cat, u, q.top_n, q.excluded, admissible(cat, q.price_min, q.price_max, q.codes), q.seen)
     if q.seen is not None and cat.cand_rows is not None and q.top_n <= cat.cand_rows.shape[1]:
         return walk_candidates(cat, q.user, q.top_n, q.excluded, q.price_min, q.price_max, q.codes)
