@@ -73,12 +73,14 @@ def main() -> int:
     ap.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     ap.add_argument("--seconds", type=float, default=20.0, help="each phase (idle, loaded)")
     ap.add_argument("--callers", type=int, default=6)
+    ap.add_argument("--threads", type=int, help="the server's worker pool size (default: serve's)")
     args = ap.parse_args()
     serving = serving_dir(args.artifacts)
     with open(serving / "catalog" / "users.csv") as fh:
         fh.readline()
         known = fh.readline().split(",")[0]
-    with ServerProcess(serving, tag="bench_event_loop") as server:
+    extra = ["--threads", str(args.threads)] if args.threads else []
+    with ServerProcess(serving, *extra, tag="bench_event_loop") as server:
         idle = check_latencies(server.port, args.seconds)
         load = subprocess.Popen(
             [sys.executable, "-c", LOAD, str(server.port), str(args.seconds + 4), known, str(args.callers)],

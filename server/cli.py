@@ -101,7 +101,11 @@ def register(sub) -> None:
     p.add_argument("--host", help="listen address (default [::])")
     p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     p.add_argument("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
-    p.add_argument("--threads", type=int, help="gRPC handler threads per process (default 16)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="worker pool threads per process for heavy work (default: the CPU count, >= 2)",
+    )
     p.add_argument("--max-concurrent-rpcs", type=int, help="beyond this, RESOURCE_EXHAUSTED (default 256)")
     p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every RPC but health")
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")

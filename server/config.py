@@ -54,7 +54,9 @@ class ServerConfig:
         artifacts: the serving folder (`towerserve export` output).
         host, port: where to listen; port 0 picks a free port (tests).
         workers: processes sharing the port through SO_REUSEPORT, forked before any server exists.
-        threads: the bounded worker pool per process: everything that scores the catalogue, runs a
+        threads: the bounded worker pool per process (default: the CPU count, at least 2; every
+            extra thread is one more contender for the GIL the event loop needs, and ONNX Runtime
+            and FAISS already run a call on a core each): everything that scores the catalogue, runs a
             tower or the encoder, Evaluate, UpsertItems and reload; only checks and candidate-list
             walks (microseconds) run on the gRPC event loop itself.
         max_concurrent_rpcs: beyond this, new RPCs get RESOURCE_EXHAUSTED instead of queueing.
@@ -75,7 +77,7 @@ class ServerConfig:
     host: str = "[::]"
     port: int = 50051
     workers: int = 1
-    threads: int = 16
+    threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     max_concurrent_rpcs: int = 256
     token: str | None = field(default=None, repr=False)
     tls_cert: Path | None = None
