@@ -1,11 +1,13 @@
 """The serving engine: loads a verified artifacts folder and answers Recommend, Score, Evaluate, UpsertItems.
 
-A request for a known user runs one user-tower pass and one matrix-vector product over item vectors
-computed at export; then masking and an ``argpartition`` top-k. Readers never lock: the catalogue
-is an immutable snapshot that UpsertItems replaces by a single reference assignment.
+A known user's Recommend walks their precomputed candidate list when it can, else scores the
+catalogue exactly or through the item index (ranking.py); unseen users and histories take a
+user-tower pass first. Readers never lock: each request takes one catalogue snapshot, and
+UpsertItems publishes the next one with a single reference assignment.
 
-Where things live: the model's ONNX sessions in towers.py, the catalogue snapshot and ranking in
-catalog.py, request checks in validation.py; this module loads them and runs the operations.
+Where things live: the model's ONNX sessions in towers.py, the catalogue snapshot in catalog.py
+(columns.py, candidates.py), the request paths in ranking.py, the item index in index.py, request
+checks in validation.py; this module loads them and runs the operations.
 """
 
 from __future__ import annotations
