@@ -523,6 +523,9 @@ def test_server_timing_trailer_on_success_only(stub):
     _, call = stub.Recommend.with_call(pb.RecommendRequest(user=user, top_n=3))
     pooled = dict(call.trailing_metadata())["server-timing"]
     assert re.fullmatch(r"compute;dur=(\d+\.\d{4}), queue;dur=(\d+\.\d{4})", pooled)
+    # A known user the candidate list cannot answer (seen items kept in) scores the catalogue: the pool too.
+    _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="tra_0001", top_n=3, exclude_seen=False))
+    assert ", queue;dur=" in dict(call.trailing_metadata())["server-timing"]
 
     with pytest.raises(grpc.RpcError) as err:
         stub.Recommend(pb.RecommendRequest(user_id="nobody", top_n=3))
