@@ -42,7 +42,7 @@ from _common import (  # noqa: E402
 from bench_loadtest import run  # noqa: E402
 from scale_bundle import scale, tiled_vectors, user_queries  # noqa: E402
 
-from towerserve.export.index import DEFAULT_MIN_RECALL, build_and_tune  # noqa: E402
+from towerserve.export.index import DEFAULT_MIN_RECALL, build_and_tune, exact_top10  # noqa: E402
 from towerserve.server.catalog import build_catalog, upserted  # noqa: E402
 from towerserve.server.csr import CSR  # noqa: E402
 from towerserve.server.features import load_tables  # noqa: E402
@@ -89,9 +89,10 @@ def search_layer(n: int, kinds: list[str], base: np.ndarray, queries: np.ndarray
         )
         t_exact.append((time.perf_counter() - t0) * 1e3)
     out = []
+    exact = exact_top10(items, queries)
     for kind in kinds:
         faiss.omp_set_num_threads(os.cpu_count() or 1)  # build on every core, as export does
-        index, tuned = build_and_tune(items, kind, queries, DEFAULT_MIN_RECALL)
+        index, tuned = build_and_tune(items, kind, queries, DEFAULT_MIN_RECALL, exact)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "index.faiss"
             faiss.write_index(index, str(path))

@@ -103,8 +103,12 @@ def build_and_tune(
     kind: str,
     queries: np.ndarray,
     min_recall: float,
+    exact: np.ndarray | None = None,
 ):
     """Builds the index, then raises the search knob until recall@10 >= ``min_recall``.
+
+    ``exact``: :func:`exact_top10` of ``queries`` (computed here when not given; a caller trying
+    several kinds passes it, since it costs more than a search at every knob).
 
     Returns:
         (index, Tuned): the cheapest knob meeting the floor, or the best one tried when none does
@@ -114,7 +118,8 @@ def build_and_tune(
     index = build(vectors, kind)
     seconds = time.perf_counter() - t0
     best = None
-    exact = exact_top10(vectors, queries)  # once: it costs more than a search at every knob
+    if exact is None:
+        exact = exact_top10(vectors, queries)
     for knob in EF_SEARCH if kind == "hnsw" else NPROBE:
         r = recall_at_10(index, kind, knob, queries, exact)
         knob_name = "efSearch" if kind == "hnsw" else "nprobe"
@@ -143,8 +148,9 @@ def export_index(
     import faiss
 
     misses = []
+    exact = exact_top10(vectors, queries)  # once for every kind tried
     for kind in kinds:
-        index, tuned = build_and_tune(vectors, kind, queries, min_recall)
+        index, tuned = build_and_tune(vectors, kind, queries, min_recall, exact)
         if tuned.recall >= min_recall:
             break
         misses.append(f"{kind} reaches recall@10 {tuned.recall:.4f} at best")

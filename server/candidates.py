@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from .csr import CSR
-from .numerics import sigmoid
+from .numerics import probabilities
 from .topk import top_k_rows
 
 NONE, TRUNCATED = -1, -2
@@ -20,10 +20,6 @@ NONE, TRUNCATED = -1, -2
 # their bytes (12 per entry) fit the budget (EngineConfig.candidate_budget_mb).
 MAX_CELLS = 200_000_000
 BLOCK = 2048
-
-
-def _probs(x: np.ndarray) -> np.ndarray:
-    return sigmoid(x).astype(np.float32)
 
 
 def build(
@@ -40,7 +36,7 @@ def build(
     scores = np.zeros((n_users, m), dtype=np.float32)
     for start in range(0, n_users, BLOCK):
         block = np.arange(start, min(n_users, start + BLOCK))
-        s = (users[block] @ vectors64.T).astype(np.float32)  # as catalog.logits: float64 sums, float32
+        s = (users[block] @ vectors64.T).astype(np.float32)  # as numerics.logits: float64 sums, float32
         mask = seen.dense_rows(block)  # upserted items (beyond the recorded columns) are never seen
         s[:, : mask.shape[1]][mask] = -np.inf
         if nan_rows.size:
@@ -50,7 +46,7 @@ def build(
         finite = np.isfinite(best)
         rows[block] = np.where(finite, top, NONE)
         scores[block] = np.where(finite, best, 0.0)
-    return {"cand_rows": rows, "cand_scores": scores, "cand_probs": _probs(scores)}
+    return {"cand_rows": rows, "cand_scores": scores, "cand_probs": probabilities(scores)}
 
 
 def _has_seen(seen: CSR, user: int, row: int) -> bool:
@@ -73,9 +69,9 @@ def update(
             complete = R[u, -1] == NONE
             R[u, p:-1], S[u, p:-1] = R[u, p + 1 :], S[u, p + 1 :]
             R[u, -1] = NONE if complete else TRUNCATED
-        s = (users64 @ vectors64[j]).astype(np.float32)
         if not np.isfinite(vectors64[j]).all():
             continue
+        s = (users64 @ vectors64[j]).astype(np.float32)
         # Where j goes: before the first entry it beats (score, then row), or the first NONE slot.
         beats = (R >= 0) & ((s[:, None] > S) | ((s[:, None] == S) & (j < R)))
         slot = beats | (R == NONE)
@@ -85,4 +81,4 @@ def update(
             p = int(np.argmax(slot[u]))
             R[u, p + 1 :], S[u, p + 1 :] = R[u, p:-1].copy(), S[u, p:-1].copy()
             R[u, p], S[u, p] = j, s[u]
-    return {"cand_rows": R, "cand_scores": S, "cand_probs": _probs(S)}
+    return {"cand_rows": R, "cand_scores": S, "cand_probs": probabilities(S)}

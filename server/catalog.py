@@ -20,7 +20,6 @@ from .columns import ItemColumns
 from .csr import CSR
 from .index import AnnIndex
 from .manifest import ArtifactError
-from .numerics import sigmoid
 from .types import NewItemData
 
 
@@ -138,18 +137,6 @@ def item_columns(rows: Sequence[dict[str, str]]) -> dict:
         "description": [r["description"] for r in rows],
         "features": [r["features"] for r in rows],
     }
-
-
-def logits(vectors64: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Item logits for one user, float32 [n]: summed in float64, so the candidate lists (a batched
-    product) and the exact path (a matrix-vector product) give the same numbers and orders."""
-    return (vectors64 @ u.astype(np.float64)).astype(np.float32)
-
-
-def probabilities(x: np.ndarray) -> np.ndarray:
-    """float32 probabilities of float32 logits, as the ONNX head would round them. The candidate
-    lists and the exact path both come through here, so their probabilities are bit-identical."""
-    return sigmoid(x).astype(np.float32)
 
 
 def build_catalog(

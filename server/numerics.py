@@ -1,4 +1,5 @@
-"""Small numeric helpers shared by every package: one sigmoid, one row-wise cosine."""
+"""Small numeric helpers shared by every package: one sigmoid, one row-wise cosine, and the one way
+the server turns vectors into logits and probabilities."""
 
 from __future__ import annotations
 
@@ -26,3 +27,15 @@ def cosine_rows(a: np.ndarray, b: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     b = np.asarray(b, dtype=np.float64)
     norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
     return (a * b).sum(axis=1) / np.maximum(norms, eps)
+
+
+def logits(vectors64: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Item logits for one user, float32 [n]: summed in float64, so the candidate lists (a batched
+    product) and the exact path (a matrix-vector product) give the same numbers and orders."""
+    return (vectors64 @ u.astype(np.float64)).astype(np.float32)
+
+
+def probabilities(x: np.ndarray) -> np.ndarray:
+    """float32 probabilities of float32 logits, as the ONNX head would round them. The candidate
+    lists and the exact path both come through here, so their probabilities are bit-identical."""
+    return sigmoid(x).astype(np.float32)

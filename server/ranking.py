@@ -16,7 +16,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .candidates import NONE
-from .catalog import Catalog, logits, probabilities
+from .catalog import Catalog
+from .numerics import logits, probabilities
 from .topk import top_k
 
 # The approximate index is searched for (top_n + blocked items) / admissible fraction, times this

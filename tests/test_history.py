@@ -20,10 +20,10 @@ import pytest
 from pipeline import copy_serving
 from pipeline import server_and_channel as running_server
 
-from towerserve.server.catalog import logits, probabilities
 from towerserve.server.engine import Engine, EngineConfig
 from towerserve.server.features import FieldSpec, feature_matrix, load_tables
 from towerserve.server.manifest import file_entries
+from towerserve.server.numerics import logits, probabilities
 from towerserve.server.splits import load_recorded_split
 from towerserve.server.wire import recommend_wire
 from towerserve.v1 import recommender_pb2 as pb
