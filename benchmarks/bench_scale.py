@@ -10,7 +10,8 @@ jittered (benchmarks/scale_bundle.py); queries are its known users' vectors.
 Part 2 (--server): per size, a serving bundle tiled to that many items and users (scale_bundle.py,
 index chosen by export's `auto`), a real `towerserve serve`, then: seconds to SERVING, server RSS,
 and closed-loop Recommend (random known users, top 10) next to health Check at concurrency 32,
-alternated; Recommend p50/p99 and QPS, and the QPS ratio.
+alternated; Recommend p50/p99 and QPS, and the QPS ratio; then single-item UpsertItems over gRPC
+(texts the encoder has cached, and new texts).
 
     python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--server] [--kinds ivf,hnsw]
 """
@@ -147,6 +148,7 @@ def server_at(n: int, src: Path, duration: float) -> dict:
         for r in range(2):
             health.append(run(server.target, "health", 32, users, duration, 1.0, seed=r))
             rec.append(run(server.target, "recommend", 32, users, duration, 1.0, seed=r))
+        upsert_known, upsert_new = _upserts(server.target, bundle)
         mem = server.status()
     print(f"{n} items/users: server measured", flush=True)
     return {
@@ -164,7 +166,35 @@ def server_at(n: int, src: Path, duration: float) -> dict:
         "recommend_p50_ms": median([x["p50_ms"] for x in rec]),
         "recommend_p99_ms": median([x["p99_ms"] for x in rec]),
         "errors": sum(x["errors"] for x in rec + health),
+        "upsert_known_texts_ms": upsert_known,
+        "upsert_new_texts_ms": upsert_new,
     }
+
+
+def _upserts(target: str, bundle: Path, calls: int = 10) -> tuple[float, float]:
+    """Median client ms of single-item UpsertItems on an idle server: replacing existing items with
+    texts the encoder has cached, then adding items whose texts are new (the encoder runs)."""
+    import grpc
+
+    from towerserve.v1 import recommender_pb2 as pb
+    from towerserve.v1 import recommender_pb2_grpc
+
+    with open(bundle / "catalog" / "items.csv", encoding="utf-8") as fh:
+        fh.readline()
+        ids = [line.split(",", 1)[0] for _, line in zip(range(calls + 1), fh)]
+
+    def one(stub, item_id: str, text: str) -> float:
+        item = pb.NewItem(item_id=item_id, description=text, features=text, price=10.0, category="Books")
+        t0 = time.perf_counter()
+        stub.UpsertItems(pb.UpsertItemsRequest(items=[item]), timeout=30)
+        return (time.perf_counter() - t0) * 1e3
+
+    with grpc.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        one(stub, ids[0], "a short description")  # the text enters the encoder's cache
+        known = [one(stub, i, "a short description") for i in ids[1:]]
+        new = [one(stub, f"brand_new_{k}", f"a brand new text {k}") for k in range(calls)]
+    return median(known), median(new)
 
 
 def _first_ids(bundle: Path, n: int) -> list[str]:
@@ -236,6 +266,7 @@ def main() -> int:
                     "Rec QPS",
                     "health QPS",
                     "ratio",
+                    "upsert ms (known / new texts)",
                 ],
                 [
                     [
@@ -248,6 +279,7 @@ def main() -> int:
                         f"{r['recommend_qps']:.0f}",
                         f"{r['health_qps']:.0f}",
                         f"{r['recommend_qps'] / r['health_qps']:.2f}",
+                        f"{r['upsert_known_texts_ms']:.1f} / {r['upsert_new_texts_ms']:.1f}",
                     ]
                     for r in rows
                 ],
