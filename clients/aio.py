@@ -11,7 +11,17 @@ from towerserve.v1 import recommender_pb2 as pb
 
 from . import convert
 from .base import HEALTH, Base
-from .types import Evaluation, ItemData, ModelInfo, Recommendation, ReloadResult, Scores, UpsertResult, User
+from .types import (
+    DeleteResult,
+    Evaluation,
+    ItemData,
+    ModelInfo,
+    Recommendation,
+    ReloadResult,
+    Scores,
+    UpsertResult,
+    User,
+)
 
 
 class AsyncRecommenderClient(Base):
@@ -89,6 +99,10 @@ class AsyncRecommenderClient(Base):
     async def upsert_items(self, items: Sequence[ItemData], timeout: float | None = None) -> UpsertResult:
         r = await self._call("UpsertItems", convert.upsert_request(items), timeout)
         return UpsertResult(r.inserted, r.updated, r.item_count, r.model_version)
+
+    async def delete_items(self, item_ids: Sequence[str], timeout: float | None = None) -> DeleteResult:
+        r = await self._call("DeleteItems", pb.DeleteItemsRequest(item_ids=list(item_ids)), timeout)
+        return DeleteResult(r.deleted, r.item_count, r.model_version)
 
     async def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         r = await self._call("Reload", pb.ReloadRequest(artifacts=artifacts), timeout)

@@ -21,6 +21,7 @@ from .aio import AsyncRecommenderClient
 from .base import HEALTH, Base
 from .types import (
     TLS,
+    DeleteResult,
     Evaluation,
     ItemData,
     ModelInfo,
@@ -147,6 +148,11 @@ class RecommenderClient(Base):
         """Adds or replaces catalogue items; recommendable as soon as this returns."""
         r = self._call("UpsertItems", convert.upsert_request(items), timeout)
         return UpsertResult(r.inserted, r.updated, r.item_count, r.model_version)
+
+    def delete_items(self, item_ids: Sequence[str], timeout: float | None = None) -> DeleteResult:
+        """Removes catalogue items (unknown ids are ignored); gone from results once this returns."""
+        r = self._call("DeleteItems", pb.DeleteItemsRequest(item_ids=list(item_ids)), timeout)
+        return DeleteResult(r.deleted, r.item_count, r.model_version)
 
     def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         """Admin: loads ``artifacts`` ("" : the folder being served) and swaps it in."""

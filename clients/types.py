@@ -86,6 +86,13 @@ class UpsertResult:
 
 
 @dataclass(frozen=True)
+class DeleteResult:
+    deleted: int
+    item_count: int
+    model_version: str
+
+
+@dataclass(frozen=True)
 class ReloadResult:
     model_version: str
     previous_model_version: str

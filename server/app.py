@@ -22,9 +22,11 @@ from grpc_reflection.v1alpha import reflection
 from towerserve.v1 import recommender_pb2
 
 from .config import ServerConfig
+from .holder import EngineHolder
 from .interceptors import AuthInterceptor, Metrics, MetricsInterceptor
 from .manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
-from .servicer import ADMIN_SERVICE, SERVICE, EngineHolder, generic_handlers
+from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers
+from .store import open_store
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -53,7 +55,8 @@ class RunningServer:
         self.executor = futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="work", initializer=_worker_priority
         )
-        self.holder = EngineHolder(cfg.artifacts, cfg.engine_config(), on_ready=self.set_serving)
+        self.store = open_store(cfg.state_dir)
+        self.holder = EngineHolder(cfg.artifacts, cfg.engine_config(), self.set_serving, self.store)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
         self._thread.start()
@@ -121,6 +124,8 @@ class RunningServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        if self.store is not None:
+            self.store.close()
 
 
 def _credentials(cfg: ServerConfig) -> grpc.ServerCredentials | None:
@@ -196,6 +201,13 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
         ", token required" if cfg.token else "",
         cfg.artifacts,
     )
+    if running.store is None:
+        _LOGGER.warning(
+            "%s: no --state-dir: items changed by UpsertItems/DeleteItems will NOT survive a restart or Reload",
+            tag,
+        )
+    else:
+        _LOGGER.info("%s: catalogue journal %s", tag, running.store.url)
     stop = threading.Event()
     reload_requested = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -212,7 +224,7 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
         "%s SERVING %s (%d items, providers %s)",
         tag,
         engine.model_version,
-        len(engine.catalog),
+        engine.catalog.item_count,
         engine.providers,
     )
     while not stop.wait(0.25):

@@ -16,6 +16,7 @@ from .numerics import probabilities
 from .topk import top_k_rows
 
 NONE, TRUNCATED = -1, -2
+NO_ROWS = np.zeros(0, dtype=np.int64)
 # Lists are kept only while users x items stays below this (a few seconds of work at load) and
 # their bytes (12 per entry) fit the budget (EngineConfig.candidate_budget_mb).
 MAX_CELLS = 200_000_000
@@ -54,13 +55,20 @@ def _has_seen(seen: CSR, user: int, row: int) -> bool:
 
 
 def update(
-    cand: dict[str, np.ndarray], users64: np.ndarray, vectors64: np.ndarray, rows: np.ndarray, seen: CSR
+    cand: dict[str, np.ndarray],
+    users64: np.ndarray,
+    vectors64: np.ndarray,
+    rows: np.ndarray,
+    seen: CSR,
+    dead: np.ndarray = NO_ROWS,
 ) -> dict[str, np.ndarray]:
-    """The lists after ``rows`` got (new or replaced) vectors: copies, patched; ``cand`` is untouched
-    (requests in flight keep walking it)."""
+    """The lists after ``rows`` got (new or replaced) vectors, or were deleted (``dead``: they leave
+    the lists and never come back): copies, patched; ``cand`` is untouched (requests in flight keep
+    walking it)."""
     if not cand:
         return cand
     R, S = cand["cand_rows"].copy(), cand["cand_scores"].copy()
+    gone = set(dead.tolist())
     for j in np.unique(rows).tolist():
         # A replaced item leaves every list it was in: the rest shift up, the tail becomes TRUNCATED
         # (unless the list held every unseen item, when NONE stays true).
@@ -69,7 +77,7 @@ def update(
             complete = R[u, -1] == NONE
             R[u, p:-1], S[u, p:-1] = R[u, p + 1 :], S[u, p + 1 :]
             R[u, -1] = NONE if complete else TRUNCATED
-        if not np.isfinite(vectors64[j]).all():
+        if j in gone or not np.isfinite(vectors64[j]).all():
             continue
         s = (users64 @ vectors64[j]).astype(np.float32)
         # Where j goes: before the first entry it beats (score, then row), or the first NONE slot.

@@ -35,12 +35,13 @@ class Catalog:
     vectors: np.ndarray  # float32 [n, d] of the served model
     vectors64: np.ndarray  # the same in float64, for logits()
     order: np.ndarray | None  # best-first item order when the ranking is user-independent
-    nan_rows: np.ndarray  # rows whose vector is not finite (never recommended)
+    nan_rows: np.ndarray  # rows never recommended: a vector that is not finite, or a deleted item
     order_list: list[int]  # ``order`` as Python ints (walked per request without numpy)
     cand_rows: np.ndarray | None = None  # int32 [n_users, M]: each known user's best unseen items
     cand_scores: np.ndarray | None = None  # float32 [n_users, M]: their logits (candidates.py)
     cand_probs: np.ndarray | None = None  # float32 [n_users, M]: their probabilities
     ann: AnnIndex | None = None  # the approximate index (None: exact search), shared by snapshots
+    deleted: int = 0  # rows below n whose item was deleted (in nan_rows)
 
     # Per-row lists and lookups, shared with the columns (a row past ``n`` belongs to a later snapshot).
     @property
@@ -94,7 +95,12 @@ class Catalog:
         return self.ann.recall if self.ann is not None else 1.0
 
     def __len__(self) -> int:
+        """Rows (deleted items' included: row numbers never move); items served: ``item_count``."""
         return self.n
+
+    @property
+    def item_count(self) -> int:
+        return self.n - self.deleted
 
 
 # The items.csv columns a snapshot is built from (item_columns).
@@ -203,6 +209,7 @@ def _snapshot(
         nan_rows=nan_rows,
         order_list=order.tolist() if order is not None else [],
         ann=ann,
+        deleted=columns.deleted,
         **cand,
     )
 
@@ -228,3 +235,21 @@ def upserted(
         old = {"cand_rows": cat.cand_rows, "cand_scores": cat.cand_scores, "cand_probs": cat.cand_probs}
         cand = candidates_mod.update(old, users.astype(np.float64), cat.columns.vectors64, rows, seen)
     return _snapshot(cat.columns, nan_rows, cand, users, user_independent, cat.ann), rows, inserted, updated
+
+
+def deleted(
+    cat: Catalog, item_ids: Sequence[str], users: np.ndarray, seen: CSR, user_independent: bool
+) -> tuple[Catalog, np.ndarray]:
+    """Removes ``item_ids`` (unknown ones ignored) and returns the next snapshot and their rows: the
+    rows join ``nan_rows`` (never recommended) and leave every candidate list."""
+    rows = cat.columns.delete(item_ids)
+    if not rows.size:
+        return cat, rows
+    nan_rows = np.union1d(cat.nan_rows, rows)
+    cand = {}
+    if cat.cand_rows is not None:
+        old = {"cand_rows": cat.cand_rows, "cand_scores": cat.cand_scores, "cand_probs": cat.cand_probs}
+        cand = candidates_mod.update(
+            old, users.astype(np.float64), cat.columns.vectors64, rows, seen, dead=rows
+        )
+    return _snapshot(cat.columns, nan_rows, cand, users, user_independent, cat.ann), rows

@@ -76,6 +76,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         encoder_variant=args.encoder_variant,
         exact=args.exact or None,
         candidate_budget_mb=args.candidate_budget_mb,
+        state_dir=args.state_dir,
     )
     if cfg.artifacts is None:
         raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
@@ -139,5 +140,11 @@ def register(sub) -> None:
         "--candidate-budget-mb",
         type=float,
         help="memory for known users' precomputed top-128 lists (default 1024; beyond it, none are kept)",
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        help="journal catalogue changes (UpsertItems, DeleteItems) here before acknowledging them, and "
+        "replay them at start and on Reload (default: none, changes are lost on restart)",
     )
     p.set_defaults(func=cmd_serve, extra="server")

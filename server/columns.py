@@ -23,6 +23,7 @@ class ItemColumns:
 
     Attributes:
         n: rows written so far (a snapshot taken now holds them all).
+        deleted: rows among them whose item was deleted (out of ``index``; snapshots mask them).
         ids, category, description, features, wire, price_list, code_list: per-row lists (shared).
         index: item id -> row (shared; a snapshot checks ``row < its n``).
         categories, category_index: category names by code (first appearance) and name -> code.
@@ -41,6 +42,7 @@ class ItemColumns:
     ):
         n, d = vectors.shape
         self.n = n
+        self.deleted = 0  # rows whose id was deleted (they stay, masked, so row numbers never move)
         self.ids, self.category = list(ids), list(category)
         self.description, self.features = list(description), list(features)
         self.index = {x: j for j, x in enumerate(self.ids)}
@@ -125,3 +127,12 @@ class ItemColumns:
             self.index.setdefault(it.item_id, j)
         self.n += inserted
         return rows, inserted, len(items) - inserted
+
+    def delete(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Forgets ``item_ids`` (unknown ones are ignored); returns their rows, which keep their values
+        (requests already running may still rank them) and are never reused: an id upserted again
+        gets a new row.
+        """
+        rows = [j for j in (self.index.pop(x, None) for x in dict.fromkeys(item_ids)) if j is not None]
+        self.deleted += len(rows)
+        return np.array(rows, dtype=np.int64)

@@ -71,6 +71,8 @@ class ServerConfig:
         encoder_variant: fp32 / optimized / int8 / fp16 (default: the manifest's choice for the device).
         exact: score every item, ignoring the bundle's approximate index.
         candidate_budget_mb: memory for known users' precomputed candidate lists.
+        state_dir: where the catalogue journal lives (store.py); None: catalogue changes are lost on
+            restart (the server says so at start).
     """
 
     artifacts: Path | None = None
@@ -91,6 +93,7 @@ class ServerConfig:
     encoder_variant: str | None = None
     exact: bool = False
     candidate_budget_mb: float = 1024.0
+    state_dir: Path | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> ServerConfig:

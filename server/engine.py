@@ -23,13 +23,14 @@ from typing import NamedTuple, TypeVar
 import numpy as np
 
 from . import evaluation, ranking
-from .catalog import ITEM_COLUMNS, Catalog, build_catalog, item_columns, read_csv, upserted
+from .catalog import ITEM_COLUMNS, Catalog, build_catalog, deleted, item_columns, read_csv, upserted
 from .config import EngineConfig
 from .csr import CSR
 from .errors import InvalidArgument, NotFound
 from .features import MINMAX, TEXT, load_tables
 from .history import NO_HISTORY, History, HistoryIndex
 from .index import AnnIndex
+from .info import model_info
 from .inputs import TowerInputs, UserRef
 from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
 from .metrics import DEFAULT_KS
@@ -46,7 +47,6 @@ from .validation import (
     validate_recommend,
     validate_score,
 )
-from .versions import SERVING_VERSIONS
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -58,10 +58,6 @@ class Planned(NamedTuple):
     query: Query
     ref: UserRef
     history: History
-
-
-# Keys of the training metrics that are bookkeeping, not metrics (left out of GetModelInfo).
-_NOT_METRICS = ("epochs", "train_seconds", "users")
 
 
 def _read_npz(read: Callable[[Path], T], path: Path) -> T:
@@ -325,13 +321,14 @@ class Engine:
         """
         return evaluation.evaluate(self, split, ks, protocol, inline, check)
 
-    def upsert_items(self, items: Sequence[NewItemData]) -> tuple[int, int, int]:
-        """Adds or replaces items (encoder + item tower), then swaps the catalogue snapshot.
+    def item_vectors(self, items: Sequence[NewItemData], validate: bool = True) -> np.ndarray:
+        """The served item tower's vectors for ``items`` (encoder for texts the tables lack).
 
-        Returns:
-            (inserted, updated, catalogue size).
+        Raises:
+            InvalidArgument: ``validate`` and a request limit broken, or a vector not finite.
         """
-        validate_items(items, self.limits)
+        if validate:
+            validate_items(items, self.limits)
         vecs = self.serving.items(self.inputs.records(self.serving.item_specs, items))
         bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
         if bad.size:
@@ -339,6 +336,14 @@ class Engine:
                 f"items[{int(bad[0])}] ({show(items[int(bad[0])].item_id)}): the item tower "
                 "produced non-finite values for these attributes"
             )
+        return vecs
+
+    def apply_items(self, items: Sequence[NewItemData], vecs: np.ndarray) -> tuple[int, int, int]:
+        """Writes ``items`` with their :meth:`item_vectors` and publishes the next snapshot.
+
+        Returns:
+            (inserted, updated, catalogue size).
+        """
         with self._write_lock:  # writers queue here; readers keep using their snapshot meanwhile
             # Cost proportional to the items: columns written in place, candidate lists patched.
             cat, rows, inserted, updated = upserted(
@@ -347,7 +352,30 @@ class Engine:
             if self.ann is not None:  # the index first: no snapshot can return the rows before it
                 self.ann.upsert(rows, vecs)
             self.catalog = cat
-        return inserted, updated, len(cat)
+        return inserted, updated, cat.item_count
+
+    def upsert_items(self, items: Sequence[NewItemData]) -> tuple[int, int, int]:
+        """Adds or replaces items in memory (the server journals them first: holder.py).
+
+        Returns:
+            (inserted, updated, catalogue size).
+        """
+        return self.apply_items(items, self.item_vectors(items))
+
+    def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
+        """Removes the items the catalogue has (unknown ids are ignored) and publishes the next snapshot.
+
+        Returns:
+            (deleted, catalogue size).
+        """
+        with self._write_lock:
+            cat, rows = deleted(
+                self.catalog, item_ids, self.known_user_vectors(), self.seen, self.user_independent
+            )
+            if self.ann is not None and rows.size:
+                self.ann.remove(rows)
+            self.catalog = cat
+        return int(rows.size), cat.item_count
 
     def warm_up(self) -> None:
         """One pass through every session, so the first real request pays no lazy initialisation."""
@@ -355,39 +383,6 @@ class Engine:
             self.recommend(self.user_ids[0], 10)
         self.encoder.encode(["warm up"], WARM_UP_LENGTH)
 
-    def info(self) -> ModelInfo:
-        training = self.manifest.training
-        train = training.metrics.get(SERVED_SPLIT, {}).get(self.kind, {}) if training else {}
-        cat = self.catalog
-        return ModelInfo(
-            model_version=self.model_version,
-            model_kind=self.kind,
-            user_independent_ranking=self.user_independent,
-            item_count=len(cat),
-            user_count=len(self.user_ids),
-            providers=list(self.providers),
-            encoder=self.encoder_name,
-            encoder_variant=self.encoder_variant,
-            vector_dim=self.serving.dim,
-            user_fields=list(self.user_fields),
-            item_fields=list(self.item_fields),
-            training_metrics={
-                k: float(v) for k, v in train.items() if isinstance(v, (int, float)) and k not in _NOT_METRICS
-            },
-            versions={
-                **{f"export.{k}": str(v) for k, v in self.manifest.versions.items()},
-                **{f"serve.{k}": v for k, v in SERVING_VERSIONS.items()},
-            },
-            artifacts=str(self.root),
-            loaded_at=self.loaded_at,
-            max_top_n=self.limits.max_top_n,
-            max_score_pairs=self.limits.max_score_pairs,
-            max_upsert_items=self.limits.max_upsert_items,
-            max_inline_interactions=self.limits.max_inline_interactions,
-            categories=sorted(cat.categories),
-            max_history=self.serving.max_history,
-            max_categories=self.limits.max_categories,
-            max_exclude_items=self.limits.max_exclude_items,
-            index_kind=cat.index_kind,
-            index_recall_at_10=cat.index_recall,
-        )
+    def info(self, durable: bool = False, journal_entries: int = 0) -> ModelInfo:
+        """What is served (GetModelInfo); the journal's part comes from holder.py."""
+        return model_info(self, durable, journal_entries)

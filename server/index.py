@@ -126,6 +126,16 @@ class AnnIndex:
             self._label_of[rows] = np.arange(start, start + len(rows))
             self.tombstones += int((old >= 0).sum()) + int((~finite).sum())
 
+    def remove(self, rows: np.ndarray) -> None:
+        """Tombstones ``rows`` (deleted items): never proposed again; an id upserted later gets a new row."""
+        rows = np.asarray(rows, dtype=np.int64)
+        rows = rows[rows < len(self._label_of)]
+        with self._lock.write():
+            old = self._label_of[rows]
+            self._row_of[old[old >= 0]] = -1
+            self._label_of[rows] = -1
+            self.tombstones += int((old >= 0).sum())
+
 
 def _fit(a: np.ndarray, n: int, fill: int) -> np.ndarray:
     """``a`` with room for n entries: itself, or a copy twice as large padded with ``fill``."""

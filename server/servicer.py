@@ -7,23 +7,21 @@ import contextvars
 import dataclasses
 import functools
 import logging
-import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from towerserve.v1 import recommender_pb2 as pb
 
-from .config import EngineConfig
 from .deadline import check_deadline
 from .engine import Engine
-from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError, Unavailable
+from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError
 from .history import NO_HISTORY
+from .holder import EngineHolder
 from .manifest import ArtifactError
 from .rpcs import ADMIN, RECOMMENDER, Rpc
 from .types import NewItemData, UserAttrs
@@ -91,53 +89,6 @@ def rpc(method):
         await context.abort(code, message)
 
     return wrapper
-
-
-class EngineHolder:
-    """The engine currently served; swapped atomically on reload (readers take one reference)."""
-
-    def __init__(
-        self, artifacts: Path | None, config: EngineConfig, on_ready: Callable[[bool], None] = lambda ok: None
-    ):
-        self.artifacts = artifacts
-        self.config = config
-        self._engine: Engine | None = None
-        self._reload_lock = threading.Lock()
-        self._on_ready = on_ready
-
-    def get(self) -> Engine:
-        engine = self._engine
-        if engine is None:
-            raise Unavailable(
-                "the model is loading; retry shortly (health reports NOT_SERVING until it is ready)"
-            )
-        return engine
-
-    @property
-    def ready(self) -> bool:
-        return self._engine is not None
-
-    def load(self, artifacts: Path | str | None = None) -> tuple[Engine, Engine | None, float]:
-        """Loads and warms a new engine, then swaps it in; the old one serves until the swap.
-
-        Returns:
-            (new engine, previous engine or None, seconds).
-
-        Raises:
-            ArtifactError: the folder is bad; nothing was swapped.
-        """
-        with self._reload_lock:
-            t0 = time.perf_counter()
-            path = Path(artifacts) if artifacts else self.artifacts
-            if path is None:
-                raise ArtifactError("<none>", "no artifacts folder given")
-            # The typed manifest has checked every field the engine reads (ArtifactError naming it).
-            engine = Engine(path, self.config)
-            engine.warm_up()
-            previous, self._engine = self._engine, engine
-            self.artifacts = path
-            self._on_ready(True)
-            return engine, previous, time.perf_counter() - t0
 
 
 def _serialize(message) -> bytes:
@@ -249,18 +200,26 @@ class RecommenderServicer:
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
         # ModelInfo holds exactly the response's fields (a test checks they match).
-        return pb.GetModelInfoResponse(**dataclasses.asdict(self.holder.get().info()))
+        return pb.GetModelInfoResponse(**dataclasses.asdict(self.holder.info()))
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
-        engine = self.holder.get()
+        self.holder.get()  # UNAVAILABLE before the thread hand-off while the model loads
         items = [
             NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items
         ]
-        inserted, updated, count = await self._offload(engine.upsert_items, items)
+        check = check_deadline(context.time_remaining)
+        engine, inserted, updated, count = await self._offload(self.holder.upsert, items, check)
         return pb.UpsertItemsResponse(
             inserted=inserted, updated=updated, item_count=count, model_version=engine.model_version
         )
+
+    @rpc
+    async def DeleteItems(self, request: pb.DeleteItemsRequest, context) -> pb.DeleteItemsResponse:
+        self.holder.get()
+        check = check_deadline(context.time_remaining)
+        engine, deleted, count = await self._offload(self.holder.delete, list(request.item_ids), check)
+        return pb.DeleteItemsResponse(deleted=deleted, item_count=count, model_version=engine.model_version)
 
 
 async def offload(executor: Executor | None, fn, *args):

@@ -54,3 +54,7 @@ class ModelInfo:
     max_exclude_items: int
     index_kind: str
     index_recall_at_10: float
+    max_new_texts: int
+    max_delete_items: int
+    durable_catalog: bool
+    journal_entries: int

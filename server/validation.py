@@ -28,6 +28,9 @@ class Limits:
     # Filters are sets the server looks up per request; bounded so one request cannot carry megabytes.
     max_categories: int = 1000
     max_exclude_items: int = 1000
+    # Distinct texts the exported tables lack, per request: each is one encoder pass (~1 ms).
+    max_new_texts: int = 1000
+    max_delete_items: int = 1000
 
 
 def show(value: str, width: int = 60) -> str:

@@ -51,4 +51,5 @@ def test_stubs_import_and_name_the_services():
         "Evaluate",
         "GetModelInfo",
         "UpsertItems",
+        "DeleteItems",
     }

@@ -17,8 +17,9 @@ from towerserve.clients import loadtest
 from towerserve.clients.base import CALLS
 from towerserve.clients.client import AsyncRecommenderClient, RecommenderClient
 from towerserve.server.config import EngineConfig
+from towerserve.server.holder import EngineHolder
 from towerserve.server.rpcs import ADMIN, RECOMMENDER, RPCS, SERVICES, Rpc
-from towerserve.server.servicer import AdminServicer, EngineHolder, RecommenderServicer, generic_handlers
+from towerserve.server.servicer import AdminServicer, RecommenderServicer, generic_handlers
 from towerserve.v1 import recommender_pb2 as pb
 
 SERVICERS = {"Recommender": RecommenderServicer, "Admin": AdminServicer}

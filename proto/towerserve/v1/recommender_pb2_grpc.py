@@ -60,6 +60,11 @@ class RecommenderStub:
                 request_serializer=towerserve_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=towerserve_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.DeleteItems = channel.unary_unary(
+                '/towerserve.v1.Recommender/DeleteItems',
+                request_serializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+                response_deserializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -95,7 +100,15 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertItems(self, request, context):
-        """Adds or replaces catalogue items; they are recommendable as soon as the call returns.
+        """Adds or replaces catalogue items; they are recommendable as soon as the call returns, and with
+        --state-dir they are in the journal before OK (they survive a restart or a Reload).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteItems(self, request, context):
+        """Removes catalogue items (journaled like UpsertItems); unknown ids are ignored and not counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -128,6 +141,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=towerserve_dot_v1_dot_recommender__pb2.UpsertItemsRequest.FromString,
                     response_serializer=towerserve_dot_v1_dot_recommender__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'DeleteItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItems,
+                    request_deserializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.FromString,
+                    response_serializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +284,33 @@ class Recommender:
             '/towerserve.v1.Recommender/UpsertItems',
             towerserve_dot_v1_dot_recommender__pb2.UpsertItemsRequest.SerializeToString,
             towerserve_dot_v1_dot_recommender__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerserve.v1.Recommender/DeleteItems',
+            towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
+            towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
