@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from towerserve.export import cli as export_cli
+from towerserve.server import catalog_cli
 from towerserve.server import cli as server_cli
 from towerserve.server.cli import ks_list, missing_extra
 from towerserve.server.tables import SUMMARY_METRICS, format_table
@@ -305,7 +306,13 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND", required=True)
     # Each package owns its commands; their modules import only argparse, so every command is listed
     # (and its --help works) in a client-only install too.
-    for add in (trainer_cli.register, export_cli.register, server_cli.register, register):
+    for add in (
+        trainer_cli.register,
+        export_cli.register,
+        server_cli.register,
+        catalog_cli.register,
+        register,
+    ):
         add(sub)
     return parser, sub.choices
 

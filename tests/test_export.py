@@ -483,3 +483,11 @@ def test_an_hnsw_bundle_serves_the_exact_answers_and_takes_upserts(built, tmp_pa
     got, want = ann.recommend(user, 5), exact.recommend(user, 5)
     assert got[1:] == want[1:]
     assert ann.catalog.row("twin") == got[1][0]
+    # Deleting the twin and the user's next favourite: both gone from the index path as from exact.
+    doomed = ["twin", ann.catalog.ids[got[1][1]]]
+    for e in (ann, exact):
+        assert e.delete_items(doomed) == (2, len(cat) - 1)
+    got, want = ann.recommend(user, 5), exact.recommend(user, 5)
+    assert got[1:] == want[1:]
+    assert not {ann.catalog.row(x) for x in doomed} - {None}
+    assert not {got[0].ids[r] for r in got[1]} & set(doomed)

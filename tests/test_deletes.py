@@ -1,0 +1,84 @@
+"""DeleteItems in the engine: a deleted item leaves every path (candidate lists, exact, the index) and
+lookups, row numbers never move, and the same id can come back as a new item."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from towerserve.server.catalog import deleted
+from towerserve.server.config import EngineConfig
+from towerserve.server.csr import CSR
+from towerserve.server.engine import Engine
+from towerserve.server.errors import NotFound
+from towerserve.server.index import AnnIndex
+from towerserve.server.ranking import ann_rank
+from towerserve.server.types import NewItemData
+
+
+def test_a_deleted_item_leaves_every_path_and_can_come_back(serving):
+    listed = Engine(serving, EngineConfig(model="two_tower", candidates=8))
+    exact = Engine(serving, EngineConfig(model="two_tower", candidates=0))
+    n = len(listed.catalog)
+    users = listed.user_ids[:30]
+    # Each user's favourite: deleting them truncates many candidate lists at once.
+    favourites = sorted({listed.catalog.ids[listed.recommend(u, 1)[1][0]] for u in users})
+    for e in (listed, exact):
+        assert e.delete_items([*favourites, "no-such-item", favourites[0]]) == (
+            len(favourites),
+            n - len(favourites),
+        )
+        assert e.catalog.item_count == n - len(favourites) and len(e.catalog) == n  # rows never move
+        assert e.info().item_count == n - len(favourites)
+    rows = {exact.catalog.columns.index.get(x) for x in favourites}
+    assert rows == {None}
+    for u in users:
+        for kw in ({}, {"exclude_seen": False}, {"top_n": 20}):
+            kw = {"top_n": 5, **kw}
+            got, want = listed.recommend(u, **kw), exact.recommend(u, **kw)
+            assert got[1:] == want[1:], (u, kw)
+            assert not {got[0].ids[j] for j in got[1]} & set(favourites)
+    with pytest.raises(NotFound):
+        exact.score([(users[0], favourites[0])])
+    # The same id upserted again is a new item, in a new row, recommendable again.
+    back = NewItemData(favourites[0], "a brand new description", "new features", 3.0, "new-category")
+    for e in (listed, exact):
+        assert e.upsert_items([back]) == (1, 0, n - len(favourites) + 1)
+        assert e.catalog.row(favourites[0]) == n
+        assert e.recommend(users[0], 3, categories=["new-category"])[1] == [n]
+    assert listed.delete_items(["no-such-item"]) == (0, n - len(favourites) + 1)
+
+
+def test_the_index_never_proposes_a_deleted_row():
+    import faiss
+
+    rng = np.random.default_rng(3)
+    d, n = 8, 500
+    items = rng.standard_normal((n, d)).astype(np.float32)
+    flat = faiss.IndexFlatIP(d)
+    flat.add(items)
+    ann = AnnIndex(flat, "flat", 0, 1.0, n, np.empty(0, dtype=np.int64))
+    from towerserve.server.catalog import build_catalog
+
+    users = rng.standard_normal((4, d)).astype(np.float32)
+    seen = CSR.from_pairs(np.array([0]), np.array([0]), 4, n)
+    cat = build_catalog(
+        [f"i{j}" for j in range(n)],
+        np.ones(n),
+        ["c"] * n,
+        ["d"] * n,
+        ["f"] * n,
+        items,
+        users=users,
+        seen=seen,
+        candidates=0,
+        user_independent=False,
+        ann=ann,
+    )
+    top = ann_rank(cat, users[1], 10, set(), None)[0]
+    cat2, rows = deleted(cat, [f"i{j}" for j in top[:5]], users, seen, False)
+    ann.remove(rows)
+    assert sorted(rows.tolist()) == sorted(top[:5])
+    assert not set(ann.search(users[1], n).tolist()) & set(top[:5])
+    assert ann_rank(cat2, users[1], 5, set(), None)[0] == top[5:10]
+    assert ann.tombstones == 5 and cat2.item_count == n - 5

@@ -1,0 +1,136 @@
+"""The catalogue journal (server/store.py): durable order, latest-per-item, compaction, reopening."""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+
+from towerserve.server.store import DELETE, UPSERT, SQLiteStore, latest, open_store
+from towerserve.server.types import NewItemData
+
+
+def _item(item_id: str, price: float = 1.0, description: str = "d") -> NewItemData:
+    return NewItemData(item_id, description, "f", price, "c")
+
+
+def test_changes_come_back_in_order_and_survive_reopening(tmp_path):
+    store = SQLiteStore(tmp_path)
+    assert store.last_seq() == 0 and store.count() == 0
+    s1 = store.upsert([_item("a"), _item("b", 2.0)])
+    s2 = store.delete(["a"])
+    s3 = store.upsert([_item("a", 3.0, "é ✓ \u202e")])
+    assert (s1, s2, s3) == (2, 3, 4)
+    store.close()
+
+    again = SQLiteStore(tmp_path)
+    got = list(again.changes())
+    assert [(c.seq, c.op, c.item_id) for c in got] == [
+        (1, UPSERT, "a"),
+        (2, UPSERT, "b"),
+        (3, DELETE, "a"),
+        (4, UPSERT, "a"),
+    ]
+    assert got[1].item == _item("b", 2.0) and got[2].item is None
+    assert got[3].item.description == "é ✓ \u202e"
+    assert [c.seq for c in again.changes(after=2)] == [3, 4]
+    assert [c.seq for c in again.changes(after=1, upto=3)] == [2, 3]
+
+
+def test_latest_keeps_each_items_last_change_in_journal_order(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.upsert([_item("a"), _item("b")])
+    store.delete(["b"])
+    store.upsert([_item("a", 9.0)])
+    store.upsert([_item("c")])
+    last = latest(store.changes())
+    assert [(c.item_id, c.op) for c in last] == [("b", DELETE), ("a", UPSERT), ("c", UPSERT)]
+    assert last[1].item.price == 9.0
+
+
+def test_compact_leaves_the_same_latest_changes(tmp_path):
+    store = SQLiteStore(tmp_path)
+    for k in range(5):
+        store.upsert([_item("a", float(k)), _item(f"x{k}")])
+    store.delete(["x0", "x1"])
+    want = [(c.item_id, c.op, c.item) for c in latest(store.changes())]
+    assert store.compact() == (12, 6)  # a once, x0..x4 once each
+    assert [(c.item_id, c.op, c.item) for c in latest(store.changes())] == want
+    assert [(c.item_id, c.op, c.item) for c in store.changes()] == want
+    # Sequence numbers keep growing after compaction (AUTOINCREMENT), so replicas never go back.
+    assert store.upsert([_item("z")]) == 13
+
+
+def test_the_journal_is_wal_with_full_sync(tmp_path):
+    store = SQLiteStore(tmp_path)
+    store.upsert([_item("a")])
+    db = sqlite3.connect(store.path)
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    # synchronous is per connection: the store's own connection is what writes.
+    assert store._db.execute("PRAGMA synchronous").fetchone()[0] == 2  # FULL
+    db.close()
+
+
+def test_readers_in_other_threads_see_every_committed_write(tmp_path):
+    store = SQLiteStore(tmp_path)
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def read():
+        try:
+            while not stop.is_set():
+                seqs = [c.seq for c in store.changes()]
+                assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+                store.count()
+        except BaseException as err:  # noqa: BLE001 - reported below
+            errors.append(err)
+
+    readers = [threading.Thread(target=read) for _ in range(4)]
+    for t in readers:
+        t.start()
+    for k in range(50):
+        store.upsert([_item(f"i{k}")])
+    stop.set()
+    for t in readers:
+        t.join()
+    assert not errors
+    assert store.count() == 50
+
+
+def test_no_state_dir_means_no_store(tmp_path):
+    assert open_store(None) is None
+    assert isinstance(open_store(tmp_path / "new" / "dir"), SQLiteStore)
+
+
+def _cli(*args: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
+
+
+def test_catalog_dump_and_compact_commands(tmp_path):
+    import json
+
+    store = SQLiteStore(tmp_path)
+    store.upsert([_item("a"), _item("b")])
+    store.upsert([_item("a", 2.5, "naïve ✓")])
+    store.delete(["b"])
+    store.close()
+    done = _cli("catalog", "dump", "--state-dir", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [(r["item_id"], r["op"], r["seq"]) for r in rows] == [("a", "upsert", 3), ("b", "delete", 4)]
+    assert rows[0]["description"] == "naïve ✓" and rows[0]["price"] == 2.5 and "description" not in rows[1]
+    out = tmp_path / "all.jsonl"
+    assert _cli("catalog", "dump", "--all", "--state-dir", str(tmp_path), "--out", str(out)).returncode == 0
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+    done = _cli("catalog", "compact", "--state-dir", str(tmp_path))
+    assert done.returncode == 0 and "4 -> 2 changes" in done.stdout, done.stderr
+    again = _cli("catalog", "dump", "--all", "--state-dir", str(tmp_path))
+    assert [json.loads(line)["seq"] for line in again.stdout.splitlines()] == [3, 4]
+    missing = _cli("catalog", "dump", "--state-dir", str(tmp_path / "nope"))
+    assert missing.returncode == 2 and "no catalogue journal" in missing.stderr
+    assert not (tmp_path / "nope").exists()  # a typo never creates an empty journal
