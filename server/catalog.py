@@ -221,9 +221,11 @@ def upserted(
     users: np.ndarray,
     seen: CSR,
     user_independent: bool,
+    patch: bool = True,
 ) -> tuple[Catalog, np.ndarray, int, int]:
     """Writes ``items`` into the shared columns and returns the next snapshot: cost proportional to
     the items (the candidate lists are patched, not rebuilt; a user-independent order is re-sorted).
+    ``patch=False`` drops the candidate lists instead (a bulk load rebuilds them once: relisted()).
 
     Returns:
         (new snapshot, the items' rows, inserted, updated).
@@ -231,10 +233,20 @@ def upserted(
     rows, inserted, updated = cat.columns.write(items, vecs)
     nan_rows = cat.nan_rows[~np.isin(cat.nan_rows, rows)] if cat.nan_rows.size else cat.nan_rows
     cand = {}
-    if cat.cand_rows is not None:
+    if cat.cand_rows is not None and patch:
         old = {"cand_rows": cat.cand_rows, "cand_scores": cat.cand_scores, "cand_probs": cat.cand_probs}
-        cand = candidates_mod.update(old, users.astype(np.float64), cat.columns.vectors64, rows, seen)
+        users64 = users.astype(np.float64)
+        cand = candidates_mod.update(old, users64, cat.columns.vectors64, rows, seen, n_before=cat.n)
     return _snapshot(cat.columns, nan_rows, cand, users, user_independent, cat.ann), rows, inserted, updated
+
+
+def relisted(
+    cat: Catalog, users: np.ndarray, seen: CSR, candidates: int, user_independent: bool, budget_mb: float
+) -> Catalog:
+    """The snapshot with its candidate lists built afresh (after a bulk load, where patching item by
+    item would cost a Python loop over users per item)."""
+    cand = candidates_mod.build(users, cat.vectors64, seen, cat.nan_rows, candidates, int(budget_mb * 2**20))
+    return _snapshot(cat.columns, cat.nan_rows, cand, users, user_independent, cat.ann)
 
 
 def deleted(

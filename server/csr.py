@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -60,6 +61,20 @@ class CSR:
 
     def row(self, u: int) -> np.ndarray:
         return self.indices[self.indptr[u] : self.indptr[u + 1]]
+
+    @cached_property
+    def _keys(self) -> np.ndarray:
+        """row * n_cols + column for every pair: sorted, because columns are sorted within rows."""
+        rows, cols = self.pairs()
+        return rows * np.int64(self.n_cols) + cols
+
+    def contains(self, rows: np.ndarray, col: int) -> np.ndarray:
+        """bool [len(rows)]: whether each row holds column ``col`` (a binary search each)."""
+        if not 0 <= col < self.n_cols or not self.nnz:
+            return np.zeros(len(rows), dtype=bool)
+        q = np.asarray(rows, dtype=np.int64) * np.int64(self.n_cols) + col
+        pos = np.minimum(np.searchsorted(self._keys, q), self.nnz - 1)
+        return self._keys[pos] == q
 
     def row_lengths(self) -> np.ndarray:
         return np.diff(self.indptr)

@@ -25,6 +25,9 @@ from .validation import check_id
 
 _LOGGER = logging.getLogger(__name__)
 REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
+# Past this many replayed items, candidate lists are dropped and rebuilt once (one users x items
+# product) rather than patched item by item (a Python loop over the users each item enters).
+RELIST_AFTER = 64
 
 
 def _never() -> None:
@@ -111,11 +114,14 @@ class EngineHolder:
         changes = latest(self.store.changes(after, upto))
         upserts = [c for c in changes if c.op != DELETE]
         deletes = [c.item_id for c in changes if c.op == DELETE]
+        bulk = len(upserts) > RELIST_AFTER
         skipped = 0
         for start in range(0, len(upserts), REPLAY_BATCH):
-            skipped += self._replay_upserts(engine, upserts[start : start + REPLAY_BATCH])
+            skipped += self._replay_upserts(engine, upserts[start : start + REPLAY_BATCH], not bulk)
         if deletes:
             engine.delete_items(deletes)
+        if bulk:
+            engine.relist()
         _LOGGER.info(
             "replayed %d journaled changes (%d upserts, %d deletes; %d skipped) onto %s in %.2f s",
             len(changes),
@@ -128,19 +134,19 @@ class EngineHolder:
         return upto
 
     @staticmethod
-    def _replay_upserts(engine: Engine, batch: list[Change]) -> int:
+    def _replay_upserts(engine: Engine, batch: list[Change], patch: bool) -> int:
         """Applies a batch of journaled upserts; an item this model cannot embed is skipped and logged
         (returns how many), so one item never keeps a model from loading."""
         items = [c.item for c in batch if c.item is not None]
         try:
-            engine.apply_items(items, engine.item_vectors(items, validate=False))
+            engine.apply_items(items, engine.item_vectors(items, validate=False), patch)
             return 0
         except InvalidArgument:
             pass
         skipped = 0
         for item in items:  # the batch failed: find the culprits one by one
             try:
-                engine.apply_items([item], engine.item_vectors([item], validate=False))
+                engine.apply_items([item], engine.item_vectors([item], validate=False), patch)
             except InvalidArgument as err:
                 skipped += 1
                 _LOGGER.warning(
