@@ -58,6 +58,10 @@ class EngineHolder:
         self._reload_lock = threading.Lock()  # one load at a time
         self._write_lock = threading.Lock()  # journal order = apply order; the reload swap waits here
         self._on_ready = on_ready
+        self.applied = 0  # the last journal sequence number the served engine holds
+        self._stop_following = threading.Event()
+        self._follower: threading.Thread | None = None
+        self.follow_interval = 0.5  # seconds between polls for other writers' changes
 
     def get(self) -> Engine:
         engine = self._engine
@@ -97,9 +101,12 @@ class EngineHolder:
             engine.warm_up()
             done = self._replay(engine, 0)  # the bulk, while the old engine still serves and writes
             with self._write_lock:
-                self._replay(engine, done)  # whatever was journaled meanwhile; writers wait for the swap
+                # Whatever was journaled meanwhile; writers wait for the swap.
+                self.applied = self._replay(engine, done)
                 previous, self._engine = self._engine, engine
             self.artifacts = path
+            if self._follower is None:
+                self._follower = self.follow(self.follow_interval)
             self._on_ready(True)
             return engine, previous, time.perf_counter() - t0
 
@@ -174,9 +181,9 @@ class EngineHolder:
                 engine = self.get()
                 vecs = engine.item_vectors(items)
             check()
-            if self.store is not None:
-                self.store.upsert(items)
+            seq = self.store.upsert(items) if self.store is not None else 0
             inserted, updated, count = engine.apply_items(items, vecs)
+            self._advance(seq, len(items))
         return engine, inserted, updated, count
 
     def delete(self, item_ids: Sequence[str], check: Callable[[], None] = _never) -> tuple[Engine, int, int]:
@@ -197,7 +204,47 @@ class EngineHolder:
             engine = self.get()
             known = [x for x in dict.fromkeys(item_ids) if engine.catalog.row(x) is not None]
             check()
-            if self.store is not None and known:
-                self.store.delete(known)
+            seq = self.store.delete(known) if self.store is not None and known else 0
             deleted, count = engine.delete_items(known)
+            self._advance(seq, len(known))
         return engine, deleted, count
+
+    def _advance(self, seq: int, n: int) -> None:
+        """Marks our own write (journal entries seq-n+1..seq) applied, unless another writer's entries
+        came first: then the follower replays from where we were, ours included, in journal order."""
+        if seq and seq - n == self.applied:
+            self.applied = seq
+
+    # ----------------------------------------------------------------------------------- following
+
+    def follow(self, interval: float = 0.5) -> threading.Thread | None:
+        """Starts a thread that applies changes other writers journaled (other --workers processes
+        sharing the --state-dir) every ``interval`` seconds; None without a journal."""
+        if self.store is None:
+            return None
+        thread = threading.Thread(target=self._follow, args=(interval,), name="journal-follower", daemon=True)
+        thread.start()
+        return thread
+
+    def catch_up(self) -> int:
+        """Applies journal changes the served engine lacks; returns how many sequence numbers it advanced."""
+        store, engine = self.store, self._engine
+        if store is None or engine is None or store.last_seq() <= self.applied:
+            return 0
+        with self._write_lock:
+            engine, before = self.get(), self.applied
+            self.applied = self._replay(engine, before)
+            return self.applied - before
+
+    def _follow(self, interval: float) -> None:
+        while not self._stop_following.wait(interval):
+            try:
+                self.catch_up()
+            except Exception:  # keep following: the next poll retries from the same sequence number
+                _LOGGER.exception("applying other writers' journal changes failed")
+
+    def close(self) -> None:
+        """Stops the follower (the store is closed by its owner, after this)."""
+        self._stop_following.set()
+        if self._follower is not None:
+            self._follower.join(timeout=30)

@@ -120,6 +120,34 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
         )
 
 
+def test_writes_through_one_server_reach_another_on_the_same_journal_within_a_second(serving, tmp_path):
+    """Two servers sharing one --state-dir (as --workers processes do): each applies the other's
+    upserts and deletes by following the journal."""
+    state = tmp_path / "state"
+    with (
+        running_server(serving, state_dir=state) as a,
+        running_server(serving, state_dir=state) as b,
+        RecommenderClient(_target(a)) as ca,
+        RecommenderClient(_target(b)) as cb,
+    ):
+        user = a.holder.get().user_ids[0]
+        t0 = time.monotonic()
+        ca.upsert_items([_item("via-a", "shared")])
+        cb.upsert_items([_item("via-b", "shared")])
+        while _ids_in(cb, user, "shared") != {"new-via-a", "new-via-b"}:
+            assert time.monotonic() - t0 < 1.0, _ids_in(cb, user, "shared")
+            time.sleep(0.02)
+        while _ids_in(ca, user, "shared") != {"new-via-a", "new-via-b"}:
+            assert time.monotonic() - t0 < 1.0, _ids_in(ca, user, "shared")
+            time.sleep(0.02)
+        cb.delete_items(["new-via-a"])
+        t0 = time.monotonic()
+        while _ids_in(ca, user, "shared") != {"new-via-b"}:
+            assert time.monotonic() - t0 < 1.0, _ids_in(ca, user, "shared")
+            time.sleep(0.02)
+        assert ca.model_info().item_count == cb.model_info().item_count
+
+
 def _serve(serving, state, port: int = 0) -> tuple[subprocess.Popen, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
     cmd = [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(serving)]
