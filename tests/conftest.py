@@ -96,3 +96,13 @@ def users(serving) -> list[dict[str, str]]:
 def items(serving) -> dict[str, dict[str, str]]:
     """The served catalogue's items.csv rows by item_id, in file order (the splits' column order)."""
     return {r["item_id"]: r for r in _read_csv(serving / "catalog" / "items.csv")}
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server for the session (tests/postgres.py): its URL. Tests that share it
+    isolate themselves with a database of their own (:func:`postgres.fresh_database`)."""
+    from postgres import postgres_server
+
+    with postgres_server() as url:
+        yield url

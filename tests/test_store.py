@@ -1,20 +1,34 @@
-"""The catalogue journal (server/store.py): durable order, latest-per-item, compaction, reopening."""
+"""The catalogue journal, embedded (SQLite, server/store.py) and shared (a real PostgreSQL server,
+server/store_pg.py): durable order, latest-per-item, compaction, reopening, concurrent readers."""
 
 from __future__ import annotations
 
 import sqlite3
 import threading
 
+import pytest
+
 from towerserve.server.store import DELETE, UPSERT, SQLiteStore, latest, open_store
 from towerserve.server.types import NewItemData
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def reopen(request, tmp_path):
+    """A callable opening the same journal again each time it is called (one per backend)."""
+    if request.param == "sqlite":
+        return lambda: SQLiteStore(tmp_path)
+    from postgres import fresh_database
+
+    url = fresh_database(request.getfixturevalue("postgres_url"))
+    return lambda: open_store(url=url)
 
 
 def _item(item_id: str, price: float = 1.0, description: str = "d") -> NewItemData:
     return NewItemData(item_id, description, "f", price, "c")
 
 
-def test_changes_come_back_in_order_and_survive_reopening(tmp_path):
-    store = SQLiteStore(tmp_path)
+def test_changes_come_back_in_order_and_survive_reopening(reopen):
+    store = reopen()
     assert store.last_seq() == 0 and store.count() == 0
     s1 = store.upsert([_item("a"), _item("b", 2.0)])
     s2 = store.delete(["a"])
@@ -22,7 +36,7 @@ def test_changes_come_back_in_order_and_survive_reopening(tmp_path):
     assert (s1, s2, s3) == (2, 3, 4)
     store.close()
 
-    again = SQLiteStore(tmp_path)
+    again = reopen()
     got = list(again.changes())
     assert [(c.seq, c.op, c.item_id) for c in got] == [
         (1, UPSERT, "a"),
@@ -36,8 +50,8 @@ def test_changes_come_back_in_order_and_survive_reopening(tmp_path):
     assert [c.seq for c in again.changes(after=1, upto=3)] == [2, 3]
 
 
-def test_latest_keeps_each_items_last_change_in_journal_order(tmp_path):
-    store = SQLiteStore(tmp_path)
+def test_latest_keeps_each_items_last_change_in_journal_order(reopen):
+    store = reopen()
     store.upsert([_item("a"), _item("b")])
     store.delete(["b"])
     store.upsert([_item("a", 9.0)])
@@ -47,8 +61,8 @@ def test_latest_keeps_each_items_last_change_in_journal_order(tmp_path):
     assert last[1].item.price == 9.0
 
 
-def test_compact_leaves_the_same_latest_changes(tmp_path):
-    store = SQLiteStore(tmp_path)
+def test_compact_leaves_the_same_latest_changes(reopen):
+    store = reopen()
     for k in range(5):
         store.upsert([_item("a", float(k)), _item(f"x{k}")])
     store.delete(["x0", "x1"])
@@ -70,8 +84,8 @@ def test_the_journal_is_wal_with_full_sync(tmp_path):
     db.close()
 
 
-def test_readers_in_other_threads_see_every_committed_write(tmp_path):
-    store = SQLiteStore(tmp_path)
+def test_readers_in_other_threads_see_every_committed_write(reopen):
+    store = reopen()
     errors: list[BaseException] = []
     stop = threading.Event()
 
@@ -96,9 +110,43 @@ def test_readers_in_other_threads_see_every_committed_write(tmp_path):
     assert store.count() == 50
 
 
-def test_no_state_dir_means_no_store(tmp_path):
+def test_writers_on_two_connections_commit_in_sequence_order(reopen):
+    """Two writers (two replicas) at once, and a follower that reads only past the last sequence
+    number it saw (as holder.py does): it must still collect every change, i.e. no change ever
+    commits below a sequence number a reader has already seen."""
+    a, b, reader = reopen(), reopen(), reopen()
+    collected: list[int] = []
+    stop = threading.Event()
+
+    def follow():
+        while True:
+            done = stop.is_set()
+            collected.extend(c.seq for c in reader.changes(collected[-1] if collected else 0))
+            if done:
+                return
+
+    def write(store, tag):
+        for k in range(40):
+            store.upsert([_item(f"{tag}{k}")])
+
+    writers = [threading.Thread(target=write, args=(s, t)) for s, t in ((a, "a"), (b, "b"))]
+    watcher = threading.Thread(target=follow)
+    watcher.start()
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    watcher.join()
+    assert collected == sorted(c.seq for c in reader.changes())
+    assert reader.count() == 80 and len(collected) == 80
+
+
+def test_open_store_picks_the_backend(tmp_path):
     assert open_store(None) is None
     assert isinstance(open_store(tmp_path / "new" / "dir"), SQLiteStore)
+    with pytest.raises(ValueError, match="postgresql://"):
+        open_store(url="mysql://somewhere/db")
 
 
 def _cli(*args: str):
