@@ -315,7 +315,8 @@ def test_prometheus_finds_the_metrics_port(deployment, args, container):
 def test_the_dockerfile_runs_the_uid_the_pod_expects(pod):
     text = (DEPLOY / "Dockerfile").read_text()
     assert re.search(rf"^USER {pod['securityContext']['runAsUser']}\b", text, re.M)
-    assert "'.[server]'" in text and 'ENTRYPOINT ["towerserve", "serve"]' in text
+    # psycopg: the replicas' shared catalogue journal is PostgreSQL.
+    assert "'.[server,postgres]'" in text and 'ENTRYPOINT ["towerserve", "serve"]' in text
 
 
 # ------------------------------------------------------------------------------------------ run for real
