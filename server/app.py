@@ -15,17 +15,17 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from towerserve.v1 import recommender_pb2
 
-from .config import ServerConfig
+from .config import ServerConfig, is_loopback
 from .holder import EngineHolder
-from .interceptors import AuthInterceptor, Metrics, MetricsInterceptor
+from .interceptors import AccessInterceptor, Metrics, MetricsInterceptor
 from .manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
-from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers
+from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers, lenient
 from .store import open_store
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,6 +40,42 @@ def _worker_priority() -> None:
     with contextlib.suppress(OSError, AttributeError):
         me = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICE)
+
+
+def health_handler(servicer: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
+    """The stock health service's Check and Watch, with lenient request parsing: bytes that do not
+    parse are INVALID_ARGUMENT, as on our own services (the stock registration fails them as UNKNOWN).
+    Everything else is the stock servicer's own logic."""
+    request_cls = health_pb2.HealthCheckRequest
+
+    async def refuse(request, context) -> None:
+        await context.abort(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"request is not a valid {request_cls.DESCRIPTOR.full_name}: {getattr(request, 'error', '')}",
+        )
+
+    async def check(request, context):
+        if not isinstance(request, request_cls):
+            await refuse(request, context)
+        return await servicer.Check(request, context)
+
+    async def watch(request, context) -> None:
+        if not isinstance(request, request_cls):
+            await refuse(request, context)
+        await servicer.Watch(request, context)
+
+    kw = {"request_deserializer": lenient(request_cls), "response_serializer": _serialize_health}
+    return grpc.method_handlers_generic_handler(
+        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+        {
+            "Check": grpc.unary_unary_rpc_method_handler(check, **kw),
+            "Watch": grpc.unary_stream_rpc_method_handler(watch, **kw),
+        },
+    )
+
+
+def _serialize_health(response: health_pb2.HealthCheckResponse) -> bytes:
+    return response.SerializeToString()
 
 
 class RunningServer:
@@ -63,25 +99,26 @@ class RunningServer:
         self.port = 0
         self.server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
+        self.access = AccessInterceptor(
+            cfg.token, cfg.max_concurrent_rpcs, cfg.max_probe_rpcs, cfg.max_watch_streams
+        )
 
     def _run(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _build(self) -> None:
         cfg = self.config
-        interceptors = [MetricsInterceptor(self.metrics)]  # outermost: refused calls are counted too
-        if cfg.token:
-            interceptors.append(AuthInterceptor(cfg.token))
+        interceptors = [MetricsInterceptor(self.metrics), self.access]  # outermost: refusals counted too
         size = cfg.max_message_mb * 1024 * 1024
         options = [
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
         ]
-        server = grpc.aio.server(
-            interceptors=interceptors, options=options, maximum_concurrent_rpcs=cfg.max_concurrent_rpcs
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        # No maximum_concurrent_rpcs: gRPC's limit counts health streams and refused calls alike, so
+        # token-less Watch streams could take every slot; AccessInterceptor keeps separate pools.
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        server.add_generic_rpc_handlers([health_handler(self.health)])
         server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor))
         reflection.enable_server_reflection(
             (
@@ -162,19 +199,53 @@ def resolve_artifacts(path: Path | str) -> Path:
     return serving
 
 
+def _prepared(cfg: ServerConfig) -> ServerConfig:
+    """``cfg`` validated (a non-loopback bind with no token nor TLS is refused here), with the token
+    read from --token-file and the artifacts folder resolved."""
+    cfg.validate()
+    cfg = cfg.with_token_file()
+    if cfg.artifacts is not None:
+        cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
+    return cfg
+
+
+def _warn_about_access(cfg: ServerConfig) -> None:
+    """Says at start who can call this server when that is more than its owner may expect."""
+    if not (cfg.token or cfg.token_file or cfg.tls_client_ca):  # mutual TLS authenticates clients too
+        if cfg.insecure and not is_loopback(cfg.host) and not cfg.tls_cert:
+            _LOGGER.warning(
+                "INSECURE (--insecure): listening on %s with neither a token nor TLS: anyone who can "
+                "reach this port can call every RPC, Admin.Reload and UpsertItems included",
+                cfg.host,
+            )
+        else:
+            _LOGGER.warning(
+                "no token configured: every RPC is open to whoever can reach %s:%d (set TOWERSERVE_TOKEN "
+                "or --token-file)",
+                cfg.host,
+                cfg.port,
+            )
+    if cfg.token_file is not None:
+        with contextlib.suppress(OSError):
+            if (mode := Path(cfg.token_file).stat().st_mode) & 0o077:
+                _LOGGER.warning(
+                    "--token-file %s (mode %o) is open to other users than its owner: chmod 600 it",
+                    cfg.token_file,
+                    mode & 0o777,
+                )
+
+
 def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
     """Builds, binds and starts a server whose health is NOT_SERVING until :meth:`RunningServer.load`.
 
     Args:
-        cfg: the configuration (validated here).
+        cfg: the configuration (validated here: a non-loopback host needs a token, TLS or ``insecure``).
         metrics_registry: a prometheus_client CollectorRegistry (default: a new one per server).
 
     Returns:
         The running server; ``port`` is the bound port (useful with port 0).
     """
-    cfg.validate()
-    if cfg.artifacts is not None:
-        cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
+    cfg = _prepared(cfg)
     running = RunningServer(cfg, metrics_registry)
     try:
         running._run(running._build())
@@ -243,9 +314,10 @@ def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
 
 def serve(cfg: ServerConfig) -> int:
     """Serves until SIGTERM; with workers > 1, forks them first and supervises (restarting crashes)."""
-    cfg.validate()
-    if cfg.artifacts is not None:  # once, before any fork: one log line, and a refusal before any worker
-        cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
+    # Once, before any fork: a refusal before any worker exists, and one log line each.
+    prepared = _prepared(cfg)
+    _warn_about_access(cfg)  # the given config: it still names the token file
+    cfg = prepared
     if cfg.workers == 1:
         return _serve_one(cfg)
     children: dict[int, int] = {}  # pid -> worker index

@@ -50,6 +50,7 @@ def ks_list(text: str) -> tuple[int, ...]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    import logging
     import os
 
     # One BLAS/OpenMP thread per process: gRPC's thread pool is where the parallelism comes from, and
@@ -65,7 +66,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         workers=args.workers,
         threads=args.threads,
         max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_probe_rpcs=args.max_probe_rpcs,
+        max_watch_streams=args.max_watch_streams,
         token=args.token,
+        token_file=args.token_file,
+        insecure=args.insecure or None,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         tls_client_ca=args.tls_client_ca,
@@ -80,6 +85,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     )
     if cfg.artifacts is None:
         raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
+    if args.token:
+        logging.getLogger(__name__).warning(
+            "--token on the command line is visible to every local user (ps, /proc): prefer --token-file "
+            "or the TOWERSERVE_TOKEN environment variable"
+        )
     return serve(cfg)
 
 
@@ -90,7 +100,9 @@ def register(sub) -> None:
         help="serve the Recommender gRPC service from exported artifacts",
         description="Serve towerserve.v1.Recommender (plus grpc.health.v1 and reflection) on ONNX "
         "Runtime. Every option can also come from TOWERSERVE_<OPTION> environment "
-        "variables (e.g. TOWERSERVE_PORT); flags win. SIGTERM drains and exits 0; SIGHUP "
+        "variables (e.g. TOWERSERVE_PORT, TOWERSERVE_TOKEN); flags win. It listens on localhost "
+        "only unless --host says otherwise, and refuses a host other machines can reach without a "
+        "token or TLS unless --insecure is given. SIGTERM drains and exits 0; SIGHUP "
         "reloads the artifacts folder.",
     )
     p.add_argument(
@@ -99,7 +111,11 @@ def register(sub) -> None:
         help="serving folder written by `towerserve export` (ARTIFACTS/serving); "
         "the training folder ARTIFACTS itself also works",
     )
-    p.add_argument("--host", help="listen address (default [::])")
+    p.add_argument(
+        "--host",
+        help="listen address (default localhost: this machine only; [::] or 0.0.0.0 for every interface, "
+        "which needs a token, TLS or --insecure)",
+    )
     p.add_argument("--port", type=int, help="port (default 50051; 0 picks a free one)")
     p.add_argument("--workers", type=int, help="processes sharing the port via SO_REUSEPORT (default 1)")
     p.add_argument(
@@ -107,8 +123,40 @@ def register(sub) -> None:
         type=int,
         help="worker pool threads per process for heavy work (default: the CPU count, >= 2)",
     )
-    p.add_argument("--max-concurrent-rpcs", type=int, help="beyond this, RESOURCE_EXHAUSTED (default 256)")
-    p.add_argument("--token", help="require 'authorization: Bearer TOKEN' on every RPC but health")
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="authenticated RPCs in flight; beyond this, RESOURCE_EXHAUSTED (default 256; health calls "
+        "and calls refused for their token do not count)",
+    )
+    p.add_argument(
+        "--max-probe-rpcs",
+        type=int,
+        help="health Check/Watch calls and calls refused for their token in flight, a separate cap so they "
+        "cannot take the slots of authenticated RPCs (default 64)",
+    )
+    p.add_argument(
+        "--max-watch-streams",
+        type=int,
+        help="open health Watch streams, each also holding a probe slot (default 16; gRPC client-side "
+        "health checking holds one per client connection)",
+    )
+    p.add_argument(
+        "--token",
+        help="require 'authorization: Bearer TOKEN' on every RPC but health. Visible to every local user "
+        "in ps: prefer --token-file or the TOWERSERVE_TOKEN environment variable",
+    )
+    p.add_argument(
+        "--token-file",
+        type=Path,
+        help="read the bearer token from this file (surrounding whitespace stripped; an empty file is "
+        "refused); keep it chmod 600",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a non-loopback --host with neither a token nor TLS (refused otherwise; logs a warning)",
+    )
     p.add_argument("--tls-cert", type=Path, help="TLS certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, help="TLS private key (PEM)")
     p.add_argument(

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 from .validation import Limits
@@ -46,21 +47,43 @@ class EngineConfig:
 ENV_PREFIX = "TOWERSERVE_"
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (as --host takes it: a name, an IPv4 address or a bracketed IPv6 one) only
+    listens on this machine. Any other name counts as reachable: it may resolve to anything."""
+    host = host.strip().lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.removeprefix("[").removesuffix("]")).is_loopback
+    except ValueError:
+        return False
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `towerserve serve` takes; flags > TOWERSERVE_* environment > these defaults.
 
     Attributes:
         artifacts: the serving folder (`towerserve export` output).
-        host, port: where to listen; port 0 picks a free port (tests).
+        host, port: where to listen; port 0 picks a free port (tests). The default host is loopback
+            ("localhost": 127.0.0.1 and ::1), so a server is reachable from other machines only when
+            asked; see ``insecure``.
         workers: processes sharing the port through SO_REUSEPORT, forked before any server exists.
         threads: the bounded worker pool per process (default: the CPU count, at least 2; every
             extra thread is one more contender for the GIL the event loop needs, and ONNX Runtime
             and FAISS already run a call on a core each): everything that scores the catalogue, runs a
             tower or the encoder, Evaluate, UpsertItems and reload; only checks and candidate-list
             walks (microseconds) run on the gRPC event loop itself.
-        max_concurrent_rpcs: beyond this, new RPCs get RESOURCE_EXHAUSTED instead of queueing.
+        max_concurrent_rpcs: beyond this many authenticated RPCs in flight, new ones get
+            RESOURCE_EXHAUSTED instead of queueing (health and refused calls do not count).
+        max_probe_rpcs: the separate cap on health calls (Check and Watch) and calls refused for
+            their token, so token-less traffic can never take the slots of authenticated RPCs.
+        max_watch_streams: open health Watch streams (which also hold a probe slot): a stream lives as
+            long as its client wants, so without a cap of their own they could crowd out Checks.
         token: bearer token every RPC but health must carry (never logged).
+        token_file: read ``token`` from this file (stripped) instead: unlike --token it is not shown
+            to every local user by ``ps``.
+        insecure: allow a non-loopback host with neither a token nor TLS (refused otherwise).
         tls_cert, tls_key: serve TLS with this certificate chain and key.
         tls_client_ca: also require client certificates signed by this CA (mutual TLS).
         metrics_port: Prometheus metrics over HTTP (worker i listens on metrics_port + i).
@@ -76,12 +99,18 @@ class ServerConfig:
     """
 
     artifacts: Path | None = None
-    host: str = "[::]"
+    host: str = "localhost"
     port: int = 50051
     workers: int = 1
     threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
     max_concurrent_rpcs: int = 256
+    # 64 probes: a load test's health RPC at concurrency 64 fits; starvation is prevented by the
+    # pools being separate, not by their size.
+    max_probe_rpcs: int = 64
+    max_watch_streams: int = 16
     token: str | None = field(default=None, repr=False)
+    token_file: Path | None = None
+    insecure: bool = False
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_client_ca: Path | None = None
@@ -117,7 +146,13 @@ class ServerConfig:
                     values[f.name] = raw
             except ValueError:
                 raise ValueError(f"{ENV_PREFIX + f.name.upper()}={raw!r} is not a valid {kind}") from None
-        values.update({k: v for k, v in overrides.items() if v is not None})
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        # --token and --token-file are one setting from two sources: a flag for either one replaces
+        # the environment's other (flags win), rather than the two colliding in validate().
+        for given, other in (("token", "token_file"), ("token_file", "token")):
+            if given in overrides:
+                values.pop(other, None)
+        values.update(overrides)
         cfg = cls(**values)
         cfg.validate()
         return cfg
@@ -133,13 +168,53 @@ class ServerConfig:
             raise ValueError("--workers > 1 needs a fixed --port: the workers share it")
         if self.device not in ("cpu", "cuda"):
             raise ValueError(f"--device must be cpu or cuda (got {self.device!r})")
-        for name in ("threads", "max_concurrent_rpcs", "max_message_mb"):
+        for name in (
+            "threads",
+            "max_concurrent_rpcs",
+            "max_probe_rpcs",
+            "max_watch_streams",
+            "max_message_mb",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
         if self.candidate_budget_mb < 0:
             raise ValueError(f"--candidate-budget-mb must be >= 0 (got {self.candidate_budget_mb})")
         if self.grace < 0:
             raise ValueError(f"--grace must be >= 0 (got {self.grace})")
+        if self.token and self.token_file:
+            raise ValueError(
+                "give --token or --token-file (TOWERSERVE_TOKEN or TOWERSERVE_TOKEN_FILE), not both"
+            )
+        if not (is_loopback(self.host) or self.token or self.token_file or self.tls_cert or self.insecure):
+            raise ValueError(
+                f"refusing to listen on {self.host}, which is not a loopback address, with neither a token "
+                "nor TLS: anyone who can reach the port could call every RPC, Admin.Reload and UpsertItems "
+                "included. Give a token (TOWERSERVE_TOKEN or --token-file) or TLS (--tls-cert/--tls-key), "
+                "listen on localhost, or pass --insecure to serve an open port anyway"
+            )
+
+    def with_token_file(self) -> ServerConfig:
+        """This configuration with ``token`` read from ``token_file`` (surrounding whitespace and the
+        final newline stripped) and no file left to read; itself when there is no file.
+
+        Raises:
+            ValueError: the file cannot be read, or holds no token.
+        """
+        if self.token_file is None:
+            return self
+        try:
+            token = Path(self.token_file).read_text().strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"--token-file {self.token_file}: cannot read it: {err}") from None
+        if not token:
+            raise ValueError(f"--token-file {self.token_file} is empty: it must hold the bearer token")
+        if not all("!" <= c <= "~" for c in token):
+            # A client sends it as "authorization: Bearer <token>": header values are printable ASCII, and
+            # a space or second line inside is more likely the wrong file than a token.
+            raise ValueError(
+                f"--token-file {self.token_file}: the token must be one word of printable ASCII characters"
+            )
+        return replace(self, token=token, token_file=None)
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
