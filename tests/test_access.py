@@ -135,22 +135,16 @@ def test_calls_refused_for_their_token_count_as_probes():
             err = _refused(stub.GetModelInfo, pb.GetModelInfoRequest(), metadata=metadata)
             assert err.code() == EXHAUSTED and "--max-probe-rpcs" in err.details(), err.details()
         # The right token is not a probe: it passes (UNAVAILABLE here only because no model is loaded).
-        assert _refused(stub.GetModelInfo, pb.GetModelInfoRequest(), metadata=GOOD).code() == (
-            grpc.StatusCode.UNAVAILABLE
-        )
+        err = _refused(stub.GetModelInfo, pb.GetModelInfoRequest(), metadata=GOOD)
+        assert err.code() == grpc.StatusCode.UNAVAILABLE
         for stream in streams:
             stream.cancel()
         _settled(running, IDLE)
         err = _refused(stub.GetModelInfo, pb.GetModelInfoRequest(), metadata=BAD)
         assert err.code() == grpc.StatusCode.UNAUTHENTICATED
         method = "/towerserve.v1.Recommender/GetModelInfo"
-        assert (
-            _count(registry, method, "RESOURCE_EXHAUSTED", 2),
-            _count(registry, method, "UNAUTHENTICATED", 1),
-        ) == (
-            2.0,
-            1.0,
-        )
+        assert _count(registry, method, "RESOURCE_EXHAUSTED", 2) == 2.0
+        assert _count(registry, method, "UNAUTHENTICATED", 1) == 1.0
         assert _count(registry, CHECK, "RESOURCE_EXHAUSTED", 1) == 1.0
         _settled(running, IDLE)
 
@@ -323,25 +317,15 @@ def _free_port() -> int:
 
 
 def test_cli_refuses_an_open_port_on_every_interface(tmp_path):
-    done = subprocess.run(
-        _cli("--artifacts", str(tmp_path), "--host", "0.0.0.0", "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_clean_env(),
-    )
-    assert done.returncode == 2, done.stderr[-3000:]
-    assert "towerserve serve: error: refusing to listen on 0.0.0.0" in done.stderr
     empty = tmp_path / "empty"
     empty.write_text("\n")
-    done = subprocess.run(
-        _cli("--artifacts", str(tmp_path), "--token-file", str(empty), "--port", "0"),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=_clean_env(),
-    )
-    assert done.returncode == 2 and f"--token-file {empty} is empty" in done.stderr, done.stderr[-3000:]
+    for flags, message in (
+        (("--host", "0.0.0.0"), "towerserve serve: error: refusing to listen on 0.0.0.0"),
+        (("--token-file", str(empty)), f"towerserve serve: error: --token-file {empty} is empty"),
+    ):
+        cmd = _cli("--artifacts", str(tmp_path), "--port", "0", *flags)
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=_clean_env())
+        assert done.returncode == 2 and message in done.stderr, done.stderr[-3000:]
 
 
 @contextlib.contextmanager
