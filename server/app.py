@@ -91,7 +91,7 @@ class RunningServer:
         self.executor = futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="work", initializer=_worker_priority
         )
-        self.store = open_store(cfg.state_dir)
+        self.store = open_store(cfg.state_dir, cfg.catalog_url)
         self.holder = EngineHolder(cfg.artifacts, cfg.engine_config(), self.set_serving, self.store)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
@@ -115,6 +115,13 @@ class RunningServer:
             ("grpc.max_send_message_length", size),
             ("grpc.so_reuseport", 1 if cfg.workers > 1 else 0),
         ]
+        if cfg.max_connection_age:
+            # Clients resolve dns:/// targets when they connect: closing connections now and then
+            # lets them find replicas added since (calls in flight get --grace to finish).
+            options += [
+                ("grpc.max_connection_age_ms", int(cfg.max_connection_age * 1000)),
+                ("grpc.max_connection_age_grace_ms", int(cfg.grace * 1000)),
+            ]
         # No maximum_concurrent_rpcs: gRPC's limit counts health streams and refused calls alike, so
         # token-less Watch streams could take every slot; AccessInterceptor keeps separate pools.
         server = grpc.aio.server(interceptors=interceptors, options=options)
@@ -161,6 +168,7 @@ class RunningServer:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(timeout=10)
         self.executor.shutdown(wait=False, cancel_futures=True)
+        self.holder.close()
         if self.store is not None:
             self.store.close()
 

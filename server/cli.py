@@ -22,6 +22,7 @@ EXTRA_MODULES: dict[str, tuple[str, ...]] = {
         "faiss",
     ),
     "train": ("numpy", "pandas", "tensorflow", "keras", "torch", "transformers", "tf2onnx", "onnx", "tqdm"),
+    "ray": ("ray", "pyarrow", "numpy", "onnxruntime", "tokenizers", "faiss"),
 }
 
 
@@ -82,6 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         exact=args.exact or None,
         candidate_budget_mb=args.candidate_budget_mb,
         state_dir=args.state_dir,
+        catalog_url=args.catalog_url,
+        max_connection_age=args.max_connection_age,
     )
     if cfg.artifacts is None:
         raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
@@ -194,5 +197,17 @@ def register(sub) -> None:
         type=Path,
         help="journal catalogue changes (UpsertItems, DeleteItems) here before acknowledging them, and "
         "replay them at start and on Reload (default: none, changes are lost on restart)",
+    )
+    p.add_argument(
+        "--catalog-url",
+        help="journal catalogue changes in PostgreSQL (postgresql://USER@HOST/DB; the 'postgres' extra), "
+        "shared by every replica: each applies the others' changes within a second; wins over --state-dir. "
+        "Prefer TOWERSERVE_CATALOG_URL: a password in a flag is visible in ps",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        help="seconds before a client connection is asked to reconnect, so dns:/// clients find new "
+        "replicas (default 300; 0: never)",
     )
     p.set_defaults(func=cmd_serve, extra="server")

@@ -96,6 +96,11 @@ class ServerConfig:
         candidate_budget_mb: memory for known users' precomputed candidate lists.
         state_dir: where the catalogue journal lives (store.py); None: catalogue changes are lost on
             restart (the server says so at start).
+        catalog_url: a postgresql:// URL: the journal in PostgreSQL, shared by replicas (store_pg.py);
+            wins over state_dir.
+        max_connection_age: seconds after which the server asks a client connection to reconnect
+            (GOAWAY, then ``grace`` for calls in flight), so clients balancing over DNS find replicas
+            added since they connected; 0: never.
     """
 
     artifacts: Path | None = None
@@ -123,6 +128,8 @@ class ServerConfig:
     exact: bool = False
     candidate_budget_mb: float = 1024.0
     state_dir: Path | None = None
+    catalog_url: str | None = field(default=None, repr=False)  # may carry a password
+    max_connection_age: float = 300.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> ServerConfig:
@@ -181,6 +188,10 @@ class ServerConfig:
             raise ValueError(f"--candidate-budget-mb must be >= 0 (got {self.candidate_budget_mb})")
         if self.grace < 0:
             raise ValueError(f"--grace must be >= 0 (got {self.grace})")
+        if self.max_connection_age < 0:
+            raise ValueError(f"--max-connection-age must be >= 0 (got {self.max_connection_age})")
+        if self.catalog_url and not self.catalog_url.startswith(("postgresql://", "postgres://")):
+            raise ValueError("--catalog-url must be a postgresql:// URL")
         if self.token and self.token_file:
             raise ValueError(
                 "give --token or --token-file (TOWERSERVE_TOKEN or TOWERSERVE_TOKEN_FILE), not both"

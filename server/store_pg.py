@@ -12,6 +12,7 @@ writes are rare next to reads, and each is one short transaction, so the lock co
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -47,7 +48,7 @@ class PostgresStore:
     def __init__(self, url: str):
         import psycopg
 
-        self.url = url
+        self.url = re.sub(r"//([^:/@]*):[^@/]*@", r"//\1:***@", url)  # for logs: never the password
         self._lock = threading.Lock()
         self._db = psycopg.connect(url, autocommit=True)
         with self._db.transaction():

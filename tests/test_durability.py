@@ -120,13 +120,20 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
         )
 
 
-def test_writes_through_one_server_reach_another_on_the_same_journal_within_a_second(serving, tmp_path):
-    """Two servers sharing one --state-dir (as --workers processes do): each applies the other's
-    upserts and deletes by following the journal."""
-    state = tmp_path / "state"
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_writes_through_one_replica_reach_the_other_within_a_second(serving, tmp_path, backend, request):
+    """Two servers on one journal (--workers processes on one --state-dir, or replicas on one
+    PostgreSQL): each applies the other's upserts and deletes by following the journal; after both
+    stop, a restarted server still has them."""
+    if backend == "sqlite":
+        journal = {"state_dir": tmp_path / "state"}
+    else:
+        from postgres import fresh_database
+
+        journal = {"catalog_url": fresh_database(request.getfixturevalue("postgres_url"))}
     with (
-        running_server(serving, state_dir=state) as a,
-        running_server(serving, state_dir=state) as b,
+        running_server(serving, **journal) as a,
+        running_server(serving, **journal) as b,
         RecommenderClient(_target(a)) as ca,
         RecommenderClient(_target(b)) as cb,
     ):
@@ -134,18 +141,19 @@ def test_writes_through_one_server_reach_another_on_the_same_journal_within_a_se
         t0 = time.monotonic()
         ca.upsert_items([_item("via-a", "shared")])
         cb.upsert_items([_item("via-b", "shared")])
-        while _ids_in(cb, user, "shared") != {"new-via-a", "new-via-b"}:
-            assert time.monotonic() - t0 < 1.0, _ids_in(cb, user, "shared")
-            time.sleep(0.02)
-        while _ids_in(ca, user, "shared") != {"new-via-a", "new-via-b"}:
-            assert time.monotonic() - t0 < 1.0, _ids_in(ca, user, "shared")
-            time.sleep(0.02)
+        for c in (cb, ca):
+            while _ids_in(c, user, "shared") != {"new-via-a", "new-via-b"}:
+                assert time.monotonic() - t0 < 1.0, _ids_in(c, user, "shared")
+                time.sleep(0.02)
         cb.delete_items(["new-via-a"])
         t0 = time.monotonic()
         while _ids_in(ca, user, "shared") != {"new-via-b"}:
             assert time.monotonic() - t0 < 1.0, _ids_in(ca, user, "shared")
             time.sleep(0.02)
         assert ca.model_info().item_count == cb.model_info().item_count
+    with running_server(serving, **journal) as again, RecommenderClient(_target(again)) as c:
+        assert _ids_in(c, user, "shared") == {"new-via-b"}
+        assert c.model_info().journal_entries == 3
 
 
 def _serve(serving, state, port: int = 0) -> tuple[subprocess.Popen, str]:
