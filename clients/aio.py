@@ -47,7 +47,7 @@ class AsyncRecommenderClient(Base):
 
     async def _call(self, name: str, request, timeout: float | None):
         timeout = self.timeout if timeout is None else timeout
-        delays = self.retry.delays()
+        delays = self._delays(name)
         while True:
             try:
                 return await self._calls[name](request, timeout=timeout, metadata=self._metadata)
@@ -105,6 +105,7 @@ class AsyncRecommenderClient(Base):
         return DeleteResult(r.deleted, r.item_count, r.model_version)
 
     async def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
+        self._one_server("Reload")
         r = await self._call("Reload", pb.ReloadRequest(artifacts=artifacts), timeout)
         return ReloadResult(r.model_version, r.previous_model_version, r.seconds)
 

@@ -1,8 +1,9 @@
-"""What the sync and asyncio clients share: channel settings, the call table, error translation."""
+"""What the sync and asyncio clients share: channel settings, the call table, which calls the retry
+loop repeats, error translation."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import grpc
 
 from towerserve.server.rpcs import HEALTH_CHECK, RPCS
 
+from .balancing import RETRIED_PATHS, channel_options, listed_addresses
 from .types import TLS, RetryPolicy, TowerserveError
 
 HEALTH = "Health"
@@ -20,6 +22,8 @@ CALLS: dict[str, tuple[str, Callable | None, Callable | None]] = {
     name: (rpc.path, rpc.request.SerializeToString, rpc.response.FromString) for name, rpc in RPCS.items()
 }
 CALLS[HEALTH] = (HEALTH_CHECK, None, None)
+# The calls the retry loop repeats: those the channel may repeat too (balancing.py), all but Reload.
+RETRIED_CALLS = frozenset(name for name, (path, _, _) in CALLS.items() if path in RETRIED_PATHS)
 
 
 def _credentials(tls: TLS | bool | None) -> grpc.ChannelCredentials | None:
@@ -32,11 +36,13 @@ def _credentials(tls: TLS | bool | None) -> grpc.ChannelCredentials | None:
     )
 
 
-def _channel_options(tls: TLS | bool | None, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
+def _channel_options(
+    target: str, retry: RetryPolicy, tls: TLS | bool | None, options: Sequence[tuple[str, Any]]
+) -> list[tuple[str, Any]]:
     opts = list(options)
     if isinstance(tls, TLS) and tls.server_name:
         opts.append(("grpc.ssl_target_name_override", tls.server_name))
-    return opts
+    return channel_options(target, retry, opts)
 
 
 class Base:
@@ -57,7 +63,21 @@ class Base:
         self.retry = retry
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self._creds = _credentials(tls)
-        self._options = _channel_options(tls, options)
+        self._options = _channel_options(target, retry, tls, options)
+
+    def _delays(self, name: str) -> Iterator[float]:
+        """The retry loop's sleeps before each further try of call ``name``: none for Reload."""
+        return self.retry.delays() if name in RETRIED_CALLS else iter(())
+
+    def _one_server(self, name: str) -> None:
+        """Refuses a call that acts on one server when the target lists several: round_robin would
+        pick one of them, not the caller."""
+        n = listed_addresses(self.target)
+        if n > 1:
+            raise ValueError(
+                f"{name} acts on one server, and {self.target!r} lists {n} addresses (calls go to "
+                "whichever round_robin picks): give each replica's own address"
+            )
 
     def _bind(self, channel) -> dict[str, Callable]:
         """One multi-callable per entry of CALLS on ``channel`` (sync or asyncio)."""

@@ -57,12 +57,13 @@ class RecommenderClient(Base):
     """Synchronous client; use as a context manager (``with RecommenderClient("host:50051") as c:``).
 
     Args:
-        target: "host:port".
+        target: any gRPC target: "host:port", "dns:///host:port", "ipv4:10.0.0.1:50051,10.0.0.2:50051",
+            "unix:/path"; calls are spread round_robin over its addresses (see balancing.py).
         tls: None/False for plaintext, True for TLS with system roots, or a :class:`TLS`.
         token: sent as ``authorization: Bearer <token>`` on every call.
-        timeout: default per-call deadline in seconds (None: none).
-        retry: backoff on UNAVAILABLE.
-        options: extra gRPC channel options.
+        timeout: default deadline in seconds of each try of a call (None: none).
+        retry: backoff and failover on UNAVAILABLE, for every RPC but reload (:class:`RetryPolicy`).
+        options: extra gRPC channel options (they replace the client's own, key by key).
     """
 
     def __init__(self, target: str, **kwargs):
@@ -85,7 +86,7 @@ class RecommenderClient(Base):
 
     def _call(self, name: str, request, timeout: float | None):
         timeout = self.timeout if timeout is None else timeout
-        delays = self.retry.delays()
+        delays = self._delays(name)
         while True:
             try:
                 return self._calls[name](request, timeout=timeout, metadata=self._metadata)
@@ -155,7 +156,10 @@ class RecommenderClient(Base):
         return DeleteResult(r.deleted, r.item_count, r.model_version)
 
     def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
-        """Admin: loads ``artifacts`` ("" : the folder being served) and swaps it in."""
+        """Admin: loads ``artifacts`` ("" : the folder being served) and swaps it in. Never retried
+        (see balancing.py), and refused (ValueError) on a target listing several replicas: reload
+        each by its own address."""
+        self._one_server("Reload")
         r = self._call("Reload", pb.ReloadRequest(artifacts=artifacts), timeout)
         return ReloadResult(r.model_version, r.previous_model_version, r.seconds)
 

@@ -12,6 +12,9 @@ import grpc
 # One record of GetModelInfoResponse for server and client (server/types.py is plain stdlib).
 from towerserve.server.types import ModelInfo  # noqa: F401 - re-exported
 
+# gRPC clients cap a retry policy's maxAttempts at 5 (a larger value is silently read as 5).
+MAX_FAILOVER = 5
+
 
 class TowerserveError(Exception):
     """Any failed call. ``code`` is the grpc.StatusCode, ``details`` the server's message."""
@@ -101,14 +104,31 @@ class ReloadResult:
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """Exponential backoff with jitter, applied to UNAVAILABLE only (the server is starting, reloading
-    or briefly unreachable). Every other code is final: retrying INVALID_ARGUMENT cannot help."""
+    """Retries of UNAVAILABLE (a server starting, reloading, draining or gone), and only of RPCs that
+    are safe to repeat: every RPC but Admin.Reload (see clients/balancing.py for why, and for how the
+    two retry layers share the work). Every other code is final: retrying INVALID_ARGUMENT cannot help.
+
+    ``attempts`` tries, each with the call's full timeout, separated by exponential backoff with
+    jitter (``delays``). Within one try, the channel fails over: an UNAVAILABLE goes at once to the
+    next replica round_robin picks, up to ``failover`` attempts in all, under that try's deadline.
+    ``failover`` None means one attempt per address the target lists (``ipv4:a:p,b:p,c:p`` -> 3, at
+    most 5, gRPC's cap), and 1 for a single address or a DNS name (give the number of replicas a
+    name resolves to). ``RetryPolicy(attempts=1)`` is one attempt, failover included, unless
+    ``failover`` says otherwise.
+    """
 
     attempts: int = 4
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.2
+    failover: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError(f"RetryPolicy.attempts must be at least 1 (got {self.attempts})")
+        if self.failover is not None and not 1 <= self.failover <= MAX_FAILOVER:
+            raise ValueError(f"RetryPolicy.failover must be 1..{MAX_FAILOVER} (got {self.failover})")
 
     def delays(self):
         delay = self.initial_backoff
