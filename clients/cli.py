@@ -18,13 +18,26 @@ from towerserve.trainer import cli as trainer_cli
 # ---------------------------------------------------------------------------------------------- client
 
 
-def _connection_args(p: argparse.ArgumentParser) -> None:
+# Any gRPC target string, passed to gRPC as given (never split here: IPv6 and lists hold colons).
+TARGET_FORMS = (
+    "host:port, dns:///host:port (every address the name resolves to), "
+    "ipv4:IP:PORT,IP:PORT,... or ipv6:[IP]:PORT,..., unix:PATH"
+)
+
+
+def _connection_args(p: argparse.ArgumentParser, balanced: bool = True) -> None:
     import os
 
+    spread = (
+        "; calls are spread round-robin over its addresses, and a read or upsert that gets UNAVAILABLE "
+        "from one replica is retried on the next"
+        if balanced
+        else "; the load test uses one connection per generator, to the first address that answers"
+    )
     p.add_argument(
         "--target",
         default=os.environ.get("TOWERSERVE_TARGET", "localhost:50051"),
-        help="server host:port (default $TOWERSERVE_TARGET or localhost:50051)",
+        help=f"gRPC target: {TARGET_FORMS}{spread} (default $TOWERSERVE_TARGET or localhost:50051)",
     )
     p.add_argument(
         "--token", default=os.environ.get("TOWERSERVE_TOKEN"), help="bearer token (default $TOWERSERVE_TOKEN)"
@@ -281,7 +294,7 @@ def register(sub) -> None:
         "p50/p90/p99/max latency and errors by status code. --rpc health hits the "
         "server's standard health Check: its empty-RPC ceiling.",
     )
-    _connection_args(p)
+    _connection_args(p, balanced=False)
     p.add_argument("--rpc", choices=("recommend", "score", "evaluate", "health"), default="recommend")
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight, closed loop (default 32)")
     p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
