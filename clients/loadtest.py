@@ -26,6 +26,9 @@ from towerserve.server.rpcs import HEALTH_CHECK, RECOMMENDER
 from towerserve.server.tables import format_table
 from towerserve.v1 import recommender_pb2 as pb
 
+from .balancing import channel_options
+from .types import RetryPolicy
+
 # The RPCs a load test can drive, by the Python clients' names (from the proto's descriptors), plus
 # "health", the server's own empty-RPC ceiling.
 _RPCS = {RECOMMENDER[name].python_name: RECOMMENDER[name] for name in ("Recommend", "Score", "Evaluate")}
@@ -219,7 +222,13 @@ async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[
         if (cfg.tls_root or cfg.tls_cert)
         else None
     )
-    channel = grpc.aio.secure_channel(cfg.target, creds) if creds else grpc.aio.insecure_channel(cfg.target)
+    # round_robin over every address the target names, and no retries: a load test counts failures.
+    options = channel_options(cfg.target, RetryPolicy(attempts=1))
+    channel = (
+        grpc.aio.secure_channel(cfg.target, creds, options)
+        if creds
+        else grpc.aio.insecure_channel(cfg.target, options)
+    )
     call = channel.unary_unary(method)  # bytes in, bytes out: nothing decoded on the hot path
     metadata = (("authorization", f"Bearer {cfg.token}"),) if cfg.token else None
     latencies: list[float] = []
