@@ -1,0 +1,100 @@
+"""Fuzzing every RPC of a real server: no request, however odd, is answered INTERNAL or UNKNOWN.
+
+The strategies are in tests/fuzzing.py (benchmarks/fuzz.py runs the same ones 10,000+ times). Here
+a few hundred cases per model run derandomized (the same cases on every run, so CI is reproducible)
+against servers with a catalogue journal (--state-dir), so upserts and deletes go through it too.
+"""
+
+from __future__ import annotations
+
+import fuzzing
+import grpc
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pipeline import server_and_channel
+
+from towerserve.server.rpcs import RPCS
+from towerserve.v1 import recommender_pb2 as pb
+
+CASES = 520
+HISTORY_CASES = 150
+
+
+def _settings(n: int) -> settings:
+    # derandomize: the same cases every run (no example database either), so a red CI run replays.
+    # deadline=None: a call may wait behind a reload or a 10,000-pair batch on a loaded machine.
+    return settings(
+        max_examples=n,
+        deadline=None,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+    )
+
+
+def _fuzz(channel: grpc.Channel, strategy: st.SearchStrategy, n: int) -> fuzzing.Tally:
+    """Runs ``n`` cases of ``strategy``; fails on the first that breaks the contract (shrunk)."""
+    call, tally = fuzzing.Caller(channel), fuzzing.Tally()
+
+    @_settings(n)
+    @given(case=strategy)
+    def one(case: fuzzing.Case) -> None:
+        why = tally.record(case, *call(case))
+        assert why is None, f"{why}\n  request: {case.describe()}"
+
+    one()
+    print("\n".join(tally.lines()))  # shown with -s: what the cases reached
+    return tally
+
+
+def test_no_request_to_any_rpc_gets_internal_or_unknown(serving, tmp_path):
+    with server_and_channel(serving, state_dir=tmp_path / "state") as (_, channel):
+        world = fuzzing.world(channel, serving, tmp_path / "no-such-folder")
+        tally = _fuzz(channel, fuzzing.cases(world), CASES)
+        assert tally.total >= 500, tally.lines()
+        # The cases reached past the checks: every RPC answered OK at least once.
+        for rpc in ("Recommend", "Score", "Evaluate", "GetModelInfo", "UpsertItems", "DeleteItems", "Reload"):
+            assert tally.codes[rpc, "OK"] > 0, (rpc, tally.lines())
+        assert any(rpc.startswith("garbage:") for rpc, _ in tally.codes), tally.lines()
+        assert fuzzing.health_status(channel) == "SERVING"
+
+
+def test_histories_on_a_model_that_reads_them(hybrid, tmp_path):
+    """The hybrid reads request histories (max_history > 0): odd ones for known and unseen users."""
+    with server_and_channel(hybrid, state_dir=tmp_path / "state") as (_, channel):
+        world = fuzzing.world(channel, hybrid, tmp_path / "no-such-folder")
+        assert world.limits["max_history"] > 0
+        tally = _fuzz(channel, st.one_of(fuzzing.recommend(world), fuzzing.score(world)), HISTORY_CASES)
+        assert tally.codes["Recommend", "OK"] > 0 and tally.codes["Score", "OK"] > 0, tally.lines()
+        assert fuzzing.health_status(channel) == "SERVING"
+
+
+def test_a_request_over_the_message_limit_is_resource_exhausted(serving):
+    """17 MB against the 16 MB limit: refused by gRPC itself, and the server carries on."""
+    with server_and_channel(serving) as (_, channel):
+        big = pb.RecommendRequest(user_id="x" * (17 * 1024 * 1024), top_n=1)
+        case = fuzzing.Case("Recommend", RPCS["Recommend"].path, big)
+        code, details, _ = fuzzing.Caller(channel)(case)
+        assert code == "RESOURCE_EXHAUSTED", (code, details)
+        assert fuzzing.health_status(channel) == "SERVING"
+
+
+# Wire format no message can parse: a truncated varint tag, a tag of wire type 7, a length past the
+# end, a truncated field, a length of 2^32.
+UNPARSEABLE = (b"\xff\xff\xff", b"\x07", b"\x0a\x05ab", b"\x08", b"\x0a\xff\xff\xff\xff\x0f")
+
+
+def test_bytes_that_no_message_parses_are_invalid_argument_on_every_path(serving):
+    """Every method, health Check included, answers INVALID_ARGUMENT (never UNKNOWN, as gRPC's own
+    deserializer failure would be); a path nobody serves is UNIMPLEMENTED."""
+    served = {r.path for r in RPCS.values()} | {fuzzing.HEALTH_CHECK}
+    with server_and_channel(serving) as (_, channel):
+        call = fuzzing.Caller(channel)
+        got = {
+            (path, data): call(fuzzing.Case("garbage", path, data))[0]
+            for path in fuzzing.PATHS
+            for data in UNPARSEABLE
+        }
+        want = {(p, d): "INVALID_ARGUMENT" if p in served else "UNIMPLEMENTED" for p, d in got}
+        assert got == want
+        assert fuzzing.health_status(channel) == "SERVING"
