@@ -24,16 +24,27 @@ def encode_varint(n: int) -> bytes:
             return bytes(out)
 
 
+def _text(field: int, value: str) -> bytes:
+    """A string field, tag and length included (proto3 omits an empty one)."""
+    if not value:
+        return b""
+    data = value.encode("utf-8")
+    return encode_varint(field << 3 | 2) + encode_varint(len(data)) + data
+
+
 def item_wire(
     item_id: str, price: float, description: str, features: str, category: str
 ) -> tuple[bytes, bytes]:
     """An Item's serialized fields around ``score`` (field 2): responses splice the score between,
-    byte-for-byte what ``Item.SerializeToString()`` gives, without building a message per item."""
-    head = pb.Item(item_id=item_id).SerializeToString()
-    tail = pb.Item(
-        price=price, description=description, features=features, category=category
-    ).SerializeToString()
-    return head, tail
+    byte-for-byte what ``Item.SerializeToString()`` gives, without building a message per item.
+
+    The texts are encoded here rather than by protobuf: protobuf's C code caches a UTF-8 copy inside
+    every non-ASCII str it reads, for the str's lifetime, and the catalogue keeps these strs, so an
+    item of long non-ASCII texts would hold its texts three times (str, cached copy, wire bytes).
+    """
+    head = _text(1, item_id)
+    tail = pb.Item(price=price).SerializeToString() + _text(4, description) + _text(5, features)
+    return head, tail + _text(6, category)
 
 
 def recommend_wire(
