@@ -1,4 +1,10 @@
-"""The client's deadline as a check that long work calls between chunks."""
+"""The client's deadline as a check that long work calls between chunks.
+
+Work that grows with a request (encoder batches, tower passes over chunks of rows, Score's pairs,
+Evaluate's user blocks) calls ``check`` between chunks, so a call the client has given up on stops
+within one chunk instead of holding a worker thread until it is done. Chunks are sized to take
+milliseconds to ~0.1 s each.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +12,14 @@ from collections.abc import Callable
 
 from .errors import DeadlineExceeded
 
+Check = Callable[[], None]
 
-def check_deadline(time_remaining: Callable[[], float | None], need: float = 0.0) -> Callable[[], None]:
+
+def never() -> None:
+    """A check that never fires (no deadline: load-time work, journal replay, tests)."""
+
+
+def check_deadline(time_remaining: Callable[[], float | None], need: float = 0.0) -> Check:
     """A callable that raises DeadlineExceeded once the client's deadline is (about to be) passed.
 
     Args:

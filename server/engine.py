@@ -26,6 +26,7 @@ from . import evaluation, ranking
 from .catalog import ITEM_COLUMNS, Catalog, build_catalog, deleted, item_columns, read_csv, upserted
 from .config import EngineConfig
 from .csr import CSR
+from .deadline import Check, never
 from .errors import InvalidArgument, NotFound
 from .features import MINMAX, TEXT, load_tables
 from .history import NO_HISTORY, History, HistoryIndex
@@ -253,16 +254,17 @@ class Engine:
             return None
         return ranking.inline(p.query, lambda: self.known_user_vectors()[p.query.user])
 
-    def answer(self, p: Planned) -> tuple[list[int], list[float]]:
+    def answer(self, p: Planned, check: Check = never) -> tuple[list[int], list[float]]:
         """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a
-        history or an unseen user needs one: the worker pool's part of a Recommend."""
+        history or an unseen user needs one (``check``: the deadline): the pool's part of a Recommend."""
         q = p.query
         fixed = q.user is not None and not p.history.used
         u = (
             self.known_user_vectors()[q.user]
             if fixed
-            else self.inputs.user_vector(self.serving, p.ref, p.history)
+            else self.inputs.user_vector(self.serving, p.ref, p.history, check)
         )
+        check()
         return ranking.full(q, u)
 
     def recommend(self, *args, **kwargs) -> tuple[Catalog, list[int], list[float]]:
@@ -277,7 +279,10 @@ class Engine:
         return p.query.cat, *(hit if hit is not None else self.answer(p))
 
     def score(
-        self, pairs: Sequence[tuple[str | UserAttrs, str]], histories: Sequence[History] | None = None
+        self,
+        pairs: Sequence[tuple[str | UserAttrs, str]],
+        histories: Sequence[History] | None = None,
+        check: Check = never,
     ) -> np.ndarray:
         """Probabilities for (user, item id) pairs, float32 [len(pairs)]; ``histories``: one per pair."""
         validate_score(len(pairs), self.limits)
@@ -301,7 +306,7 @@ class Engine:
                 refs.append(ref)
                 per_ref.append(hists[j])
             which[j] = slot[key]
-        uvec = self.user_vectors(refs, histories=per_ref)
+        uvec = self.inputs.user_vectors(self.serving, refs, per_ref, check, self.limits)
         logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
         return sigmoid(logits).astype(np.float32)
 
@@ -313,12 +318,7 @@ class Engine:
         inline: Sequence[tuple[str, str]] | None = None,
         check: Callable[[], None] | None = None,
     ) -> tuple[dict[str, float], int]:
-        """Metrics of the served model (server/evaluation.py); the cold split uses the model trained
-        without those users/items.
-
-        Returns:
-            (metrics, users evaluated).
-        """
+        """(metrics, users evaluated) of the served model: server/evaluation.py."""
         return evaluation.evaluate(self, split, ks, protocol, inline, check)
 
     def item_vectors(self, items: Sequence[NewItemData], validate: bool = True) -> np.ndarray:

@@ -44,6 +44,19 @@ class FailedPrecondition(ServingError):
 
 
 GENERIC_INTERNAL = "internal error; the server logged the details"
+# Longest status message sent. Messages travel in gRPC metadata, which clients cap (8 kB by default;
+# past it the client sees RESOURCE_EXHAUSTED instead of the error): validation keeps its messages
+# short (a few offending values and a count), and servicer.rpc cuts any longer one as a safety net.
+MAX_DETAILS = 1000
+
+
+def bounded(message: str, limit: int = MAX_DETAILS) -> str:
+    """``message``, cut to at most ``limit`` characters with a note of its full length."""
+    if len(message) <= limit:
+        return message
+    note = f" ... (cut from {len(message)} characters)"
+    return message[: limit - len(note)] + note
+
 
 # (condition, status code): the README's "Errors" table and tests/test_server_errors.py are built
 # from this list, so code, documentation and tests cannot drift apart.
@@ -53,30 +66,41 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     (
         "empty or oversized batch (Score pairs, UpsertItems items, inline Evaluate interactions); "
         "a history over max_history items; more than max_categories categories or max_exclude_items "
-        "exclude_item_ids",
+        "exclude_item_ids; more than max_new_texts distinct texts the exported tables lack in one "
+        "request (each needs the text encoder)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("neither user_id nor user attributes", grpc.StatusCode.INVALID_ARGUMENT),
     (
-        "age NaN, <= 0 or > 150; price NaN, < 0 or > 1e9; inverted price range",
+        "age NaN, <= 0 or > 150; price NaN, < 0 or > 1e9; a price_range bound NaN or infinite; "
+        "inverted price range",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
-    ("text empty where required, or over its length limit", grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "text empty where required, or over its length limit; an UpsertItems item over max_item_bytes "
+        "serialized (max_response_bytes / max_top_n, so max_top_n items fit one response)",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     (
         "a required attribute missing (e.g. personality for a model that reads it)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (
-        "ks outside 1..1000; unknown split/protocol value; duplicate ids in one UpsertItems; an id over "
-        "200 characters (history ids included)",
+        "ks outside 1..1000, or more than max_ks (100) of them; unknown split/protocol value; duplicate "
+        "ids in one UpsertItems; an id over 200 characters (history ids included)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("request bytes that do not parse (e.g. invalid UTF-8 in a string)", grpc.StatusCode.INVALID_ARGUMENT),
     ("model not loaded or warming up (health NOT_SERVING)", grpc.StatusCode.UNAVAILABLE),
-    ("more concurrent RPCs than --max-concurrent-rpcs", grpc.StatusCode.RESOURCE_EXHAUSTED),
+    (
+        "more concurrent RPCs than --max-concurrent-rpcs; a response over max_response_bytes (checked "
+        "before sending; a safety net, since the limits above keep every valid request under it)",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
     ("missing or wrong bearer token (with --token)", grpc.StatusCode.UNAUTHENTICATED),
     (
-        "deadline too short for the work (checked before and during Evaluate)",
+        "deadline too short for the work (checked before and during every loop over a request's "
+        "items: encoder batches, tower passes, Score pairs, Evaluate's user blocks)",
         grpc.StatusCode.DEADLINE_EXCEEDED,
     ),
     ("Reload of a bad artifacts folder (the old model keeps serving)", grpc.StatusCode.FAILED_PRECONDITION),

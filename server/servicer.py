@@ -17,14 +17,22 @@ from google.protobuf.message import DecodeError
 
 from towerserve.v1 import recommender_pb2 as pb
 
-from .deadline import check_deadline
+from .deadline import Check, check_deadline
 from .engine import Engine
-from .errors import GENERIC_INTERNAL, FailedPrecondition, InvalidArgument, ServingError
-from .history import NO_HISTORY
+from .errors import (
+    GENERIC_INTERNAL,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+    ServingError,
+    bounded,
+)
+from .history import NO_HISTORY, History
 from .holder import EngineHolder
 from .manifest import ArtifactError
 from .rpcs import ADMIN, RECOMMENDER, Rpc
 from .types import NewItemData, UserAttrs
+from .validation import Limits, validate_inline, validate_score
 from .wire import recommend_wire
 
 _LOGGER = logging.getLogger(__name__)
@@ -33,6 +41,9 @@ _QUEUED: contextvars.ContextVar[float | None] = contextvars.ContextVar("towerser
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
+# Score pairs read (each history resolved: up to max_history dict lookups) between deadline checks;
+# the engine's own pass over the pairs is dict lookups only (~10 ms for 10,000 pairs).
+PAIRS_PER_CHECK = 256
 SPLITS = {pb.SPLIT_UNSPECIFIED: "holdout", pb.SPLIT_HOLDOUT: "holdout", pb.SPLIT_COLD: "cold"}
 PROTOCOLS = {pb.PROTOCOL_UNSPECIFIED: "full", pb.PROTOCOL_FULL: "full", pb.PROTOCOL_NOTEBOOK: "notebook"}
 
@@ -61,9 +72,13 @@ def lenient(message_cls) -> Callable[[bytes], object]:
 def rpc(method):
     """Maps ServingError to its status code and anything else to INTERNAL (traceback logged).
 
-    ``context.abort`` raises, so it is awaited outside the ``try``. A successful call gets a
-    ``server-timing`` trailer with the server-side time in milliseconds (``compute``), and, when
-    it went through the worker pool, the time it waited there for a thread (``queue``), e.g.
+    ``context.abort`` raises, so it is awaited outside the ``try``. Every status message is cut to
+    errors.MAX_DETAILS characters (clients drop oversized metadata, turning the error into
+    RESOURCE_EXHAUSTED). A response over the engine's ``max_response_bytes`` (gRPC would fail it
+    after the handler returned, uncounted) is refused here with RESOURCE_EXHAUSTED; the limits keep
+    valid requests under it, so this is a safety net. A successful call gets a ``server-timing``
+    trailer with the server-side time in milliseconds (``compute``), and, when it went through the
+    worker pool, the time it waited there for a thread (``queue``), e.g.
     ``compute;dur=1.2345, queue;dur=0.0210``.
     """
 
@@ -75,6 +90,7 @@ def rpc(method):
             if isinstance(request, _Undecodable):
                 raise InvalidArgument(f"request is not a valid {request.type_name}: {request.error}")
             response = await method(self, request, context)
+            _check_size(response, _max_response_bytes(self), method.__name__)
         except ServingError as err:
             code, message = err.code, err.message
         except Exception:
@@ -86,9 +102,29 @@ def rpc(method):
                 timing += f", queue;dur={queued * 1e3:.4f}"
             context.set_trailing_metadata((("server-timing", timing),))
             return response
-        await context.abort(code, message)
+        await context.abort(code, bounded(message))
 
     return wrapper
+
+
+def _max_response_bytes(servicer) -> int:
+    """The serving engine's response limit (the default for a servicer without one)."""
+    holder = getattr(servicer, "holder", None)
+    try:
+        return holder.get().limits.max_response_bytes if holder is not None else Limits().max_response_bytes
+    except ServingError:  # no engine (yet): the default, as the server's gRPC limit
+        return Limits().max_response_bytes
+
+
+def _check_size(response, limit: int, name: str) -> None:
+    """ResourceExhausted when ``response`` (a message, or bytes from recommend_wire) exceeds ``limit``."""
+    size = len(response) if isinstance(response, bytes) else response.ByteSize()
+    if size > limit:
+        _LOGGER.warning("%s response of %d bytes refused: over max_response_bytes %d", name, size, limit)
+        raise ResourceExhausted(
+            f"the {name} response would be {size} bytes, over the server's {limit}-byte message limit; "
+            "ask for fewer items (top_n) or pairs"
+        )
 
 
 def _serialize(message) -> bytes:
@@ -112,6 +148,31 @@ def _tower_pass(engine: Engine, histories) -> bool:
     """Whether known users' histories need a user-tower pass (a history the model reads, and no
     mean-pooling shortcut: mean_history.py); the shortcut is a small numpy sum, fine on the loop."""
     return engine.serving.mean_history is None and any(h.used for h in histories)
+
+
+def _pairs(engine: Engine, msgs, check: Check) -> tuple[list, list[History]]:
+    """ScorePair messages as (user, item id) pairs and their resolved histories."""
+    pairs, histories = [], []
+    for j, p in enumerate(msgs):
+        if j % PAIRS_PER_CHECK == 0:
+            check()
+        if not p.item_id:
+            raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
+        pairs.append((_user(p), p.item_id))
+        histories.append(engine.history(p.history, f"pairs[{j}].history") if p.history else NO_HISTORY)
+    return pairs, histories
+
+
+def _score(engine: Engine, msgs, check: Check):
+    """A big Score in the worker pool, reading its pairs included: (scores, histories)."""
+    pairs, histories = _pairs(engine, msgs, check)
+    return engine.score(pairs, histories, check), histories
+
+
+def _evaluate(engine: Engine, request: pb.EvaluateRequest, split: str, protocol: str, check: Check):
+    """Evaluate in the worker pool; inline interactions (up to 200,000) are read there too."""
+    inline = [(x.user_id, x.item_id) for x in request.interactions] or None
+    return engine.evaluate(split, request.ks, protocol, inline, check)
 
 
 class RecommenderServicer:
@@ -138,35 +199,37 @@ class RecommenderServicer:
         engine = self.holder.get()
         pr = request.price_range if request.HasField("price_range") else None
         user = _user(request)
-        planned = engine.plan(
+        planned = engine.plan(  # counts are checked before any per-entry work: no list() copies
             user,
             request.top_n,
             request.exclude_seen if request.HasField("exclude_seen") else True,
             pr.min if pr is not None and pr.HasField("min") else None,
             pr.max if pr is not None and pr.HasField("max") else None,
-            list(request.categories),
-            list(request.exclude_item_ids),
+            request.categories,
+            request.exclude_item_ids,
             engine.history(request.history),
         )
         hit = engine.answer_inline(planned)  # a candidate-list walk: microseconds, no catalogue scan
-        top, scores = hit if hit is not None else await self._offload(engine.answer, planned)
+        if hit is None:
+            hit = await self._offload(engine.answer, planned, check_deadline(context.time_remaining))
+        top, scores = hit
         cat, history = planned.query.cat, planned.history
         return recommend_wire(cat.wire, top, scores, engine.model_version, history.used)
 
     @rpc
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         engine = self.holder.get()
-        pairs, histories = [], []
-        for j, p in enumerate(request.pairs):
-            if not p.item_id:
-                raise InvalidArgument(f"pairs[{j}].item_id must not be empty")
-            pairs.append((_user(p), p.item_id))
-            histories.append(engine.history(p.history, f"pairs[{j}].history") if p.history else NO_HISTORY)
-        known = all(isinstance(u, str) for u, _ in pairs)
-        if len(pairs) <= self.INLINE_SCORE_PAIRS and known and not _tower_pass(engine, histories):
-            scores = engine.score(pairs, histories)
+        validate_score(len(request.pairs), engine.limits)  # before any per-pair work
+        check = check_deadline(context.time_remaining)
+        if len(request.pairs) > self.INLINE_SCORE_PAIRS:  # even reading the pairs goes to the pool
+            scores, histories = await self._offload(_score, engine, request.pairs, check)
         else:
-            scores = await self._offload(engine.score, pairs, histories)
+            pairs, histories = _pairs(engine, request.pairs, check)
+            known = all(isinstance(u, str) for u, _ in pairs)
+            if known and not _tower_pass(engine, histories):
+                scores = engine.score(pairs, histories, check)
+            else:
+                scores = await self._offload(engine.score, pairs, histories, check)
         used = [h.used for h in histories] if any(h.sent for h in histories) else []
         return pb.ScoreResponse(scores=scores.tolist(), model_version=engine.model_version, history_used=used)
 
@@ -178,22 +241,18 @@ class RecommenderServicer:
             raise InvalidArgument(f"unknown split {request.split}")
         if request.protocol not in PROTOCOLS:
             raise InvalidArgument(f"unknown protocol {request.protocol}")
-        inline = [(x.user_id, x.item_id) for x in request.interactions] or None
+        if request.interactions:
+            validate_inline(len(request.interactions), engine.limits)  # before they are copied
         check = check_deadline(context.time_remaining)
         metrics, users = await self._offload(
-            engine.evaluate,
-            SPLITS[request.split],
-            list(request.ks),
-            PROTOCOLS[request.protocol],
-            inline,
-            check,
+            _evaluate, engine, request, SPLITS[request.split], PROTOCOLS[request.protocol], check
         )
         return pb.EvaluateResponse(
             metrics=metrics,
             users=users,
             seconds=time.perf_counter() - t0,
             model_version=engine.model_version,
-            split="inline" if inline else SPLITS[request.split],
+            split="inline" if request.interactions else SPLITS[request.split],
             protocol=PROTOCOLS[request.protocol],
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from collections import OrderedDict
@@ -12,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .csr import CSR
+from .deadline import Check, never
 from .encoder import OnnxTextEncoder
 from .features import FieldSpec, FieldTable
 from .history import DEFAULT_MAX_HISTORY, known_ids, padded_rows
@@ -36,6 +38,9 @@ _LOGGER = logging.getLogger(__name__)
 SELF_CHECK_SAMPLE = 32
 SELF_CHECK_MIN_COSINE = 0.999
 WARM_UP_LENGTH = 16
+# Rows per tower run when a request's rows are checked against its deadline between runs (a tower
+# is a small MLP: 4,096 rows take a few ms).
+TOWER_ROWS = 4096
 
 
 def _graph_inputs(path: Path, sess, graph: TowerGraph) -> dict[str, np.dtype]:
@@ -89,11 +94,28 @@ class Tower:
         return set(self.user_session.get_providers()) | set(self.item_session.get_providers())
 
     def users(
-        self, features: np.ndarray, ids: np.ndarray | None = None, history: np.ndarray | None = None
+        self,
+        features: np.ndarray,
+        ids: np.ndarray | None = None,
+        history: np.ndarray | None = None,
+        check: Check | None = None,
     ) -> np.ndarray:
         """User vectors float32 [n, dim] from user-tower inputs [n, input_dim], plus, for a tower that
         reads them, ids [n] (1 + users.csv row; 0 or None: unknown) and history [n, L] (1 + exported
-        item row, 0 padding; None: empty). A features-only tower ignores both."""
+        item row, 0 padding; None: empty). A features-only tower ignores both.
+
+        ``check``: run in blocks of TOWER_ROWS rows, calling it before each (a request's deadline).
+        """
+        if check is not None:
+            return _in_blocks(
+                len(features),
+                check,
+                lambda a, b: self.users(
+                    features[a:b],
+                    None if ids is None else ids[a:b],
+                    None if history is None else history[a:b],
+                ),
+            )
         feed = {self.user_in: features}
         n = len(features)
         if self.id_input:
@@ -106,8 +128,11 @@ class Tower:
             )
         return self.user_session.run([self.user_out], feed)[0]
 
-    def items(self, features: np.ndarray) -> np.ndarray:
-        """Item vectors float32 [n, dim] from item-tower inputs [n, input_dim]."""
+    def items(self, features: np.ndarray, check: Check | None = None) -> np.ndarray:
+        """Item vectors float32 [n, dim] from item-tower inputs [n, input_dim]; ``check``: as
+        :meth:`users`."""
+        if check is not None:
+            return _in_blocks(len(features), check, lambda a, b: self.items(features[a:b]))
         return self.item_session.run([self.item_out], {self.item_in: features})[0]
 
     def all_user_vectors(
@@ -143,8 +168,24 @@ class Tower:
             return self._all_users
 
 
+def _in_blocks(n: int, check: Check, run: Callable[[int, int], np.ndarray]) -> np.ndarray:
+    """``run(a, b)`` over blocks of TOWER_ROWS rows of ``n``, stacked; ``check()`` before each block."""
+    parts = []
+    for a in range(0, max(n, 1), TOWER_ROWS):
+        check()
+        parts.append(run(a, min(n, a + TOWER_ROWS)))
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _digest(text: str) -> bytes:
+    """The cache key of a text: 16 bytes however long the text (a 5,000-character description
+    holds up to 20 kB as a str; 10,000 of them per field kept as keys would be 200 MB)."""
+    return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 class TextVectors:
-    """Text -> vector for one field: the exported table first, then the ONNX encoder (LRU-cached).
+    """Text -> vector for one field: the exported table first, then the ONNX encoder (LRU-cached
+    by the text's digest, so the cache holds ``cache_size`` vectors and no texts).
 
     Safe to share across request threads: the cache is guarded by a lock, encoding runs outside it.
     """
@@ -154,7 +195,7 @@ class TextVectors:
         self.table = table.vectors
         self.max_length = max_length
         self.pad_to = pad_to
-        self.cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.cache: OrderedDict[bytes, np.ndarray] = OrderedDict()
         self.cache_size = cache_size
         self.lock = threading.Lock()
 
@@ -163,26 +204,34 @@ class TextVectors:
         """Tokens the encoder keeps for this field."""
         return min(self.max_length, self.pad_to) if self.pad_to else self.max_length
 
-    def get(self, texts: Sequence[str], encoder: OnnxTextEncoder) -> np.ndarray:
-        """float32 [len(texts), dim]."""
+    def new(self, texts: Sequence[str]) -> set[str]:
+        """The distinct ``texts`` the exported table lacks (cached or not: what a request may cost)."""
+        return set(texts).difference(self.known)
+
+    def get(self, texts: Sequence[str], encoder: OnnxTextEncoder, check: Check = never) -> np.ndarray:
+        """float32 [len(texts), dim]; ``check`` runs between the encoder's graph runs."""
         out = np.empty((len(texts), self.table.shape[1]), dtype=np.float32)
         missing: list[int] = []
+        keys: dict[str, bytes] = {}
+        for t in texts:
+            if t not in self.known and t not in keys:
+                keys[t] = _digest(t)  # hashed outside the lock
         with self.lock:
             for j, t in enumerate(texts):
                 r = self.known.get(t)
                 if r is not None:
                     out[j] = self.table[r]
-                elif t in self.cache:
-                    self.cache.move_to_end(t)
-                    out[j] = self.cache[t]
+                elif (v := self.cache.get(keys[t])) is not None:
+                    self.cache.move_to_end(keys[t])
+                    out[j] = v
                 else:
                     missing.append(j)
         if missing:
             uniq = sorted({texts[j] for j in missing})
-            vecs = dict(zip(uniq, encoder.encode(uniq, self.max_length, self.pad_to)))
+            vecs = dict(zip(uniq, encoder.encode(uniq, self.max_length, self.pad_to, check)))
             with self.lock:
                 for t, v in vecs.items():
-                    self.cache[t] = v
+                    self.cache[keys[t]] = v
                     if len(self.cache) > self.cache_size:
                         self.cache.popitem(last=False)
             for j in missing:
