@@ -85,6 +85,9 @@ THROTTLE_TOKENS, THROTTLE_RATIO = 10, 0.1
 RETRY_BUFFER_BYTES = 16 * 1024 * 1024
 KEEPALIVE_TIME_MS = 300_000  # gRPC servers' default floor between pings: never a strike
 KEEPALIVE_TIMEOUT_MS = 20_000  # also the sockets' TCP_USER_TIMEOUT
+# gRPC clients take 4 MB responses by default; the server sends up to its --max-message-mb (16 MB by
+# default, GetModelInfo.max_response_bytes), which a top_n = 1000 answer over long texts can reach.
+MAX_RECEIVE_BYTES = 64 * 1024 * 1024
 
 
 def listed_addresses(target: str) -> int:
@@ -143,6 +146,7 @@ def channel_options(
         "grpc.keepalive_time_ms": KEEPALIVE_TIME_MS,
         "grpc.keepalive_timeout_ms": KEEPALIVE_TIMEOUT_MS,
         "grpc.keepalive_permit_without_calls": 0,
+        "grpc.max_receive_message_length": MAX_RECEIVE_BYTES,
     }
     options.update(dict(extra))
     return list(options.items())

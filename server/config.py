@@ -232,7 +232,8 @@ class ServerConfig:
             model=self.model,
             device=self.device,
             encoder_variant=self.encoder_variant,
-            limits=Limits(),
+            # Upserted items are bounded so that max_top_n of them fit one response at this limit.
+            limits=Limits(max_response_bytes=self.max_message_mb * 2**20),
             exact=self.exact,
             candidate_budget_mb=self.candidate_budget_mb,
         )

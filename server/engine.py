@@ -22,8 +22,17 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from . import evaluation, ranking
-from .catalog import ITEM_COLUMNS, Catalog, build_catalog, deleted, item_columns, read_csv, upserted
+from . import evaluation, ranking, scoring
+from .catalog import (
+    ITEM_COLUMNS,
+    Catalog,
+    build_catalog,
+    deleted,
+    item_columns,
+    read_csv,
+    relisted,
+    upserted,
+)
 from .config import EngineConfig
 from .csr import CSR
 from .deadline import Check, never
@@ -35,7 +44,6 @@ from .info import model_info
 from .inputs import TowerInputs, UserRef
 from .manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
 from .metrics import DEFAULT_KS
-from .numerics import sigmoid
 from .ranking import Query
 from .runtime import resolve_providers
 from .splits import RecordedSplit, load_recorded_split
@@ -46,7 +54,6 @@ from .validation import (
     show,
     validate_items,
     validate_recommend,
-    validate_score,
 )
 
 _LOGGER = logging.getLogger(__name__)
@@ -284,31 +291,8 @@ class Engine:
         histories: Sequence[History] | None = None,
         check: Check = never,
     ) -> np.ndarray:
-        """Probabilities for (user, item id) pairs, float32 [len(pairs)]; ``histories``: one per pair."""
-        validate_score(len(pairs), self.limits)
-        cat = self.catalog
-        items = np.empty(len(pairs), dtype=np.int64)
-        hists = histories or [NO_HISTORY] * len(pairs)
-        refs: list[UserRef] = []
-        per_ref: list[History] = []
-        slot: dict[object, int] = {}
-        which = np.empty(len(pairs), dtype=np.int64)
-        for j, (user, item_id) in enumerate(pairs):
-            i = cat.row(item_id)
-            if i is None:
-                check_id(f"pairs[{j}].item_id", item_id)
-                raise NotFound(f"unknown item_id {show(item_id)} (pair {j})")
-            items[j] = i
-            ref = self.user_index_of(user) if isinstance(user, str) else user
-            key = (ref, hists[j].rows)
-            if key not in slot:  # each distinct (user, history) goes through the tower once
-                slot[key] = len(refs)
-                refs.append(ref)
-                per_ref.append(hists[j])
-            which[j] = slot[key]
-        uvec = self.inputs.user_vectors(self.serving, refs, per_ref, check, self.limits)
-        logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
-        return sigmoid(logits).astype(np.float32)
+        """Probabilities for (user, item id) pairs, float32 [len(pairs)] (server/scoring.py)."""
+        return scoring.score(self, pairs, histories, check)
 
     def evaluate(
         self,
@@ -321,15 +305,19 @@ class Engine:
         """(metrics, users evaluated) of the served model: server/evaluation.py."""
         return evaluation.evaluate(self, split, ks, protocol, inline, check)
 
-    def item_vectors(self, items: Sequence[NewItemData], validate: bool = True) -> np.ndarray:
-        """The served item tower's vectors for ``items`` (encoder for texts the tables lack).
+    def item_vectors(
+        self, items: Sequence[NewItemData], validate: bool = True, check: Check = never
+    ) -> np.ndarray:
+        """The served item tower's vectors for ``items`` (encoder for texts the tables lack), with
+        ``check`` (the deadline) between encoder runs and tower blocks. An upsert's texts are bounded
+        by max_upsert_items and the text lengths, not by max_new_texts (each item brings two).
 
         Raises:
             InvalidArgument: ``validate`` and a request limit broken, or a vector not finite.
         """
         if validate:
             validate_items(items, self.limits)
-        vecs = self.serving.items(self.inputs.records(self.serving.item_specs, items))
+        vecs = self.serving.items(self.inputs.records(self.serving.item_specs, items, check), check)
         bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
         if bad.size:
             raise InvalidArgument(
@@ -338,8 +326,11 @@ class Engine:
             )
         return vecs
 
-    def apply_items(self, items: Sequence[NewItemData], vecs: np.ndarray) -> tuple[int, int, int]:
-        """Writes ``items`` with their :meth:`item_vectors` and publishes the next snapshot.
+    def apply_items(
+        self, items: Sequence[NewItemData], vecs: np.ndarray, patch: bool = True
+    ) -> tuple[int, int, int]:
+        """Writes ``items`` with their :meth:`item_vectors` and publishes the next snapshot;
+        ``patch=False`` (a bulk replay) drops the candidate lists until :meth:`relist`.
 
         Returns:
             (inserted, updated, catalogue size).
@@ -347,7 +338,7 @@ class Engine:
         with self._write_lock:  # writers queue here; readers keep using their snapshot meanwhile
             # Cost proportional to the items: columns written in place, candidate lists patched.
             cat, rows, inserted, updated = upserted(
-                self.catalog, items, vecs, self.known_user_vectors(), self.seen, self.user_independent
+                self.catalog, items, vecs, self.known_user_vectors(), self.seen, self.user_independent, patch
             )
             if self.ann is not None:  # the index first: no snapshot can return the rows before it
                 self.ann.upsert(rows, vecs)
@@ -361,6 +352,19 @@ class Engine:
             (inserted, updated, catalogue size).
         """
         return self.apply_items(items, self.item_vectors(items))
+
+    def relist(self) -> None:
+        """Rebuilds the candidate lists in one pass (after a bulk replay)."""
+        with self._write_lock:
+            c = self.config
+            self.catalog = relisted(
+                self.catalog,
+                self.known_user_vectors(),
+                self.seen,
+                c.candidates,
+                self.user_independent,
+                c.candidate_budget_mb,
+            )
 
     def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
         """Removes the items the catalogue has (unknown ids are ignored) and publishes the next snapshot.

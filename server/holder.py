@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .config import EngineConfig
+from .deadline import Check, never
 from .engine import Engine
 from .errors import InvalidArgument, Unavailable
 from .manifest import ArtifactError
@@ -28,10 +29,6 @@ REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
 # Past this many replayed items, candidate lists are dropped and rebuilt once (one users x items
 # product) rather than patched item by item (a Python loop over the users each item enters).
 RELIST_AFTER = 64
-
-
-def _never() -> None:
-    """A deadline check that never fires."""
 
 
 class EngineHolder:
@@ -163,9 +160,7 @@ class EngineHolder:
 
     # ------------------------------------------------------------------------------------- writes
 
-    def upsert(
-        self, items: Sequence[NewItemData], check: Callable[[], None] = _never
-    ) -> tuple[Engine, int, int, int]:
+    def upsert(self, items: Sequence[NewItemData], check: Check = never) -> tuple[Engine, int, int, int]:
         """Validates and vectorises ``items``, journals them, then applies them.
 
         ``check`` (the client's deadline) is called before the journal write: once written, the items
@@ -175,18 +170,18 @@ class EngineHolder:
             (the engine they went into, inserted, updated, catalogue size).
         """
         engine = self.get()
-        vecs = engine.item_vectors(items)  # the tower pass, outside the lock
+        vecs = engine.item_vectors(items, check=check)  # the tower pass, outside the lock
         with self._write_lock:
             if self._engine is not engine:  # a reload swapped models meanwhile: vectors from the new one
                 engine = self.get()
-                vecs = engine.item_vectors(items)
+                vecs = engine.item_vectors(items, check=check)
             check()
             seq = self.store.upsert(items) if self.store is not None else 0
             inserted, updated, count = engine.apply_items(items, vecs)
             self._advance(seq, len(items))
         return engine, inserted, updated, count
 
-    def delete(self, item_ids: Sequence[str], check: Callable[[], None] = _never) -> tuple[Engine, int, int]:
+    def delete(self, item_ids: Sequence[str], check: Check = never) -> tuple[Engine, int, int]:
         """Journals and applies deletes of ``item_ids`` (ids the catalogue lacks are not journaled).
 
         Returns:

@@ -28,12 +28,17 @@ def search_params(kind: str, knob: int, k: int):
 
 
 class _ReadWriteLock:
-    """Many concurrent searches (FAISS releases the GIL) or one writer (adds are not thread-safe)."""
+    """Many concurrent searches (FAISS releases the GIL) or one writer (adds are not thread-safe).
+
+    Writers go first: once one waits, new searches wait behind it, or overlapping searches could
+    keep the count of readers above zero for ever and starve every upsert (seen: 62 s).
+    """
 
     def __init__(self):
         self._cond = threading.Condition()
         self._readers = 0
         self._writing = False
+        self._writers_waiting = 0
 
     def read(self):
         return _Held(self, write=False)
@@ -49,12 +54,17 @@ class _Held:
     def __enter__(self):
         c = self.lock._cond
         with c:
+            lock = self.lock
             if self.write:
-                c.wait_for(lambda: not self.lock._writing and self.lock._readers == 0)
-                self.lock._writing = True
+                lock._writers_waiting += 1
+                try:
+                    c.wait_for(lambda: not lock._writing and lock._readers == 0)
+                finally:
+                    lock._writers_waiting -= 1
+                lock._writing = True
             else:
-                c.wait_for(lambda: not self.lock._writing)
-                self.lock._readers += 1
+                c.wait_for(lambda: not lock._writing and not lock._writers_waiting)
+                lock._readers += 1
 
     def __exit__(self, *exc):
         c = self.lock._cond

@@ -55,4 +55,7 @@ def model_info(engine: Engine, durable: bool = False, journal_entries: int = 0) 
         max_delete_items=engine.limits.max_delete_items,
         durable_catalog=durable,
         journal_entries=journal_entries,
+        max_ks=engine.limits.max_ks,
+        max_item_bytes=engine.limits.max_item_bytes,
+        max_response_bytes=engine.limits.max_response_bytes,
     )

@@ -211,7 +211,9 @@ class RecommenderServicer:
         )
         hit = engine.answer_inline(planned)  # a candidate-list walk: microseconds, no catalogue scan
         if hit is None:
-            hit = await self._offload(engine.answer, planned, check_deadline(context.time_remaining))
+            hit = await self._offload(
+                engine.answer, planned, check_deadline(context.time_remaining, cancelled=context.cancelled)
+            )
         top, scores = hit
         cat, history = planned.query.cat, planned.history
         return recommend_wire(cat.wire, top, scores, engine.model_version, history.used)
@@ -220,7 +222,7 @@ class RecommenderServicer:
     async def Score(self, request: pb.ScoreRequest, context) -> pb.ScoreResponse:
         engine = self.holder.get()
         validate_score(len(request.pairs), engine.limits)  # before any per-pair work
-        check = check_deadline(context.time_remaining)
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
         if len(request.pairs) > self.INLINE_SCORE_PAIRS:  # even reading the pairs goes to the pool
             scores, histories = await self._offload(_score, engine, request.pairs, check)
         else:
@@ -243,7 +245,7 @@ class RecommenderServicer:
             raise InvalidArgument(f"unknown protocol {request.protocol}")
         if request.interactions:
             validate_inline(len(request.interactions), engine.limits)  # before they are copied
-        check = check_deadline(context.time_remaining)
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
         metrics, users = await self._offload(
             _evaluate, engine, request, SPLITS[request.split], PROTOCOLS[request.protocol], check
         )
@@ -267,7 +269,7 @@ class RecommenderServicer:
         items = [
             NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items
         ]
-        check = check_deadline(context.time_remaining)
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
         engine, inserted, updated, count = await self._offload(self.holder.upsert, items, check)
         return pb.UpsertItemsResponse(
             inserted=inserted, updated=updated, item_count=count, model_version=engine.model_version
@@ -276,7 +278,7 @@ class RecommenderServicer:
     @rpc
     async def DeleteItems(self, request: pb.DeleteItemsRequest, context) -> pb.DeleteItemsResponse:
         self.holder.get()
-        check = check_deadline(context.time_remaining)
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
         engine, deleted, count = await self._offload(self.holder.delete, list(request.item_ids), check)
         return pb.DeleteItemsResponse(deleted=deleted, item_count=count, model_version=engine.model_version)
 

@@ -58,3 +58,6 @@ class ModelInfo:
     max_delete_items: int
     durable_catalog: bool
     journal_entries: int
+    max_ks: int
+    max_item_bytes: int
+    max_response_bytes: int

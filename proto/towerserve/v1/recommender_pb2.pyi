@@ -165,7 +165,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries")
+    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries", "max_ks", "max_item_bytes", "max_response_bytes")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -209,6 +209,9 @@ class GetModelInfoResponse(_message.Message):
     MAX_DELETE_ITEMS_FIELD_NUMBER: _ClassVar[int]
     DURABLE_CATALOG_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    MAX_KS_FIELD_NUMBER: _ClassVar[int]
+    MAX_ITEM_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     model_kind: str
     user_independent_ranking: bool
@@ -238,7 +241,10 @@ class GetModelInfoResponse(_message.Message):
     max_delete_items: int
     durable_catalog: bool
     journal_entries: int
-    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ...) -> None: ...
+    max_ks: int
+    max_item_bytes: int
+    max_response_bytes: int
+    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ..., max_ks: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_response_bytes: _Optional[int] = ...) -> None: ...
 
 class NewItem(_message.Message):
     __slots__ = ("item_id", "description", "features", "price", "category")
