@@ -90,14 +90,19 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
         "ids in one UpsertItems; an id over 200 characters (history ids included)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
-    ("request bytes that do not parse (e.g. invalid UTF-8 in a string)", grpc.StatusCode.INVALID_ARGUMENT),
+    (
+        "request bytes that do not parse (e.g. invalid UTF-8 in a string), health Check/Watch included",
+        grpc.StatusCode.INVALID_ARGUMENT,
+    ),
     ("model not loaded or warming up (health NOT_SERVING)", grpc.StatusCode.UNAVAILABLE),
     (
-        "more concurrent RPCs than --max-concurrent-rpcs; a response over max_response_bytes (checked "
-        "before sending; a safety net, since the limits above keep every valid request under it)",
+        "more concurrent RPCs than --max-concurrent-rpcs (authenticated calls), --max-probe-rpcs (health "
+        "calls and calls refused for their token) or --max-watch-streams (open health Watch streams); a "
+        "response over max_response_bytes (checked before sending; a safety net, since the limits above "
+        "keep every valid request under it)",
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     ),
-    ("missing or wrong bearer token (with --token)", grpc.StatusCode.UNAUTHENTICATED),
+    ("missing or wrong bearer token (with a token configured)", grpc.StatusCode.UNAUTHENTICATED),
     (
         "deadline too short for the work (checked before and during every loop over a request's "
         "items: encoder batches, tower passes, Score pairs, Evaluate's user blocks)",
