@@ -414,3 +414,18 @@ def test_the_deployment_command_serves_probes_and_drains(serving, users, pod, co
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+def test_the_scaling_diagram_is_generated_from_its_source(tmp_path):
+    """deploy/diagram.py draws the README's picture; the committed images are its output."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("diagram", ROOT / "deploy" / "diagram.py")
+    diagram = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(diagram)
+    svg, png = diagram.draw(tmp_path / "scaling")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = svg.read_text()
+    for *_, label, _colour in diagram.BOXES:  # every box's text is in the picture, as text
+        assert all(line.replace("&", "&amp;") in text for line in label.splitlines()), label
+    assert (ROOT / "deploy" / "scaling.png").is_file() and (ROOT / "deploy" / "scaling.svg").is_file()
