@@ -6,6 +6,8 @@
 2. A real `towerserve serve` with and without `--state-dir`: single-item UpsertItems latency over
    gRPC (the journal's share of an acknowledged write), then start-up time with N journaled items
    to replay (texts re-encoded, the item tower run) next to start-up with an empty journal.
+3. Two servers on one journal (SQLite, and a real PostgreSQL when Debian's package is installed):
+   from an UpsertItems OK on one to the item served by the other (the journal poll, 0.25 s).
 
     python benchmarks/bench_durability.py [--artifacts artifacts/seed] [--commits 300] [--upserts 200] [--replay 1000]
 """
@@ -96,12 +98,38 @@ def start_seconds(serving: Path, state_dir: Path) -> float:
         return server.ready_seconds
 
 
+def propagation(serving: Path, journal: tuple[str, str], n: int) -> list[float]:
+    """Seconds from an UpsertItems OK on one server to the item in another's answers (two servers
+    on one journal, as --workers processes or replicas are)."""
+    from towerserve.clients.client import ItemData, RecommenderClient
+
+    with (
+        ServerProcess(serving, *journal, tag="durability-a") as a,
+        ServerProcess(serving, *journal, tag="durability-b") as b,
+        RecommenderClient(a.target) as ca,
+        RecommenderClient(b.target) as cb,
+    ):
+        out = []
+        for k in range(n):
+            category = f"propagation-{k}"
+            ca.upsert_items([ItemData(f"p-{k}", "a propagated item", "shared", 1.0, category)])
+            t0 = time.perf_counter()
+            while True:
+                info = cb.model_info()
+                if category in info.categories:
+                    break
+                time.sleep(0.005)
+            out.append(time.perf_counter() - t0)
+        return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--artifacts", type=Path, default=DEFAULT_ARTIFACTS)
     ap.add_argument("--commits", type=int, default=300, help="single-item commits per store variant")
     ap.add_argument("--upserts", type=int, default=200, help="single-item UpsertItems per server")
     ap.add_argument("--replay", type=int, default=1000, help="journaled items replayed at start")
+    ap.add_argument("--propagate", type=int, default=20, help="upserts timed from one server to another")
     args = ap.parse_args(argv)
     serving = serving_dir(args.artifacts)
     OUT_DIR.mkdir(parents=True, exist_ok=True)
@@ -129,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
                 ["server", "p50 ms", "p99 ms"],
                 [
                     ["in memory only", f"{median(memory) * 1e3:.2f}", f"{pct(memory, 99) * 1e3:.2f}"],
-                    ["--state-dir journal", f"{median(journaled) * 1e3:.2f}", f"{pct(journaled, 99) * 1e3:.2f}"],
+                    [
+                        "--state-dir journal",
+                        f"{median(journaled) * 1e3:.2f}",
+                        f"{pct(journaled, 99) * 1e3:.2f}",
+                    ],
                 ],
             )
         )
@@ -149,6 +181,29 @@ def main(argv: list[str] | None = None) -> int:
             f"\nstart to SERVING: empty journal {t_empty:.2f} s, {args.replay} journaled items {t_full:.2f} s "
             f"(replay ~{per_item * 1e3:.2f} ms per item)"
         )
+
+    print(f"\n3. an upsert acknowledged by server A, until server B serves it ({args.propagate} each)")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from postgres import fresh_database, pg_bin, postgres_server
+
+    spread = {}
+    with tempfile.TemporaryDirectory(dir=OUT_DIR) as tmp:
+        spread["SQLite --state-dir"] = propagation(
+            serving, ("--state-dir", str(Path(tmp) / "s")), args.propagate
+        )
+    if pg_bin() is not None:
+        with postgres_server() as url:
+            journal = ("--catalog-url", fresh_database(url))
+            spread["PostgreSQL --catalog-url"] = propagation(serving, journal, args.propagate)
+    print(
+        table(
+            ["journal", "p50 ms", "p99 ms", "max ms"],
+            [
+                [k, f"{median(v) * 1e3:.0f}", f"{pct(v, 99) * 1e3:.0f}", f"{max(v) * 1e3:.0f}"]
+                for k, v in spread.items()
+            ],
+        )
+    )
     print(NOTE)
     write_result(
         "bench_durability",
@@ -160,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 "journal": {"p50": median(journaled) * 1e3, "p99": pct(journaled, 99) * 1e3},
             },
             "start_seconds": {"empty": t_empty, "replay": t_full, "items": args.replay},
+            "propagation_ms": {k: {"p50": median(v) * 1e3, "max": max(v) * 1e3} for k, v in spread.items()},
         },
     )
     return 0

@@ -47,7 +47,7 @@ ARROWS = [
     ("clients", "r2", "", "-"),
     ("clients", "r3", "", "-"),
     ("r1", "pg", "write before OK", "-"),
-    ("pg", "r2", "follow (poll 0.5 s)", "--"),
+    ("pg", "r2", "follow (poll 0.25 s)", "--"),
     ("pg", "r3", "", "--"),
     ("bundle", "r3", "load / Reload", "--"),
     ("bundle", "ray", "", "--"),

@@ -2,7 +2,7 @@
 
 Same interface and semantics as the SQLite store (store.py: CatalogStore). Each replica writes its
 changes here before acknowledging them, and follows the others' by polling the sequence
-(holder.py: every 0.5 s), so a change made through any replica is served by all within a second.
+(holder.py: every 0.25 s), so a change made through any replica is served by all within a second.
 
 Sequence numbers must appear in commit order, or a follower that has read up to seq 11 could
 miss a seq 10 that commits later. Every write therefore takes one transaction-scoped advisory lock
