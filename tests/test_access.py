@@ -370,6 +370,7 @@ def test_cli_insecure_serves_every_interface_with_a_loud_warning(serving, users,
         assert len(stub.Recommend(pb.RecommendRequest(user_id=users[0]["user_id"], top_n=3)).items) == 3
     text = log.read_text()
     assert "WARNING" in text and "INSECURE (--insecure): listening on 0.0.0.0" in text, text[-3000:]
+    assert "no --state-dir: items changed by UpsertItems/DeleteItems will NOT survive a restart" in text
 
 
 def test_cli_token_file_end_to_end(serving, users, tmp_path):
@@ -378,7 +379,9 @@ def test_cli_token_file_end_to_end(serving, users, tmp_path):
     path.chmod(0o600)
     request = pb.RecommendRequest(user_id=users[0]["user_id"], top_n=3)
     with (
-        _serving_process(serving, tmp_path, "--token-file", str(path)) as (port, log),
+        _serving_process(
+            serving, tmp_path, "--token-file", str(path), "--state-dir", str(tmp_path / "state")
+        ) as (port, log),
         grpc.insecure_channel(f"127.0.0.1:{port}") as channel,
     ):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
@@ -389,3 +392,4 @@ def test_cli_token_file_end_to_end(serving, users, tmp_path):
         -3000:
     ]
     assert TOKEN not in text
+    assert f"catalogue journal sqlite:///{tmp_path / 'state'}" in text and "NOT survive" not in text
