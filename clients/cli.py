@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from towerserve.export import cli as export_cli
-from towerserve.server import catalog_cli
+from towerserve.server import batch_cli, catalog_cli
 from towerserve.server import cli as server_cli
 from towerserve.server.cli import ks_list, missing_extra
 from towerserve.server.tables import SUMMARY_METRICS, format_table
@@ -324,6 +324,7 @@ def _build() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentParser
         export_cli.register,
         server_cli.register,
         catalog_cli.register,
+        batch_cli.register,
         register,
     ):
         add(sub)
