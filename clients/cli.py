@@ -32,7 +32,8 @@ def _connection_args(p: argparse.ArgumentParser, balanced: bool = True) -> None:
         "; calls are spread round-robin over its addresses, and a read or upsert that gets UNAVAILABLE "
         "from one replica is retried on the next"
         if balanced
-        else "; the load test uses one connection per generator, to the first address that answers"
+        else "; each generator spreads its calls round-robin over its addresses, without retries (a load "
+        "test counts every failure)"
     )
     p.add_argument(
         "--target",
