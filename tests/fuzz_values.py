@@ -95,7 +95,7 @@ def int32s(limit: int) -> st.SearchStrategy[int]:
     return mostly(st.integers(1, 20), st.sampled_from(edges) | st.integers(*INT32))
 
 
-def _capped(msg, j: int):
+def _capped(msg):
     """A copy of ``msg`` whose strings keep 201 characters and repeated fields 3 entries: the filler
     of a batch repeated to its limit (the drawn entries keep their odd sizes), so a 10,000-pair Score
     weighs megabytes, not gigabytes."""
@@ -111,7 +111,7 @@ def _capped(msg, j: int):
         elif fd.type == fd.TYPE_STRING:
             setattr(out, fd.name, value[:201])
         elif fd.type == fd.TYPE_MESSAGE and not fd.is_repeated:
-            getattr(out, fd.name).CopyFrom(_capped(value, j))
+            getattr(out, fd.name).CopyFrom(_capped(value))
     return out
 
 
@@ -124,6 +124,7 @@ def batches(entry: st.SearchStrategy, limit: int, empty: bool = False) -> st.Sea
         sizes = mostly(st.just(0), sizes)
 
     def build(base: list, n: int) -> list:
-        return [base[j] if j < len(base) else _capped(base[j % len(base)], j) for j in range(n)][:n]
+        filler = [_capped(b) for b in base]  # one copy each, repeated: 200,000 copies would take seconds
+        return [base[j] if j < len(base) else filler[j % len(base)] for j in range(n)]
 
     return st.builds(build, st.lists(entry, min_size=1, max_size=4), sizes)

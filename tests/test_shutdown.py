@@ -64,10 +64,12 @@ def _check(port: int, timeout: float = 2.0) -> str:
             return err.code().name
 
 
-def _slow_evaluate(users: list[dict], items: dict) -> pb.EvaluateRequest:
-    """Every (user, item) pair of the tiny catalogue, repeated to the inline limit: ~0.5-1 s each."""
+def _slow_evaluate(users: list[dict], items: dict) -> bytes:
+    """Every (user, item) pair of the tiny catalogue, repeated to the inline limit: ~0.5-1 s each.
+    Serialized once, so the calls reach the server together (not one serialization apart)."""
     pairs = [pb.Interaction(user_id=u["user_id"], item_id=i) for u in users for i in items]
-    return pb.EvaluateRequest(ks=[5, 10, 20], interactions=[pairs[j % len(pairs)] for j in range(200_000)])
+    request = pb.EvaluateRequest(ks=[5, 10, 20], interactions=[pairs[j % len(pairs)] for j in range(200_000)])
+    return request.SerializeToString()
 
 
 def test_sigterm_drains_slow_calls_while_health_says_not_serving_and_new_calls_are_refused(
@@ -97,7 +99,9 @@ def test_sigterm_drains_slow_calls_while_health_says_not_serving_and_new_calls_a
                     stream.cancel()  # an open stream is in flight too: the drain would wait for it
                     return
 
-        evaluate = recommender_pb2_grpc.RecommenderStub(channel).Evaluate
+        evaluate = channel.unary_unary(
+            "/towerserve.v1.Recommender/Evaluate", response_deserializer=pb.EvaluateResponse.FromString
+        )
         finished: list[tuple[float, object]] = []
 
         def slow() -> None:
