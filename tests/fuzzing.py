@@ -312,10 +312,25 @@ class Caller:
             return err.code().name, err.details() or "", None
 
 
+def wire_size(details: str) -> int:
+    """Bytes of a status message on the wire (grpc-message): UTF-8, each byte outside printable ASCII
+    (and '%') percent-encoded as three."""
+    return sum(1 if 0x20 <= b <= 0x7E and b != 0x25 else 3 for b in details.encode("utf-8"))
+
+
+# gRPC clients drop response headers over 8 kB (at random up to the 16 kB hard limit), turning the
+# refusal into RESOURCE_EXHAUSTED: a status message must leave room for the other headers.
+MAX_DETAILS_BYTES = 8192 - 256
+
+
 def problem(case: Case, code: str, details: str, response: bytes | None) -> str | None:
     """Why this outcome breaks the contract (None: it does not)."""
     if code in BAD_CODES:
         return f"{code}: {details}"
+    if code == "RESOURCE_EXHAUSTED" and "metadata size exceeds" in details:
+        return f"the refusal was too large for the client: {details}"
+    if wire_size(details) > MAX_DETAILS_BYTES:
+        return f"{code} with a {wire_size(details)}-byte message: {details[:200]}"
     if code != "OK" or response is None:
         return None
     if case.rpc == "Recommend":

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fuzzing
 import grpc
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline import server_and_channel
@@ -69,14 +70,19 @@ def test_histories_on_a_model_that_reads_them(hybrid, tmp_path):
         assert fuzzing.health_status(channel) == "SERVING"
 
 
-def test_a_request_over_the_message_limit_is_resource_exhausted(serving):
-    """17 MB against the 16 MB limit: refused by gRPC itself, and the server carries on."""
+@pytest.fixture(scope="module")
+def plain(serving):
+    """A channel to one server (no journal) for the fixed cases below."""
     with server_and_channel(serving) as (_, channel):
-        big = pb.RecommendRequest(user_id="x" * (17 * 1024 * 1024), top_n=1)
-        case = fuzzing.Case("Recommend", RPCS["Recommend"].path, big)
-        code, details, _ = fuzzing.Caller(channel)(case)
-        assert code == "RESOURCE_EXHAUSTED", (code, details)
-        assert fuzzing.health_status(channel) == "SERVING"
+        yield channel
+
+
+def test_a_request_over_the_message_limit_is_resource_exhausted(plain):
+    """17 MB against the 16 MB limit: refused by gRPC itself, and the server carries on."""
+    big = pb.RecommendRequest(user_id="x" * (17 * 1024 * 1024), top_n=1)
+    code, details, _ = fuzzing.Caller(plain)(fuzzing.Case("Recommend", RPCS["Recommend"].path, big))
+    assert code == "RESOURCE_EXHAUSTED", (code, details)
+    assert fuzzing.health_status(plain) == "SERVING"
 
 
 # Wire format no message can parse: a truncated varint tag, a tag of wire type 7, a length past the
@@ -84,17 +90,52 @@ def test_a_request_over_the_message_limit_is_resource_exhausted(serving):
 UNPARSEABLE = (b"\xff\xff\xff", b"\x07", b"\x0a\x05ab", b"\x08", b"\x0a\xff\xff\xff\xff\x0f")
 
 
-def test_bytes_that_no_message_parses_are_invalid_argument_on_every_path(serving):
+def test_bytes_that_no_message_parses_are_invalid_argument_on_every_path(plain):
     """Every method, health Check included, answers INVALID_ARGUMENT (never UNKNOWN, as gRPC's own
     deserializer failure would be); a path nobody serves is UNIMPLEMENTED."""
     served = {r.path for r in RPCS.values()} | {fuzzing.HEALTH_CHECK}
-    with server_and_channel(serving) as (_, channel):
-        call = fuzzing.Caller(channel)
-        got = {
-            (path, data): call(fuzzing.Case("garbage", path, data))[0]
-            for path in fuzzing.PATHS
-            for data in UNPARSEABLE
-        }
-        want = {(p, d): "INVALID_ARGUMENT" if p in served else "UNIMPLEMENTED" for p, d in got}
-        assert got == want
-        assert fuzzing.health_status(channel) == "SERVING"
+    call = fuzzing.Caller(plain)
+    got = {
+        (path, data): call(fuzzing.Case("garbage", path, data))[0]
+        for path in fuzzing.PATHS
+        for data in UNPARSEABLE
+    }
+    want = {(p, d): "INVALID_ARGUMENT" if p in served else "UNIMPLEMENTED" for p, d in got}
+    assert got == want
+    assert fuzzing.health_status(plain) == "SERVING"
+
+
+# What a request sends is quoted back in refusals: 4-byte characters are the worst case (12 wire bytes).
+WIDE = "😍" * 807
+
+
+@pytest.mark.parametrize(
+    "rpc, request_",
+    [
+        ("Recommend", pb.RecommendRequest(user_id="😍" * 200, top_n=1)),
+        ("Recommend", pb.RecommendRequest(user=pb.UserAttributes(age=30, profession=WIDE), top_n=1)),
+        ("Score", pb.ScoreRequest(pairs=[pb.ScorePair(user_id="😍" * 200, item_id="😍" * 200)])),
+        ("UpsertItems", pb.UpsertItemsRequest(items=[pb.NewItem(item_id=WIDE, description=WIDE)])),
+        ("DeleteItems", pb.DeleteItemsRequest(item_ids=[WIDE])),
+        pytest.param(
+            "Reload",
+            pb.ReloadRequest(artifacts="/no/such/folder/" + WIDE),
+            marks=pytest.mark.xfail(
+                strict=True,
+                reason="server/errors.py bounded() caps details at 1,000 characters, not wire bytes: "
+                "the refused path comes back as ~9.9 kB of grpc-message, over clients' 8 kB soft "
+                "metadata limit, so a client sees RESOURCE_EXHAUSTED ('received metadata size exceeds "
+                "soft limit') instead of FAILED_PRECONDITION about 1 call in 10",
+            ),
+            id="Reload",
+        ),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_refusal_quoting_wide_unicode_fits_the_clients_metadata_limit(plain, rpc, request_):
+    """A status message travels percent-encoded in a header, and gRPC clients drop headers over 8 kB
+    (randomly between that soft limit and the 16 kB hard one): the refusal must stay under it, or the
+    client gets RESOURCE_EXHAUSTED instead of the reason."""
+    code, details, _ = fuzzing.Caller(plain)(fuzzing.Case(rpc, RPCS[rpc].path, request_))
+    assert code not in ("OK", "RESOURCE_EXHAUSTED") and code not in fuzzing.BAD_CODES, (code, details)
+    assert fuzzing.wire_size(details) <= fuzzing.MAX_DETAILS_BYTES, (code, fuzzing.wire_size(details))
