@@ -48,14 +48,27 @@ GENERIC_INTERNAL = "internal error; the server logged the details"
 # past it the client sees RESOURCE_EXHAUSTED instead of the error): validation keeps its messages
 # short (a few offending values and a count), and servicer.rpc cuts any longer one as a safety net.
 MAX_DETAILS = 1000
+# ...and at most this many bytes as sent: grpc-message percent-encodes every byte outside printable
+# ASCII (and '%') as three, so 1,000 characters of non-ASCII text would be ~9 kB on the wire.
+MAX_DETAILS_WIRE = 3000
 
 
-def bounded(message: str, limit: int = MAX_DETAILS) -> str:
-    """``message``, cut to at most ``limit`` characters with a note of its full length."""
-    if len(message) <= limit:
+def wire_length(message: str) -> int:
+    """Bytes of ``message`` as the grpc-message header carries it (percent-encoded UTF-8)."""
+    raw = message.encode("utf-8", "replace")
+    return len(raw) + 2 * sum(1 for b in raw if b < 0x20 or b > 0x7E or b == 0x25)
+
+
+def bounded(message: str, limit: int = MAX_DETAILS, wire: int = MAX_DETAILS_WIRE) -> str:
+    """``message``, cut to at most ``limit`` characters and ``wire`` bytes as sent, with a note of
+    its full length."""
+    if len(message) <= limit and wire_length(message) <= wire:
         return message
     note = f" ... (cut from {len(message)} characters)"
-    return message[: limit - len(note)] + note
+    cut = min(len(message), limit - len(note))
+    while cut > 0 and wire_length(message[:cut]) + len(note) > wire:
+        cut = cut * 3 // 4  # a few steps at most: a character is at most 12 bytes on the wire
+    return message[:cut] + note
 
 
 # (condition, status code): the README's "Errors" table and tests/test_server_errors.py are built
