@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .deadline import Check, never
+from .manifest import ArtifactError
 from .runtime import make_session
 
 _LOGGER = logging.getLogger(__name__)
@@ -49,7 +50,10 @@ class OnnxTextEncoder:
         self.session = make_session(model_path, providers, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_name = self.session.get_outputs()[0].name
-        self._tokenizer_json = Tokenizer.from_file(str(tokenizer_path)).to_str()
+        try:
+            self._tokenizer_json = Tokenizer.from_file(str(tokenizer_path)).to_str()
+        except Exception as err:  # the Rust library raises its own Exception type for a bad file
+            raise ArtifactError(tokenizer_path, f"unreadable tokenizer ({err})") from err
         self._tokenizers: dict[int, Tokenizer] = {}
         self._tokenizers_lock = threading.Lock()
         self.pad_id = self._tokenizer(0).token_to_id("[PAD]") or 0

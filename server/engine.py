@@ -130,8 +130,12 @@ class Engine:
         # Numeric user attributes, for the user towers' minmax fields (the text ones are in the tables).
         self.user_raw = {f: np.array([float(r[f]) for r in users]) for f in sorted(numeric)}
         for f in ("profession", "personality"):
-            if f in self.tables:
-                check_dims(embeddings_file, f"{f} rows", len(users), len(self.tables[f].index))
+            if f in self.tables and len(self.tables[f].index) != len(users):
+                raise ArtifactError(  # either file may be the damaged one: name both
+                    self.root / m.catalog.users_file,
+                    f"has {len(users)} users, but {embeddings_file.name} has {len(self.tables[f].index)} "
+                    f"{f} rows (one per user)",
+                )
 
         items = read_csv(self.root / m.catalog.items_file, ITEM_COLUMNS, numeric=("price",))
         check_dims(self.root / m.catalog.items_file, "item rows", len(self.serving.item_vectors), len(items))

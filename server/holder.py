@@ -94,8 +94,14 @@ class EngineHolder:
             if path is None:
                 raise ArtifactError("<none>", "no artifacts folder given")
             # The typed manifest has checked every field the engine reads (ArtifactError naming it).
-            engine = Engine(path, self.config)
-            engine.warm_up()
+            try:
+                engine = Engine(path, self.config)
+                engine.warm_up()
+            except (ArtifactError, OSError, ValueError):
+                raise
+            except Exception as err:  # a library's own error for a file it could not read: still refused
+                _LOGGER.exception("loading %s failed", path)
+                raise ArtifactError(path, f"could not be loaded ({type(err).__name__}: {err})") from err
             done = self._replay(engine, 0)  # the bulk, while the old engine still serves and writes
             with self._write_lock:
                 # Whatever was journaled meanwhile; writers wait for the swap.

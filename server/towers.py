@@ -84,7 +84,10 @@ class Tower:
         self.max_history = (u.max_history or DEFAULT_MAX_HISTORY) if u.history_input else 0
         self.dim = u.output_dim
         vec_path = root / entry.item_vectors_file
-        self.item_vectors = np.load(vec_path).astype(np.float32)
+        try:
+            self.item_vectors = np.load(vec_path).astype(np.float32)
+        except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy at all
+            raise ArtifactError(vec_path, f"unreadable ({type(err).__name__}: {err})") from err
         check_dims(vec_path, "vector width", self.dim, int(self.item_vectors.shape[1]))
         self._all_users: np.ndarray | None = None
         self._lock = threading.Lock()

@@ -195,35 +195,9 @@ CORRUPTIONS = [
     ("encoder/model.int8.onnx", _truncate),
     ("models/MODEL/user_tower.onnx", _truncate),
     ("models/MODEL/item_tower.onnx", _truncate),
-    pytest.param(
-        "encoder/tokenizer.json",
-        _truncate,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="Reload answers INTERNAL: the tokenizers library's Exception ('EOF while parsing "
-            "an object') escapes server/encoder.py's loading as neither ArtifactError, OSError nor "
-            "ValueError, which is all AdminServicer.Reload turns into FAILED_PRECONDITION",
-        ),
-    ),
-    pytest.param(
-        "models/MODEL/item_vectors.npy",
-        _truncate,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="FAILED_PRECONDITION, but the message does not name the file: numpy's 'Failed to "
-            "read all data for array. Expected (48, 9) = 432 elements...' (np.load of item vectors "
-            "is not wrapped like _read_npz in server/engine.py)",
-        ),
-    ),
-    pytest.param(
-        "catalog/users.csv",
-        _garble,
-        marks=pytest.mark.xfail(
-            strict=True,
-            reason="FAILED_PRECONDITION naming the wrong files: 'catalog/embeddings.npz: profession "
-            "rows is 240, manifest.json says 238' when users.csv lost two rows",
-        ),
-    ),
+    ("encoder/tokenizer.json", _truncate),
+    ("models/MODEL/item_vectors.npy", _truncate),
+    ("catalog/users.csv", _garble),
 ]
 
 
