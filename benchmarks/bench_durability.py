@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         table(
             ["variant", "p50 ms", "p99 ms", "p50 / append+fsync"],
             [
-                [k, f"{median(v) * 1e3:.3f}", f"{pct(v, 99) * 1e3:.3f}", f"{median(v) / base:.2f}"]
+                [k, f"{median(v) * 1e3:.3f}", f"{pct(v, 0.99) * 1e3:.3f}", f"{median(v) / base:.2f}"]
                 for k, v in layer.items()
             ],
         )
@@ -156,11 +156,11 @@ def main(argv: list[str] | None = None) -> int:
             table(
                 ["server", "p50 ms", "p99 ms"],
                 [
-                    ["in memory only", f"{median(memory) * 1e3:.2f}", f"{pct(memory, 99) * 1e3:.2f}"],
+                    ["in memory only", f"{median(memory) * 1e3:.2f}", f"{pct(memory, 0.99) * 1e3:.2f}"],
                     [
                         "--state-dir journal",
                         f"{median(journaled) * 1e3:.2f}",
-                        f"{pct(journaled, 99) * 1e3:.2f}",
+                        f"{pct(journaled, 0.99) * 1e3:.2f}",
                     ],
                 ],
             )
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         table(
             ["journal", "p50 ms", "p99 ms", "max ms"],
             [
-                [k, f"{median(v) * 1e3:.0f}", f"{pct(v, 99) * 1e3:.0f}", f"{max(v) * 1e3:.0f}"]
+                [k, f"{median(v) * 1e3:.0f}", f"{pct(v, 0.99) * 1e3:.0f}", f"{max(v) * 1e3:.0f}"]
                 for k, v in spread.items()
             ],
         )
@@ -209,10 +209,10 @@ def main(argv: list[str] | None = None) -> int:
         "bench_durability",
         {
             "machine": machine(),
-            "store_ms": {k: {"p50": median(v) * 1e3, "p99": pct(v, 99) * 1e3} for k, v in layer.items()},
+            "store_ms": {k: {"p50": median(v) * 1e3, "p99": pct(v, 0.99) * 1e3} for k, v in layer.items()},
             "upsert_ms": {
-                "memory": {"p50": median(memory) * 1e3, "p99": pct(memory, 99) * 1e3},
-                "journal": {"p50": median(journaled) * 1e3, "p99": pct(journaled, 99) * 1e3},
+                "memory": {"p50": median(memory) * 1e3, "p99": pct(memory, 0.99) * 1e3},
+                "journal": {"p50": median(journaled) * 1e3, "p99": pct(journaled, 0.99) * 1e3},
             },
             "start_seconds": {"empty": t_empty, "replay": t_full, "items": args.replay},
             "propagation_ms": {k: {"p50": median(v) * 1e3, "max": max(v) * 1e3} for k, v in spread.items()},

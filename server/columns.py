@@ -10,12 +10,18 @@ Only one writer at a time (the engine's write lock).
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Sequence
 
 import numpy as np
 
 from .types import NewItemData
 from .wire import item_wire
+
+# A deleted item's row is reused by a new item only this long after the delete: a request that took
+# its snapshot before the delete (and so does not mask the row) has long finished by then.
+REUSE_AFTER = 30.0
 
 
 class ItemColumns:
@@ -42,7 +48,11 @@ class ItemColumns:
     ):
         n, d = vectors.shape
         self.n = n
-        self.deleted = 0  # rows whose id was deleted (they stay, masked, so row numbers never move)
+        self.deleted = 0  # rows whose item was deleted (masked until a new item reuses them)
+        self._free: deque[tuple[float, int]] = deque()  # (reusable from, row), oldest first
+        # Rows of the exported catalogue are never reused: the recorded interactions (seen items,
+        # splits) name them by row, so a new item there would inherit another item's history.
+        self.exported = n
         self.ids, self.category = list(ids), list(category)
         self.description, self.features = list(description), list(features)
         self.index = {x: j for j, x in enumerate(self.ids)}
@@ -95,16 +105,24 @@ class ItemColumns:
             (their rows, inserted, updated).
         """
         new = sum(1 for it in items if it.item_id not in self.index)
-        self._reserve(self.n + new)
+        now = time.monotonic()
+        reusable = [self._free.popleft()[1] for _ in range(new) if self._free and self._free[0][0] <= now]
+        self._reserve(self.n + new - len(reusable))
         rows = np.empty(len(items), dtype=np.int64)
-        inserted = 0
+        inserted = appended = 0
         for k, (it, v) in enumerate(zip(items, vectors)):
             j = self.index.get(it.item_id)
             code = self._code(it.category)
             wire = item_wire(it.item_id, it.price, it.description, it.features, it.category)
-            if j is None:
-                j = self.n + inserted
+            if j is None and reusable:  # a deleted item's row, free long enough: written in place
+                j = reusable.pop()
                 inserted += 1
+                self.deleted -= 1
+                self.ids[j] = it.item_id
+            if j is None:
+                j = self.n + appended
+                inserted += 1
+                appended += 1
                 self.ids.append(it.item_id)
                 self.category.append(it.category)
                 self.description.append(it.description)
@@ -125,14 +143,17 @@ class ItemColumns:
         # Appended rows become visible only now, and only to snapshots taken from here on.
         for it, j in zip(items, rows.tolist()):
             self.index.setdefault(it.item_id, j)
-        self.n += inserted
+        self.n += appended
         return rows, inserted, len(items) - inserted
 
     def delete(self, item_ids: Sequence[str]) -> np.ndarray:
-        """Forgets ``item_ids`` (unknown ones are ignored); returns their rows, which keep their values
-        (requests already running may still rank them) and are never reused: an id upserted again
-        gets a new row.
+        """Forgets ``item_ids`` (unknown ones are ignored); returns their rows. They keep their values
+        (requests already running may still rank them) until a new item takes them over, no sooner
+        than REUSE_AFTER seconds later, so delete-and-upsert churn does not grow the catalogue. Rows of
+        the exported catalogue stay masked for good.
         """
         rows = [j for j in (self.index.pop(x, None) for x in dict.fromkeys(item_ids)) if j is not None]
         self.deleted += len(rows)
+        ready = time.monotonic() + REUSE_AFTER
+        self._free.extend((ready, j) for j in rows if j >= self.exported)
         return np.array(rows, dtype=np.int64)

@@ -137,7 +137,8 @@ class AnnIndex:
             self.tombstones += int((old >= 0).sum()) + int((~finite).sum())
 
     def remove(self, rows: np.ndarray) -> None:
-        """Tombstones ``rows`` (deleted items): never proposed again; an id upserted later gets a new row."""
+        """Tombstones ``rows`` (deleted items): never proposed again, until an upsert points a row at
+        a new vector (a reused row gets a new label)."""
         rows = np.asarray(rows, dtype=np.int64)
         rows = rows[rows < len(self._label_of)]
         with self._lock.write():
