@@ -17,15 +17,13 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
-
-from towerserve.v1 import recommender_pb2
 
 from .config import ServerConfig, is_loopback
 from .holder import EngineHolder
 from .interceptors import AccessInterceptor, Metrics, MetricsInterceptor
 from .manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
-from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers, lenient
+from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers
+from .stock import SERVICE_NAMES, health_handler, reflection_handler
 from .store import open_store
 
 _LOGGER = logging.getLogger(__name__)
@@ -40,42 +38,6 @@ def _worker_priority() -> None:
     with contextlib.suppress(OSError, AttributeError):
         me = threading.get_native_id()
         os.setpriority(os.PRIO_PROCESS, me, os.getpriority(os.PRIO_PROCESS, me) + WORKER_NICE)
-
-
-def health_handler(servicer: health_aio.HealthServicer) -> grpc.GenericRpcHandler:
-    """The stock health service's Check and Watch, with lenient request parsing: bytes that do not
-    parse are INVALID_ARGUMENT, as on our own services (the stock registration fails them as UNKNOWN).
-    Everything else is the stock servicer's own logic."""
-    request_cls = health_pb2.HealthCheckRequest
-
-    async def refuse(request, context) -> None:
-        await context.abort(
-            grpc.StatusCode.INVALID_ARGUMENT,
-            f"request is not a valid {request_cls.DESCRIPTOR.full_name}: {getattr(request, 'error', '')}",
-        )
-
-    async def check(request, context):
-        if not isinstance(request, request_cls):
-            await refuse(request, context)
-        return await servicer.Check(request, context)
-
-    async def watch(request, context) -> None:
-        if not isinstance(request, request_cls):
-            await refuse(request, context)
-        await servicer.Watch(request, context)
-
-    kw = {"request_deserializer": lenient(request_cls), "response_serializer": _serialize_health}
-    return grpc.method_handlers_generic_handler(
-        health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-        {
-            "Check": grpc.unary_unary_rpc_method_handler(check, **kw),
-            "Watch": grpc.unary_stream_rpc_method_handler(watch, **kw),
-        },
-    )
-
-
-def _serialize_health(response: health_pb2.HealthCheckResponse) -> bytes:
-    return response.SerializeToString()
 
 
 class RunningServer:
@@ -127,15 +89,7 @@ class RunningServer:
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers([health_handler(self.health)])
         server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor))
-        reflection.enable_server_reflection(
-            (
-                recommender_pb2.DESCRIPTOR.services_by_name["Recommender"].full_name,
-                recommender_pb2.DESCRIPTOR.services_by_name["Admin"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        server.add_generic_rpc_handlers([reflection_handler(SERVICE_NAMES)])
         address = f"{cfg.host}:{cfg.port}"
         creds = _credentials(cfg)
         self.port = server.add_secure_port(address, creds) if creds else server.add_insecure_port(address)

@@ -512,6 +512,13 @@ def test_reflection_lists_services(two_tower):
         )
     names = {s.name for s in replies[0].list_services_response.service}
     assert {"towerserve.v1.Recommender", "towerserve.v1.Admin", "grpc.health.v1.Health"} <= names
+    # Bytes that do not parse, in the request stream: INVALID_ARGUMENT, as everywhere else.
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        raw = channel.stream_stream("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo")
+        with pytest.raises(grpc.RpcError) as err:
+            list(raw(iter([b"\xfe"])))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert "ServerReflectionRequest" in err.value.details()
 
 
 def test_server_timing_trailer_on_success_only(stub):
