@@ -51,6 +51,29 @@ class Change(NamedTuple):
     at: float
 
 
+# The columns of a journal row, in the order both stores write and read them.
+COLUMNS = "op, item_id, description, features, price, category, at"
+
+
+def upsert_rows(items: Sequence[NewItemData]) -> list[tuple]:
+    """Journal rows (COLUMNS) for upserts of ``items``, stamped now."""
+    now = time.time()
+    return [(UPSERT, i.item_id, i.description, i.features, float(i.price), i.category, now) for i in items]
+
+
+def delete_rows(item_ids: Sequence[str]) -> list[tuple]:
+    """Journal rows (COLUMNS) for deletes of ``item_ids``, stamped now."""
+    now = time.time()
+    return [(DELETE, x, None, None, None, None, now) for x in item_ids]
+
+
+def as_change(row: tuple) -> Change:
+    """A journal row read back as ``seq`` followed by COLUMNS."""
+    seq, op, item_id, desc, feats, price, cat, at = row
+    item = NewItemData(item_id, desc, feats, price, cat) if op == UPSERT else None
+    return Change(int(seq), op, item_id, item, at)
+
+
 class CatalogStore(Protocol):
     """Where catalogue changes are journaled (SQLite here; the scale-out issue adds PostgreSQL)."""
 
@@ -102,11 +125,7 @@ class SQLiteStore:
             cur = self._db.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.executemany(
-                    "INSERT INTO changes (op, item_id, description, features, price, category, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
+                cur.executemany(f"INSERT INTO changes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
                 seq = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
                 cur.execute("COMMIT")
             except BaseException:
@@ -115,28 +134,20 @@ class SQLiteStore:
             return int(seq)
 
     def upsert(self, items: Sequence[NewItemData]) -> int:
-        now = time.time()
-        return self._write(
-            [(UPSERT, i.item_id, i.description, i.features, float(i.price), i.category, now) for i in items]
-        )
+        return self._write(upsert_rows(items))
 
     def delete(self, item_ids: Sequence[str]) -> int:
-        now = time.time()
-        return self._write([(DELETE, x, None, None, None, None, now) for x in item_ids])
+        return self._write(delete_rows(item_ids))
 
     def changes(self, after: int = 0, upto: int | None = None) -> Iterator[Change]:
-        query = (
-            "SELECT seq, op, item_id, description, features, price, category, at FROM changes WHERE seq > ?"
-        )
+        query = f"SELECT seq, {COLUMNS} FROM changes WHERE seq > ?"
         args: tuple = (after,)
         if upto is not None:
             query += " AND seq <= ?"
             args += (upto,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
-        for seq, op, item_id, desc, feats, price, cat, at in rows:
-            item = NewItemData(item_id, desc, feats, price, cat) if op == UPSERT else None
-            yield Change(seq, op, item_id, item, at)
+        yield from map(as_change, rows)
 
     def last_seq(self) -> int:
         with self._lock:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator, Sequence
 
-from .store import DELETE, UPSERT, Change
+from .store import COLUMNS, Change, as_change, delete_rows, upsert_rows
 from .types import NewItemData
 
 TABLE = "towerserve_catalog_changes"
@@ -60,36 +59,24 @@ class PostgresStore:
         with self._lock, self._db.transaction():
             self._db.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             with self._db.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {TABLE} (op, item_id, description, features, price, category, at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    rows,
-                )
+                cur.executemany(f"INSERT INTO {TABLE} ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
             return int(self._db.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {TABLE}").fetchone()[0])
 
     def upsert(self, items: Sequence[NewItemData]) -> int:
-        now = time.time()
-        return self._write(
-            [(UPSERT, i.item_id, i.description, i.features, float(i.price), i.category, now) for i in items]
-        )
+        return self._write(upsert_rows(items))
 
     def delete(self, item_ids: Sequence[str]) -> int:
-        now = time.time()
-        return self._write([(DELETE, x, None, None, None, None, now) for x in item_ids])
+        return self._write(delete_rows(item_ids))
 
     def changes(self, after: int = 0, upto: int | None = None) -> Iterator[Change]:
-        query = (
-            f"SELECT seq, op, item_id, description, features, price, category, at FROM {TABLE} WHERE seq > %s"
-        )
+        query = f"SELECT seq, {COLUMNS} FROM {TABLE} WHERE seq > %s"
         args: tuple = (after,)
         if upto is not None:
             query += " AND seq <= %s"
             args += (upto,)
         with self._lock:
             rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
-        for seq, op, item_id, desc, feats, price, cat, at in rows:
-            item = NewItemData(item_id, desc, feats, price, cat) if op == UPSERT else None
-            yield Change(int(seq), op, item_id, item, at)
+        yield from map(as_change, rows)
 
     def last_seq(self) -> int:
         with self._lock:
@@ -114,4 +101,4 @@ class PostgresStore:
             self._db.close()
 
 
-__all__ = ["DELETE", "PostgresStore"]
+__all__ = ["PostgresStore"]
