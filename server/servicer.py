@@ -260,8 +260,11 @@ class RecommenderServicer:
 
     @rpc
     async def GetModelInfo(self, request: pb.GetModelInfoRequest, context) -> pb.GetModelInfoResponse:
-        # ModelInfo holds exactly the response's fields (a test checks they match).
-        return pb.GetModelInfoResponse(**dataclasses.asdict(self.holder.info()))
+        # ModelInfo holds exactly the response's fields (a test checks they match). In the pool: it
+        # counts the journal's entries, a scan in SQLite and a round trip to PostgreSQL.
+        self.holder.get()  # UNAVAILABLE before the thread hand-off while the model loads
+        info = await self._offload(self.holder.info)
+        return pb.GetModelInfoResponse(**dataclasses.asdict(info))
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest, context) -> pb.UpsertItemsResponse:
