@@ -136,12 +136,20 @@ def search_layer(n: int, kinds: list[str], base: np.ndarray, queries: np.ndarray
 def server_at(n: int, src: Path, duration: float) -> dict:
     """A real server on a bundle tiled to n items and n users: load time, RSS, c=32 Recommend vs health."""
     bundle = OUT_DIR / f"scale_{n}"
-    made = scale(src, bundle, n, n, MODEL, "auto", DEFAULT_MIN_RECALL)
-    index = made["index"]
+    scale(src, bundle, n, n, MODEL, "auto", DEFAULT_MIN_RECALL)
+    return measure_server(bundle, duration)
+
+
+def measure_server(bundle: Path, duration: float) -> dict:
+    """A real server on a serving bundle (tiled, or one `towerserve export` wrote: --bundle)."""
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = manifest["models"][manifest["default_model"]]["splits"]["holdout"]
+    index = entry.get("index") or {"kind": "exact", "recall_at_10": 1.0}
     size_mb = sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 2**20
-    users = _first_ids(bundle, 2000)
+    users = _first_ids(bundle, "users.csv", 2000)
+    n_users, n_items = _count(bundle, "users.csv"), _count(bundle, "items.csv")
     t0 = time.perf_counter()
-    with ServerProcess(bundle, tag=f"bench_scale_{n}") as server:
+    with ServerProcess(bundle, tag=f"bench_scale_{n_items}") as server:
         ready = time.perf_counter() - t0
         rss_loaded = server.status()["VmRSS"] / 1024
         health, rec = [], []
@@ -150,10 +158,10 @@ def server_at(n: int, src: Path, duration: float) -> dict:
             rec.append(run(server.target, "recommend", 32, users, duration, 1.0, seed=r))
         upsert_known, upsert_new = _upserts(server.target, bundle)
         mem = server.status()
-    print(f"{n} items/users: server measured", flush=True)
+    print(f"{n_items} items x {n_users} users: server measured", flush=True)
     return {
-        "items": n,
-        "users": n,
+        "items": n_items,
+        "users": n_users,
         "index": index["kind"],
         "index_recall_at_10": index["recall_at_10"],
         "index_build_s": index.get("build_seconds", 0.0),
@@ -174,17 +182,19 @@ def server_at(n: int, src: Path, duration: float) -> dict:
 def _upserts(target: str, bundle: Path, calls: int = 10) -> tuple[float, float]:
     """Median client ms of single-item UpsertItems on an idle server: replacing existing items with
     texts the encoder has cached, then adding items whose texts are new (the encoder runs)."""
+    import csv
+
     import grpc
 
     from towerserve.v1 import recommender_pb2 as pb
     from towerserve.v1 import recommender_pb2_grpc
 
-    with open(bundle / "catalog" / "items.csv", encoding="utf-8") as fh:
-        fh.readline()
-        ids = [line.split(",", 1)[0] for _, line in zip(range(calls + 1), fh)]
+    with open(bundle / "catalog" / "items.csv", newline="", encoding="utf-8") as fh:
+        rows = [r for _, r in zip(range(calls + 1), csv.DictReader(fh))]
+    ids, category = [r["item_id"] for r in rows], rows[0]["category"]  # a category the model knows
 
     def one(stub, item_id: str, text: str) -> float:
-        item = pb.NewItem(item_id=item_id, description=text, features=text, price=10.0, category="Books")
+        item = pb.NewItem(item_id=item_id, description=text, features=text, price=10.0, category=category)
         t0 = time.perf_counter()
         stub.UpsertItems(pb.UpsertItemsRequest(items=[item]), timeout=30)
         return (time.perf_counter() - t0) * 1e3
@@ -197,10 +207,16 @@ def _upserts(target: str, bundle: Path, calls: int = 10) -> tuple[float, float]:
     return median(known), median(new)
 
 
-def _first_ids(bundle: Path, n: int) -> list[str]:
-    with open(bundle / "catalog" / "users.csv", encoding="utf-8") as fh:
+def _first_ids(bundle: Path, name: str, n: int) -> list[str]:
+    with open(bundle / "catalog" / name, encoding="utf-8") as fh:
         fh.readline()
         return [line.split(",", 1)[0] for _, line in zip(range(n), fh)]
+
+
+def _count(bundle: Path, name: str) -> int:
+    """Rows of a catalogue CSV (a quoted text never holds a newline: the writer escapes none)."""
+    with open(bundle / "catalog" / name, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b"")) - 1
 
 
 def main() -> int:
@@ -211,6 +227,11 @@ def main() -> int:
     ap.add_argument("--server", action="store_true", help="also part 2: a real server per size")
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per load run in part 2")
     ap.add_argument("--skip-search", action="store_true", help="part 2 only")
+    ap.add_argument(
+        "--bundle",
+        type=Path,
+        help="part 2 on this serving bundle as exported (e.g. the 1M pipeline's), instead of tiled ones",
+    )
     args = ap.parse_args()
     serving = serving_dir(args.artifacts)
     sizes = [int(x) for x in args.sizes.split(",")]
@@ -251,13 +272,16 @@ def main() -> int:
                 ],
             )
         )
-    if args.server:
-        rows = [server_at(n, serving, args.duration) for n in sizes]
+    if args.server or args.bundle:
+        if args.bundle:
+            rows = [measure_server(serving_dir(args.bundle), args.duration)]
+        else:
+            rows = [server_at(n, serving, args.duration) for n in sizes]
         result["server"] = rows
         print(
             table(
                 [
-                    "items = users",
+                    "items x users",
                     "index (recall@10)",
                     "bundle MB",
                     "ready s",
@@ -270,7 +294,7 @@ def main() -> int:
                 ],
                 [
                     [
-                        f"{r['items']:,}",
+                        f"{r['items']:,} x {r['users']:,}",
                         f"{r['index']} ({r['index_recall_at_10']:.3f})",
                         f"{r['bundle_mb']:.0f}",
                         f"{r['serving_after_s']:.1f}",
