@@ -36,6 +36,7 @@ from towerserve.server.manifest import (
 from towerserve.server.numerics import cosine_rows, sigmoid
 
 from . import encoder as enc_export
+from . import encoder_trained as trained
 from .index import DEFAULT_MIN_RECALL, export_index
 from .parity import ParityReport
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, export_model
@@ -106,15 +107,16 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
     if cfg.encoder.optimize:
         enc_export.optimize(fp32, out / "model.opt.onnx", heads, hidden)
         variants["optimized"] = {"file": "encoder/model.opt.onnx", "precision": "fp32", "device": "cpu"}
-    if cfg.encoder.int8:
+    if cfg.encoder.int8 or trained.trained_variant(enc) == "int8":  # the towers' encoder is always built
         enc_export.quantize_int8(fp32, out / "model.int8.onnx")
         variants["int8"] = {"file": "encoder/model.int8.onnx", "precision": "int8", "device": "cpu"}
     if cfg.encoder.fp16:
         enc_export.optimize(fp32, out / "model.fp16.onnx", heads, hidden, use_gpu=gpu, fp16=True)
         variants["fp16"] = {"file": "encoder/model.fp16.onnx", "precision": "fp16", "device": "cuda"}
+    trained.adopt_training_graph(enc, tmp, variants)  # the very graph training ran, when it is there
     build_s = time.perf_counter() - t0
 
-    # Reference: the vectors training computed with torch for every distinct text of every field.
+    # Reference: the vectors training computed (torch, or the ONNX variant) for every distinct text.
     padded = enc.get("padded_lengths", {})
     for name, v in variants.items():
         # fp16 is meant for CUDA; where there is none, ORT's CPU kernels can still run it for the check.
@@ -139,19 +141,7 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
             ref = tables[field].vectors
             got = runner.encode(list(tables[field].texts), enc["max_lengths"][field], padded.get(field))
             label = f"encoder {name} / {field} ({len(ref)} texts)"
-            if v["precision"] == "int8":
-                c = report.cosine(
-                    label,
-                    ref,
-                    got,
-                    enc_export.INT8_MIN_COSINE,
-                    required=False,
-                    min_worst=enc_export.INT8_MIN_WORST_COSINE,
-                )
-            elif v["precision"] == "fp16":
-                c = report.cosine(label, ref, got, 0.999, required=False)
-            else:
-                c = report.allclose(label, ref, got, cfg.atol)
+            c = trained.check(report, label, name, v["precision"], ref, got, cfg.atol, enc)
             ok &= c.ok
             cos_means.append(float(cosine_rows(ref, got).mean()))
         v["cosine_mean"] = min(cos_means)  # the worst field's mean cosine to the torch vectors
@@ -160,7 +150,7 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
         if optional in variants and variants[optional].get("accepted") is False:
             (tmp / variants[optional]["file"]).unlink()
             del variants[optional]
-    default = "int8" if "int8" in variants else "fp32"
+    default = trained.default_variant(enc, variants)  # the towers' own encoder, when ONNX trained them
     return EncoderEntry(
         model=enc["model"],
         name=enc.get("name", enc["model"]),
@@ -177,6 +167,7 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
         default_variant=default,
         gpu_variant="fp16" if "fp16" in variants else "fp32",
         build_seconds=build_s,
+        trained_with=trained.served_trained_with(enc),
     )
 
 

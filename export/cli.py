@@ -32,8 +32,30 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export_encoder(args: argparse.Namespace) -> int:
+    from .encoder_folder import export_encoder_folder
+
+    meta = export_encoder_folder(
+        args.out,
+        model_ref=args.encoder or "",
+        pooling=args.pooling,
+        data=args.data,
+        sample=args.sample,
+        int8=not args.no_int8,
+        opset=args.opset,
+        threads=args.threads,
+    )
+    enc = meta["encoder"]
+    print(f"\nencoder folder: {args.out}")
+    print(
+        f"variants: {', '.join(enc['variants'])}; `towerserve train --text-encoder {args.out}` embeds "
+        f"with {enc['default_variant']}"
+    )
+    return 0
+
+
 def register(sub) -> None:
-    """Adds `export` to the `towerserve` subcommands (``sub`` is argparse's subparsers action)."""
+    """Adds `export` and `export-encoder` to the `towerserve` subcommands (``sub`` is argparse's subparsers action)."""
     p = sub.add_parser(
         "export",
         help="convert the encoder and towers to ONNX with parity checks (and Triton)",
@@ -64,3 +86,36 @@ def register(sub) -> None:
     p.add_argument("--no-int8", action="store_true", help="skip the int8 encoder")
     p.add_argument("--no-fp16", action="store_true", help="skip the fp16 (GPU) encoder")
     p.set_defaults(func=cmd_export, extra="train")
+
+    p = sub.add_parser(
+        "export-encoder",
+        help="export only the text encoder (fp32 and int8 ONNX), for `train --text-encoder`",
+        description="Export the text encoder to ONNX before training: fp32 (checked against torch, "
+        "atol 1e-4) and per-channel int8 (kept only if its mean cosine to torch is >= 0.99 on every "
+        "text field), the tokenizer and encoder.json, the same graphs the serving bundle has. "
+        "`towerserve train --text-encoder OUT` then embeds with the fastest variant that passed.",
+    )
+    p.add_argument("--out", required=True, type=Path, help="encoder folder to write (replaced atomically)")
+    p.add_argument(
+        "--encoder",
+        help="BERT-family model name or folder, as `train --encoder` takes it (default: packaged "
+        "all-MiniLM-L6-v2)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=("mean", "notebook"),
+        default="mean",
+        help="pooling traced into the graph; `train --pooling` must match (default mean)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        help="check the gates on this data set's texts (users.csv, items.csv; default: a tiny generated one)",
+    )
+    p.add_argument("--sample", type=int, default=1000, help="distinct texts checked per field (default 1000)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads (default 2)")
+    p.add_argument(
+        "--no-int8", action="store_true", help="skip the int8 encoder (train then embeds with fp32)"
+    )
+    p.set_defaults(func=cmd_export_encoder, extra="train")

@@ -105,6 +105,9 @@ class EncoderEntry(_Record):
     name: str | None = None  # a display name; the model's folder name when absent
     # Notebook pooling pads each field to the longest text training saw; a batch must pad the same.
     padded_lengths: dict[str, int] = field(default_factory=dict)
+    # What produced the vectors the towers were trained on: "torch", or "onnxruntime int8" / "... fp32"
+    # (`train --text-encoder`; export then serves that very variant by default). None: older bundles.
+    trained_with: str | None = None
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         pooling=args.pooling,
         threads=args.threads,
         cache_dir=None if args.no_cache else (args.cache_dir or EncoderConfig().cache_dir),
+        onnx_folder=args.text_encoder,
     )
+    if args.text_encoder is not None:
+        from .onnx_text import read_folder
+
+        if args.encoder:  # the folder's graphs were exported from one model: a second would be ignored
+            raise ValueError("--encoder and --text-encoder: give one (the folder records its model)")
+        read_folder(args.text_encoder)  # a bad folder fails now, not after the data set has loaded
     cfg = TrainConfig(
         models=ALL_MODELS if args.model == "all" else args.model,
         preset=args.preset,
@@ -259,6 +266,12 @@ def register(sub) -> None:
         default="mean",
         help="mean: average real tokens only (default); notebook: average padding in, as the notebook did",
     )
+    p.add_argument(
+        "--text-encoder",
+        type=Path,
+        help="embed texts through ONNX Runtime with this `towerserve export-encoder` folder's fastest "
+        "accepted variant (int8, else fp32) instead of torch (the folder records its model: no --encoder)",
+    )
     p.add_argument("--epochs", type=int, help="override the preset's epochs")
     p.add_argument("--batch-size", type=int, help="override the preset's batch size")
     p.add_argument(
@@ -272,7 +285,11 @@ def register(sub) -> None:
     p.add_argument(
         "--seed", type=int, default=42, help="seed for splits, sampling and initialisation (default 42)"
     )
-    p.add_argument("--threads", type=int, help="torch threads for the encoder (default: torch's choice)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="encoder threads, torch or ONNX Runtime (default: torch's choice; ONNX Runtime: every core)",
+    )
     p.add_argument(
         "--cache-dir",
         type=Path,

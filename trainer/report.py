@@ -67,6 +67,13 @@ def sample_lines(rows: dict, evaluation: dict | None) -> list[str]:
     ]
 
 
+def _runtime(encoder: dict) -> str:
+    """What embedded the training texts: torch, or an exported ONNX variant (`train --text-encoder`)."""
+    if encoder.get("runtime") == "onnxruntime":
+        return f"embedded with the ONNX {encoder['variant']} graph"
+    return "embedded with torch"
+
+
 def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> Path:
     """Writes report/report.md, report/training_curves.png and report/metrics_<split>.png."""
     out = root / "report"
@@ -78,7 +85,8 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
         f"Data: `{manifest['data']['root']}` — {manifest['data']['users']} users × {manifest['data']['items']} items, "
         f"{manifest['data']['positives']} positives ({100 * manifest['data']['density']:.2f} %).",
         f"Encoder: `{manifest['encoder'].get('name', manifest['encoder']['model'])}` ({manifest['encoder']['dim']} dims, "
-        f"{manifest['encoder']['pooling']} pooling). Recipe: `{manifest['recipe']['preset']}`. "
+        f"{manifest['encoder']['pooling']} pooling, {_runtime(manifest['encoder'])}). "
+        f"Recipe: `{manifest['recipe']['preset']}`. "
         f"Default (served) model: **{manifest['default_model']}** (best holdout NDCG@10).",
         "",
     ]

@@ -47,6 +47,8 @@ class EncoderConfig:
         batch_size: texts per forward pass. 64 keeps the padded batch small on CPU.
         threads: torch intra-op threads (None: torch's default).
         cache_dir: where embeddings are cached (None: no cache).
+        onnx_folder: a folder from `towerserve export-encoder`: embed through its fastest accepted
+            ONNX variant (trainer/onnx_text.py) instead of torch; ``model`` is then the folder's.
     """
 
     model: str = ""
@@ -54,6 +56,7 @@ class EncoderConfig:
     batch_size: int = 64
     threads: int | None = None
     cache_dir: Path | None = field(default_factory=default_cache_dir)
+    onnx_folder: Path | None = None
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -99,6 +102,15 @@ def model_fingerprint(model_ref: str) -> str:
     return h.hexdigest()[:16]
 
 
+def open_encoder(config: EncoderConfig):
+    """The encoder training embeds with: torch's TextEncoder, or an exported ONNX folder's variant."""
+    if config.onnx_folder is not None:
+        from .onnx_text import OnnxEncoder
+
+        return OnnxEncoder(config.onnx_folder, config)
+    return TextEncoder(config)
+
+
 class TextEncoder:
     """Embeds texts with a transformers encoder and mean pooling; see :class:`EncoderConfig`."""
 
@@ -126,6 +138,10 @@ class TextEncoder:
                 f"cannot load text encoder {self.model_ref!r}: not a local folder and not in the Hugging Face "
                 f"cache (this machine cannot download models); pass a local path with --encoder ({err})"
             ) from err
+
+    def describe(self) -> dict:
+        """The runtime that produced the training vectors, for the training manifest."""
+        return {"runtime": "torch"}
 
     @property
     def tokenizer(self):

@@ -21,7 +21,7 @@ from .data import Dataset, load_dataset
 from .evalsample import default_eval_users, evaluate_towers, sample_users
 from .hybrid_config import HybridConfig
 from .progress import epoch_callback
-from .text import MAX_LENGTHS, EncoderConfig, TextEncoder
+from .text import MAX_LENGTHS, EncoderConfig, TextEncoder, open_encoder
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
     timings: dict[str, float] = {}
 
     ds = load_dataset(data_dir)
-    encoder = TextEncoder(cfg.encoder)
+    encoder = open_encoder(cfg.encoder)  # torch, or an exported ONNX variant (--text-encoder)
     needed = {
         f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS
     }
@@ -371,6 +371,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 "dim": encoder.dim,
                 "max_lengths": {f: MAX_LENGTHS[f] for f in sorted(needed)},
                 "padded_lengths": padded,
+                **encoder.describe(),  # runtime (torch / onnxruntime) and, for ONNX, the variant
             },
             "recipe": {
                 "preset": cfg.preset,
