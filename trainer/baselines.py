@@ -45,12 +45,18 @@ def random_scores(seed: int = 0):
 
 
 class OracleScores:
-    """The generator's true probabilities as a score function (reads the .npy or replays blocks)."""
+    """The generator's true probabilities as a score function (reads the .npy or replays blocks).
+
+    For pooled data (trainer/synth_pooled.py) the scores are the noiseless logits instead: P(positive)
+    is an increasing function of them, so they rank exactly as the true probabilities do, and any
+    user is scored directly, without replaying a block.
+    """
 
     def __init__(self, root: Path | str):
         root = Path(root)
         self._dense = np.load(root / TRUTH_FILE, mmap_mode="r") if (root / TRUTH_FILE).is_file() else None
         self._world = None if self._dense is not None else _world(str(root.resolve()), _stamp(root))
+        self._pooled = self._dense is None and _is_pooled(root)
         self._cache: tuple[int, np.ndarray] | None = None
 
     @staticmethod
@@ -65,13 +71,17 @@ class OracleScores:
         if root is None or (Path(root) / TRUTH_FILE).is_file() or not (Path(root) / GENERATOR_FILE).is_file():
             return 1
         meta = json.loads((Path(root) / GENERATOR_FILE).read_text())
+        if meta.get("sampling") == "pooled":  # scored user by user: any sample costs the same
+            return 1
         return int(meta.get("block_users") or synth.block_size(int(meta["items"])))
 
     def __call__(self, users: np.ndarray) -> np.ndarray:
         if self._dense is not None:
             return np.asarray(self._dense[np.asarray(users)])
-        # Replay only the generator blocks that hold these users; keep the last one for the next call.
         users = np.asarray(users)
+        if self._pooled:
+            return self._world.logits(users, None)
+        # Replay only the generator blocks that hold these users; keep the last one for the next call.
         size = synth.block_size(len(self._world.items["item_id"]))
         out = np.empty((len(users), len(self._world.items["item_id"])), dtype=np.float32)
         for b in np.unique(users // size):
@@ -84,10 +94,14 @@ class OracleScores:
 
 @functools.lru_cache(maxsize=1)
 def _world(root: str, stamp: tuple[int, int]) -> synth.World:
-    # Rebuilding the world draws every item's texts in a Python loop (minutes at 1,000,000 items);
+    # Rebuilding a dense world draws every item's texts in a Python loop (minutes at 1,000,000 items);
     # train builds an OracleScores per split, so the last one is kept. ``stamp`` (generator.json's
     # mtime and size) makes a regenerated folder a new key.
     return synth.load_world(root)
+
+
+def _is_pooled(root: Path) -> bool:
+    return json.loads((root / GENERATOR_FILE).read_text()).get("sampling") == "pooled"
 
 
 def _stamp(root: Path) -> tuple[int, int]:

@@ -34,6 +34,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         progress=bars,
         regime=args.regime,
         latent_weight=args.latent_weight,
+        sampling=args.sampling,
+        pool=args.pool,
     )
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
@@ -203,6 +205,20 @@ def register(sub) -> None:
         "--latent-weight",
         type=float,
         help="weight of the latent term in the logit (latent regime only; default 2.0)",
+    )
+    p.add_argument(
+        "--sampling",
+        choices=("dense", "pooled", "auto"),
+        default="auto",
+        help="dense: draw every user x item cell; pooled (--long only): draw each user's pairs from a "
+        "random pool of --pool items, minutes at 10^6 x 10^6 (trainer/synth_pooled.py); auto (default): "
+        "pooled for --long above 2x10^9 cells, else dense",
+    )
+    p.add_argument(
+        "--pool",
+        type=int,
+        help="mean items in each user's pool (pooled sampling; default ~100 x the expected positives per "
+        "user, a power of two in 1024-4096)",
     )
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     _progress_flags(p)

@@ -21,7 +21,9 @@ generator version 1 for the same seed, so existing data sets can be regenerated.
 Users and items are drawn first (personality -> profession -> age; category -> features, text,
 price; then the latent factors from their own stream); pairs are then drawn one block of users at a
 time, each block from its own random stream, so the same seed gives byte-identical files and the
-oracle can be recomputed block by block without ever holding a dense matrix.
+oracle can be recomputed block by block without ever holding a dense matrix. Above 2 x 10⁹ cells
+(long form), the pairs are drawn from a random pool of items per user instead of every cell
+(``sampling="pooled"``: trainer/synth_pooled.py, which also says what its Oracle is).
 """
 
 from __future__ import annotations
@@ -36,18 +38,9 @@ from pathlib import Path
 import numpy as np
 
 from .data import GENERATOR_FILE, ITEMS_FILE, LONG_FILE, MATRIX_FILE, TRUTH_FILE, USERS_FILE
-from .synth_vocab import (
-    ADJECTIVES,
-    AUDIENCES,
-    BENEFITS,
-    CATEGORIES,
-    FEATURE_GROUPS,
-    PERSONALITIES,
-    PROFESSIONS,
-    QUALITIES,
-    TEMPLATES,
-)
-from .synth_write import write_csv, write_interactions
+from .synth_items import draw_texts_loop, draw_texts_vectorised
+from .synth_vocab import CATEGORIES, FEATURE_GROUPS, PERSONALITIES, PROFESSIONS
+from .synth_write import write_csv, write_interactions, write_pairs
 
 __all__ = [
     "CATEGORIES",
@@ -145,7 +138,10 @@ def _id_width(n: int) -> int:
     return max(4, len(str(n)))
 
 
-def _draw_world(n_users: int, n_items: int, seed: int, density: float, latent_weight: float = 0.0) -> World:
+def _draw_world(
+    n_users: int, n_items: int, seed: int, density: float, latent_weight: float = 0.0, pooled: bool = False
+) -> World:
+    # ``pooled``: texts drawn vectorised, intercept left at 0 (synth_pooled.py solves it for the pool).
     pers_names = list(PERSONALITIES)
     cat_names = list(CATEGORIES)
     prof_names = list(PROFESSIONS)
@@ -190,35 +186,9 @@ def _draw_world(n_users: int, n_items: int, seed: int, density: float, latent_we
     cat_idx = rng.integers(0, len(cat_names), size=n_items)
     base = np.array([CATEGORIES[c][0] for c in cat_names])[cat_idx]
     price = np.maximum(1, np.rint(base * np.exp(rng.normal(0.0, 0.45, size=n_items)))).astype(np.int64)
-    groups = np.zeros((n_items, len(group_names)))
-    descriptions, features = [], []
-    for i, c in enumerate(cat_idx):
-        n_feat = int(rng.integers(2, 6))
-        chosen: list[str] = []
-        while len(chosen) < n_feat:
-            g = int(rng.choice(len(group_names), p=groups_given_cat[c]))
-            phrase = FEATURE_GROUPS[group_names[g]][int(rng.integers(0, 4))]
-            if phrase not in chosen:
-                chosen.append(phrase)
-                groups[i, g] += 1.0
-        features.append(", ".join(chosen))
-        attrs = list(CATEGORIES[cat_names[c]][1])
-        a = rng.permutation(len(attrs))[:3]
-        tpl = TEMPLATES[int(rng.integers(0, len(TEMPLATES)))]
-        b1, b2 = rng.permutation(len(BENEFITS))[:2]
-        descriptions.append(
-            tpl.format(
-                aud=AUDIENCES[int(rng.integers(0, len(AUDIENCES)))],
-                noun=cat_names[c],
-                a1=attrs[a[0]],
-                a2=attrs[a[1]],
-                a3=attrs[a[2]],
-                benefit=BENEFITS[b1],
-                benefit2=BENEFITS[b2],
-                quality=QUALITIES[int(rng.integers(0, len(QUALITIES)))],
-                adj=ADJECTIVES[int(rng.integers(0, len(ADJECTIVES)))],
-            )
-        )
+    # Pooled worlds are new (no files to match), so they may use the fast draw (trainer/synth_items.py).
+    draw_texts = draw_texts_vectorised if pooled else draw_texts_loop
+    descriptions, features, groups = draw_texts(rng, cat_idx, groups_given_cat)
     groups /= groups.sum(axis=1, keepdims=True)
     logp = np.log(price)
     width = _id_width(n_items)
@@ -245,6 +215,8 @@ def _draw_world(n_users: int, n_items: int, seed: int, density: float, latent_we
                 "item_factors": rng.normal(0.0, 1.0, size=(n_items, LATENT_DIM)),
             }
         )
+    if pooled:
+        return world
     return World(**{**world.__dict__, "intercept": _solve_intercept(world, density, seed)})
 
 
@@ -301,6 +273,8 @@ def generate(
     progress: bool = True,
     regime: str = "latent",
     latent_weight: float | None = None,
+    sampling: str = "auto",
+    pool: int | None = None,
 ) -> dict:
     """Writes users.csv, items.csv and the interactions (wide matrix, or long form) to ``out``.
 
@@ -311,6 +285,9 @@ def generate(
         regime: "latent" (default: collaborative signal no attribute expresses) or "content"
             (attribute-driven only; byte-identical to generator version 1).
         latent_weight: standard deviation of the latent term (latent regime; default 2.0).
+        sampling: "dense" (every cell), "pooled" (long form only: pairs drawn from a random pool of
+            ~``pool`` items per user, trainer/synth_pooled.py) or "auto" (pooled above 2 x 10⁹ cells).
+        pool: mean pool size M (pooled; default ~100 x the expected positives per user, 1,024-4,096).
 
     Returns:
         A summary: sizes, positives, density, files written (and the regime, for "latent").
@@ -320,9 +297,14 @@ def generate(
     if not 0.0 < density < 1.0:
         raise ValueError(f"density must be in (0, 1) (got {density})")
     weight = _latent_weight(regime, latent_weight)
+    from . import synth_pooled  # imported here: it imports this module
+
+    pooled = synth_pooled.choose_sampling(sampling, n_users, n_items, long_form) == "pooled"
+    m = synth_pooled.pool_size(n_items, density, pool) if pooled else 0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    world = _draw_world(n_users, n_items, seed, density, weight)
+    args = (n_users, n_items, seed, density, weight)
+    world = synth_pooled.pooled_world(*args, m) if pooled else _draw_world(*args)
     u, it = world.users, world.items
     write_csv(
         out / USERS_FILE,
@@ -337,15 +319,13 @@ def generate(
     # A stale file of the other form would be read instead of the new one.
     for stale in (out / MATRIX_FILE, out / LONG_FILE, out / TRUTH_FILE):
         stale.unlink(missing_ok=True)
-    positives = write_interactions(
-        out,
-        u["user_id"],
-        it["item_id"],
-        iter_blocks(world),
-        long_form=long_form,
-        progress=progress,
-        n_blocks=-(-n_users // block_size(n_items)),
-    )
+    ids = (u["user_id"], it["item_id"])
+    if pooled:
+        blocks, n_blocks = synth_pooled.iter_pooled_blocks(world, m), synth_pooled.n_pooled_blocks(n_users, m)
+        positives = write_pairs(out, *ids, blocks, progress, n_blocks)
+    else:
+        n_blocks = -(-n_users // block_size(n_items))
+        positives = write_interactions(out, *ids, iter_blocks(world), long_form, progress, n_blocks)
     summary = {
         "generator_version": GENERATOR_VERSION if weight else CONTENT_VERSION,
         "seed": seed,
@@ -356,8 +336,10 @@ def generate(
         "positives": positives,
         "density": positives / (n_users * n_items),
         "form": "long" if long_form else "matrix",
-        "block_users": block_size(n_items),
+        "block_users": synth_pooled.pooled_block_users(m) if pooled else block_size(n_items),
     }
+    if pooled:  # dense files have neither key, and must stay byte-identical
+        summary.update(sampling="pooled", pool=m)
     if weight:  # version 1 files have none of these keys, and the content regime must match them
         summary.update(regime="latent", latent_weight=weight, latent_dim=LATENT_DIM)
     (out / GENERATOR_FILE).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
@@ -380,13 +362,24 @@ def load_world(root: Path | str) -> World:
         raise ValueError(
             f"{path}: latent_dim {meta.get('latent_dim')} cannot be replayed (expected {LATENT_DIM})"
         )
-    return _draw_world(meta["users"], meta["items"], meta["seed"], meta["target_density"], weight)
+    args = (meta["users"], meta["items"], meta["seed"], meta["target_density"], weight)
+    if _pool(meta):
+        from .synth_pooled import pooled_world
+
+        return pooled_world(*args, _pool(meta))
+    return _draw_world(*args)
+
+
+def _pool(meta: dict) -> int:
+    """The pool size of pooled data (generator.json's "pool"), 0 for dense data."""
+    return int(meta["pool"]) if meta.get("sampling") == "pooled" else 0
 
 
 def true_probabilities(root: Path | str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yields (user ids, true probabilities [b, n_items]) block by block for a generated data set.
 
-    Reads true_probabilities.npy when present, else replays the generator from generator.json.
+    Reads true_probabilities.npy when present, else replays the generator from generator.json; for
+    pooled data, P(positive) = 1 - exp(-(M / n_items) E_eps[sigmoid(logit + eps)]) (synth_pooled.py).
     """
     root = Path(root)
     if (root / TRUTH_FILE).is_file():
@@ -395,6 +388,12 @@ def true_probabilities(root: Path | str) -> Iterator[tuple[np.ndarray, np.ndarra
         for start in range(0, probs.shape[0], size):
             users = np.arange(start, min(probs.shape[0], start + size))
             yield users, np.asarray(probs[users])
+        return
+    pool = _pool(json.loads((root / GENERATOR_FILE).read_text()))
+    if pool:
+        from .synth_pooled import true_probabilities as pooled_probabilities
+
+        yield from pooled_probabilities(load_world(root), pool)
         return
     for users, probs, _ in iter_blocks(load_world(root)):
         yield users, probs

@@ -45,6 +45,8 @@ def write_interactions(
             out / TRUTH_FILE, mode="w+", dtype=np.float32, shape=(n_users, n_items)
         )
     positives = 0
+    # Python strings made once: indexing numpy string arrays per pair costs ~1 µs (see write_pairs).
+    items = [f"{i}\n" for i in item_ids.tolist()] if long_form else []
     target = out / (LONG_FILE if long_form else MATRIX_FILE)
     with open(target, "wb") as fh:
         fh.write((("user_id,item_id" if long_form else "user_id," + ",".join(item_ids)) + "\n").encode())
@@ -55,7 +57,8 @@ def write_interactions(
             ids = user_ids[users]
             if long_form:
                 r, c = np.nonzero(hit)
-                fh.write("".join(f"{ids[a]},{item_ids[b]}\n" for a, b in zip(r, c)).encode())
+                us = [f"{u}," for u in ids.tolist()]
+                fh.write("".join([us[a] + items[b] for a, b in zip(r.tolist(), c.tolist())]).encode())
             else:
                 truth[users] = probs
                 # Each row is "0,1,0,...\n": build the bytes in numpy rather than formatting 10^7 ints.
@@ -68,4 +71,35 @@ def write_interactions(
     if truth is not None:
         truth.flush()
         del truth
+    return positives
+
+
+def write_pairs(
+    out: Path,
+    user_ids: np.ndarray,
+    item_ids: np.ndarray,
+    blocks: Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    progress: bool,
+    n_blocks: int = 0,
+) -> int:
+    """Writes long-form interactions.csv from blocks of drawn positives (the pooled generator's).
+
+    Args:
+        blocks: (user ids of the block, block-local row, item index) of each positive, in user order.
+
+    Returns:
+        The number of positives written.
+    """
+    from .progress import steps
+
+    # Lines are joined from Python strings made once ("uid," and "item\n"): indexing numpy string
+    # arrays per row costs ~1 µs, ~20 s for the 2 x 10⁷ rows of a 10⁶ x 10⁶ data set.
+    items = [f"{i}\n" for i in item_ids.tolist()]
+    positives = 0
+    with open(out / LONG_FILE, "wb") as fh:
+        fh.write(b"user_id,item_id\n")
+        for users, rows, cols in steps(blocks, n_blocks, "generate", "blocks", bars=progress):
+            ids = [f"{u}," for u in user_ids[users].tolist()]
+            fh.write("".join([ids[r] + items[c] for r, c in zip(rows.tolist(), cols.tolist())]).encode())
+            positives += len(rows)
     return positives
