@@ -105,6 +105,33 @@ def feature_matrix(
     return assemble(specs, parts)
 
 
+def feature_parts(
+    specs: Sequence[FieldSpec], tables: Mapping[str, FieldTable], raw: Mapping[str, np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """The columns of :func:`feature_matrix` without building it: per field, in spec order, a float32
+    table and the entity -> table row index (None: one row per entity).
+
+    Row e of feature_matrix is the concatenation of ``table[index[e]]`` over the parts, value for
+    value. At 1,000,000 items the matrix is ~4.6 GB while the parts are the distinct texts' vectors
+    plus 4 bytes an entity a field: training gathers a batch's rows from them instead.
+    """
+    parts: list[tuple[np.ndarray, np.ndarray | None]] = []
+    for s in specs:
+        if s.kind == MINMAX:
+            scaled = assemble([s], {s.name: np.asarray(raw[s.name])})  # the same cast and scaling
+            parts.append((scaled, None))
+        elif s.kind == TEXT:
+            t = tables[s.name]
+            if t.vectors.ndim != 2 or t.vectors.shape[1] != s.dim:
+                raise ValueError(
+                    f"field {s.name!r}: expected embeddings [n, {s.dim}] (got {t.vectors.shape})"
+                )
+            parts.append((t.vectors.astype(np.float32, copy=False), t.index))
+        else:
+            raise ValueError(f"field {s.name!r}: unknown kind {s.kind!r}")
+    return parts
+
+
 @dataclass(frozen=True)
 class FieldTable:
     """A text field of a catalogue: its distinct strings, their vectors and each entity's row."""

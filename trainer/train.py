@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from towerserve.server import features as feats
 from towerserve.server.features import MINMAX, TEXT, FieldSpec, FieldTable, feature_matrix, save_tables
 from towerserve.server.manifest import TRAIN_FORMAT
 from towerserve.server.metrics import DEFAULT_KS
@@ -19,8 +20,8 @@ from . import baselines, splits
 from .artifacts import atomic_dir, package_versions, write_json
 from .data import Dataset, load_dataset
 from .evalsample import default_eval_users, evaluate_towers, sample_users
+from .fit import fit_model, tower_scores
 from .hybrid_config import HybridConfig
-from .progress import epoch_callback
 from .text import MAX_LENGTHS, EncoderConfig, TextEncoder, open_encoder
 
 _LOGGER = logging.getLogger(__name__)
@@ -177,69 +178,6 @@ def training_rows(
     return u[order], i[order], y[order]
 
 
-def fit_model(
-    kind: str,
-    U: np.ndarray,
-    I: np.ndarray,
-    rows: tuple[np.ndarray, np.ndarray, np.ndarray],
-    cfg: TrainConfig,
-    recipe: FitConfig,
-    desc: str,
-):
-    """Builds and trains one model; returns (feature-level Keras model, history dict, seconds)."""
-    import keras
-
-    from .models import build, with_lookup
-
-    keras.utils.set_random_seed(cfg.seed)
-    model = build(kind, U.shape[1], I.shape[1], cfg.embedding_dim, cfg.hidden)
-    trainable = with_lookup(model, U, I)
-    trainable.compile(
-        optimizer=keras.optimizers.Adam(recipe.learning_rate),
-        loss="binary_crossentropy",
-        metrics=[keras.metrics.AUC(name="auc")],
-    )
-    u, i, y = rows
-    # Keras' validation_split arithmetic: the first floor(n * (1 - v)) rows train, the rest validate.
-    n_val = len(y) - int(np.floor(len(y) * (1.0 - recipe.validation)))
-    # Rows arrive shuffled, so the last n_val are a random sample (and exactly Keras' validation_split).
-    tr, va = slice(0, len(y) - n_val), slice(len(y) - n_val, len(y))
-    steps = -(-(len(y) - n_val) // recipe.batch_size)
-    callbacks = [epoch_callback(desc, recipe.epochs, steps, cfg.progress)]
-    if recipe.patience > 0 and n_val > 0:
-        callbacks.append(
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=recipe.patience, min_delta=1e-4, restore_best_weights=True
-            )
-        )
-    t0 = time.perf_counter()
-    hist = trainable.fit(
-        [u[tr], i[tr]],
-        y[tr],
-        batch_size=recipe.batch_size,
-        epochs=recipe.epochs,
-        validation_data=([u[va], i[va]], y[va]) if n_val else None,
-        shuffle=True,
-        verbose=0,
-        callbacks=callbacks,
-    )
-    seconds = time.perf_counter() - t0
-    history = {k: [float(x) for x in v] for k, v in hist.history.items()}
-    return model, history, seconds
-
-
-def tower_scores(model, kind: str, U: np.ndarray, I: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors [n_users, d], item vectors [n_items, d]); logits = users @ items.T."""
-    from .models import serving_towers
-
-    ut, it = serving_towers(model, kind)
-    # A direct call, not predict(): predict traces a new tf.function for every fresh tower model.
-    return (
-        np.asarray(ut(U, training=False), dtype=np.float32),
-        np.asarray(it(I, training=False), dtype=np.float32),
-    )
-
-
 def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainConfig()) -> dict:
     """Runs the whole training job and writes the artifacts folder (atomically).
 
@@ -298,18 +236,23 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             for kind in cfg.models:
                 uspec = field_specs(FEATURE_SETS[kind]["user"], tables, raw_user, warm_users)
                 ispec = field_specs(FEATURE_SETS[kind]["item"], tables, raw_item, warm_items)
-                U = feature_matrix(uspec, tables, raw_user)
-                I = feature_matrix(ispec, tables, raw_item)
                 if kind in ID_KINDS:  # its own loop, recipe choice and vectors: trainer/hybrid_train.py
+                    U = feature_matrix(uspec, tables, raw_user)
+                    I = feature_matrix(ispec, tables, raw_item)
                     from .hybrid_train import fit_hybrid
 
                     fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}")
                     model, history, secs, uvec, ivec, hybrid_choice, extra = fitted
                     t0 = time.perf_counter()
                 else:
+                    # Parts, not matrices: a batch's rows are gathered by id (the matrices: 7.7 GB at 10⁶ x 10⁶).
+                    U = feats.feature_parts(uspec, tables, raw_user)
+                    I = feats.feature_parts(ispec, tables, raw_item)
                     model, history, secs = fit_model(kind, U, I, rows, cfg, recipe, f"{kind}/{split_name}")
                     t0 = time.perf_counter()
-                    uvec, ivec = tower_scores(model, kind, U, I)
+                    uvec, ivec = tower_scores(
+                        model, kind, (uspec, tables, raw_user), (ispec, tables, raw_item)
+                    )
                     extra = {}
                 m = evaluate_towers(uvec, ivec, split, cfg.ks, judged)
                 m["train_seconds"] = secs
@@ -326,8 +269,8 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 model_entries[kind]["splits"][split_name] = {
                     "model": str(rel / "model.keras"),
                     "features": {"user": [s.to_json() for s in uspec], "item": [s.to_json() for s in ispec]},
-                    "user_dim": int(U.shape[1]),
-                    "item_dim": int(I.shape[1]),
+                    "user_dim": feats.input_dim(uspec),
+                    "item_dim": feats.input_dim(ispec),
                     "epochs": m["epochs"],
                     "train_seconds": secs,
                 }
