@@ -27,7 +27,8 @@ from .parity import ParityReport
 
 _LOGGER = logging.getLogger(__name__)
 
-DEFAULT_SAMPLE = 1000  # distinct texts per field: a steady mean; torch needs ~50 s for 1,000 descriptions here
+# Distinct texts per field: a steady mean; torch needs ~50 s for 1,000 descriptions on 2 busy cores.
+DEFAULT_SAMPLE = 1000
 USER_FIELDS = ("profession", "personality")
 ITEM_FIELDS = ("description", "features", "category")
 
