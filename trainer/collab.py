@@ -157,7 +157,12 @@ class ItemKNN:
         n = train.n_cols
         # Row-major by source, then target: the order CSR.from_pairs stores, so weights line up.
         order = np.lexsort((tgt, src))
-        by_source = CSR.from_pairs(src[order], tgt[order], n, n)
+        # Built directly, not by CSR.from_pairs: (source, target) pairs are distinct (k distinct
+        # sources per target) and now sorted, and from_pairs' int64 keys, sort and divmod would
+        # hold ~5 GB more at 10⁸ entries (k x 1,000,000 items).
+        indptr = np.zeros(n + 1, dtype=np.int64)
+        np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
+        by_source = CSR(indptr=indptr, indices=tgt[order].astype(np.int32), n_cols=int(n))
         weights = val[order].astype(np.float32)
         dense = None
         if n <= DENSE_MAX_ITEMS:
@@ -217,14 +222,16 @@ def _sparse_neighbours(
         first = np.flatnonzero(np.r_[True, a[1:] != a[:-1]])
         rank = np.arange(len(a)) - np.repeat(first, np.diff(np.r_[first, len(a)]))
         keep = rank < k
-        targets.append(t[keep])
-        sources.append(j[keep])
-        sims.append(sim[keep])
-    empty = np.zeros(0, dtype=np.int64)
+        # Kept compact (int32 ids, float32 cosines: the weights' final type) until the end: up to
+        # k x items entries, 1.2 GB at 10⁸ instead of 2.4 GB, and once more while concatenated.
+        targets.append(t[keep].astype(np.int32))
+        sources.append(j[keep].astype(np.int32))
+        sims.append(sim[keep].astype(np.float32))
+    empty = np.zeros(0, dtype=np.int32)
     return (
         np.concatenate(targets) if targets else empty,
         np.concatenate(sources) if sources else empty,
-        np.concatenate(sims) if sims else np.zeros(0),
+        np.concatenate(sims) if sims else np.zeros(0, dtype=np.float32),
     )
 
 
