@@ -148,7 +148,9 @@ def main() -> int:
             artifacts / "manifest.json",
             ["train", "--data", str(data), "--out", str(artifacts), "--model", "two_tower"]
             + ["--text-encoder", str(encoder), "--train-rows", str(args.train_rows)]
-            + ["--eval-users", str(args.eval_users), "--epochs", str(args.epochs)],
+            + ["--eval-users", str(args.eval_users), "--epochs", str(args.epochs)]
+            # A cache of its own: a warm shared cache would skip the embedding this step measures.
+            + ["--cache-dir", str(work / "embedding-cache")],
         ),
         "export": (artifacts / "serving" / "manifest.json", ["export", "--artifacts", str(artifacts)]),
     }
