@@ -38,16 +38,12 @@ from towerserve.server.numerics import cosine_rows, sigmoid
 from . import encoder as enc_export
 from . import encoder_trained as trained
 from .index import DEFAULT_MIN_RECALL, export_index
-from .parity import ParityReport
+from .parity import ParityReport, parity_rows
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, catalogue_vectors, export_model
 
 _LOGGER = logging.getLogger(__name__)
 
 SERVING_DIR = "serving"
-# Encoder parity is checked on a seeded sample of up to this many distinct texts per field: every text
-# at seed scale (995 descriptions), while at 10⁶ items (~400k distinct descriptions) encoding them all
-# with each of four variants would take hours for no more confidence than 2,000 give.
-PARITY_TEXTS = 2_000
 
 
 @dataclass(frozen=True)
@@ -142,7 +138,7 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
         ok = True
         cos_means = []
         for field in sorted(enc["max_lengths"]):
-            rows = _parity_rows(len(tables[field].texts))
+            rows = parity_rows(len(tables[field].texts))
             ref, texts = tables[field].vectors[rows], [str(tables[field].texts[r]) for r in rows]
             got = runner.encode(texts, enc["max_lengths"][field], padded.get(field))
             label = f"encoder {name} / {field} ({len(ref)} of {len(tables[field].texts)} texts)"
@@ -174,13 +170,6 @@ def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: Pa
         build_seconds=build_s,
         trained_with=trained.served_trained_with(enc),
     )
-
-
-def _parity_rows(n: int) -> np.ndarray:
-    """The rows of a field's texts the encoder variants are checked on: all, or a seeded sample."""
-    if n <= PARITY_TEXTS:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, size=PARITY_TEXTS, replace=False))
 
 
 def export_models(

@@ -494,10 +494,10 @@ def test_an_hnsw_bundle_serves_the_exact_answers_and_takes_upserts(built, tmp_pa
 
 
 def test_encoder_parity_checks_every_text_up_to_the_cap_then_a_seeded_sample():
-    from towerserve.export.bundle import PARITY_TEXTS, _parity_rows
+    from towerserve.export.parity import PARITY_TEXTS, parity_rows
 
-    assert _parity_rows(995).tolist() == list(range(995))  # seed scale: every description
-    big = _parity_rows(400_000)
+    assert parity_rows(995).tolist() == list(range(995))  # seed scale: every description
+    big = parity_rows(400_000)
     assert len(big) == PARITY_TEXTS == len(set(big.tolist()))
     assert (np.diff(big) > 0).all() and big.max() < 400_000
-    assert np.array_equal(big, _parity_rows(400_000))  # the same texts on every export
+    assert np.array_equal(big, parity_rows(400_000))  # the same texts on every export
