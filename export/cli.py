@@ -73,8 +73,8 @@ def register(sub) -> None:
         "--index",
         choices=("auto", "exact", "hnsw", "ivf"),
         default="auto",
-        help="how Recommend searches the items: auto (exact up to 50,000 items; above, IVF, or HNSW if IVF "
-        "misses --min-recall), or force one",
+        help="how Recommend searches the items: auto (exact up to 50,000 items; above, IVF and HNSW both "
+        "tuned to --min-recall, the faster one kept), or force one",
     )
     p.add_argument(
         "--min-recall",

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .progress import steps
-from .text import EncoderConfig, _Cache
+from .text import EncoderConfig, encode_cached
 
 FOLDER_FILE = "encoder.json"
 FOLDER_FORMAT = "towerserve-encoder"
@@ -152,20 +152,7 @@ class OnnxEncoder:
         self, texts: Sequence[str], max_length: int, desc: str = "embed", progress: bool = True
     ) -> np.ndarray:
         """float32 [len(texts), dim]; each distinct text is embedded once and cached (see TextEncoder)."""
-        texts = [str(t) for t in texts]
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
-        unique = [str(u) for u in unique]
-        pad_to = self.padded_length(unique, max_length) if self.config.pooling == "notebook" else None
-        cache = _Cache(self.config.cache_dir, self.fingerprint, self.config.pooling, max_length, pad_to)
-        keys = [cache.key(t) for t in unique]
-        missing = [j for j, k in enumerate(keys) if k not in cache]
-        if missing:
-            vecs = self._embed([unique[j] for j in missing], max_length, pad_to, desc, progress)
-            cache.put([keys[j] for j in missing], vecs)
-            cache.save()
-        return np.stack([cache[k] for k in keys])[inverse].astype(np.float32)
+        return encode_cached(self, texts, max_length, desc, progress)
 
     def _embed(
         self, texts: list[str], max_length: int, pad_to: int | None, desc: str, progress: bool

@@ -178,20 +178,7 @@ class TextEncoder:
             desc: label of the progress bar (or log lines, when ``progress`` is False).
             progress: a tqdm bar; False logs plain lines instead.
         """
-        texts = [str(t) for t in texts]
-        if not texts:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
-        unique = [str(u) for u in unique]
-        pad_to = self.padded_length(unique, max_length) if self.config.pooling == "notebook" else None
-        cache = _Cache(self.config.cache_dir, self.fingerprint, self.config.pooling, max_length, pad_to)
-        keys = [cache.key(t) for t in unique]
-        missing = [j for j, k in enumerate(keys) if k not in cache]
-        if missing:
-            vecs = self._embed([unique[j] for j in missing], max_length, pad_to, desc, progress)
-            cache.put([keys[j] for j in missing], vecs)
-            cache.save()
-        return np.stack([cache[k] for k in keys])[inverse].astype(np.float32)
+        return encode_cached(self, texts, max_length, desc, progress)
 
     def _embed(
         self, texts: list[str], max_length: int, pad_to: int | None, desc: str, progress: bool
@@ -219,6 +206,26 @@ class TextEncoder:
                 hidden = self.model(**enc).last_hidden_state
                 out[idx] = pool(hidden, enc["attention_mask"], self.config.pooling).numpy()
         return out
+
+
+def encode_cached(encoder, texts: Sequence[str], max_length: int, desc: str, progress: bool) -> np.ndarray:
+    """float32 [len(texts), dim] through ``encoder`` (TextEncoder, or trainer/onnx_text's OnnxEncoder):
+    each distinct text embedded once by its ``_embed``, the vectors cached under its fingerprint."""
+    texts = [str(t) for t in texts]
+    if not texts:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    unique, inverse = np.unique(np.array(texts, dtype=object), return_inverse=True)
+    unique = [str(u) for u in unique]
+    config = encoder.config
+    pad_to = encoder.padded_length(unique, max_length) if config.pooling == "notebook" else None
+    cache = _Cache(config.cache_dir, encoder.fingerprint, config.pooling, max_length, pad_to)
+    keys = [cache.key(t) for t in unique]
+    missing = [j for j, k in enumerate(keys) if k not in cache]
+    if missing:
+        vecs = encoder._embed([unique[j] for j in missing], max_length, pad_to, desc, progress)
+        cache.put([keys[j] for j in missing], vecs)
+        cache.save()
+    return np.stack([cache[k] for k in keys])[inverse].astype(np.float32)
 
 
 def pool(hidden, mask, pooling: str):
