@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export USE_TF := 0
 
-.PHONY: run test test-fast install data artifacts serve bench proto proto-check clean
+.PHONY: run test test-fast install data artifacts serve bench bench-deps proto proto-check clean
 
 install: $(STAMP)
 
@@ -59,6 +59,15 @@ proto-check: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_metrics.py
+
+# The peers of benchmarks/peers.py (the `bench` extra). lightfm is an sdist that only builds through
+# setup.py's legacy path, without build isolation, which pip 25.3 removed: a pip 25.2 run from its
+# wheel builds it (the venv's own pip is left as it is), then the rest of the extra installs.
+bench-deps: $(STAMP)
+	$(PY) -m pip install -q setuptools wheel cython
+	$(PY) -m pip download -q --no-deps 'pip>=25,<25.3' -d $(VENV)/.pip-legacy
+	$(PY) $$(ls $(VENV)/.pip-legacy/pip-*.whl | tail -1)/pip install -q --no-build-isolation 'lightfm>=1.17'
+	$(PY) -m pip install -q -e '.[bench]'
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
