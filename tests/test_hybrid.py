@@ -17,7 +17,7 @@ import pytest  # noqa: E402
 
 from towerserve.server.csr import CSR  # noqa: E402
 from towerserve.server.manifest import ServingManifest  # noqa: E402
-from towerserve.trainer import hybrid, hybrid_fit, hybrid_search  # noqa: E402
+from towerserve.trainer import hybrid, hybrid_blend, hybrid_fit, hybrid_search  # noqa: E402
 from towerserve.trainer.collab import validation_split  # noqa: E402
 from towerserve.trainer.hybrid_config import HybridConfig  # noqa: E402
 
@@ -78,8 +78,14 @@ def test_user_tower_is_content_plus_id_plus_masked_mean_of_history(data):
         real = hist[r][hist[r] > 0]
         if len(real):
             want[r] += table[real].mean(axis=0)  # padding (0) left out; a repeated item counts twice
-    np.testing.assert_allclose(got[:, :-1], want, rtol=1e-5, atol=1e-5)
-    np.testing.assert_array_equal(got[:, -1], 1.0)  # the bias trick's constant column
+    np.testing.assert_allclose(got[:, :-2], want, rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got[:, -2], 1.0)  # the bias trick's constant column
+    # Each segment its own popularity weight: known (an id), history (none, a history), attributes.
+    user.get_layer("popularity_weight").weights_by_segment.assign(np.array([0.5, 2.0, 8.0], np.float32))
+    got = np.asarray(user([U[:5], idx, hist]))
+    np.testing.assert_array_equal(got[:, -1], [0.5, 2.0, 0.5, 2.0, 0.5])
+    anonymous = np.asarray(user([U[:2], np.zeros(2, np.int32), np.zeros((2, 3), np.int32)]))
+    np.testing.assert_array_equal(anonymous[:, -1], 8.0)
 
 
 def test_unknown_ids_give_the_content_only_vectors(data):
@@ -88,7 +94,7 @@ def test_unknown_ids_give_the_content_only_vectors(data):
     _randomise(m, 2)  # row 0 of every table too: the layer must ignore it, not rely on its zeros
     user = m.get_layer("user_tower")
     content_only = hybrid.build_user_tower(FU, 0, 0, TINY.dim, TINY.hidden, "mean")
-    for name in ("user_hidden0", "user_embedding"):
+    for name in ("user_hidden0", "user_embedding", "popularity_weight"):
         content_only.get_layer(name).set_weights(user.get_layer(name).get_weights())
     want = np.asarray(content_only([U, np.zeros(N_USERS, np.int32), np.zeros((N_USERS, 1), np.int32)]))
     for width in (1, 4):  # an empty history of any width is the same as none
@@ -196,6 +202,83 @@ def test_both_losses_train_and_beat_their_start(data, loss):
     # The kept weights are the best epoch's: evaluating them again gives the recorded figure.
     users = hybrid_fit.judged_users(fit, val, 0)
     assert hybrid_fit.validation_ndcg(f.model, U, I, fit, val, users) == pytest.approx(f.val_ndcg, abs=1e-9)
+
+
+def test_full_softmax_loss_is_the_hand_computed_cross_entropy_over_three_items():
+    # Two rows over a 3-item catalogue, temperature 2 (inv_t 0.5); every item is a negative of each row.
+    u = np.array([[1.0, 0.0], [0.0, 2.0]], np.float32)
+    v = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], np.float32)
+    # Row 0, target item 0: logits (0.5, 0, 0.5). Row 1, target item 2: logits (0, 1, 1).
+    row0 = np.log(2 * np.exp(0.5) + 1) - 0.5
+    row1 = np.log(1 + 2 * np.e) - 1.0
+    got = float(hybrid_fit.full_softmax_loss(u, v, np.array([0, 2], np.int32), 0.5))
+    assert got == pytest.approx((row0 + row1) / 2, rel=1e-6)
+    # "auto" normalises over the catalogue while it is small, in-batch beyond; "full" always does.
+    assert HybridConfig().full_softmax(1_682) and not HybridConfig().full_softmax(10**6)
+    assert HybridConfig(negatives="full").full_softmax(10**6)
+    assert not HybridConfig(negatives="in_batch").full_softmax(3)
+
+
+def _popularity_skewed(seed: int, n_users: int = 200, n_items: int = 30):
+    """Positives drawn by a steep popularity law, and features that say nothing (all rows equal)."""
+    rng = np.random.default_rng(seed)
+    p = 1.0 / np.arange(1, n_items + 1) ** 1.2
+    cols = [rng.choice(n_items, size=6, replace=False, p=p / p.sum()) for _ in range(n_users)]
+    pos = CSR.from_pairs(np.repeat(np.arange(n_users), 6), np.concatenate(cols), n_users, n_items)
+    return np.ones((n_users, FU), np.float32), np.ones((n_items, FI), np.float32), pos
+
+
+def _served_to_unseen(model, U, I, train):
+    """Scores of an unseen user (no id, no history) over the catalogue, as the served vectors give."""
+    items = hybrid.item_vectors(model, I, hybrid.known_index(len(I), hybrid_fit.known_items(train)))
+    user = hybrid.user_vectors(model, U[:1], np.zeros(1, np.int32), [np.zeros(0, np.int64)])
+    return (user @ items.T)[0]
+
+
+def test_a_model_worse_than_popularity_is_blended_into_popularity_order(data):
+    # An untrained (random) model ranks worse than popularity for every segment on validation, so
+    # the blend must choose popularity, and the served vectors must rank by it.
+    U, I, pos = _popularity_skewed(1)
+    model = hybrid.build_hybrid(FU, FI, len(U), len(I), TINY)
+    _randomise(model, 7)
+    fit, val = validation_split(pos, 0.2, 0)
+    blend = hybrid_blend.choose(model, U, I, fit, val, 0)
+    assert all(blend.multipliers[s] == max(hybrid_blend.MULTIPLIERS) for s in hybrid_blend.SEGMENTS)
+    assert _served_to_unseen(model, U, I, fit).std() > 0  # weights left at 0 by choose: the model's order
+    blend = hybrid_blend.apply(model, U, I, pos, blend, 0)
+    assert blend.weights["attributes"] > 0 and json.dumps(blend.to_json())
+    counts = np.bincount(pos.indices, minlength=pos.n_cols)
+    scores = _served_to_unseen(model, U, I, pos)
+    more = counts[:, None] > counts[None, :]
+    assert np.all((scores[:, None] - scores[None, :])[more] > 0)  # popularity order, ties aside
+
+
+def test_unseen_users_are_served_popularity_order_when_content_says_nothing(tmp_path):
+    # Trained for real on data whose features are all equal: whatever the blend chose, the exported
+    # user tower must rank an unseen user's catalogue by popularity.
+    from towerserve.export.towers import keras_to_onnx
+
+    U, I, pos = _popularity_skewed(2)
+    neg = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+    final, choice, _ = hybrid_search.train_split(U, I, pos, neg, replace(TINY, epochs=4), 0, search=({},))
+    assert choice.blend.weights is not None and set(
+        choice.to_json()["popularity_blend"]["multipliers"]
+    ) == set(hybrid_blend.SEGMENTS)
+    path = keras_to_onnx(final.model.get_layer("user_tower"), tmp_path / "user.onnx", "user_vector")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feed = {
+        "user_features": U[:1],
+        "user_index": np.zeros(1, np.int32),
+        "history": np.zeros((1, 1), np.int32),
+    }
+    user = sess.run(["user_vector"], feed)[0]
+    items = hybrid.item_vectors(final.model, I, hybrid.known_index(len(I), hybrid_fit.known_items(pos)))
+    scores = (user @ items.T)[0]
+    top = np.argsort(-scores, kind="stable")[:10]
+    counts = np.bincount(pos.indices, minlength=pos.n_cols)
+    assert set(top) == set(np.argsort(-counts, kind="stable")[:10]) or np.all(
+        np.sort(counts[top])[::-1] == np.sort(counts)[::-1][:10]
+    )
 
 
 def test_bce_without_negatives_is_refused(data):

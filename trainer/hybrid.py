@@ -2,11 +2,14 @@
 
 Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower pass and one product:
 
-* item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + 1]: the last column is the item
-  bias). Row 0 of every ID table is the unknown/padding id and always outputs zeros, so an item
+* item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + 2]: column d is the item bias,
+  column d + 1 the item's popularity ``p_i``, see trainer/hybrid_blend.py; the content path gives
+  every item the popularity of an item with no positives, the ID row adds the difference). Row 0 of every ID table is the unknown/padding id and always outputs zeros, so an item
   nobody trained on (or one added later through UpsertItems) is exactly its content vector. The
   exported item tower is the content path; catalogue vectors (content + ID) are precomputed.
-* user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]), 1]``. ``history`` is
+* user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]), 1, beta]``, where
+  ``beta`` weighs the item popularity column per segment (known user, unseen user with a history,
+  unseen user with attributes only): 0 while training, chosen on validation afterwards. ``history`` is
   ``1 + item row`` of the items the user interacted with in training, 0-padded; pooling is a masked
   mean (or attention with the attribute vector as query). An unknown user (index 0) with an empty
   history is exactly the content-only user vector: the cold path.
@@ -26,7 +29,7 @@ from keras import layers, ops
 
 from .hybrid_config import POOLINGS, HybridConfig
 
-__all__ = ["HybridConfig", "HistoryPooling", "IdEmbedding", "build_hybrid", "towers"]
+__all__ = ["HybridConfig", "HistoryPooling", "IdEmbedding", "PopularityWeight", "build_hybrid", "towers"]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -111,6 +114,29 @@ class HistoryPooling(layers.Layer):
         return {**super().get_config(), "mode": self.mode}
 
 
+@keras.saving.register_keras_serializable(package="towerserve")
+class PopularityWeight(layers.Layer):
+    """(user_index [B], history [B, L]) -> [B, 1]: the weight of the items' popularity column for the
+    user's segment: ``known`` (an id), ``history`` (no id, a non-empty history), ``attributes``
+    (neither). The weights are not trained: training runs with all three at 0 (the loss never sees
+    popularity twice) and trainer/hybrid_blend.py sets them from validation; they are saved with the
+    model and exported in the graph, so the server applies them without knowing they exist.
+    """
+
+    def build(self, input_shape):
+        self.weights_by_segment = self.add_weight(
+            shape=(3,), initializer="zeros", trainable=False, name="segment_weights"
+        )
+
+    def call(self, inputs):
+        uid, hist = inputs
+        known = ops.greater(ops.cast(uid, "int32"), 0)
+        has_history = ops.any(ops.greater(ops.cast(hist, "int32"), 0), axis=1)
+        w = self.weights_by_segment
+        out = ops.where(known, w[0], ops.where(has_history, w[1], w[2]))
+        return ops.expand_dims(ops.cast(out, self.compute_dtype), -1)
+
+
 def _mlp(x, hidden: tuple[int, ...], side: str):
     for j, width in enumerate(hidden):
         x = layers.Dense(width, activation="relu", name=f"{side}_hidden{j}")(x)
@@ -127,7 +153,8 @@ def build_user_tower(
     id_init: float = 0.05,
     content_init: float | None = None,
 ) -> keras.Model:
-    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + 1] (last column 1)."""
+    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + 2]: the user's
+    embedding, 1 (times the item bias) and the segment's popularity weight."""
     x = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -143,7 +170,10 @@ def build_user_tower(
     one = layers.Dense(
         1, kernel_initializer="zeros", bias_initializer="ones", trainable=False, name="user_one"
     )
-    return keras.Model([x, uid, hist], layers.Concatenate(name="user_vector")([u, one(u)]), name="user_tower")
+    beta = PopularityWeight(name="popularity_weight")([uid, hist])
+    return keras.Model(
+        [x, uid, hist], layers.Concatenate(name="user_vector")([u, one(u), beta]), name="user_tower"
+    )
 
 
 def _out_init(std: float | None):
@@ -155,13 +185,17 @@ def _out_init(std: float | None):
 def build_item_tower(
     item_dim: int, dim: int, hidden: tuple[int, ...], content_init: float | None = None
 ) -> keras.Model:
-    """The content path: item_features [B, F] -> item_vector [B, d + 1] (embedding, bias)."""
+    """The content path: item_features [B, F] -> item_vector [B, d + 2] (embedding, bias, and the
+    popularity of an item without positives: a constant, set by trainer/hybrid_blend.py)."""
     x = keras.Input((item_dim,), name=ITEM_INPUT)
     h = _mlp(x, hidden, "item")
+    # A frozen Dense(1) with a zero kernel: its bias is the constant popularity column.
+    popularity = layers.Dense(1, kernel_initializer="zeros", trainable=False, name="item_popularity")
     out = layers.Concatenate(name="item_vector")(
         [
             layers.Dense(dim, kernel_initializer=_out_init(content_init), name="item_embedding")(h),
             layers.Dense(1, kernel_initializer=_out_init(content_init), name="item_bias")(h),
+            popularity(h),
         ]
     )
     return keras.Model(x, out, name="item_tower")
@@ -175,7 +209,7 @@ def build_hybrid(
         user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling, cfg.id_init, cfg.content_init
     )
     item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init)
-    item_ids = IdEmbedding(n_items + 1, cfg.dim + 1, cfg.id_init, name="item_id_embedding")
+    item_ids = IdEmbedding(n_items + 1, cfg.dim + 2, cfg.id_init, name="item_id_embedding")
     ux = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -207,7 +241,7 @@ def known_index(n: int, known: np.ndarray) -> np.ndarray:
 
 
 def item_vectors(model: keras.Model, item_features: np.ndarray, item_index: np.ndarray) -> np.ndarray:
-    """float32 [n, d + 1]: content path plus the item's ID row (none where the index is 0)."""
+    """float32 [n, d + 2]: content path plus the item's ID row (none where the index is 0)."""
     content = np.asarray(model.get_layer("item_tower")(item_features, training=False), dtype=np.float32)
     ids = np.asarray(model.get_layer("item_id_embedding")(item_index), dtype=np.float32)
     return content + ids
@@ -220,7 +254,7 @@ def user_vectors(
     histories: list[np.ndarray],
     batch: int = 1024,
 ) -> np.ndarray:
-    """float32 [n, d + 1] for users with their ids and histories (item rows), padded per batch."""
+    """float32 [n, d + 2] for users with their ids and histories (item rows), padded per batch."""
     user = model.get_layer("user_tower")
     out = []
     for s in range(0, len(user_features), batch):

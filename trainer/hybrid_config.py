@@ -6,6 +6,12 @@ from dataclasses import dataclass
 
 POOLINGS = ("mean", "attention")
 LOSSES = ("softmax", "bce")
+# Which items a softmax row is normalised over: "full" = the whole catalogue (exact, no sampling bias,
+# popularity learnt as it is), "in_batch" = the batch's positives with logQ correction (scales to any
+# catalogue), "auto" = full up to FULL_SOFTMAX_MAX_ITEMS. A full step scores rows x items: at 20,000
+# items and 256 rows that is 5·10⁶ logits, about the work of the user tower itself.
+NEGATIVES = ("auto", "full", "in_batch")
+FULL_SOFTMAX_MAX_ITEMS = 20_000
 # The most history items one request may carry to the served user tower (the manifest records it).
 MAX_HISTORY = 100
 
@@ -15,9 +21,11 @@ class HybridConfig:
     """One hybrid recipe (the values training chooses among are in hybrid_search.SEARCH).
 
     Attributes:
-        dim: embedding width d (served vectors are d + 1 wide: the bias column).
+        dim: embedding width d (served vectors are d + 2 wide: the bias and popularity columns).
         hidden: hidden widths of both content MLPs.
-        loss: "softmax" (in-batch sampled softmax with logQ correction) or "bce" (sampled negatives).
+        loss: "softmax" (over the catalogue or in-batch, see ``negatives``) or "bce" (sampled negatives).
+        negatives: what the softmax normalises over: "full" (every item), "in_batch" (the batch's
+            positives, logQ-corrected) or "auto" (full up to FULL_SOFTMAX_MAX_ITEMS items).
         temperature: softmax logits are divided by it (ignored by bce).
         id_dropout: probability that a training row's user (id and history) or item id is unknown.
         pooling: "mean" (masked mean) or "attention" over the history embeddings.
@@ -41,7 +49,8 @@ class HybridConfig:
     dim: int = 32
     hidden: tuple[int, ...] = (128,)
     loss: str = "softmax"
-    temperature: float = 0.5
+    negatives: str = "auto"
+    temperature: float = 2.0
     id_dropout: float = 0.2
     pooling: str = "mean"
     learning_rate: float = 5e-3
@@ -62,6 +71,8 @@ class HybridConfig:
     def __post_init__(self):
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES} (got {self.loss!r})")
+        if self.negatives not in NEGATIVES:
+            raise ValueError(f"negatives must be one of {NEGATIVES} (got {self.negatives!r})")
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS} (got {self.pooling!r})")
         for name in ("id_dropout", "history_dropout"):
@@ -72,3 +83,7 @@ class HybridConfig:
                 f"temperature, dim and train_history must be positive "
                 f"(got {self.temperature}, {self.dim}, {self.train_history})"
             )
+
+    def full_softmax(self, n_items: int) -> bool:
+        """Whether the softmax rows of a catalogue of ``n_items`` are normalised over all of it."""
+        return self.negatives == "full" or (self.negatives == "auto" and n_items <= FULL_SOFTMAX_MAX_ITEMS)

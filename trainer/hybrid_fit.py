@@ -75,6 +75,16 @@ def inclusion_log_q(train: CSR, batch: int) -> np.ndarray:
     return np.log(np.maximum(p, floor)).astype(np.float32)
 
 
+def full_softmax_loss(uvec, vall, targets, inv_t: float):
+    """Mean over rows of ``-log softmax(u_r · V / T)[target_r]``: every catalogue item is a negative of
+    every row, so nothing is sampled and nothing needs a logQ correction (popularity is learnt as it
+    is, which the popularity-biased test sets reward). ``vall`` [n_items, d + 2], ``targets`` [R]."""
+    import tensorflow as tf
+
+    logits = tf.matmul(uvec, vall, transpose_b=True) * inv_t
+    return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
+
+
 def all_vectors(model, U: np.ndarray, I: np.ndarray, train: CSR) -> tuple[np.ndarray, np.ndarray]:
     """(user vectors, item vectors) as served: known ids and training histories, unknown ids as 0."""
     uidx = hybrid.known_index(U.shape[0], known_users(train))
@@ -155,7 +165,7 @@ def user_batches(row_users: np.ndarray, batch: int, rng: np.random.Generator, ch
 
 
 def grouped_user_vectors(model, x, uid, hist, local, items, training: bool = True):
-    """User vectors [R, d + 1] for R rows of nb users, each without its row's target in the history.
+    """User vectors [R, d + 2] for R rows of nb users, each without its row's target in the history.
 
     ``x``, ``uid``, ``hist``: the batch users' features, indices and histories ([nb, ...]); ``local``
     [R]: each row's user position; ``items`` [R]: each row's item (a row). Equal to the user tower on
@@ -177,7 +187,8 @@ def grouped_user_vectors(model, x, uid, hist, local, items, training: bool = Tru
     # A history that held only the target is empty without it: pooled 0, as the tower gives.
     without = (tf.gather(pooled, local) - wt * table(items + 1)) / tf.maximum(rest, 1e-6)
     u = tf.gather(base, local) + tf.where(rest > 1e-6, without, 0.0)
-    return tf.concat([u, tf.ones_like(u[:, :1])], axis=1)
+    beta = user.get_layer("popularity_weight")([tf.gather(uid, local), tf.gather(hist, local)])
+    return tf.concat([u, tf.ones_like(u[:, :1]), beta], axis=1)
 
 
 def _content_model(user):
@@ -260,6 +271,8 @@ def fit(
     batch = step_batch(len(rows_u), cfg.batch_size)
     log_q = tf.constant(inclusion_log_q(train, batch))
     inv_t = 1.0 / cfg.temperature
+    full = cfg.loss == "softmax" and cfg.full_softmax(n_items)
+    every_item = tf.range(1, n_items + 1, dtype=tf.int32)
 
     vec = tf.TensorSpec([None], tf.int32)
     spec = [vec, vec, vec, tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.bool)]
@@ -276,13 +289,17 @@ def fit(
         iid = tf.where(tf.gather(drop_item, cols), 0, cols + 1)
         with tf.GradientTape() as tape:
             uvec = grouped_user_vectors(model, tf.gather(user_feats, users), uid, hist, local, i)
-            vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
-            if cfg.loss == "softmax":
+            if full:
+                vall = item_t(item_feats, training=True) + item_ids(tf.where(drop_item, 0, every_item))
+                loss = full_softmax_loss(uvec, vall, i, inv_t)
+            elif cfg.loss == "softmax":
+                vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
                 logits = tf.matmul(uvec, vvec, transpose_b=True) * inv_t - tf.gather(log_q, cols)[None, :]
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels=col_of_row, logits=logits)
                 )
             else:
+                vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
                 logit = tf.reduce_sum(uvec * tf.gather(vvec, col_of_row), axis=1)
                 loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit))
             if cfg.l2:

@@ -15,19 +15,23 @@ import numpy as np
 
 from towerserve.server.csr import CSR
 
-from . import hybrid_fit
+from . import hybrid_blend, hybrid_fit
 from .collab import validation_split
 from .hybrid_config import HybridConfig
 
 _LOGGER = logging.getLogger(__name__)
 
-VALIDATION_SHARE = 0.1  # of each user's training positives
-# The two losses with mean pooling, then attention pooling with the softmax loss; the rest is the base
-# recipe (HybridConfig's defaults). No loss and no pooling won on every data set measured (README
-# "Models and results": BCE at seed-scale density, softmax and attention at 3 % density), so
-# validation chooses per data set. Small on purpose: every candidate is a full fit.
+# Of each user's training positives: the test split holds out 20 % of the positives, and a validation
+# split that looks like it (as many held out per user, relative to what is left) ranks recipes and
+# epochs as the test split would.
+VALIDATION_SHARE = 0.2
+# Full softmax (over the catalogue where it fits, HybridConfig.negatives) with mean pooling, the
+# in-batch softmax at its own temperature, BCE, and attention pooling; the rest is the base recipe
+# (HybridConfig's defaults). No loss and no pooling won on every data set measured (README "Models and
+# results"), so validation chooses per data set. Small on purpose: every candidate is a full fit.
 SEARCH: tuple[dict, ...] = (
     {"loss": "softmax"},
+    {"loss": "softmax", "negatives": "in_batch", "temperature": 0.5},
     {"loss": "bce"},
     {"loss": "softmax", "pooling": "attention"},
 )
@@ -55,18 +59,20 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Choice:
-    """The chosen recipe, its epoch count and every candidate (for the report's comparison)."""
+    """The chosen recipe, its epoch count, its popularity blend and every candidate (for the report)."""
 
     config: HybridConfig
     epochs: int
     candidates: tuple[Candidate, ...]
     share: float = VALIDATION_SHARE
+    blend: hybrid_blend.Blend = hybrid_blend.NONE
 
     def to_json(self) -> dict:
         best = {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.config).items()}
         return {
             "chosen": {**best, "epochs": self.epochs},
             "validation_share": self.share,
+            "popularity_blend": self.blend.to_json(),
             "candidates": [c.to_json() for c in self.candidates],
         }
 
@@ -103,7 +109,8 @@ def choose(
         candidates.append(Candidate(cfg, float(f.val_ndcg), f.epochs, f.seconds, f.history, f.model))
         _LOGGER.info("%s: %s -> validation ndcg@10 %.4f at epoch %d", desc, overrides, f.val_ndcg, f.epochs)
     best = max(range(len(candidates)), key=lambda j: (candidates[j].val_ndcg, -j))
-    return Choice(candidates[best].config, max(1, candidates[best].epochs), tuple(candidates), share)
+    blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed)
+    return Choice(candidates[best].config, max(1, candidates[best].epochs), tuple(candidates), share, blend)
 
 
 def train_split(
@@ -129,4 +136,5 @@ def train_split(
     final = hybrid_fit.fit(
         U, I, train, choice.config, seed, negatives=negatives, epochs=choice.epochs, desc=f"{desc} refit"
     )
-    return final, choice, time.perf_counter() - t0
+    applied = hybrid_blend.apply(final.model, U, I, train, choice.blend, seed)
+    return final, replace(choice, blend=applied), time.perf_counter() - t0
