@@ -37,7 +37,8 @@ class MeanHistory:
 
     Attributes:
         loaded: float32 [n_users, d]: each known user's vector (training history), from load.
-        base: float32 [n_users, d]: the same users with an empty history.
+        base: float32 [n_users, d]: the same users with an empty history (for a user without training
+            positives, the vector their request history is added to: see build).
         sums: float32 [n_users, d]: the sum of their training positives' history rows.
         counts: int64 [n_users]: how many training positives.
         table: float32 [n_items, d]: each exported item's history row (its part of the pooled mean).
@@ -80,7 +81,8 @@ class MeanHistory:
         for start in range(0, n_users, BATCH):
             rows = np.arange(start, min(n_users, start + BATCH))
             base[rows] = run(features(rows), known_ids(train, rows), None)
-        # H[i]: an anonymous user's vector with history {i}, less the same user's with none.
+        # H[i]: an anonymous user's vector with history {i}, less the same user's with none (up to the
+        # constant fixed below).
         x0 = features(np.array([0]))
         empty = run(x0, np.zeros(1, dtype=np.int64), None)[0]
         table = np.empty((n_items, loaded.shape[1]), dtype=np.float32)
@@ -89,10 +91,19 @@ class MeanHistory:
             x = np.repeat(x0, len(items), axis=0)
             table[items] = run(x, np.zeros(len(items), dtype=np.int64), (items + 1)[:, None]) - empty
         counts = train.row_lengths().astype(np.int64)
-        sums = np.zeros_like(loaded)
         filled = np.flatnonzero(counts)
+        # A mean is affine in its rows only up to a constant: a user without an id who gains a
+        # history may move by more than the pooled rows (the hybrid's popularity weight is per
+        # segment: "history" vs "attributes"). Users with an id fix the constant, since their loaded
+        # vector is their empty-history vector plus the mean of their rows; users without one (no
+        # training positives) take the shift into the base their request histories add to.
+        sums = np.zeros_like(loaded)
         if filled.size:
             sums[filled] = np.add.reduceat(table[train.indices], train.indptr[filled], axis=0)
+            shift = np.mean(sums[filled] / counts[filled, None] - (loaded[filled] - base[filled]), axis=0)
+            table -= shift
+            sums[filled] -= counts[filled, None] * shift
+            base[counts == 0] += shift
         out = cls(loaded, base, sums, counts, table, train)
         problem = out._check(run, features)
         if problem:
@@ -116,8 +127,12 @@ class MeanHistory:
         )
         got = np.stack([self.vector(int(u), e) for u, e in zip(users, extra)])
         # A known user's vector, as at load (with an empty extra history: the same vector).
+        filled = self.counts > 0  # the others' base is where a history takes them (build)
         if not np.allclose(
-            self.base + self.sums / np.maximum(self.counts, 1)[:, None], self.loaded, CHECK_RTOL, CHECK_ATOL
+            (self.base + self.sums / np.maximum(self.counts, 1)[:, None])[filled],
+            self.loaded[filled],
+            CHECK_RTOL,
+            CHECK_ATOL,
         ):
             return "users' vectors at load are not their empty-history vectors plus the mean of their history rows"
         if not np.allclose(got, want, CHECK_RTOL, CHECK_ATOL):

@@ -601,6 +601,41 @@ def test_mean_pooling_shortcut_equals_the_graph(kind, hand, request):
         np.testing.assert_allclose(got, b.known(row, b.rows(ids)), rtol=1e-5, atol=1e-6)
 
 
+def test_the_shortcut_keeps_a_per_segment_constant_and_users_without_an_id():
+    # The hybrid's popularity weight differs between an anonymous user with a history and one without
+    # (hybrid.PopularityWeight), so a history moves an id-less user by more than the mean of its rows.
+    from towerserve.server.csr import CSR
+    from towerserve.server.mean_history import MeanHistory
+
+    rng = np.random.default_rng(5)
+    n_users, n_items, d = 12, 9, 4
+    W, E, H = rng.normal(size=(3, d)), rng.normal(size=(n_users + 1, d)), rng.normal(size=(n_items + 1, d))
+    segment = np.array([[0.0, 0.0, 0.0, 0.7], [0.0, 0.0, 0.0, 2.5], [0.0, 0.0, 0.0, -1.0]])
+    feats = rng.normal(size=(n_users, 3))
+
+    def run(x, ids, history):
+        history = np.zeros((len(x), 1), np.int64) if history is None else history
+        mask = (history > 0)[..., None]
+        pooled = (H[history] * mask).sum(axis=1) / np.maximum(mask.sum(axis=1), 1)
+        seg = np.where(ids > 0, 0, np.where(mask.any(axis=(1, 2)), 1, 2))
+        return (x @ W + np.where(ids[:, None] > 0, E[ids], 0.0) + pooled + segment[seg]).astype(np.float32)
+
+    users = np.array([0, 0, 1, 2, 2, 2, 4, 5, 7, 8, 8, 10])  # 3, 6, 9 and 11 have no positives
+    train = CSR.from_pairs(users, rng.integers(n_items, size=users.size), n_users, n_items)
+    known = np.where(train.row_lengths() > 0, np.arange(n_users) + 1, 0)
+    rows = [np.array(train.row(u)) + 1 for u in range(n_users)]
+    width = max(len(r) for r in rows)
+    hist = np.array([np.pad(r, (0, width - len(r))) for r in rows])
+    loaded = run(feats, known, hist)
+    shortcut = MeanHistory.build(run, lambda r: feats[r], loaded, train)
+    assert shortcut is not None
+    for user in range(n_users):
+        extra = [1, 6] if user % 2 else [3]
+        pooled = sorted(set(train.row(user).tolist()) | set(extra))
+        want = run(feats[[user]], known[[user]], np.array([[r + 1 for r in pooled]]))[0]
+        np.testing.assert_allclose(shortcut.vector(user, extra), want, rtol=1e-5, atol=1e-5)
+
+
 def test_the_shortcut_knows_whether_training_rows_are_sorted():
     # vector() binary-searches a user's training row; build() re-sorts a CSR whose rows are not sorted.
     from towerserve.server.csr import CSR
