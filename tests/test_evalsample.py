@@ -168,3 +168,26 @@ def test_train_judges_every_model_on_one_sample(small_data, bert, tmp_path):
     report = (tmp_path / "art" / "report" / "report.md").read_text()
     assert "Judged on a fixed sample of 80 users (seed 42)" in report
     assert f"two_tower [{rows['two_tower']['ndcg@10_ci95_low']:.4f}, " in report
+
+
+def test_the_new_items_segment_ranks_held_out_items_among_themselves():
+    positives = CSR.from_dense(np.random.default_rng(3).random((60, 40)) < 0.25)
+    split = splits.cold_split(positives, np.arange(60), user_frac=0.2, item_frac=0.25, seed=1)
+    cold = np.zeros(40, bool)
+    cold[split.cold_items] = True
+    truth = split.test.dense_rows(np.arange(60)).astype(np.float64)
+    # Knowing the test positives ranks them first among new items: NDCG 1, whatever the warm items score.
+    perfect = lambda u: truth[u] + 10.0 * ~cold  # noqa: E731
+    assert evalsample.new_item_ndcg(perfect, split) == pytest.approx(1.0)
+    # The reverse order puts every new-item positive below every new-item non-positive.
+    worst = evalsample.new_item_ndcg(lambda u: -truth[u], split)
+    assert worst is not None and worst < 0.5
+    by_hand = full_ranking_metrics(
+        lambda u: np.where(cold, -truth[u], -100.0),
+        CSR.from_dense(truth.astype(bool) & cold),
+        split.train,
+        ks=(10,),
+    )["ndcg@10"]
+    assert worst == pytest.approx(by_hand)
+    # No held-out items (the holdout split): no segment.
+    assert evalsample.new_item_ndcg(perfect, splits.holdout_split(positives, np.arange(60))) is None

@@ -163,3 +163,35 @@ def evaluate_towers(
     logits = np.einsum("nd,nd->n", uvec[nb.users], ivec[nb.items])
     metrics["notebook_score"] = notebook_metric(sigmoid(logits))
     return metrics
+
+
+NEW_ITEMS_KEY = "new_items_ndcg@10"
+
+
+def new_item_ndcg(score: ScoreFn, split: Split, users: np.ndarray | None = None) -> float | None:
+    """NDCG@10 of the new-items segment: the cold split's items nobody trained on, each judged user's
+    test positives among them ranked among them alone (the warm items pushed below). None where the
+    split holds out no items or none of the judged users has a positive among them.
+
+    MostPopular has nothing to say here (every new item has zero training positives), so its figure is
+    a tie-broken ranking: the floor any content model must clear.
+    """
+    if not len(split.cold_items):
+        return None
+    cold = np.zeros(split.test.n_cols, dtype=bool)
+    cold[split.cold_items] = True
+    u, i = split.test.pairs()
+    keep = cold[i]
+    test = CSR.from_pairs(u[keep], i[keep], split.test.n_rows, split.test.n_cols)
+    judged = np.flatnonzero(test.row_lengths() > 0)
+    if users is not None:
+        judged = np.intersect1d(judged, users)
+    if not judged.size:
+        return None
+
+    def among_new(rows: np.ndarray) -> np.ndarray:
+        s = np.array(score(rows), dtype=np.float64)
+        s[:, ~cold] = s.min(axis=1, keepdims=True) - 1.0
+        return s
+
+    return float(full_ranking_metrics(among_new, test, split.train, ks=(10,), users=judged)["ndcg@10"])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from towerserve.server.tables import SUMMARY_METRICS, metrics_table
 
+from .evalsample import NEW_ITEMS_KEY
 from .plots import metric_bars, training_curves
 
 REPORT_METRICS = SUMMARY_METRICS + ("notebook_score",)
@@ -25,7 +26,7 @@ def hybrid_section(metrics: dict) -> list[str]:
     if not rec or not rec.get("candidates"):
         return []
     chosen = rec["chosen"]
-    keys = ("loss", "temperature", "learning_rate", "id_dropout", "dim", "pooling")
+    keys = ("loss", "negatives", "temperature", "learning_rate", "id_dropout", "dim", "pooling")
     rows = []
     for c in rec["candidates"]:
         mark = "**chosen**" if all(c.get(k) == chosen.get(k) for k in chosen if k != "epochs") else ""
@@ -46,6 +47,38 @@ def hybrid_section(metrics: dict) -> list[str]:
         "",
         "```",
         format_table(headers, rows),
+        "```",
+        "",
+    ]
+
+
+def segment_section(metrics: dict, models) -> list[str]:
+    """Each segment's NDCG@10 against MostPopular: known users (the holdout split), unseen users (the
+    cold split) and new items (the cold split's held-out items, ranked among themselves)."""
+    segments = (("known users", "holdout", "ndcg@10"), ("unseen users", "cold", "ndcg@10"))
+    segments += (("new items", "cold", NEW_ITEMS_KEY),)
+    rows = []
+    for name, split, key in segments:
+        table = metrics.get(split) or {}
+        floor = (table.get("mostpop") or {}).get(key)
+        if floor is None:
+            continue
+        for model in models:
+            value = (table.get(model) or {}).get(key)
+            if value is not None:
+                rows.append([name, model, value, floor, value / floor if floor else None])
+    if not rows:
+        return []
+    from towerserve.server.tables import format_table
+
+    return [
+        "## Segments against MostPopular",
+        "",
+        "NDCG@10 per segment; new items are ranked among the new items only (MostPopular has no count "
+        "for them: its figure is a tie-broken order, the floor).",
+        "",
+        "```",
+        format_table(["segment", "model", "ndcg@10", "mostpop", "× mostpop"], rows),
         "```",
         "",
     ]
@@ -106,6 +139,7 @@ def write_report(root: Path, manifest: dict, metrics: dict, histories: dict) -> 
             parts = [f"{r[b]:.2f}× {b}" for b in BASELINES if r[b] is not None]
             lines.append(f"- {model}: NDCG@10 = " + ", ".join(parts))
         lines += ["", f"![{split}](metrics_{split}.png)", ""]
+    lines += segment_section(metrics, list(manifest["models"]))
     lines += hybrid_section(metrics)
     lines += ["## Training curves", "", "![curves](training_curves.png)", "", "## Timings (seconds)", ""]
     lines += [f"- {k}: {v:.1f}" for k, v in manifest["timings"].items()]

@@ -19,7 +19,7 @@ from towerserve.server.splits import save_recorded_split
 from . import baselines, splits
 from .artifacts import atomic_dir, package_versions, write_json
 from .data import Dataset, load_dataset
-from .evalsample import default_eval_users, evaluate_towers, sample_users
+from .evalsample import NEW_ITEMS_KEY, default_eval_users, evaluate_towers, new_item_ndcg, sample_users
 from .fit import fit_model, tower_scores
 from .hybrid_config import HybridConfig
 from .text import MAX_LENGTHS, EncoderConfig, TextEncoder, open_encoder
@@ -229,6 +229,10 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             metrics[split_name] = dict(
                 baselines.evaluate_baselines(split.train, split.test, ds.root, cfg.ks, users=judged)
             )
+            pop = baselines.popularity(split.train)
+            new_items = new_item_ndcg(lambda u, p=pop: np.broadcast_to(p, (len(u), len(p))), split, judged)
+            if new_items is not None:  # the segment's floor: popularity knows nothing of new items
+                metrics[split_name]["mostpop"][NEW_ITEMS_KEY] = new_items
             timings[f"baselines_{split_name}_s"] = time.perf_counter() - t0
             warm_users = np.setdiff1d(np.arange(ds.n_users), split.cold_users)
             warm_items = np.setdiff1d(np.arange(ds.n_items), split.cold_items)
@@ -255,6 +259,9 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     )
                     extra = {}
                 m = evaluate_towers(uvec, ivec, split, cfg.ks, judged)
+                new_items = new_item_ndcg(lambda u, a=uvec, b=ivec: a[u] @ b.T, split, judged)
+                if new_items is not None:
+                    m[NEW_ITEMS_KEY] = new_items
                 m["train_seconds"] = secs
                 m["epochs"] = len(history.get("loss", []))
                 m.update(extra.get("metrics", {}))
