@@ -234,35 +234,26 @@ def _dot(user_factors: np.ndarray, item_factors: np.ndarray) -> ScoreFn:
     return lambda u: uf[u] @ itf
 
 
-def fit_als(ctx: Context, train: CSR, s: dict, epochs: tuple[int, ...]):
-    from implicit.cpu.als import AlternatingLeastSquares  # the CPU class: never a GPU by surprise
-
-    model = AlternatingLeastSquares(
-        factors=s["factors"],
-        regularization=s["regularization"],
-        alpha=s["alpha"],
-        iterations=s["iterations"],
-        num_threads=ctx.threads,
-        random_state=ctx.seed,
-    )
+def _fit_implicit(model_class, ctx: Context, train: CSR, **settings):
+    """Fits one of implicit's CPU models (never a GPU by surprise) and scores by its factors' product."""
+    model = model_class(**settings, num_threads=ctx.threads, random_state=ctx.seed)
     model.fit(_scipy(train), show_progress=False)
-    yield None, _dot(model.user_factors, model.item_factors)
+    # BPR's item factors carry the item bias in a last column that its user factors hold as 1.
+    return _dot(model.user_factors, model.item_factors)
+
+
+def fit_als(ctx: Context, train: CSR, s: dict, epochs: tuple[int, ...]):
+    from implicit.cpu.als import AlternatingLeastSquares
+
+    keys = ("factors", "regularization", "alpha", "iterations")
+    yield None, _fit_implicit(AlternatingLeastSquares, ctx, train, **{k: s[k] for k in keys})
 
 
 def fit_bpr(ctx: Context, train: CSR, s: dict, epochs: tuple[int, ...]):
     from implicit.cpu.bpr import BayesianPersonalizedRanking
 
-    model = BayesianPersonalizedRanking(
-        factors=s["factors"],
-        learning_rate=s["learning_rate"],
-        regularization=s["regularization"],
-        iterations=s["iterations"],
-        num_threads=ctx.threads,
-        random_state=ctx.seed,
-    )
-    model.fit(_scipy(train), show_progress=False)
-    # Its item factors carry the item bias in a last column that the user factors hold as 1.
-    yield None, _dot(model.user_factors, model.item_factors)
+    keys = ("factors", "learning_rate", "regularization", "iterations")
+    yield None, _fit_implicit(BayesianPersonalizedRanking, ctx, train, **{k: s[k] for k in keys})
 
 
 def fit_lightfm(ctx: Context, train: CSR, s: dict, epochs: tuple[int, ...]):

@@ -156,12 +156,16 @@ def ranking_metrics(
 def evaluate_towers(
     uvec: np.ndarray, ivec: np.ndarray, split: Split, ks, users: np.ndarray | None = None
 ) -> dict[str, float]:
-    """A two-tower model's ranking metrics (logits = uvec @ ivec.T) plus the notebook's mean holdout
-    score (over every user's holdout pair: one dot product each, cheap at any scale)."""
+    """A two-tower model's ranking metrics (logits = uvec @ ivec.T), the notebook's mean holdout score
+    (over every user's holdout pair: one dot product each, cheap at any scale) and, on a split with
+    held-out items, the new-items segment's NDCG@10 (NEW_ITEMS_KEY)."""
     metrics = ranking_metrics(lambda u: uvec[u] @ ivec.T, split.test, split.train, ks, users)
     nb = split.notebook_pairs
     logits = np.einsum("nd,nd->n", uvec[nb.users], ivec[nb.items])
     metrics["notebook_score"] = notebook_metric(sigmoid(logits))
+    new_items = new_item_ndcg(lambda u: uvec[u] @ ivec.T, split, users)
+    if new_items is not None:
+        metrics[NEW_ITEMS_KEY] = new_items
     return metrics
 
 

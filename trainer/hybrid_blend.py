@@ -118,12 +118,12 @@ def choose(model, U: np.ndarray, I: np.ndarray, fit: CSR, val: CSR, seed: int) -
     judged = hybrid_fit.judged_users(fit, val, seed)
     ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(fit)))
     pop = ivec[:, -1]
+    row_of = {int(u): r for r, u in enumerate(judged)}
     chosen, table = {}, {}
     for segment in SEGMENTS:
         uvec = _segment_users(model, U, fit, segment, judged)
         spread = _spread(uvec[:SPREAD_USERS], ivec)
         base = uvec @ ivec.T
-        row_of = {int(u): r for r, u in enumerate(judged)}
         table[segment] = {}
         for m in MULTIPLIERS:
             scores = base + (m * spread) * pop[None, :]
@@ -143,7 +143,6 @@ def apply(model, U: np.ndarray, I: np.ndarray, train: CSR, blend: Blend, seed: i
     """Sets ``train``'s popularity and each segment's weight (multiplier x this model's spread over
     ``train``'s users) in ``model``; returns ``blend`` with the weights."""
     set_popularity(model, train)
-    set_weights(model, {s: 0.0 for s in SEGMENTS})
     users = _sample(np.flatnonzero(hybrid_fit.known_users(train)), seed)
     ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(train)))
     weights = {}

@@ -1,8 +1,9 @@
 """Chooses the hybrid's recipe on a validation split of the TRAINING positives, then refits on all of them.
 
-The candidates (SEARCH) differ in the loss and the history pooling; each trains on 90 % of every
-user's training positives with early stopping on NDCG@10 over the other 10 %, and the best one is
-refitted on every training positive for its best epoch count. The test split is never read here.
+The candidates (SEARCH) differ in the loss, its negatives and the history pooling; each trains on 80 %
+of every user's training positives with early stopping on NDCG@10 over the other 20 %, and the best
+one is refitted on every training positive for its best epoch count, with the popularity blend chosen
+for it on the same split (hybrid_blend). The test split is never read here.
 """
 
 from __future__ import annotations

@@ -259,9 +259,6 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     )
                     extra = {}
                 m = evaluate_towers(uvec, ivec, split, cfg.ks, judged)
-                new_items = new_item_ndcg(lambda u, a=uvec, b=ivec: a[u] @ b.T, split, judged)
-                if new_items is not None:
-                    m[NEW_ITEMS_KEY] = new_items
                 m["train_seconds"] = secs
                 m["epochs"] = len(history.get("loss", []))
                 m.update(extra.get("metrics", {}))
