@@ -213,7 +213,9 @@ class Training(_Record):
 
     data: dict[str, Any]
     recipe: dict[str, Any]
-    metrics: dict[str, dict[str, dict[str, Any]]]  # split -> model or baseline -> metric -> value
+    # split -> model or baseline -> metric -> value; None where a row was skipped (the oracle of data
+    # without generator truth: any real data set; EASE above its catalogue limit).
+    metrics: dict[str, dict[str, dict[str, Any] | None]]
 
 
 @dataclass(frozen=True)

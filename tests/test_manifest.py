@@ -192,6 +192,15 @@ def test_optional_fields_may_be_absent():
     assert m.encoder.variants["fp32"].accepted is None
 
 
+def test_a_skipped_metrics_row_is_null():
+    # Data without generator truth (every real data set) has no oracle row: the bundle must still load.
+    data = _valid()
+    data["training"]["metrics"]["holdout"]["oracle"] = None
+    m = ServingManifest.from_json(data)
+    assert m.training.metrics["holdout"]["oracle"] is None
+    assert m.to_json()["training"]["metrics"]["holdout"]["oracle"] is None
+
+
 def test_unknown_keys_are_ignored():
     data = _valid()
     data["from_a_newer_exporter"] = {"anything": 1}
