@@ -245,7 +245,7 @@ def test_a_model_worse_than_popularity_is_blended_into_popularity_order(data):
     blend = hybrid_blend.choose(model, U, I, fit, val, 0)
     assert all(blend.multipliers[s] == max(hybrid_blend.MULTIPLIERS) for s in hybrid_blend.SEGMENTS)
     assert _served_to_unseen(model, U, I, fit).std() > 0  # weights left at 0 by choose: the model's order
-    blend = hybrid_blend.apply(model, U, I, pos, blend, 0)
+    model, blend = hybrid_blend.apply(model, U, I, pos, blend, 0, TINY)
     assert blend.weights["attributes"] > 0 and json.dumps(blend.to_json())
     counts = np.bincount(pos.indices, minlength=pos.n_cols)
     scores = _served_to_unseen(model, U, I, pos)

@@ -2,12 +2,16 @@
 
 Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower pass and one product:
 
-* item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + 2]: column d is the item bias,
-  column d + 1 the item's popularity ``p_i``, see trainer/hybrid_blend.py; the content path gives
-  every item the popularity of an item with no positives, the ID row adds the difference). Row 0 of every ID table is the unknown/padding id and always outputs zeros, so an item
+* item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + r + 2]: columns d .. d + r - 1
+  are the item's factor of EASE's item-item weights (r = 0 while training, see trainer/hybrid_ease.py;
+  the content path gives 0 there), the second last column is the item bias, the last the item's
+  popularity ``p_i``, see trainer/hybrid_blend.py; the content path gives every item the popularity of
+  an item with no positives, the ID row adds the difference). Row 0 of every ID table is the
+  unknown/padding id and always outputs zeros, so an item
   nobody trained on (or one added later through UpsertItems) is exactly its content vector. The
   exported item tower is the content path; catalogue vectors (content + ID) are precomputed.
-* user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]), 1, beta]``, where
+* user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]),
+  mean(ease_emb[history]), 1, beta]`` (the EASE part, r wide, only in the served model), where
   ``beta`` weighs the item popularity column per segment (known user, unseen user with a history,
   unseen user with attributes only): 0 while training, chosen on validation afterwards. ``history`` is
   ``1 + item row`` of the items the user interacted with in training, 0-padded; pooling is a masked
@@ -29,7 +33,16 @@ from keras import layers, ops
 
 from .hybrid_config import POOLINGS, HybridConfig
 
-__all__ = ["HybridConfig", "HistoryPooling", "IdEmbedding", "PopularityWeight", "build_hybrid", "towers"]
+__all__ = [
+    "HybridConfig",
+    "HistoryPooling",
+    "IdEmbedding",
+    "PopularityWeight",
+    "build_hybrid",
+    "ease_rank",
+    "towers",
+    "with_ease",
+]
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -152,9 +165,12 @@ def build_user_tower(
     pooling: str,
     id_init: float = 0.05,
     content_init: float | None = None,
+    ease_rank: int = 0,
 ) -> keras.Model:
-    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + 2]: the user's
-    embedding, 1 (times the item bias) and the segment's popularity weight."""
+    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + r + 2]: the user's
+    embedding, the mean of their history's EASE rows (``ease_rank`` r wide, frozen: set by
+    trainer/hybrid_ease.py, absent when r = 0), 1 (times the item bias) and the segment's popularity
+    weight."""
     x = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -171,8 +187,14 @@ def build_user_tower(
         1, kernel_initializer="zeros", bias_initializer="ones", trainable=False, name="user_one"
     )
     beta = PopularityWeight(name="popularity_weight")([uid, hist])
+    parts = [u]
+    if ease_rank:
+        # Mean, not sum, pooled: the graph stays affine in the mean of its history rows as a whole,
+        # which the server's known-user shortcut relies on (server/mean_history.py).
+        rows = IdEmbedding(n_items + 1, ease_rank, 0.0, name="ease_history", trainable=False)(hist)
+        parts.append(HistoryPooling("mean", name="ease_pooling")([rows, hist, content]))
     return keras.Model(
-        [x, uid, hist], layers.Concatenate(name="user_vector")([u, one(u), beta]), name="user_tower"
+        [x, uid, hist], layers.Concatenate(name="user_vector")([*parts, one(u), beta]), name="user_tower"
     )
 
 
@@ -183,33 +205,41 @@ def _out_init(std: float | None):
 
 
 def build_item_tower(
-    item_dim: int, dim: int, hidden: tuple[int, ...], content_init: float | None = None
+    item_dim: int, dim: int, hidden: tuple[int, ...], content_init: float | None = None, ease_rank: int = 0
 ) -> keras.Model:
-    """The content path: item_features [B, F] -> item_vector [B, d + 2] (embedding, bias, and the
-    popularity of an item without positives: a constant, set by trainer/hybrid_blend.py)."""
+    """The content path: item_features [B, F] -> item_vector [B, d + r + 2] (embedding, r zeros: an item
+    without positives has no EASE row, bias, and the popularity of an item without positives: a
+    constant, set by trainer/hybrid_blend.py)."""
     x = keras.Input((item_dim,), name=ITEM_INPUT)
     h = _mlp(x, hidden, "item")
     # A frozen Dense(1) with a zero kernel: its bias is the constant popularity column.
     popularity = layers.Dense(1, kernel_initializer="zeros", trainable=False, name="item_popularity")
-    out = layers.Concatenate(name="item_vector")(
-        [
-            layers.Dense(dim, kernel_initializer=_out_init(content_init), name="item_embedding")(h),
-            layers.Dense(1, kernel_initializer=_out_init(content_init), name="item_bias")(h),
-            popularity(h),
-        ]
-    )
+    parts = [layers.Dense(dim, kernel_initializer=_out_init(content_init), name="item_embedding")(h)]
+    if ease_rank:
+        parts.append(
+            layers.Dense(ease_rank, kernel_initializer="zeros", trainable=False, name="item_ease")(h)
+        )
+    parts.append(layers.Dense(1, kernel_initializer=_out_init(content_init), name="item_bias")(h))
+    out = layers.Concatenate(name="item_vector")([*parts, popularity(h)])
     return keras.Model(x, out, name="item_tower")
 
 
 def build_hybrid(
-    user_dim: int, item_dim: int, n_users: int, n_items: int, cfg: HybridConfig = HybridConfig()
+    user_dim: int,
+    item_dim: int,
+    n_users: int,
+    n_items: int,
+    cfg: HybridConfig = HybridConfig(),
+    ease_rank: int = 0,
 ) -> keras.Model:
-    """The whole model: (user_features, user_index, history, item_features, item_index) -> sigmoid(u.v)."""
+    """The whole model: (user_features, user_index, history, item_features, item_index) -> sigmoid(u.v).
+
+    ``ease_rank`` > 0 only for the served model (:func:`with_ease`): training never has the EASE part."""
     user = build_user_tower(
-        user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling, cfg.id_init, cfg.content_init
+        user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling, cfg.id_init, cfg.content_init, ease_rank
     )
-    item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init)
-    item_ids = IdEmbedding(n_items + 1, cfg.dim + 2, cfg.id_init, name="item_id_embedding")
+    item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init, ease_rank)
+    item_ids = IdEmbedding(n_items + 1, cfg.dim + ease_rank + 2, cfg.id_init, name="item_id_embedding")
     ux = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -224,6 +254,35 @@ def build_hybrid(
 def towers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """(user tower with ids and history, item tower: the content path only)."""
     return model.get_layer("user_tower"), model.get_layer("item_tower")
+
+
+def ease_rank(model: keras.Model) -> int:
+    """The width r of the model's EASE part (0: none)."""
+    user = model.get_layer("user_tower")
+    names = {layer.name for layer in user.layers}
+    return int(user.get_layer("ease_history").dim) if "ease_history" in names else 0
+
+
+def with_ease(model: keras.Model, cfg: HybridConfig, rank: int) -> keras.Model:
+    """A copy of trained ``model`` with an EASE part ``rank`` wide (zero until trainer/hybrid_ease.py
+    sets it): every weight copied by layer name, the item ID table widened by ``rank`` zero columns
+    before its bias and popularity columns."""
+    user, item = towers(model)
+    n_users = user.get_layer("user_id_embedding").rows - 1
+    n_items = user.get_layer("history_embedding").rows - 1
+    user_dim, item_dim = int(user.inputs[0].shape[-1]), int(item.inputs[0].shape[-1])
+    out = build_hybrid(user_dim, item_dim, n_users, n_items, cfg, rank)
+    old_ids = np.array(model.get_layer("item_id_embedding").embeddings.numpy())
+    wide = np.zeros((old_ids.shape[0], old_ids.shape[1] + rank), dtype=old_ids.dtype)
+    wide[:, : cfg.dim], wide[:, cfg.dim + rank :] = old_ids[:, : cfg.dim], old_ids[:, cfg.dim :]
+    out.get_layer("item_id_embedding").embeddings.assign(wide)
+    for name in ("user_tower", "item_tower"):
+        old, new = model.get_layer(name), out.get_layer(name)
+        have = {layer.name: layer for layer in old.layers}
+        for layer in new.layers:
+            if layer.weights and layer.name in have:
+                layer.set_weights(have[layer.name].get_weights())
+    return out
 
 
 def pad_histories(lists: list[np.ndarray], min_length: int = 1) -> np.ndarray:

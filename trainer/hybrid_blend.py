@@ -17,6 +17,11 @@ the model worse than the popularity list is served that list, never less.
 Segments (hybrid.PopularityWeight): ``known`` users (an id), ``history`` (no id, a request history:
 judged as the validation users with their fit-part histories and no id), ``attributes`` (neither:
 the validation users with neither). Targets are the validation positives, fit positives masked.
+
+The EASE part (trainer/hybrid_ease.py) is weighed here too, jointly with the known users'
+popularity weight: ``ease multiplier x spread / EASE's spread``, one weight for every user with a
+history (known or not: the user tower pools one table for both, and a weight per segment would make
+the graph no longer affine in its history, which the server's known-user shortcut needs).
 """
 
 from __future__ import annotations
@@ -29,13 +34,17 @@ import numpy as np
 from towerserve.server.csr import CSR
 from towerserve.server.metrics import full_ranking_metrics
 
-from . import hybrid, hybrid_fit
+from . import hybrid, hybrid_ease, hybrid_fit
 
 _LOGGER = logging.getLogger(__name__)
 
 SEGMENTS = ("known", "history", "attributes")
 # Of the segment's spread. 1,000 spreads put popularity first whatever the model says.
 MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 1000.0)
+# Of the hybrid's spread, the EASE part's. Validation on MovieLens-100K peaked near 0.25 and was flat
+# from 0.05 to 0.35; 4 all but serves EASE alone. No larger value: the served vectors would grow with
+# it, and the export's parity gate (absolute, 1e-4) with them.
+EASE_MULTIPLIERS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
 SPREAD_USERS = 2_000  # users whose score spread is averaged: enough for a stable mean, bounded
 
 
@@ -45,20 +54,33 @@ class Blend:
 
     Attributes:
         multipliers: segment -> the chosen multiplier of its spread.
-        validation: segment -> {multiplier: validation NDCG@10} (empty when not chosen on validation).
+        validation: segment -> {multiplier: validation NDCG@10} (empty when not chosen on validation);
+            for ``known`` users with an EASE part, keyed "ease multiplier/popularity multiplier".
         weights: segment -> beta as applied to a model (``apply`` fills it).
+        ease: the EASE part's multiplier (0: none), its λ and rank, and the weight ``apply`` gave it.
+        ease_skipped: why the model has no EASE part, when it has none.
     """
 
     multipliers: dict[str, float]
-    validation: dict[str, dict[float, float]]
+    validation: dict[str, dict]
     weights: dict[str, float] | None = None
+    ease: dict[str, float] | None = None
+    ease_skipped: str | None = None
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "multipliers": dict(self.multipliers),
             "weights": dict(self.weights or {}),
             "validation_ndcg@10": {s: {str(m): v for m, v in t.items()} for s, t in self.validation.items()},
+            "ease": dict(self.ease or {}),
         }
+        if self.ease_skipped:
+            out["ease_skipped"] = self.ease_skipped
+        return out
+
+    @property
+    def ease_multiplier(self) -> float:
+        return float((self.ease or {}).get("multiplier", 0.0))
 
 
 NONE = Blend({s: 0.0 for s in SEGMENTS}, {})
@@ -99,9 +121,13 @@ def _segment_users(model, U: np.ndarray, train: CSR, segment: str, users: np.nda
     return hybrid.user_vectors(model, U[users], idx, hist)
 
 
-def _spread(uvec: np.ndarray, ivec: np.ndarray) -> float:
-    scores = uvec[:, :-1] @ ivec[:, :-1].T  # the popularity column left out
+def _std(scores: np.ndarray) -> float:
+    """The mean over users (rows) of the standard deviation of their scores (1 when all are flat)."""
     return float(np.mean(np.std(scores, axis=1))) or 1.0
+
+
+def _spread(uvec: np.ndarray, ivec: np.ndarray) -> float:
+    return _std(uvec[:, :-1] @ ivec[:, :-1].T)  # the popularity column left out
 
 
 def _sample(users: np.ndarray, seed: int) -> np.ndarray:
@@ -110,45 +136,98 @@ def _sample(users: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 41]).choice(users, SPREAD_USERS, replace=False))
 
 
-def choose(model, U: np.ndarray, I: np.ndarray, fit: CSR, val: CSR, seed: int) -> Blend:
+def _ndcg(scores: np.ndarray, users: np.ndarray, fit: CSR, val: CSR) -> float:
+    row_of = {int(u): r for r, u in enumerate(users)}
+    fn = lambda us: scores[[row_of[int(u)] for u in us]]  # noqa: E731
+    return float(full_ranking_metrics(fn, val, fit, ks=(10,), users=users)["ndcg@10"])
+
+
+def _best(table: dict) -> object:
+    """The key with the best NDCG@10; ties: the smallest multipliers (keys sort as tuples or floats)."""
+    return max(table, key=lambda k: (table[k], tuple(-x for x in np.atleast_1d(k))))
+
+
+def choose(
+    model,
+    U: np.ndarray,
+    I: np.ndarray,
+    fit: CSR,
+    val: CSR,
+    seed: int,
+    ease: hybrid_ease.Factors | None = None,
+    ease_skipped: str | None = None,
+) -> Blend:
     """Each segment's multiplier by validation NDCG@10 (ties: the smaller one), for a model trained on
-    ``fit``; leaves the model's weights at 0."""
+    ``fit`` (and with ``ease``, EASE's factors fitted on ``fit``, the EASE part's multiplier, jointly
+    with the known users' popularity); leaves the model's weights at 0."""
     set_popularity(model, fit)
     set_weights(model, {s: 0.0 for s in SEGMENTS})
     judged = hybrid_fit.judged_users(fit, val, seed)
     ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(fit)))
     pop = ivec[:, -1]
-    row_of = {int(u): r for r, u in enumerate(judged)}
-    chosen, table = {}, {}
+    extra = None
+    if ease is not None:
+        e = ease.user_part(fit, judged) @ ease.items.T
+        extra = e / _std(e)  # scaled to unit spread: a multiplier of the hybrid's spread applies as is
+    chosen, table, ease_m = {}, {}, 0.0
     for segment in SEGMENTS:
         uvec = _segment_users(model, U, fit, segment, judged)
         spread = _spread(uvec[:SPREAD_USERS], ivec)
         base = uvec @ ivec.T
-        table[segment] = {}
-        for m in MULTIPLIERS:
-            scores = base + (m * spread) * pop[None, :]
-            fn = lambda us, s=scores, r=row_of: s[[r[int(u)] for u in us]]  # noqa: E731
-            table[segment][m] = float(full_ranking_metrics(fn, val, fit, ks=(10,), users=judged)["ndcg@10"])
-        chosen[segment] = max(table[segment], key=lambda m, t=table[segment]: (t[m], -m))
+        if segment == "known" and extra is not None:
+            grid = {
+                (me, m): _ndcg(base + (me * spread) * extra + (m * spread) * pop[None, :], judged, fit, val)
+                for me in EASE_MULTIPLIERS
+                for m in MULTIPLIERS
+            }
+            ease_m, chosen[segment] = _best(grid)
+            table[segment] = {f"{me:g}/{m:g}": v for (me, m), v in grid.items()}
+            best = grid[(ease_m, chosen[segment])]
+        else:
+            if segment == "history" and extra is not None:
+                base = base + (ease_m * spread) * extra
+            grid = {m: _ndcg(base + (m * spread) * pop[None, :], judged, fit, val) for m in MULTIPLIERS}
+            chosen[segment] = _best(grid)
+            table[segment] = grid
+            best = grid[chosen[segment]]
         _LOGGER.info(
-            "popularity blend, %s users: multiplier %g (validation ndcg@10 %s)",
+            "popularity blend, %s users: multiplier %g%s (validation ndcg@10 %.4f)",
             segment,
             chosen[segment],
-            ", ".join(f"{m:g}: {v:.4f}" for m, v in table[segment].items()),
+            f", EASE part {ease_m:g}" if segment == "known" and extra is not None else "",
+            best,
         )
-    return Blend(chosen, table)
+    info = None if ease is None else {"multiplier": float(ease_m), "lambda": ease.lam, "rank": ease.rank}
+    return Blend(chosen, table, ease=info, ease_skipped=ease_skipped)
 
 
-def apply(model, U: np.ndarray, I: np.ndarray, train: CSR, blend: Blend, seed: int) -> Blend:
+def apply(
+    model, U: np.ndarray, I: np.ndarray, train: CSR, blend: Blend, seed: int, cfg
+) -> tuple[object, Blend]:
     """Sets ``train``'s popularity and each segment's weight (multiplier x this model's spread over
-    ``train``'s users) in ``model``; returns ``blend`` with the weights."""
+    ``train``'s users) in ``model`` and, when the blend has an EASE part, returns the model widened
+    with it (hybrid.with_ease, EASE refitted on ``train`` with the chosen λ, ``cfg`` the recipe).
+
+    Returns:
+        (the model to serve, ``blend`` with the weights).
+    """
     set_popularity(model, train)
     users = _sample(np.flatnonzero(hybrid_fit.known_users(train)), seed)
     ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(train)))
-    weights = {}
+    weights, spreads = {}, {}
     for segment in SEGMENTS:
-        spread = _spread(_segment_users(model, U, train, segment, users), ivec) if len(users) else 1.0
-        weights[segment] = float(blend.multipliers[segment] * spread)
+        spreads[segment] = (
+            _spread(_segment_users(model, U, train, segment, users), ivec) if len(users) else 1.0
+        )
+        weights[segment] = float(blend.multipliers[segment] * spreads[segment])
     set_weights(model, weights)
     _LOGGER.info("popularity weights: %s", {s: round(w, 4) for s, w in weights.items()})
-    return Blend(blend.multipliers, blend.validation, weights)
+    ease = dict(blend.ease or {})
+    if blend.ease_multiplier > 0 and len(users):
+        f = hybrid_ease.factors(train, ease["lambda"], int(ease["rank"]))
+        e = f.user_part(train, users) @ f.items.T
+        ease["weight"] = float(blend.ease_multiplier * spreads["known"] / _std(e))
+        model = hybrid.with_ease(model, cfg, f.rank)
+        hybrid_ease.install(model, f, ease["weight"], train)
+        _LOGGER.info("EASE part: rank %d, λ %g, weight %.4f", f.rank, f.lam, ease["weight"])
+    return model, Blend(blend.multipliers, blend.validation, weights, ease or None, blend.ease_skipped)

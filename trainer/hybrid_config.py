@@ -44,6 +44,8 @@ class HybridConfig:
         content_learning_rate: Adam's for the attribute MLPs (0: learning_rate).
         content_init: standard deviation of the content towers' last kernels (None: Glorot).
         content_epochs: epochs of the content paths alone (every id unknown) before the joint ones.
+        ease_rank: rank of EASE's item-item weights folded into the served towers, weighed on
+            validation (trainer/hybrid_ease.py); 0: none. Catalogues above collab.EASE_MAX_ITEMS get none.
     """
 
     dim: int = 32
@@ -67,6 +69,7 @@ class HybridConfig:
     content_learning_rate: float = 2e-4
     content_init: float | None = 1e-3
     content_epochs: int = 3
+    ease_rank: int = 512
 
     def __post_init__(self):
         if self.loss not in LOSSES:
@@ -78,6 +81,8 @@ class HybridConfig:
         for name in ("id_dropout", "history_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name} must be in [0, 1) (got {getattr(self, name)})")
+        if self.ease_rank < 0:
+            raise ValueError(f"ease_rank must be >= 0 (got {self.ease_rank})")
         if self.temperature <= 0 or self.dim < 1 or self.train_history < 1:
             raise ValueError(
                 f"temperature, dim and train_history must be positive "

@@ -2,8 +2,8 @@
 
 The candidates (SEARCH) differ in the loss, its negatives and the history pooling; each trains on 80 %
 of every user's training positives with early stopping on NDCG@10 over the other 20 %, and the best
-one is refitted on every training positive for its best epoch count, with the popularity blend chosen
-for it on the same split (hybrid_blend). The test split is never read here.
+one is refitted on every training positive for its best epoch count, with the popularity blend and the
+EASE part chosen for it on the same split (hybrid_blend, hybrid_ease). The test split is never read here.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from towerserve.server.csr import CSR
 
-from . import hybrid_blend, hybrid_fit
+from . import hybrid_blend, hybrid_ease, hybrid_fit
 from .collab import validation_split
 from .hybrid_config import HybridConfig
 
@@ -110,8 +110,15 @@ def choose(
         candidates.append(Candidate(cfg, float(f.val_ndcg), f.epochs, f.seconds, f.history, f.model))
         _LOGGER.info("%s: %s -> validation ndcg@10 %.4f at epoch %d", desc, overrides, f.val_ndcg, f.epochs)
     best = max(range(len(candidates)), key=lambda j: (candidates[j].val_ndcg, -j))
-    blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed)
-    return Choice(candidates[best].config, max(1, candidates[best].epochs), tuple(candidates), share, blend)
+    config = candidates[best].config
+    skipped, ease = hybrid_ease.skip_reason(train.n_cols, config.ease_rank), None
+    if skipped is None:
+        lam, _ = hybrid_ease.choose_lambda(fit_part, val, hybrid_fit.judged_users(fit_part, val, seed))
+        ease = hybrid_ease.factors(fit_part, lam, config.ease_rank)
+    else:
+        _LOGGER.info("%s: no EASE part: %s", desc, skipped)
+    blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed, ease, skipped)
+    return Choice(config, max(1, candidates[best].epochs), tuple(candidates), share, blend)
 
 
 def train_split(
@@ -137,5 +144,5 @@ def train_split(
     final = hybrid_fit.fit(
         U, I, train, choice.config, seed, negatives=negatives, epochs=choice.epochs, desc=f"{desc} refit"
     )
-    applied = hybrid_blend.apply(final.model, U, I, train, choice.blend, seed)
-    return final, replace(choice, blend=applied), time.perf_counter() - t0
+    model, applied = hybrid_blend.apply(final.model, U, I, train, choice.blend, seed, choice.config)
+    return replace(final, model=model), replace(choice, blend=applied), time.perf_counter() - t0
