@@ -407,3 +407,22 @@ def test_export_writes_the_hybrid_contract(hybrid_run):
     item = ort.InferenceSession(str(serving / split.item_tower.file), providers=["CPUExecutionProvider"])
     assert [i.name for i in item.get_inputs()] == ["item_features"]
     assert vectors.shape == (pipeline.N_ITEMS, tower.output_dim)
+
+
+def test_no_search_trains_the_default_recipe_alone(bert, tmp_path):
+    # `make run`'s path: one hybrid recipe on the holdout split, still stopped and blended on validation.
+    import subprocess
+    import sys
+
+    data = pipeline.tiny_data(tmp_path / "data")
+    out = tmp_path / "art"
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "train", "--data", str(data), "--out", str(out)]
+    cmd += ["--encoder", str(bert), "--no-cache", "--model", "hybrid", "--no-cold", "--no-search"]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"holdout"}
+    recipe = metrics["holdout"]["hybrid"]["recipe"]
+    assert len(recipe["candidates"]) == 1
+    assert recipe["candidates"][0]["loss"] == HybridConfig().loss and recipe["chosen"]["dim"] == HybridConfig().dim
+    assert set(recipe["popularity_blend"]["multipliers"]) == set(hybrid_blend.SEGMENTS)

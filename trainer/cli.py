@@ -119,6 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cold=not args.no_cold,
         progress=bars_wanted(args.progress, args.quiet),
         eval_users=args.eval_users,
+        hybrid_search=({},) if args.no_search else None,
     )
     metrics = train(args.data, args.out, cfg)
     if args.json:
@@ -321,6 +322,12 @@ def register(sub) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start split")
+    p.add_argument(
+        "--no-search",
+        action="store_true",
+        help="train the hybrid's default recipe only, not every candidate of its recipe search (its "
+        "validation split still stops the epochs and weighs the popularity column and EASE part)",
+    )
     p.add_argument("--json", action="store_true", help="print metrics.json")
     _progress_flags(p)
     p.set_defaults(func=cmd_train, extra="train")
