@@ -424,5 +424,8 @@ def test_no_search_trains_the_default_recipe_alone(bert, tmp_path):
     assert set(metrics) == {"holdout"}
     recipe = metrics["holdout"]["hybrid"]["recipe"]
     assert len(recipe["candidates"]) == 1
-    assert recipe["candidates"][0]["loss"] == HybridConfig().loss and recipe["chosen"]["dim"] == HybridConfig().dim
+    assert (
+        recipe["candidates"][0]["loss"] == HybridConfig().loss
+        and recipe["chosen"]["dim"] == HybridConfig().dim
+    )
     assert set(recipe["popularity_blend"]["multipliers"]) == set(hybrid_blend.SEGMENTS)
