@@ -23,15 +23,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyarrow.parquet as pq  # noqa: E402
 from _common import DEFAULT_ARTIFACTS, NOTE, serving_dir, table, write_result  # noqa: E402
 
-from towerserve.server.batch import Bundle, embed, known_users, ray_session, recommend  # noqa: E402
-from towerserve.server.batch_jobs import (  # noqa: E402
+from towerserve.server.batch.jobs import (  # noqa: E402
     ItemEmbedder,
     UserRecommender,
     apply_local,
     read_items,
     users_table,
 )
-from towerserve.server.catalog import read_csv  # noqa: E402
+from towerserve.server.batch.runner import Bundle, embed, known_users, ray_session, recommend  # noqa: E402
+from towerserve.server.catalog.snapshot import read_csv  # noqa: E402
 
 
 def new_items(serving: Path, n: int, dst: Path) -> Path:

@@ -36,8 +36,8 @@ from _common import (  # noqa: E402
     write_result,
 )
 
-from towerserve.server.store import SQLiteStore  # noqa: E402
-from towerserve.server.types import NewItemData  # noqa: E402
+from towerserve.server.catalog.store import SQLiteStore  # noqa: E402
+from towerserve.server.core.types import NewItemData  # noqa: E402
 
 
 def _item(k: int, tag: str = "bench") -> NewItemData:

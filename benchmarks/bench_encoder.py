@@ -41,7 +41,7 @@ os.environ.update(OFFLINE_ENV)
 
 import numpy as np  # noqa: E402
 
-from towerserve.server.numerics import cosine_rows  # noqa: E402
+from towerserve.server.core.numerics import cosine_rows  # noqa: E402
 
 THREADS = 2
 MAX_LENGTH = 200  # MAX_LENGTHS["description"]
@@ -140,7 +140,7 @@ def main() -> None:
     import torch
 
     from towerserve.export.encoder import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
-    from towerserve.server.encoder import OnnxTextEncoder
+    from towerserve.server.engine.encoder import OnnxTextEncoder
     from towerserve.trainer.text import EncoderConfig, TextEncoder, default_model
 
     if args.data:

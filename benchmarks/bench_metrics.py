@@ -14,8 +14,8 @@ import time
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import (
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import (
     DEFAULT_KS,
     _sortable_keys,
     dense_score_fn,

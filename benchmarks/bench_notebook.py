@@ -46,7 +46,7 @@ def feature_matrices(artifacts: Path, kind: str = "seed") -> tuple[np.ndarray, n
     """(U [n_users, du], I [n_items, di]) exactly as training built them for ``kind``'s holdout model."""
     import pandas as pd
 
-    from towerserve.server.features import FieldSpec, feature_matrix, load_tables
+    from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables
 
     manifest = json.loads((artifacts / "manifest.json").read_text())
     feats = manifest["models"][kind]["splits"]["holdout"]["features"]
@@ -84,7 +84,7 @@ def main() -> None:
     import grpc
 
     from towerserve.clients.loadtest import read_ids
-    from towerserve.server.splits import load_recorded_split
+    from towerserve.server.core.splits import load_recorded_split
     from towerserve.v1 import recommender_pb2 as pb
     from towerserve.v1 import recommender_pb2_grpc
 

@@ -1,7 +1,7 @@
 """The item index as the catalogue grows: the search layer, and a real server on a bundle of that size.
 
 Part 1, the search layer (one thread, one process, side by side per size): exact scoring against
-each index kind (IVF, HNSW) through server/ranking.py, for the same users with 20 seen items each:
+each index kind (IVF, HNSW) through server/engine/ranking.py, for the same users with 20 seen items each:
 build time (export tunes the knob to the recall floor), index size, recall@10 of the served answer
 vs the exact one, median/p99 ms per request, and a single-item upsert past the towers (columns
 written, index add). Item vectors are the trained seed-scale two-tower's, tiled to size and
@@ -44,12 +44,12 @@ from bench_loadtest import run  # noqa: E402
 from scale_bundle import scale, tiled_vectors, user_queries  # noqa: E402
 
 from towerserve.export.index import DEFAULT_MIN_RECALL, build_and_tune, exact_top10  # noqa: E402
-from towerserve.server.catalog import build_catalog, upserted  # noqa: E402
-from towerserve.server.csr import CSR  # noqa: E402
-from towerserve.server.features import load_tables  # noqa: E402
-from towerserve.server.index import AnnIndex  # noqa: E402
-from towerserve.server.ranking import admissible, ann_rank, rank  # noqa: E402
-from towerserve.server.types import NewItemData  # noqa: E402
+from towerserve.server.catalog.index import AnnIndex  # noqa: E402
+from towerserve.server.catalog.snapshot import build_catalog, upserted  # noqa: E402
+from towerserve.server.core.csr import CSR  # noqa: E402
+from towerserve.server.core.features import load_tables  # noqa: E402
+from towerserve.server.core.types import NewItemData  # noqa: E402
+from towerserve.server.engine.ranking import admissible, ann_rank, rank  # noqa: E402
 
 USERS, SEEN, TOP_N, MODEL = 300, 20, 10, "two_tower"
 

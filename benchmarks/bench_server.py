@@ -90,9 +90,10 @@ def main() -> None:
     if args.quick:
         args.requests, args.grpc_requests, args.repeats = 500, 300, 1
 
-    from towerserve.server.engine import Engine, EngineConfig
-    from towerserve.server.types import UserAttrs
-    from towerserve.server.wire import recommend_wire
+    from towerserve.server.core.types import UserAttrs
+    from towerserve.server.core.wire import recommend_wire
+    from towerserve.server.engine import evaluation
+    from towerserve.server.engine.engine import Engine, EngineConfig
 
     serving = serving_dir(args.artifacts)
     rng = random.Random(args.seed)
@@ -236,7 +237,7 @@ def main() -> None:
         runs = []
         for _ in range(1 + args.repeats):
             t0 = time.perf_counter()
-            metrics, n_users = engine.evaluate("holdout", ks, protocol)
+            metrics, n_users = evaluation.evaluate(engine, "holdout", ks, protocol)
             runs.append(time.perf_counter() - t0)
         rep = median(runs[1:])
         eval_rows.append(

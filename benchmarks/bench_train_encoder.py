@@ -3,7 +3,7 @@ side by side, 2 threads: `.venv/bin/python benchmarks/bench_train_encoder.py --e
 (E from `towerserve export-encoder --out E`; ~5-8 min on an idle machine at the default 5,000 texts).
 
 Both go through the classes `towerserve train` embeds with: trainer.text.TextEncoder (torch) and
-trainer.onnx_text.OnnxEncoder (server/encoder.py's OnnxTextEncoder on the folder's fastest accepted
+trainer.onnx_text.OnnxEncoder (server/engine/encoder.py's OnnxTextEncoder on the folder's fastest accepted
 variant), cache off, batch 64, max_length 200 (descriptions). The texts are distinct descriptions
 made from the seed catalogue's (each seed description with one of the other descriptions' first
 clause appended, in rotation), so their lengths spread like real ones. Runners alternate chunk by
@@ -27,7 +27,7 @@ os.environ.update(OFFLINE_ENV)
 
 import numpy as np  # noqa: E402
 
-from towerserve.server.numerics import cosine_rows  # noqa: E402
+from towerserve.server.core.numerics import cosine_rows  # noqa: E402
 
 THREADS = 2
 MAX_LENGTH = 200  # MAX_LENGTHS["description"]

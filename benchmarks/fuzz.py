@@ -84,7 +84,7 @@ def fuzz(channel, world, server: ServerProcess, cases: int, seed: int, timeout: 
 
 
 def _info(channel):
-    from towerserve.server.rpcs import RPCS
+    from towerserve.server.core.rpcs import RPCS
 
     rpc = RPCS["GetModelInfo"]
     stub = channel.unary_unary(rpc.path, rpc.request.SerializeToString, rpc.response.FromString)

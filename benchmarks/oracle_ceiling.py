@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA, table, write_result  # noqa: E402
 
-from towerserve.server.metrics import full_ranking_metrics  # noqa: E402
+from towerserve.server.core.ranking_metrics import full_ranking_metrics  # noqa: E402
 from towerserve.trainer import splits, synth  # noqa: E402
 from towerserve.trainer.baselines import OracleScores  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402

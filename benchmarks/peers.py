@@ -3,7 +3,7 @@
 
 DATA is the data set `towerserve train` read; ARTIFACTS is the folder it wrote (splits/*.npz,
 metrics.json, manifest.json). Nothing is re-split: every peer trains on the recorded training positives
-and is ranked by server/metrics.py's full ranking (training positives masked) over the same users that
+and is ranked by server/core/ranking_metrics.py's full ranking (training positives masked) over the same users that
 metrics.json's rows were judged on; MostPopular is recomputed here and checked against metrics.json.
 
 Peers: implicit's ALS and BPR, LightFM WARP on ids only, and LightFM WARP with user and item features
@@ -44,9 +44,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine, table  # noqa: E402
 from plot_models import MODELS, NAMES, ORDER  # noqa: E402
 
-from towerserve.server.csr import CSR  # noqa: E402
-from towerserve.server.metrics import DEFAULT_KS, ScoreFn, full_ranking_metrics  # noqa: E402
-from towerserve.server.splits import RecordedSplit, load_recorded_split  # noqa: E402
+from towerserve.server.core.csr import CSR  # noqa: E402
+from towerserve.server.core.ranking_metrics import DEFAULT_KS, ScoreFn, full_ranking_metrics  # noqa: E402
+from towerserve.server.core.splits import RecordedSplit, load_recorded_split  # noqa: E402
 
 _LOGGER = logging.getLogger("peers")
 

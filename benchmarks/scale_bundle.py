@@ -29,9 +29,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from towerserve.export.index import DEFAULT_MIN_RECALL, export_index  # noqa: E402
-from towerserve.server.features import FieldSpec, feature_matrix, load_tables, save_tables  # noqa: E402
-from towerserve.server.manifest import SERVED_SPLIT, ServingManifest, file_entries  # noqa: E402
-from towerserve.server.splits import RecordedSplit, load_recorded_split, save_recorded_split  # noqa: E402
+from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables, save_tables  # noqa: E402
+from towerserve.server.core.manifest import SERVED_SPLIT, ServingManifest, file_entries  # noqa: E402
+from towerserve.server.core.splits import RecordedSplit, load_recorded_split, save_recorded_split  # noqa: E402
 
 JITTER = 0.5
 
@@ -76,7 +76,7 @@ def user_queries(serving: Path, split: dict, tables, n: int = 1000) -> np.ndarra
 
 
 def _tile_split(s: RecordedSplit, u_src: np.ndarray, n_items: int, n_users0: int) -> RecordedSplit:
-    from towerserve.server.csr import CSR
+    from towerserve.server.core.csr import CSR
 
     def tile(c: CSR) -> CSR:
         lengths = np.diff(c.indptr)[u_src]

@@ -112,7 +112,7 @@ class Requests:
 
 
 def _path(rpc: str) -> str:
-    from towerserve.server.rpcs import HEALTH_CHECK, RPCS
+    from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 
     return HEALTH_CHECK if rpc == "Health.Check" else RPCS[rpc.split("(")[0]].path
 

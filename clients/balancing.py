@@ -57,7 +57,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from towerserve.server.rpcs import HEALTH_CHECK, RPCS
+from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 
 from .types import MAX_FAILOVER, RetryPolicy
 

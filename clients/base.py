@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from towerserve.server.rpcs import HEALTH_CHECK, RPCS
+from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 
 from .balancing import RETRIED_PATHS, channel_options, listed_addresses
 from .types import TLS, RetryPolicy, TowerserveError

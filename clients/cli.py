@@ -9,10 +9,11 @@ import sys
 from pathlib import Path
 
 from towerserve.export import cli as export_cli
-from towerserve.server import batch_cli, catalog_cli
-from towerserve.server import cli as server_cli
-from towerserve.server.cli import ks_list, missing_extra
-from towerserve.server.tables import SUMMARY_METRICS, format_table
+from towerserve.server.api import cli as server_cli
+from towerserve.server.batch import cli as batch_cli
+from towerserve.server.catalog import cli as catalog_cli
+from towerserve.server.core.cli_args import ks_list, missing_extra
+from towerserve.server.core.tables import SUMMARY_METRICS, format_table
 from towerserve.trainer import cli as trainer_cli
 
 # ---------------------------------------------------------------------------------------------- client
@@ -228,7 +229,10 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
 
 def register(sub) -> None:
-    """Adds the client commands to the `towerserve` subcommands (``sub``: argparse's subparsers action)."""
+    """Adds the client commands to the `towerserve` subcommands (``sub``: argparse's subparsers action).
+
+    Long because it declares the command's flags, one call each and no logic: one place to read them all.
+    """
     p = sub.add_parser(
         "recommend",
         help="top-N items for a user (by id, or by attributes for a new user)",

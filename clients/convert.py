@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
-from towerserve.server.wire import encode_varint
+from towerserve.server.core.wire import encode_varint
 from towerserve.v1 import recommender_pb2 as pb
 
 from .types import Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem, Scores, User

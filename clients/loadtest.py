@@ -22,8 +22,8 @@ from pathlib import Path
 
 import grpc
 
-from towerserve.server.rpcs import HEALTH_CHECK, RECOMMENDER
-from towerserve.server.tables import format_table
+from towerserve.server.core.rpcs import HEALTH_CHECK, RECOMMENDER
+from towerserve.server.core.tables import format_table
 from towerserve.v1 import recommender_pb2 as pb
 
 from .balancing import channel_options
@@ -213,7 +213,10 @@ def percentiles(latencies: Sequence[float]) -> dict[str, float]:
 
 
 async def _run(cfg: LoadTestConfig, worker: int = 0) -> tuple[list[float], dict[str, int], int, float]:
-    """Runs one generator; returns (latencies s, errors by code, dropped, measured seconds)."""
+    """Runs one generator; returns (latencies s, errors by code, dropped, measured seconds).
+
+    Long because the channel, the request pool and the counters it fills are set up for, and shared by, the open- and closed-loop senders defined inside it.
+    """
     rng = random.Random(cfg.seed * 1000 + worker)
     method, pool = _requests(cfg, rng)
     read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731

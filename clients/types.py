@@ -9,8 +9,8 @@ from pathlib import Path
 
 import grpc
 
-# One record of GetModelInfoResponse for server and client (server/types.py is plain stdlib).
-from towerserve.server.types import ModelInfo  # noqa: F401 - re-exported
+# One record of GetModelInfoResponse for server and client (server/core/types.py is plain stdlib).
+from towerserve.server.core.types import ModelInfo  # noqa: F401 - re-exported
 
 # gRPC clients cap a retry policy's maxAttempts at 5 (a larger value is silently read as 5).
 MAX_FAILOVER = 5

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.features import FieldSpec, feature_matrix, input_dim, load_tables
-from towerserve.server.manifest import (
+from towerserve.server.core.features import FieldSpec, feature_matrix, input_dim, load_tables
+from towerserve.server.core.manifest import (
     FORMAT_VERSION,
     SERVED_SPLIT,
     SERVING_FORMAT,
@@ -33,7 +33,7 @@ from towerserve.server.manifest import (
     file_entries,
     sha256_file,
 )
-from towerserve.server.numerics import cosine_rows, sigmoid
+from towerserve.server.core.numerics import cosine_rows, sigmoid
 
 from . import encoder as enc_export
 from . import encoder_trained as trained
@@ -88,10 +88,13 @@ def _raw(artifacts: Path) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]
 
 
 def export_encoder(tmp: Path, train: dict, tables, cfg: ExportConfig, report: ParityReport) -> EncoderEntry:
-    """Builds encoder variants in tmp/encoder and checks each against the training-time torch vectors."""
+    """Builds encoder variants in tmp/encoder and checks each against the training-time torch vectors.
+
+    Long because it is one job's steps in order, each a call into its own module: read top to bottom, it is the job's outline.
+    """
     import onnxruntime as ort
 
-    from towerserve.server.encoder import OnnxTextEncoder
+    from towerserve.server.engine.encoder import OnnxTextEncoder
 
     gpu = "CUDAExecutionProvider" in ort.get_available_providers()
     enc = train["encoder"]
@@ -182,10 +185,13 @@ def export_models(
     cfg: ExportConfig,
     report: ParityReport,
 ) -> dict[str, ModelEntry]:
-    """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors."""
+    """Converts every (model, split) to ONNX, checks parity on real inputs, saves item vectors.
+
+    Long because it is one job's steps in order, each a call into its own module: read top to bottom, it is the job's outline.
+    """
     import onnxruntime as ort
 
-    from towerserve.server.splits import load_recorded_split
+    from towerserve.server.core.splits import load_recorded_split
     from towerserve.trainer.models import ids_and_history, user_independent
 
     from . import hybrid
@@ -304,7 +310,10 @@ server does all of it in one request.
 
 
 def main_export(artifacts: Path | str, cfg: ExportConfig = ExportConfig()) -> ServingManifest:
-    """Builds ARTIFACTS/serving (or cfg.out) atomically; raises ParityError before replacing anything."""
+    """Builds ARTIFACTS/serving (or cfg.out) atomically; raises ParityError before replacing anything.
+
+    Long because it is one job's steps in order, each a call into its own module: read top to bottom, it is the job's outline.
+    """
     from towerserve.trainer.artifacts import atomic_dir, package_versions, write_json
 
     artifacts = Path(artifacts)

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.manifest import EncoderEntry, EncoderVariant
-from towerserve.server.numerics import cosine_rows
+from towerserve.server.core.manifest import EncoderEntry, EncoderVariant
+from towerserve.server.core.numerics import cosine_rows
 from towerserve.trainer.onnx_text import FOLDER_FILE, FOLDER_FORMAT, FOLDER_FORMAT_VERSION
 from towerserve.trainer.text import MAX_LENGTHS
 
@@ -80,10 +80,12 @@ def export_encoder_folder(
         data: the data set whose texts the gates are checked on (None: a tiny generated one).
         sample: distinct texts per field checked.
         int8: also build the int8 graph (kept only if it passes its gate).
+
+    Long because it is one job's steps in order, each a call into its own module: read top to bottom, it is the job's outline.
     """
     import json
 
-    from towerserve.server.encoder import OnnxTextEncoder
+    from towerserve.server.engine.encoder import OnnxTextEncoder
     from towerserve.trainer.artifacts import atomic_dir, package_versions, write_json
     from towerserve.trainer.text import EncoderConfig, TextEncoder
     from towerserve.trainer.train import encoder_name

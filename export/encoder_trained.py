@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.manifest import ParityCheck
+from towerserve.server.core.manifest import ParityCheck
 
 from .encoder import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
 from .parity import ParityReport

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.manifest import FullGraph
-from towerserve.server.numerics import sigmoid
-from towerserve.server.splits import RecordedSplit
+from towerserve.server.core.manifest import FullGraph
+from towerserve.server.core.numerics import sigmoid
+from towerserve.server.core.splits import RecordedSplit
 
 from .parity import ParityReport
 from .towers import SCORE_OUTPUT, USER_OUTPUT

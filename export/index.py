@@ -1,6 +1,6 @@
 """Building the item index at export: kind by catalogue size, the search knob tuned to a recall floor.
 
-FAISS proposes candidates that the server then scores exactly (server/index.py, server/ranking.py);
+FAISS proposes candidates that the server then scores exactly (server/catalog/index.py, server/engine/ranking.py);
 here the index is built over the served split's item vectors and its recall@10 against exact search
 is measured on the users sampled for the parity checks. Below the floor the export fails, like a
 parity check, and nothing is written.
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.index import search_params
-from towerserve.server.manifest import ItemIndex
-from towerserve.server.topk import top_k_rows
+from towerserve.server.catalog.index import search_params
+from towerserve.server.catalog.topk import top_k_rows
+from towerserve.server.core.manifest import ItemIndex
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from towerserve.server.manifest import ParityCheck
-from towerserve.server.numerics import cosine_rows
+from towerserve.server.core.manifest import ParityCheck
+from towerserve.server.core.numerics import cosine_rows
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.features import feature_matrix
+from towerserve.server.core.features import feature_matrix
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def export_model(model_path: Path, kind: str, out_dir: Path, opset: int = 17) ->
     """
     import keras
 
-    from towerserve.server.manifest import ArtifactError
+    from towerserve.server.core.manifest import ArtifactError
     from towerserve.trainer.models import serving_towers
 
     try:

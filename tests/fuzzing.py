@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2
 from hypothesis import assume
 from hypothesis import strategies as st
 
-from towerserve.server.rpcs import HEALTH_CHECK, RPCS
+from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 from towerserve.v1 import recommender_pb2 as pb
 
 BAD_CODES = frozenset({"INTERNAL", "UNKNOWN"})

@@ -103,7 +103,7 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
     """
     from prometheus_client import CollectorRegistry
 
-    from towerserve.server.app import ServerConfig, create_server
+    from towerserve.server.api.app import ServerConfig, create_server
 
     running = create_server(
         ServerConfig(artifacts=serving, host="127.0.0.1", port=0, **overrides),

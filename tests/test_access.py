@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
-from towerserve.server.app import ServerConfig, create_server
-from towerserve.server.config import is_loopback
+from towerserve.server.api.app import ServerConfig, create_server
+from towerserve.server.engine.config import is_loopback
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from towerserve.clients import balancing, cli
 from towerserve.clients.base import RETRIED_CALLS
 from towerserve.clients.client import AsyncRecommenderClient, RecommenderClient, RetryPolicy, TowerserveError
-from towerserve.server.rpcs import HEALTH_CHECK, RPCS
+from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 
 RECOMMEND = RPCS["Recommend"].path
 LIST3 = "ipv4:127.0.0.1:5001,127.0.0.1:5002,127.0.0.1:5003"

@@ -23,7 +23,7 @@ from pipeline import running_server  # noqa: E402
 
 from towerserve.clients.cli import main  # noqa: E402
 from towerserve.clients.client import RecommenderClient  # noqa: E402
-from towerserve.server.batch_jobs import (  # noqa: E402
+from towerserve.server.batch.jobs import (  # noqa: E402
     RECS_SCHEMA,
     VECTORS_SCHEMA,
     Bundle,
@@ -31,8 +31,8 @@ from towerserve.server.batch_jobs import (  # noqa: E402
     apply_local,
     read_items,
 )
-from towerserve.server.engine import Engine  # noqa: E402
-from towerserve.server.types import NewItemData  # noqa: E402
+from towerserve.server.core.types import NewItemData  # noqa: E402
+from towerserve.server.engine.engine import Engine  # noqa: E402
 
 FIELDS = ("item_id", "description", "features", "price", "category")
 
@@ -176,11 +176,11 @@ def test_a_bad_items_file_is_refused_naming_the_line(tmp_path, row, message):
 def test_without_the_ray_extra_the_command_says_what_to_install(monkeypatch, capsys):
     import importlib.util
 
-    from towerserve.server import cli as server_cli
+    from towerserve.server.core import cli_args
 
     real = importlib.util.find_spec
     monkeypatch.setattr(
-        server_cli.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
+        cli_args.importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a)
     )
     assert main(["batch", "recommend", "--artifacts", "A", "--out", "o"]) == 2
     assert capsys.readouterr().err.strip() == (

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from towerserve.server import candidates
-from towerserve.server.catalog import build_catalog, upserted
-from towerserve.server.csr import CSR
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog import candidates
+from towerserve.server.catalog.snapshot import build_catalog, upserted
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.types import NewItemData
 
 N_USERS, N_ITEMS, DIM, M = 40, 30, 4, 6
 

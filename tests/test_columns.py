@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from towerserve.server.catalog import build_catalog, upserted
-from towerserve.server.csr import CSR
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog.snapshot import build_catalog, upserted
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.types import NewItemData
 
 N, D = 5, 3
 

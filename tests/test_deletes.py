@@ -6,14 +6,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from towerserve.server.catalog import deleted
-from towerserve.server.config import EngineConfig
-from towerserve.server.csr import CSR
-from towerserve.server.engine import Engine
-from towerserve.server.errors import NotFound
-from towerserve.server.index import AnnIndex
-from towerserve.server.ranking import ann_rank
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog.index import AnnIndex
+from towerserve.server.catalog.snapshot import deleted
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.types import NewItemData
+from towerserve.server.engine import scoring
+from towerserve.server.engine.config import EngineConfig
+from towerserve.server.engine.engine import Engine
+from towerserve.server.engine.errors import NotFound
+from towerserve.server.engine.info import model_info
+from towerserve.server.engine.ranking import ann_rank
 
 
 def test_a_deleted_item_leaves_every_path_and_can_come_back(serving):
@@ -29,7 +31,7 @@ def test_a_deleted_item_leaves_every_path_and_can_come_back(serving):
             n - len(favourites),
         )
         assert e.catalog.item_count == n - len(favourites) and len(e.catalog) == n  # rows never move
-        assert e.info().item_count == n - len(favourites)
+        assert model_info(e).item_count == n - len(favourites)
     rows = {exact.catalog.columns.index.get(x) for x in favourites}
     assert rows == {None}
     for u in users:
@@ -39,7 +41,7 @@ def test_a_deleted_item_leaves_every_path_and_can_come_back(serving):
             assert got[1:] == want[1:], (u, kw)
             assert not {got[0].ids[j] for j in got[1]} & set(favourites)
     with pytest.raises(NotFound):
-        exact.score([(users[0], favourites[0])])
+        scoring.score(exact, [(users[0], favourites[0])])
     # The same id upserted again is a new item, in a new row, recommendable again.
     back = NewItemData(favourites[0], "a brand new description", "new features", 3.0, "new-category")
     for e in (listed, exact):
@@ -58,7 +60,7 @@ def test_the_index_never_proposes_a_deleted_row():
     flat = faiss.IndexFlatIP(d)
     flat.add(items)
     ann = AnnIndex(flat, "flat", 0, 1.0, n, np.empty(0, dtype=np.int64))
-    from towerserve.server.catalog import build_catalog
+    from towerserve.server.catalog.snapshot import build_catalog
 
     users = rng.standard_normal((4, d)).astype(np.float32)
     seen = CSR.from_pairs(np.array([0]), np.array([0]), 4, n)
@@ -88,7 +90,7 @@ def test_delete_and_upsert_churn_reuses_rows_but_never_an_exported_one(serving, 
     """The soak's memory growth: every delete-and-upsert used to add a row for good. Rows an upsert
     added are reused (after REUSE_AFTER, 0 here); exported rows stay masked (recorded interactions
     name them); every path still agrees."""
-    from towerserve.server import columns
+    from towerserve.server.catalog import columns
 
     monkeypatch.setattr(columns, "REUSE_AFTER", 0.0)
     listed = Engine(serving, EngineConfig(model="two_tower", candidates=8))

@@ -27,7 +27,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from towerserve.clients.cli import build_parser
-from towerserve.server.config import ENV_PREFIX, ServerConfig
+from towerserve.server.engine.config import ENV_PREFIX, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

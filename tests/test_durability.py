@@ -16,6 +16,7 @@ import pytest
 from pipeline import running_server
 
 from towerserve.clients.client import ItemData, RecommenderClient, TowerserveError
+from towerserve.server.engine import scoring
 
 
 def _item(k: int | str, category: str = "journaled") -> ItemData:
@@ -109,14 +110,14 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
         assert c.model_info().item_count == len(engine.catalog.columns.ids) - engine.catalog.deleted
         # Journaled items carry the served model's vectors: the same item upserted into a fresh
         # engine of this model scores identically.
-        from towerserve.server.engine import Engine
+        from towerserve.server.engine.engine import Engine
 
         fresh = Engine(hybrid, running.holder.config)
         probe = _item(acked[-1].removeprefix("new-"))
         fresh.upsert_items([probe])  # ItemData and NewItemData share fields
         u = users[0]
         assert c.score([(u, probe.item_id)]).scores == pytest.approx(
-            fresh.score([(u, probe.item_id)]).tolist(), rel=1e-6
+            scoring.score(fresh, [(u, probe.item_id)]).tolist(), rel=1e-6
         )
 
 
@@ -189,7 +190,7 @@ def test_kill_9_right_after_an_ok_loses_nothing(serving, tmp_path):
     proc, target = _serve(serving, state)
     try:
         with RecommenderClient(target) as c:
-            from towerserve.server.engine import Engine
+            from towerserve.server.engine.engine import Engine
 
             user = Engine(serving).user_ids[0]
             assert _ids_in(c, user, "crash") == {"new-before-crash", "new-last"}

@@ -14,7 +14,7 @@ import onnx  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.export import encoder as enc_export  # noqa: E402
-from towerserve.server.encoder import OnnxTextEncoder  # noqa: E402
+from towerserve.server.engine.encoder import OnnxTextEncoder  # noqa: E402
 from towerserve.trainer.text import EncoderConfig, TextEncoder  # noqa: E402
 
 MAX_LENGTH = 24

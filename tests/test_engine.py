@@ -7,9 +7,9 @@ import random
 import numpy as np
 import pytest
 
-from towerserve.server.engine import Engine, EngineConfig
-from towerserve.server.types import NewItemData
-from towerserve.server.wire import item_wire, recommend_wire
+from towerserve.server.core.types import NewItemData
+from towerserve.server.core.wire import item_wire, recommend_wire
+from towerserve.server.engine.engine import Engine, EngineConfig
 from towerserve.v1 import recommender_pb2 as pb
 
 

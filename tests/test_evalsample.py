@@ -8,8 +8,8 @@ import math
 import numpy as np
 import pytest
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import full_ranking_metrics
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import full_ranking_metrics
 from towerserve.trainer import baselines, evalsample, splits
 from towerserve.trainer.data import load_dataset
 from towerserve.trainer.evalsample import (

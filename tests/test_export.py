@@ -21,10 +21,11 @@ import pytest  # noqa: E402
 from towerserve.export.bundle import ExportConfig, main_export  # noqa: E402
 from towerserve.export.encoder import EncoderExportConfig  # noqa: E402
 from towerserve.export.parity import ParityError, ParityReport  # noqa: E402
-from towerserve.server.encoder import OnnxTextEncoder  # noqa: E402
-from towerserve.server.features import feature_matrix, load_tables  # noqa: E402
-from towerserve.server.manifest import ArtifactError, ServingManifest  # noqa: E402
-from towerserve.server.numerics import sigmoid  # noqa: E402
+from towerserve.server.core.features import feature_matrix, load_tables  # noqa: E402
+from towerserve.server.core.manifest import ArtifactError, ServingManifest  # noqa: E402
+from towerserve.server.core.numerics import sigmoid  # noqa: E402
+from towerserve.server.engine.encoder import OnnxTextEncoder  # noqa: E402
+from towerserve.server.engine.info import model_info  # noqa: E402
 
 FIELDS = ("category", "description", "features", "personality", "profession")
 # Failure-path exports need no optimised/int8/fp16 encoder variants: they only have to get far enough to break.
@@ -455,8 +456,8 @@ def test_an_index_below_the_recall_floor_is_refused_and_nothing_replaced(built, 
 
 
 def test_an_hnsw_bundle_serves_the_exact_answers_and_takes_upserts(built, tmp_path):
-    from towerserve.server.engine import Engine, EngineConfig
-    from towerserve.server.types import NewItemData
+    from towerserve.server.core.types import NewItemData
+    from towerserve.server.engine.engine import Engine, EngineConfig
 
     out = tmp_path / "serving_hnsw"
     m = main_export(built["artifacts"], ExportConfig(out=out, parity_users=50, encoder=LEAN, index="hnsw"))
@@ -466,9 +467,9 @@ def test_an_hnsw_bundle_serves_the_exact_answers_and_takes_upserts(built, tmp_pa
     assert m.models["seed"].splits["holdout"].index is None  # user-independent: one precomputed order
     ann = Engine(out, EngineConfig(model="two_tower", candidates=0))
     exact = Engine(out, EngineConfig(model="two_tower", candidates=0, exact=True))
-    info = ann.info()
+    info = model_info(ann)
     assert (info.index_kind, info.index_recall_at_10) == ("hnsw", entry.recall_at_10)
-    assert exact.info().index_kind == "exact"
+    assert model_info(exact).index_kind == "exact"
     # A catalogue this small is searched whole by HNSW: the answers must be the exact ones.
     for user in ann.user_ids[:40]:
         for kw in ({}, {"categories": ann.catalog.categories[:1]}, {"exclude_seen": False}):

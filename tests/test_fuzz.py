@@ -14,7 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pipeline import server_and_channel
 
-from towerserve.server.rpcs import RPCS
+from towerserve.server.core.rpcs import RPCS
 from towerserve.v1 import recommender_pb2 as pb
 
 CASES = 520

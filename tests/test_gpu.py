@@ -8,8 +8,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from towerserve.server.engine import Engine, EngineConfig
-from towerserve.server.runtime import CPU, CUDA, resolve_providers
+from towerserve.server.engine.engine import Engine, EngineConfig
+from towerserve.server.engine.info import model_info
+from towerserve.server.engine.runtime import CPU, CUDA, resolve_providers
 
 HAS_CUDA = CUDA in ort.get_available_providers()
 needs_cuda = pytest.mark.skipif(
@@ -25,7 +26,7 @@ def test_cuda_request_falls_back_to_cpu_and_says_so(serving, caplog):
     engine = Engine(serving, EngineConfig(model="two_tower", device="cuda"))
     # The providers really used are reported (GetModelInfo.providers), never a silent CUDA claim.
     assert engine.providers == [CPU]
-    assert engine.info().providers == [CPU]
+    assert model_info(engine).providers == [CPU]
     assert engine.encoder_variant == engine.manifest.encoder.default_variant
     assert "falling back to CPU" in caplog.text
     cpu = Engine(serving, EngineConfig(model="two_tower", device="cpu"))

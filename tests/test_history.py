@@ -20,12 +20,12 @@ import pytest
 from pipeline import copy_serving
 from pipeline import server_and_channel as running_server
 
-from towerserve.server.engine import Engine, EngineConfig
-from towerserve.server.features import FieldSpec, feature_matrix, load_tables
-from towerserve.server.manifest import file_entries
-from towerserve.server.numerics import logits, probabilities
-from towerserve.server.splits import load_recorded_split
-from towerserve.server.wire import recommend_wire
+from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables
+from towerserve.server.core.manifest import file_entries
+from towerserve.server.core.numerics import logits, probabilities
+from towerserve.server.core.splits import load_recorded_split
+from towerserve.server.core.wire import recommend_wire
+from towerserve.server.engine.engine import Engine, EngineConfig
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 
@@ -604,8 +604,8 @@ def test_mean_pooling_shortcut_equals_the_graph(kind, hand, request):
 def test_the_shortcut_keeps_a_per_segment_constant_and_users_without_an_id():
     # The hybrid's popularity weight differs between an anonymous user with a history and one without
     # (hybrid.PopularityWeight), so a history moves an id-less user by more than the mean of its rows.
-    from towerserve.server.csr import CSR
-    from towerserve.server.mean_history import MeanHistory
+    from towerserve.server.core.csr import CSR
+    from towerserve.server.engine.mean_history import MeanHistory
 
     rng = np.random.default_rng(5)
     n_users, n_items, d = 12, 9, 4
@@ -638,8 +638,8 @@ def test_the_shortcut_keeps_a_per_segment_constant_and_users_without_an_id():
 
 def test_the_shortcut_knows_whether_training_rows_are_sorted():
     # vector() binary-searches a user's training row; build() re-sorts a CSR whose rows are not sorted.
-    from towerserve.server.csr import CSR
-    from towerserve.server.mean_history import _rows_sorted
+    from towerserve.server.core.csr import CSR
+    from towerserve.server.engine.mean_history import _rows_sorted
 
     m = CSR.from_pairs(np.array([0, 0, 2, 2, 2]), np.array([3, 1, 0, 4, 2]), 4, 5)
     assert _rows_sorted(m) and _rows_sorted(CSR.from_pairs(np.array([], int), np.array([], int), 3, 3))

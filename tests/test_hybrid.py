@@ -15,8 +15,8 @@ import onnxruntime as ort  # noqa: E402
 import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.csr import CSR  # noqa: E402
-from towerserve.server.manifest import ServingManifest  # noqa: E402
+from towerserve.server.core.csr import CSR  # noqa: E402
+from towerserve.server.core.manifest import ServingManifest  # noqa: E402
 from towerserve.trainer import hybrid, hybrid_blend, hybrid_fit, hybrid_search  # noqa: E402
 from towerserve.trainer.collab import validation_split  # noqa: E402
 from towerserve.trainer.hybrid_config import HybridConfig  # noqa: E402

@@ -10,8 +10,8 @@ import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.csr import CSR  # noqa: E402
-from towerserve.server.mean_history import MeanHistory  # noqa: E402
+from towerserve.server.core.csr import CSR  # noqa: E402
+from towerserve.server.engine.mean_history import MeanHistory  # noqa: E402
 from towerserve.trainer import collab, hybrid, hybrid_blend, hybrid_ease, hybrid_fit  # noqa: E402
 from towerserve.trainer.collab import validation_split  # noqa: E402
 from towerserve.trainer.hybrid_config import HybridConfig  # noqa: E402

@@ -17,11 +17,11 @@ from towerserve.export.index import (
     resolve_kind,
     search_ms,
 )
-from towerserve.server.catalog import build_catalog, upserted
-from towerserve.server.csr import CSR
-from towerserve.server.index import AnnIndex
-from towerserve.server.ranking import admissible, ann_rank, rank
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog.index import AnnIndex
+from towerserve.server.catalog.snapshot import build_catalog, upserted
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.types import NewItemData
+from towerserve.server.engine.ranking import admissible, ann_rank, rank
 
 N_ITEMS, N_USERS, DIM = 3000, 50, 16
 

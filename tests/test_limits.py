@@ -23,10 +23,10 @@ from messages import missing
 from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
-from towerserve.server.errors import MAX_DETAILS, InvalidArgument, bounded
-from towerserve.server.servicer import rpc
-from towerserve.server.types import NewItemData
-from towerserve.server.validation import MAX_K, Limits, item_bytes
+from towerserve.server.api.servicer import rpc
+from towerserve.server.core.types import NewItemData
+from towerserve.server.engine.errors import MAX_DETAILS, InvalidArgument, bounded
+from towerserve.server.engine.validation import MAX_K, Limits, item_bytes
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 
@@ -376,7 +376,7 @@ REPEATED_LIMITS = {
 
 
 def test_every_repeated_request_field_has_a_limit():
-    from towerserve.server.rpcs import RPCS
+    from towerserve.server.core.rpcs import RPCS
 
     def repeated(desc, seen: set) -> set[tuple[str, str]]:
         if desc.name in seen:

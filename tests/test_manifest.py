@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from towerserve.server.features import FieldSpec
-from towerserve.server.manifest import (
+from towerserve.server.core.features import FieldSpec
+from towerserve.server.core.manifest import (
     MANIFEST_FILE,
     ArtifactError,
     EncoderVariant,
@@ -442,7 +442,7 @@ def test_the_record_shares_nothing_with_the_parsed_json():
 
 
 def test_a_catalogue_csv_without_a_needed_column_is_named(tmp_path):
-    from towerserve.server.catalog import read_csv
+    from towerserve.server.catalog.snapshot import read_csv
 
     path = tmp_path / "users.csv"
     path.write_text("user_id,years\nu1,30\n")
@@ -452,7 +452,7 @@ def test_a_catalogue_csv_without_a_needed_column_is_named(tmp_path):
 
 
 def test_a_non_number_in_a_numeric_column_is_named_with_its_row(tmp_path):
-    from towerserve.server.catalog import read_csv
+    from towerserve.server.catalog.snapshot import read_csv
 
     path = tmp_path / "items.csv"
     path.write_text("item_id,price\ni1,9.5\ni2,cheap\n")

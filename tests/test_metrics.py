@@ -1,4 +1,4 @@
-"""server/metrics.py: full-ranking metrics against hand-computed cases, scikit-learn, and properties."""
+"""server/core/ranking_metrics.py: full-ranking metrics against hand-computed cases, scikit-learn, and properties."""
 
 from __future__ import annotations
 
@@ -11,8 +11,13 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import dense_score_fn, full_ranking_metrics, notebook_metric, topk_indices
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import (
+    dense_score_fn,
+    full_ranking_metrics,
+    notebook_metric,
+    topk_indices,
+)
 
 
 def csr(rows: list[list[int]], n_cols: int) -> CSR:

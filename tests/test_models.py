@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
-from towerserve.server.numerics import sigmoid  # noqa: E402
+from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
+from towerserve.server.core.numerics import sigmoid  # noqa: E402
 from towerserve.trainer import cli as trainer_cli  # noqa: E402
 from towerserve.trainer import models  # noqa: E402
 

@@ -22,9 +22,9 @@ import pytest
 from pipeline import running_server
 
 from towerserve.clients.client import ItemData, RecommenderClient, RetryPolicy, TowerserveError, User
-from towerserve.server.index import AnnIndex
-from towerserve.server.store import DELETE, SQLiteStore, latest
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog.index import AnnIndex
+from towerserve.server.catalog.store import DELETE, SQLiteStore, latest
+from towerserve.server.core.types import NewItemData
 
 CALLERS = 32  # per path
 ONCE = RetryPolicy(attempts=1)  # an UNAVAILABLE must show, not be retried away

@@ -16,10 +16,10 @@ import pytest
 from towerserve.clients import loadtest
 from towerserve.clients.base import CALLS
 from towerserve.clients.client import AsyncRecommenderClient, RecommenderClient
-from towerserve.server.config import EngineConfig
-from towerserve.server.holder import EngineHolder
-from towerserve.server.rpcs import ADMIN, RECOMMENDER, RPCS, SERVICES, Rpc
-from towerserve.server.servicer import AdminServicer, RecommenderServicer, generic_handlers
+from towerserve.server.api.holder import EngineHolder
+from towerserve.server.api.servicer import AdminServicer, RecommenderServicer, generic_handlers
+from towerserve.server.core.rpcs import ADMIN, RECOMMENDER, RPCS, SERVICES, Rpc
+from towerserve.server.engine.config import EngineConfig
 from towerserve.v1 import recommender_pb2 as pb
 
 SERVICERS = {"Recommender": RecommenderServicer, "Admin": AdminServicer}
@@ -109,7 +109,7 @@ def test_model_info_types_carry_every_field_of_the_response():
     from dataclasses import fields
 
     from towerserve.clients.types import ModelInfo as ClientModelInfo
-    from towerserve.server.types import ModelInfo as ServerModelInfo
+    from towerserve.server.core.types import ModelInfo as ServerModelInfo
 
     want = [f.name for f in pb.GetModelInfoResponse.DESCRIPTOR.fields]
     assert [f.name for f in fields(ServerModelInfo)] == want

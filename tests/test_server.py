@@ -14,7 +14,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pipeline import server_and_channel as running_server
 
-from towerserve.server.splits import load_recorded_split
+from towerserve.server.core.splits import load_recorded_split
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 

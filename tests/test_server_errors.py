@@ -18,10 +18,11 @@ from messages import mentions, missing
 from pipeline import server_and_channel as running_server
 from prometheus_client import CollectorRegistry
 
-from towerserve.server.app import ServerConfig, create_server
-from towerserve.server.deadline import check_deadline
-from towerserve.server.engine import Engine, EngineConfig
-from towerserve.server.errors import ERROR_TABLE, GENERIC_INTERNAL, DeadlineExceeded
+from towerserve.server.api.app import ServerConfig, create_server
+from towerserve.server.engine import evaluation
+from towerserve.server.engine.deadline import check_deadline
+from towerserve.server.engine.engine import Engine, EngineConfig
+from towerserve.server.engine.errors import ERROR_TABLE, GENERIC_INTERNAL, DeadlineExceeded
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 
@@ -564,10 +565,10 @@ def test_evaluate_checks_the_deadline_during_the_work(serving, ctx):
             raise DeadlineExceeded("deadline exceeded (0 ms left)")
 
     with pytest.raises(DeadlineExceeded):
-        engine.evaluate(inline=[(ctx.user, ctx.item)], check=check)
+        evaluation.evaluate(engine, inline=[(ctx.user, ctx.item)], check=check)
     assert calls == [0, 1]
     calls.clear()
-    metrics, users = engine.evaluate(inline=[(ctx.user, ctx.item)], check=lambda: calls.append(0))
+    metrics, users = evaluation.evaluate(engine, inline=[(ctx.user, ctx.item)], check=lambda: calls.append(0))
     assert users == 1 and len(calls) >= 2  # the same call, unchecked by a deadline, completes
 
 
@@ -634,7 +635,7 @@ def test_unexpected_errors_are_internal_with_a_generic_message(caplog):
     we can build, so the fault here is a handler of the test's own, served by a real grpc.aio server."""
     import asyncio
 
-    from towerserve.server.servicer import rpc
+    from towerserve.server.api.servicer import rpc
 
     class Faulty:
         @rpc
@@ -701,7 +702,7 @@ def test_the_largest_allowed_price_gives_finite_scores_and_is_not_filtered_out(s
 _TWO_SERVERS = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from towerserve.server.app import ServerConfig, create_server
+    from towerserve.server.api.app import ServerConfig, create_server
     servers = [create_server(ServerConfig(artifacts=Path(sys.argv[1]), host="127.0.0.1", port=0)) for _ in range(2)]
     for s in servers:
         s.stop(0)
@@ -718,9 +719,9 @@ def test_two_servers_in_one_process_with_default_metrics(serving):
 
 
 def test_readme_error_table_is_the_code_table():
-    from towerserve.server.errors import error_table_markdown
+    from towerserve.server.engine.errors import error_table_markdown
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert error_table_markdown() in readme, (
-        "README's Errors table differs from server/errors.py: ERROR_TABLE"
+        "README's Errors table differs from server/engine/errors.py: ERROR_TABLE"
     )

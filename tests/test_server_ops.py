@@ -25,9 +25,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
-from towerserve.server.app import ServerConfig, create_server
-from towerserve.server.engine import Engine
-from towerserve.server.manifest import ArtifactError
+from towerserve.server.api.app import ServerConfig, create_server
+from towerserve.server.core.manifest import ArtifactError
+from towerserve.server.engine.engine import Engine
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 
@@ -496,7 +496,7 @@ _IMPORTS = textwrap.dedent("""
     from pathlib import Path
     import grpc
     from prometheus_client import CollectorRegistry
-    from towerserve.server.app import ServerConfig, create_server
+    from towerserve.server.api.app import ServerConfig, create_server
     from towerserve.v1 import recommender_pb2 as pb, recommender_pb2_grpc
     running = create_server(ServerConfig(artifacts=Path(sys.argv[1]), host="127.0.0.1", port=0),
                             metrics_registry=CollectorRegistry())

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import train_test_split
 
-from towerserve.server.csr import CSR
-from towerserve.server.splits import load_recorded_split, save_recorded_split
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.splits import load_recorded_split, save_recorded_split
 from towerserve.trainer import splits
 
 N_USERS, N_ITEMS = 40, 25

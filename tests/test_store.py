@@ -1,5 +1,5 @@
-"""The catalogue journal, embedded (SQLite, server/store.py) and shared (a real PostgreSQL server,
-server/store_pg.py): durable order, latest-per-item, compaction, reopening, concurrent readers."""
+"""The catalogue journal, embedded (SQLite, server/catalog/store.py) and shared (a real PostgreSQL server,
+server/catalog/store_pg.py): durable order, latest-per-item, compaction, reopening, concurrent readers."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import threading
 
 import pytest
 
-from towerserve.server.store import DELETE, UPSERT, SQLiteStore, latest, open_store
-from towerserve.server.types import NewItemData
+from towerserve.server.catalog.journal import open_store
+from towerserve.server.catalog.store import DELETE, UPSERT, SQLiteStore, latest
+from towerserve.server.core.types import NewItemData
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towerserve.server.metrics import full_ranking_metrics
+from towerserve.server.core.ranking_metrics import full_ranking_metrics
 from towerserve.trainer import baselines, splits, synth
 from towerserve.trainer.data import (
     GENERATOR_FILE,

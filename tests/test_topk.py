@@ -1,4 +1,4 @@
-"""Deterministic top-k (server/topk.py) against a plain sort, on scores full of ties."""
+"""Deterministic top-k (server/catalog/topk.py) against a plain sort, on scores full of ties."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from towerserve.server.topk import top_k, top_k_rows
+from towerserve.server.catalog.topk import top_k, top_k_rows
 
 # Few distinct values, so ties at the cut are the common case, and -inf (masked items) among them.
 _VALUES = st.sampled_from([0.0, 1.0, 2.0, 2.5, -1.0, -np.inf])

@@ -17,8 +17,8 @@ import pandas as pd  # noqa: E402
 import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.features import MINMAX, TEXT, load_tables  # noqa: E402
-from towerserve.server.splits import load_recorded_split  # noqa: E402
+from towerserve.server.core.features import MINMAX, TEXT, load_tables  # noqa: E402
+from towerserve.server.core.splits import load_recorded_split  # noqa: E402
 from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.artifacts import atomic_dir  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402

@@ -15,9 +15,15 @@ from pathlib import Path  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.server.numerics import cosine_rows  # noqa: E402
-from towerserve.trainer.onnx_text import FOLDER_FILE, EncoderFolderError, OnnxEncoder, read_folder  # noqa: E402
-from towerserve.trainer.text import MAX_LENGTHS, EncoderConfig, TextEncoder, open_encoder  # noqa: E402
+from towerserve.server.core.numerics import cosine_rows  # noqa: E402
+from towerserve.trainer.onnx_text import (  # noqa: E402
+    FOLDER_FILE,
+    EncoderFolderError,
+    OnnxEncoder,
+    open_encoder,  # noqa: E402
+    read_folder,
+)
+from towerserve.trainer.text import MAX_LENGTHS, EncoderConfig, TextEncoder  # noqa: E402
 
 SAMPLE = 40  # distinct texts per field in the export's gates: enough for a mean, seconds on two cores
 
@@ -84,7 +90,7 @@ def test_int8_training_vectors_are_close_to_torch_and_cached_apart(folder, small
 def test_train_records_the_variant_and_export_serves_it(folder, small_data, tmp_path):
     from towerserve.export.bundle import ExportConfig, main_export
     from towerserve.export.encoder import EncoderExportConfig
-    from towerserve.server.manifest import sha256_file
+    from towerserve.server.core.manifest import sha256_file
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 
     artifacts = tmp_path / "A"

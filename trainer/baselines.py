@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import DEFAULT_KS
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import DEFAULT_KS
 
 from . import synth
 from .collab import (

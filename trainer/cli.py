@@ -7,8 +7,8 @@ import json
 import sys
 from pathlib import Path
 
-from towerserve.server.cli import ks_list
-from towerserve.server.tables import SUMMARY_METRICS, metrics_table
+from towerserve.server.core.cli_args import ks_list
+from towerserve.server.core.tables import SUMMARY_METRICS, metrics_table
 
 from .progress import bars_wanted
 
@@ -181,7 +181,10 @@ def _data_arg(p: argparse.ArgumentParser) -> None:
 
 
 def register(sub) -> None:
-    """Adds generate, baselines and train to the `towerserve` subcommands (``sub``: argparse's subparsers)."""
+    """Adds generate, baselines and train to the `towerserve` subcommands (``sub``: argparse's subparsers).
+
+    Long because it declares the command's flags, one call each and no logic: one place to read them all.
+    """
     p = sub.add_parser(
         "generate",
         help="write a synthetic data set in the seed schema (with its true probabilities)",

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import full_ranking_metrics
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
 _LOGGER = logging.getLogger(__name__)
 

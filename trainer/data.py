@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from towerserve.server.csr import CSR
+from towerserve.server.core.csr import CSR
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -24,9 +24,15 @@ import math
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import DEFAULT_KS, ScoreFn, full_ranking_metrics, notebook_metric, topk_indices
-from towerserve.server.numerics import sigmoid
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.numerics import sigmoid
+from towerserve.server.core.ranking_metrics import (
+    DEFAULT_KS,
+    ScoreFn,
+    full_ranking_metrics,
+    notebook_metric,
+    topk_indices,
+)
 
 from .splits import Split
 

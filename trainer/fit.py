@@ -7,12 +7,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from towerserve.server.features import feature_matrix
+from towerserve.server.core.features import feature_matrix
 
 from .progress import epoch_callback
 
 if TYPE_CHECKING:
-    from .train import FitConfig, TrainConfig
+    from .train_config import FitConfig, TrainConfig
 
 # Tower passes over the catalogue build and feed this many entities' feature rows at a time: one
 # pass at the seed scale (as before), ~1.2 GB of item features a pass at 1,000,000 items.

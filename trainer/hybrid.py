@@ -190,7 +190,7 @@ def build_user_tower(
     parts = [u]
     if ease_rank:
         # Mean, not sum, pooled: the graph stays affine in the mean of its history rows as a whole,
-        # which the server's known-user shortcut relies on (server/mean_history.py).
+        # which the server's known-user shortcut relies on (server/engine/mean_history.py).
         rows = IdEmbedding(n_items + 1, ease_rank, 0.0, name="ease_history", trainable=False)(hist)
         parts.append(HistoryPooling("mean", name="ease_pooling")([rows, hist, content]))
     return keras.Model(

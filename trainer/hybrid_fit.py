@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.metrics import full_ranking_metrics
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
 from . import hybrid
 from .evalsample import chunk_users
@@ -219,6 +219,8 @@ def fit(
         negatives: (users, items) sampled non-positives; required by the bce loss.
         val: validation positives (disjoint from ``train``): epochs stop on their NDCG@10 and the best
             epoch's weights are kept. Without it the model trains ``epochs`` (default cfg.epochs) epochs.
+
+    Long because the training step is a tf.function closing over the optimisers, tensors and flags set up before it, and the epoch loop below drives it: apart, they would pass a dozen values back and forth.
     """
     import keras
     import tensorflow as tf

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
-from towerserve.server.csr import CSR
+from towerserve.server.core.csr import CSR
 
 from . import hybrid_blend, hybrid_ease, hybrid_fit
 from .collab import validation_split

@@ -6,7 +6,7 @@ import logging
 
 import numpy as np
 
-from towerserve.server.metrics import full_ranking_metrics
+from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
 from . import hybrid_fit, hybrid_search, splits
 from .hybrid_config import MAX_HISTORY

@@ -2,7 +2,7 @@
 
 The torch encoder embeds ~200 texts/s on two cores; the int8 graph the server encodes new texts with
 is several times faster and passed the same parity gate, so `train --text-encoder FOLDER` embeds with
-it. ONNX Runtime encoding has one home, server/encoder.py's OnnxTextEncoder: training, export's
+it. ONNX Runtime encoding has one home, server/engine/encoder.py's OnnxTextEncoder: training, export's
 parity checks and serving tokenise, truncate, batch and pool the same way.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .progress import steps
-from .text import EncoderConfig, encode_cached
+from .text import EncoderConfig, TextEncoder, encode_cached
 
 FOLDER_FILE = "encoder.json"
 FOLDER_FORMAT = "towerserve-encoder"
@@ -42,7 +42,7 @@ def read_folder(folder: Path | str) -> dict:
     Raises:
         EncoderFolderError: naming the folder and what is wrong with it.
     """
-    from towerserve.server.manifest import ArtifactError, EncoderEntry
+    from towerserve.server.core.manifest import ArtifactError, EncoderEntry
 
     folder = Path(folder)
     meta_path = folder / FOLDER_FILE
@@ -115,9 +115,9 @@ class OnnxEncoder:
 
     @property
     def runner(self):
-        """server/encoder.py's OnnxTextEncoder on this variant (loaded on first use: a cache hit needs none)."""
+        """server/engine/encoder.py's OnnxTextEncoder on this variant (loaded on first use: a cache hit needs none)."""
         if self._runner is None:
-            from towerserve.server.encoder import OnnxTextEncoder
+            from towerserve.server.engine.encoder import OnnxTextEncoder
 
             threads = self.config.threads or os.cpu_count() or 1
             self._runner = OnnxTextEncoder(
@@ -167,3 +167,10 @@ class OnnxEncoder:
             idx = order[start : start + bs]
             out[idx] = self.runner.encode([texts[j] for j in idx], max_length, pad_to)
         return out
+
+
+def open_encoder(config: EncoderConfig):
+    """The encoder training embeds with: torch's TextEncoder, or an exported ONNX folder's variant."""
+    if config.onnx_folder is not None:
+        return OnnxEncoder(config.onnx_folder, config)
+    return TextEncoder(config)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from towerserve.server.tables import SUMMARY_METRICS, metrics_table
+from towerserve.server.core.tables import SUMMARY_METRICS, metrics_table
 
 from .evalsample import NEW_ITEMS_KEY
 from .plots import metric_bars, training_curves
@@ -34,7 +34,7 @@ def hybrid_section(metrics: dict) -> list[str]:
             [c.get(k) for k in keys]
             + [c["val_ndcg@10"], c.get("test_ndcg@10"), c["epochs"], c["seconds"], mark]
         )
-    from towerserve.server.tables import format_table
+    from towerserve.server.core.tables import format_table
 
     headers = [*keys, "val ndcg@10", "test ndcg@10", "epochs", "seconds", ""]
     share = rec.get("validation_share", 0.1)
@@ -69,7 +69,7 @@ def segment_section(metrics: dict, models) -> list[str]:
                 rows.append([name, model, value, floor, value / floor if floor else None])
     if not rows:
         return []
-    from towerserve.server.tables import format_table
+    from towerserve.server.core.tables import format_table
 
     return [
         "## Segments against MostPopular",

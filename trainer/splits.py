@@ -15,8 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from towerserve.server.csr import CSR
-from towerserve.server.splits import RecordedSplit
+from towerserve.server.core.csr import CSR
+from towerserve.server.core.splits import RecordedSplit
 
 # The notebook's negative sampling enumerates every zero cell; past this many cells that is too big,
 # and negatives are sampled per user instead (same distribution, different draw).

@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .synth import GAMMA, KAPPA, LATENT_DIM, NOISE_SD, World, _draw_world, _sigmoid, block_size
+from .synth_world import GAMMA, KAPPA, LATENT_DIM, NOISE_SD, World, block_size, draw_world, sigmoid
 
 __all__ = [
     "AUTO_POOLED_CELLS",
@@ -157,7 +157,7 @@ def solve_intercept(world: World, density: float, pool: int, seed: int, cells: _
     lo, hi = -40.0, 40.0
     for _ in range(80):  # bisection: the mean of a sigmoid is monotone in its shift
         mid = (lo + hi) / 2
-        if -np.expm1(-lam * _sigmoid(z + mid)).mean() < density:
+        if -np.expm1(-lam * sigmoid(z + mid)).mean() < density:
             lo = mid
         else:
             hi = mid
@@ -166,7 +166,7 @@ def solve_intercept(world: World, density: float, pool: int, seed: int, cells: _
 
 def pooled_world(n_users: int, n_items: int, seed: int, density: float, weight: float, pool: int) -> World:
     """The world of pooled data: item texts drawn vectorised, the intercept solved for the pool."""
-    world = _draw_world(n_users, n_items, seed, density, weight, pooled=True)
+    world = draw_world(n_users, n_items, seed, density, weight, pooled=True)
     return World(**{**world.__dict__, "intercept": solve_intercept(world, density, pool, seed)})
 
 
@@ -233,5 +233,5 @@ def true_probabilities(world: World, pool: int) -> Iterator[tuple[np.ndarray, np
     for start in range(0, n_users, size):
         users = np.arange(start, min(n_users, start + size))
         z = world.logits(users, None).astype(np.float64)  # the intercept is in
-        s = sum(w * _sigmoid(z + NOISE_SD * x) for x, w in zip(nodes, weights))
+        s = sum(w * sigmoid(z + NOISE_SD * x) for x, w in zip(nodes, weights))
         yield users, (-np.expm1(-pool / n_items * s)).astype(np.float32)

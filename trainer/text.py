@@ -102,15 +102,6 @@ def model_fingerprint(model_ref: str) -> str:
     return h.hexdigest()[:16]
 
 
-def open_encoder(config: EncoderConfig):
-    """The encoder training embeds with: torch's TextEncoder, or an exported ONNX folder's variant."""
-    if config.onnx_folder is not None:
-        from .onnx_text import OnnxEncoder
-
-        return OnnxEncoder(config.onnx_folder, config)
-    return TextEncoder(config)
-
-
 class TextEncoder:
     """Embeds texts with a transformers encoder and mean pooling; see :class:`EncoderConfig`."""
 

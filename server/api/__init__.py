@@ -1,0 +1,1 @@
+"""The gRPC service: the server process, servicer, interceptors, health and the engine holder."""

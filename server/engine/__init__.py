@@ -1,0 +1,1 @@
+"""The serving engine: ONNX Runtime towers, user inputs and histories, ranking, scoring and evaluation."""

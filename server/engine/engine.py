@@ -1,0 +1,381 @@
+"""The serving engine: loads a verified artifacts folder and answers Recommend and UpsertItems; Score,
+Evaluate and GetModelInfo are functions of an engine (scoring.py, evaluation.py, info.py).
+
+A known user's Recommend walks their precomputed candidate list when it can, else scores the
+catalogue exactly or through the item index (ranking.py); unseen users and histories take a
+user-tower pass first. Readers never lock: each request takes one catalogue snapshot, and
+UpsertItems publishes the next one with a single reference assignment.
+
+Where things live: the model's ONNX sessions in towers.py, the catalogue snapshot in catalog.py
+(columns.py, candidates.py), the request paths in ranking.py, the item index in index.py, request
+checks in validation.py; this module loads them and runs the operations.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NamedTuple, TypeVar
+
+import numpy as np
+
+from ..catalog.index import AnnIndex
+from ..catalog.snapshot import (
+    ITEM_COLUMNS,
+    Catalog,
+    build_catalog,
+    deleted,
+    item_columns,
+    read_csv,
+    relisted,
+    upserted,
+)
+from ..core.csr import CSR
+from ..core.features import MINMAX, TEXT, load_tables
+from ..core.manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
+from ..core.splits import RecordedSplit, load_recorded_split
+from ..core.types import NewItemData, UserAttrs
+from . import ranking
+from .config import EngineConfig
+from .deadline import Check, never
+from .errors import InvalidArgument, NotFound
+from .history import NO_HISTORY, History, HistoryIndex
+from .inputs import TowerInputs, UserRef
+from .ranking import Query
+from .runtime import resolve_providers
+from .towers import WARM_UP_LENGTH, Tower, load_encoder, text_vectors
+from .validation import (
+    check_id,
+    show,
+    validate_items,
+    validate_recommend,
+)
+
+_LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+class Planned(NamedTuple):
+    """A Recommend after :meth:`Engine.plan`: the resolved query, the user and their history."""
+
+    query: Query
+    ref: UserRef
+    history: History
+
+
+def _read_npz(read: Callable[[Path], T], path: Path) -> T:
+    """``read(path)``, with a file that is not what export wrote (no hash check, or a bug) named."""
+    try:
+        return read(path)
+    except (KeyError, ValueError, OSError, zipfile.BadZipFile) as err:
+        raise ArtifactError(path, f"unreadable ({type(err).__name__}: {err})") from err
+
+
+class Engine:
+    """Loads ``root`` (a folder written by `towerserve export`) and answers requests.
+
+    Raises:
+        ArtifactError: a file is missing, tampered with or inconsistent (named in the message).
+    """
+
+    def __init__(self, root: Path | str, config: EngineConfig = EngineConfig()):
+        t0 = time.perf_counter()
+        self.root = Path(root).resolve()
+        self.config = config
+        self.limits = config.limits
+        # Every name and type the engine relies on is checked here (ArtifactError naming the field).
+        self.manifest = m = ServingManifest.load(self.root, verify_hashes=config.verify_hashes)
+        self.kind = config.model or m.default_model
+        if self.kind not in m.models:
+            raise ArtifactError(
+                self.root / MANIFEST_FILE, f"has no model {self.kind!r} (has {sorted(m.models)})"
+            )
+        entry = m.models[self.kind]
+        self.model_version = entry.model_version
+        self.user_independent = entry.user_independent
+        providers = resolve_providers(config.device)
+        self.towers = {
+            s: Tower(self.root, e, providers, config.tower_threads, s) for s, e in entry.splits.items()
+        }
+        self.serving = self.towers[SERVED_SPLIT]  # every model has one (the manifest checks)
+
+        self._load_text(m, providers)
+        self.user_fields = [s.name for s in self.serving.user_specs]
+        self.item_fields = [s.name for s in self.serving.item_specs]
+        users = self._load_users(m)
+        items = read_csv(self.root / m.catalog.items_file, ITEM_COLUMNS, numeric=("price",))
+        check_dims(self.root / m.catalog.items_file, "item rows", len(self.serving.item_vectors), len(items))
+        self.splits: dict[str, RecordedSplit] = {
+            s: _read_npz(load_recorded_split, self.root / e.file) for s, e in m.splits.items()
+        }
+        holdout = self.splits[SERVED_SPLIT]
+        check_dims(self.root / m.splits[SERVED_SPLIT].file, "users", len(users), holdout.train.n_rows)
+        self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
+        self.inputs = TowerInputs(
+            self.tables,
+            self.text,
+            self.encoder,
+            self.user_raw,
+            len(self.user_ids),
+            {s: r.train for s, r in self.splits.items()},
+        )
+        # Request histories name items of the exported catalogue (upserts never get a history row).
+        self.history_index = HistoryIndex([r["item_id"] for r in items], self.serving.max_history)
+        self.known_user_vectors()  # known users: one batched tower pass, at load
+        self._write_lock = threading.Lock()
+        self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, len(items))
+        self.catalog = self._build_catalog(**item_columns(items), vectors=self.serving.item_vectors)
+        self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.providers = sorted(
+            set().union(*(t.providers for t in self.towers.values())) | set(self.encoder.providers)
+        )
+        self.load_seconds = time.perf_counter() - t0
+        _LOGGER.info(
+            "loaded %s (%s, %d users, %d items, encoder %s/%s, providers %s) in %.2f s",
+            self.root,
+            self.model_version,
+            len(self.user_ids),
+            len(self.catalog),
+            self.encoder_name,
+            self.encoder_variant,
+            self.providers,
+            self.load_seconds,
+        )
+
+    # ------------------------------------------------------------------------------- loading
+
+    def _load_text(self, m: ServingManifest, providers: list[str]) -> None:
+        """The text fields' embedding tables and the encoder for texts that are not in them."""
+        enc = m.encoder
+        embeddings_file = self.root / m.catalog.embeddings_file
+        self.tables = _read_npz(load_tables, embeddings_file)
+        read = {
+            s.name for t in self.towers.values() for s in (*t.user_specs, *t.item_specs) if s.kind == TEXT
+        }
+        if read - set(self.tables):
+            raise ArtifactError(
+                embeddings_file,
+                f"lacks text fields {sorted(read - set(self.tables))} that the {self.kind} towers read",
+            )
+        self.text = text_vectors(self.tables, enc, embeddings_file)
+        self.encoder, self.encoder_variant = load_encoder(
+            self.root, enc, self.config.encoder_variant, providers, self.config.encoder_threads, self.text
+        )
+        self.encoder_name = enc.name or Path(enc.model).name
+
+    def _load_users(self, m: ServingManifest) -> list[dict]:
+        """users.csv's rows; sets the known users' ids, index and numeric attributes."""
+        embeddings_file = self.root / m.catalog.embeddings_file
+        numeric = {s.name for t in self.towers.values() for s in t.user_specs if s.kind == MINMAX}
+        users = read_csv(self.root / m.catalog.users_file, ("user_id",), numeric=sorted(numeric))
+        self.user_ids = [r["user_id"] for r in users]
+        self.user_index = {u: j for j, u in enumerate(self.user_ids)}
+        # Numeric user attributes, for the user towers' minmax fields (the text ones are in the tables).
+        self.user_raw = {f: np.array([float(r[f]) for r in users]) for f in sorted(numeric)}
+        for f in ("profession", "personality"):
+            if f in self.tables and len(self.tables[f].index) != len(users):
+                raise ArtifactError(  # either file may be the damaged one: name both
+                    self.root / m.catalog.users_file,
+                    f"has {len(users)} users, but {embeddings_file.name} has {len(self.tables[f].index)} "
+                    f"{f} rows (one per user)",
+                )
+        return users
+
+    # ------------------------------------------------------------------------------- building blocks
+
+    def _build_catalog(self, **columns) -> Catalog:
+        return build_catalog(
+            **columns,
+            users=self.known_user_vectors(),
+            seen=self.seen,
+            candidates=self.config.candidates,
+            user_independent=self.user_independent,
+            ann=self.ann,
+            candidate_budget_mb=self.config.candidate_budget_mb,
+        )
+
+    def _load_index(self, entry: ItemIndex | None, n_items: int) -> AnnIndex | None:
+        """The served split's approximate index (None: exact search, or a bundle from before indexes)."""
+        if entry is None or entry.kind == "exact" or self.config.exact:
+            return None
+        if entry.file is None:
+            raise ArtifactError(self.root / MANIFEST_FILE, f"index of kind {entry.kind!r} names no file")
+        vectors = self.serving.item_vectors
+        bad = np.flatnonzero(~np.isfinite(vectors).all(axis=1))
+        try:
+            ann = AnnIndex.load(
+                self.root / entry.file, entry.kind, entry.search, entry.recall_at_10, n_items, bad
+            )
+        except RuntimeError as err:  # FAISS reports an unreadable file this way
+            raise ArtifactError(self.root / entry.file, f"unreadable index ({err})") from err
+        check_dims(self.root / entry.file, "indexed items", n_items, len(ann))
+        return ann
+
+    def known_user_vectors(self, tower: Tower | None = None) -> np.ndarray:
+        """Every known user's vector for ``tower`` (default: the served one), computed once."""
+        return self.inputs.known_vectors(tower or self.serving)
+
+    def history(self, ids: Sequence[str], name: str = "history") -> History:
+        """A request's history against the served model (InvalidArgument past its limits)."""
+        return self.history_index.resolve(ids, name)
+
+    def user_index_of(self, user_id: str) -> int:
+        idx = self.user_index.get(user_id)
+        if idx is None:
+            check_id("user_id", user_id)
+            raise NotFound(f"unknown user_id {show(user_id)}")
+        return idx
+
+    def user_vectors(
+        self,
+        refs: Sequence[UserRef],
+        tower: Tower | None = None,
+        histories: Sequence[History] | None = None,
+    ) -> np.ndarray:
+        """Vectors [len(refs), d] for known users (int index: computed at load unless a history adds
+        items) and unseen ones (UserAttrs: one user-tower pass for the request)."""
+        return self.inputs.user_vectors(tower or self.serving, refs, histories)
+
+    # ------------------------------------------------------------------------------------- requests
+
+    def plan(
+        self,
+        user: str | UserAttrs,
+        top_n: int,
+        exclude_seen: bool = True,
+        price_min: float | None = None,
+        price_max: float | None = None,
+        categories: Sequence[str] = (),
+        exclude_item_ids: Sequence[str] = (),
+        history: History | Sequence[str] = NO_HISTORY,
+    ) -> Planned:
+        """A Recommend checked and resolved against the current snapshot: cheap (dict lookups), so the
+        servicer runs it on the event loop and sends only :meth:`answer` to the worker pool."""
+        validate_recommend(top_n, price_min, price_max, self.limits, len(categories), len(exclude_item_ids))
+        cat = self.catalog  # one snapshot for the whole request
+        ref = self.user_index_of(user) if isinstance(user, str) else user
+        if not isinstance(history, History):
+            history = self.history(history)
+        excluded = {j for j in map(cat.row, exclude_item_ids) if j is not None}
+        # Unknown categories match nothing (a filter of only unknown ones returns no items).
+        codes = {cat.category_index[c] for c in categories if c in cat.category_index} if categories else None
+        known = not isinstance(ref, UserAttrs)
+        seen = self.seen.row(ref) if known and exclude_seen else None
+        q = Query(cat, top_n, excluded, price_min, price_max, codes, ref if known else None, seen)
+        return Planned(q, ref, history)
+
+    def answer_inline(self, p: Planned) -> tuple[list[int], list[float]] | None:
+        """The answer when it takes no scoring over the catalogue (ranking.inline), else None."""
+        if p.query.user is None or p.history.used:  # the vector needs a tower pass (or a history sum)
+            return None
+        return ranking.inline(p.query, lambda: self.known_user_vectors()[p.query.user])
+
+    def answer(self, p: Planned, check: Check = never) -> tuple[list[int], list[float]]:
+        """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a
+        history or an unseen user needs one (``check``: the deadline): the pool's part of a Recommend."""
+        q = p.query
+        fixed = q.user is not None and not p.history.used
+        u = (
+            self.known_user_vectors()[q.user]
+            if fixed
+            else self.inputs.user_vector(self.serving, p.ref, p.history, check)
+        )
+        check()
+        return ranking.full(q, u)
+
+    def recommend(self, *args, **kwargs) -> tuple[Catalog, list[int], list[float]]:
+        """Top-N for one user, all in the calling thread (:meth:`plan`'s arguments); ``history``
+        (ids, or :meth:`history`'s result) feeds a hybrid user tower.
+
+        Returns:
+            (catalogue snapshot, item rows, probabilities) best first; at most top_n of each.
+        """
+        p = self.plan(*args, **kwargs)
+        hit = self.answer_inline(p)
+        return p.query.cat, *(hit if hit is not None else self.answer(p))
+
+    def item_vectors(
+        self, items: Sequence[NewItemData], validate: bool = True, check: Check = never
+    ) -> np.ndarray:
+        """The served item tower's vectors for ``items`` (encoder for texts the tables lack), with
+        ``check`` (the deadline) between encoder runs and tower blocks. An upsert's texts are bounded
+        by max_upsert_items and the text lengths, not by max_new_texts (each item brings two).
+
+        Raises:
+            InvalidArgument: ``validate`` and a request limit broken, or a vector not finite.
+        """
+        if validate:
+            validate_items(items, self.limits)
+        vecs = self.serving.items(self.inputs.records(self.serving.item_specs, items, check), check)
+        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
+        if bad.size:
+            raise InvalidArgument(
+                f"items[{int(bad[0])}] ({show(items[int(bad[0])].item_id)}): the item tower "
+                "produced non-finite values for these attributes"
+            )
+        return vecs
+
+    def apply_items(
+        self, items: Sequence[NewItemData], vecs: np.ndarray, patch: bool = True
+    ) -> tuple[int, int, int]:
+        """Writes ``items`` with their :meth:`item_vectors` and publishes the next snapshot;
+        ``patch=False`` (a bulk replay) drops the candidate lists until :meth:`relist`.
+
+        Returns:
+            (inserted, updated, catalogue size).
+        """
+        with self._write_lock:  # writers queue here; readers keep using their snapshot meanwhile
+            # Cost proportional to the items: columns written in place, candidate lists patched.
+            cat, rows, inserted, updated = upserted(
+                self.catalog, items, vecs, self.known_user_vectors(), self.seen, self.user_independent, patch
+            )
+            if self.ann is not None:  # the index first: no snapshot can return the rows before it
+                self.ann.upsert(rows, vecs)
+            self.catalog = cat
+        return inserted, updated, cat.item_count
+
+    def upsert_items(self, items: Sequence[NewItemData]) -> tuple[int, int, int]:
+        """Adds or replaces items in memory (the server journals them first: holder.py).
+
+        Returns:
+            (inserted, updated, catalogue size).
+        """
+        return self.apply_items(items, self.item_vectors(items))
+
+    def relist(self) -> None:
+        """Rebuilds the candidate lists in one pass (after a bulk replay)."""
+        with self._write_lock:
+            c = self.config
+            self.catalog = relisted(
+                self.catalog,
+                self.known_user_vectors(),
+                self.seen,
+                c.candidates,
+                self.user_independent,
+                c.candidate_budget_mb,
+            )
+
+    def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
+        """Removes the items the catalogue has (unknown ids are ignored) and publishes the next snapshot.
+
+        Returns:
+            (deleted, catalogue size).
+        """
+        with self._write_lock:
+            cat, rows = deleted(
+                self.catalog, item_ids, self.known_user_vectors(), self.seen, self.user_independent
+            )
+            if self.ann is not None and rows.size:
+                self.ann.remove(rows)
+            self.catalog = cat
+        return int(rows.size), cat.item_count
+
+    def warm_up(self) -> None:
+        """One pass through every session, so the first real request pays no lazy initialisation."""
+        if self.user_ids:
+            self.recommend(self.user_ids[0], 10)
+        self.encoder.encode(["warm up"], WARM_UP_LENGTH)

@@ -1,0 +1,219 @@
+"""Ranking over a catalogue snapshot: the candidate-list walk, the exact path and the approximate-index path.
+
+Every path returns the best top_n admissible items best first, ties by catalogue row, with float32
+probabilities computed the same way (float64 sums, then float32), so they agree wherever their
+candidates agree. :func:`inline` is the part cheap enough for the event loop (a walk in plain
+Python); everything that scores the catalogue runs in the worker pool (server/api/servicer.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from typing import NamedTuple
+
+import numpy as np
+
+from ..catalog.candidates import NONE
+from ..catalog.snapshot import Catalog
+from ..catalog.topk import top_k
+from ..core.numerics import logits, probabilities
+
+# The approximate index is searched for (top_n + blocked items) / admissible fraction, times this
+# margin, and widened 4x while too few admissible items come back.
+ANN_MARGIN, ANN_EXTRA, ANN_WIDEN = 1.5, 32, 4
+# A filter that admits at most this many items (or this fraction) is scored exactly over those items:
+# cheaper than widening an index search until it finds them, and exact.
+SELECTIVE_ITEMS, SELECTIVE_FRACTION = 20_000, 0.02
+
+
+class Query(NamedTuple):
+    """One Recommend, resolved against one snapshot (validation done; ids turned into rows).
+
+    A NamedTuple: built once per request on the event loop, where a frozen dataclass's __init__
+    costs several times more."""
+
+    cat: Catalog
+    top_n: int
+    excluded: set[int]
+    price_min: float | None
+    price_max: float | None
+    codes: set[int] | None  # category codes (None: every category)
+    user: int | None  # a known user's row (None: the vector comes from a tower pass)
+    seen: np.ndarray | None  # rows to leave out (a known user's interactions), when exclude_seen
+
+
+def inline(q: Query, vector: Callable[[], np.ndarray]) -> tuple[list[int], list[float]] | None:
+    """The answer when it needs no scoring over the catalogue, else None, for a known user whose
+    vector was computed at load (``vector()`` returns it): their precomputed candidate list holds
+    enough admissible items, or the model is user-independent (a walk down its precomputed order)."""
+    cat = q.cat
+    if cat.order is not None:
+        u = vector()
+        return rank(cat, u, q.top_n, q.excluded, admissible(cat, q.price_min, q.price_max, q.codes), q.seen)
+    if q.seen is not None and cat.cand_rows is not None and q.top_n <= cat.cand_rows.shape[1]:
+        return walk_candidates(cat, q.user, q.top_n, q.excluded, q.price_min, q.price_max, q.codes)
+    return None
+
+
+def full(q: Query, u: np.ndarray) -> tuple[list[int], list[float]]:
+    """The answer for user vector ``u`` [d] by the snapshot's index: exact, or approximate candidates
+    scored exactly (falling back to exact scoring of the admissible items for a selective filter)."""
+    allowed = admissible(q.cat, q.price_min, q.price_max, q.codes)
+    if q.cat.ann is None or q.cat.order is not None:
+        return rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen)
+    return ann_rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen)
+
+
+def walk_candidates(
+    cat: Catalog,
+    user: int,
+    top_n: int,
+    excluded: set[int],
+    price_min: float | None,
+    price_max: float | None,
+    codes: set[int] | None,
+) -> tuple[list[int], list[float]] | None:
+    """The first top_n admissible items of the user's candidate list, or None when the list (the
+    user's top-M unseen items) runs out before top_n are found and more items exist beyond it."""
+    rows, probs = [], []
+    price, code = cat.price_list, cat.code_list
+    # Most requests stop after about top_n entries: convert a short head first, the rest on demand.
+    head = top_n + 16
+    cand_rows, cand_probs = cat.cand_rows[user], cat.cand_probs[user]
+    pairs = zip(cand_rows[:head].tolist(), cand_probs[:head].tolist())
+    if head < len(cand_rows):
+        pairs = itertools.chain(pairs, zip(cand_rows[head:].tolist(), cand_probs[head:].tolist()))
+    for j, p in pairs:
+        if j < 0:  # NONE: the list held every unseen item; TRUNCATED: an upsert cut it short
+            return (rows, probs) if j == NONE else None
+        if (
+            j in excluded
+            or (price_min is not None and price[j] < price_min)
+            or (price_max is not None and price[j] > price_max)
+            or (codes is not None and code[j] not in codes)
+        ):
+            continue
+        rows.append(j)
+        probs.append(p)
+        if len(rows) == top_n:
+            return rows, probs
+    return None
+
+
+def admissible(
+    cat: Catalog, price_min: float | None, price_max: float | None, codes: set[int] | None
+) -> np.ndarray | None:
+    """bool [n]: items inside the price range and categories (None: no filter given)."""
+    if price_min is None and price_max is None and codes is None:
+        return None
+    allowed = np.ones(len(cat), dtype=bool)
+    if price_min is not None:
+        allowed &= cat.price >= price_min
+    if price_max is not None:
+        allowed &= cat.price <= price_max
+    if codes is not None:
+        pick = np.zeros(len(cat.categories), dtype=bool)
+        pick[list(codes)] = True
+        allowed &= pick[cat.category_code]
+    return allowed
+
+
+def ann_rank(
+    cat: Catalog,
+    u: np.ndarray,
+    top_n: int,
+    excluded: set[int],
+    allowed: np.ndarray | None,
+    seen: np.ndarray | None = None,
+) -> tuple[list[int], list[float]]:
+    """The approximate path: the index proposes candidates, widened until top_n admissible ones are
+    among them (or the index is exhausted); they are scored exactly and ordered as :func:`rank` would.
+    A selective filter is answered by exact scoring of just the admissible items."""
+    n = len(cat)
+    frac = 1.0
+    if allowed is not None:
+        n_allowed = int(np.count_nonzero(allowed))
+        if n_allowed <= SELECTIVE_ITEMS or n_allowed <= SELECTIVE_FRACTION * n:
+            return _rank_subset(cat, u, top_n, excluded, np.flatnonzero(allowed), seen)
+        frac = n_allowed / n
+    # A set: the index returns a few dozen rows, where set lookups beat np.isin's sort.
+    blocked = excluded | set(seen.tolist()) if seen is not None and seen.size else excluded
+    k = int((top_n + len(blocked)) / frac * ANN_MARGIN) + ANN_EXTRA
+    while True:
+        # Rows >= n are labels a later snapshot added.
+        rows = np.array(
+            [r for r in cat.ann.search(u, k).tolist() if r < n and r not in blocked], dtype=np.int64
+        )
+        if allowed is not None:
+            rows = rows[allowed[rows]]
+        if len(rows) >= top_n or k >= len(cat.ann):
+            break
+        k *= ANN_WIDEN
+    return _scored(cat, u, np.sort(rows), top_n)
+
+
+def _rank_subset(
+    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], rows: np.ndarray, seen: np.ndarray | None
+) -> tuple[list[int], list[float]]:
+    """Exact ranking over ascending ``rows`` only (a selective filter's admissible items)."""
+    drop = list(excluded) + (seen.tolist() if seen is not None else [])
+    if drop:
+        rows = rows[~np.isin(rows, drop)]
+    return _scored(cat, u, rows, top_n)
+
+
+def _scored(cat: Catalog, u: np.ndarray, rows: np.ndarray, top_n: int) -> tuple[list[int], list[float]]:
+    """The best top_n of ascending candidate ``rows``, scored exactly (ties by row: by position)."""
+    if cat.nan_rows.size:
+        rows = rows[~np.isin(rows, cat.nan_rows)]
+    scores = logits(cat.vectors64[rows], u)
+    best = top_k(scores, top_n)
+    return rows[best].tolist(), probabilities(scores[best]).tolist()
+
+
+def rank(
+    cat: Catalog,
+    u: np.ndarray,
+    top_n: int,
+    excluded: set[int],
+    allowed: np.ndarray | None,
+    seen: np.ndarray | None = None,
+) -> tuple[list[int], list[float]]:
+    """The exact path: the best top_n admissible items for user vector ``u`` [d], best first (ties by
+    catalogue row, as the candidate lists), with their probabilities. ``seen``: more rows to exclude,
+    as an array (a known user's training positives, without a round trip through a Python set)."""
+    if cat.order is not None:
+        if seen is not None and seen.size:
+            excluded = excluded | set(seen.tolist())
+        return _walk_order(cat, u, top_n, excluded, allowed)
+    scores = logits(cat.vectors64, u)
+    if excluded:
+        scores[list(excluded)] = -np.inf
+    if seen is not None:
+        scores[seen] = -np.inf
+    if cat.nan_rows.size:  # defensive: an item whose vector is not finite is never returned
+        scores[cat.nan_rows] = -np.inf
+    if allowed is not None:
+        scores[~allowed] = -np.inf
+    top = top_k(scores, top_n)
+    rows, best = top.tolist(), scores[top]
+    keep = [j for j, x in enumerate(best.tolist()) if x != -math.inf]
+    probs = probabilities(best).tolist()
+    return [rows[j] for j in keep], [probs[j] for j in keep]
+
+
+def _walk_order(
+    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], allowed: np.ndarray | None
+) -> tuple[list[int], list[float]]:
+    """The user-independent ranking: first top_n admissible items of the precomputed order."""
+    rows: list[int] = []
+    for j in cat.order_list:
+        if j in excluded or (allowed is not None and not allowed[j]):
+            continue
+        rows.append(j)
+        if len(rows) == top_n:
+            break
+    probs = probabilities(logits(cat.vectors64[rows], u)).tolist() if rows else []
+    return rows, probs
