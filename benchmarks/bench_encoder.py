@@ -3,7 +3,7 @@
 Both builders export the same encoder (the serving manifest's, else the packaged all-MiniLM-L6-v2) with
 mean pooling inside the graph, into a scratch folder, untimed: "hand" is torch.onnx.export of a pooled
 wrapper + onnxruntime.transformers.optimize_model + quantize_dynamic; "optimum" is optimum.exporters.onnx
-with a pooling model patcher + ORTOptimizer + ORTQuantizer (export/encoder.py, the ``backend``
+with a pooling model patcher + ORTOptimizer + ORTQuantizer (export/encoder/variants.py, the ``backend``
 arguments). Every graph then encodes the same texts (the item descriptions, max_length 200, batch 64)
 through ``server.encoder.OnnxTextEncoder`` (threads=2); torch eager through ``trainer.text.TextEncoder``.
 Runners go interleaved, round by round, so machine noise hits all alike; each figure is the median
@@ -50,7 +50,7 @@ POOLING = "mean"
 TARGET_SPEEDUP = 1.5
 TARGET_COSINE = 0.99
 VARIANTS = ("fp32", "optimized", "int8", "fp16")
-# builder -> backend per piece (export/encoder.py: export_fp32 / optimize / quantize_int8)
+# builder -> backend per piece (export/encoder/variants.py: export_fp32 / optimize / quantize_int8)
 BUILDERS = {
     "hand": {"export": "torch", "optimize": "ort", "int8": "ort"},
     "optimum": {"export": "optimum", "optimize": "optimum", "int8": "optimum"},
@@ -67,7 +67,7 @@ def shipped_backends() -> dict[str, str]:
     """The backend each piece defaults to, i.e. what `towerserve export` builds with."""
     import inspect
 
-    from towerserve.export import encoder as enc_export
+    from towerserve.export.encoder import variants as enc_export
 
     def default(fn) -> str:
         return inspect.signature(fn).parameters["backend"].default
@@ -83,7 +83,7 @@ def build(model_ref: str, root: Path, builder: str, fp16: bool) -> tuple[dict[st
     """Every variant of one builder under root/builder; returns (variant -> graph, variant -> build s)."""
     from transformers import AutoConfig
 
-    from towerserve.export import encoder as enc_export
+    from towerserve.export.encoder import variants as enc_export
 
     backends = BUILDERS[builder]
     out = root / builder
@@ -139,7 +139,7 @@ def main() -> None:
     import onnx
     import torch
 
-    from towerserve.export.encoder import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
+    from towerserve.export.encoder.variants import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
     from towerserve.server.engine.encoder import OnnxTextEncoder
     from towerserve.trainer.text import EncoderConfig, TextEncoder, default_model
 

@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import DEFAULT_DATA, table, write_result  # noqa: E402
 
 from towerserve.server.core.ranking_metrics import full_ranking_metrics  # noqa: E402
-from towerserve.trainer import splits, synth  # noqa: E402
+from towerserve.trainer import splits  # noqa: E402
 from towerserve.trainer.baselines import OracleScores  # noqa: E402
 from towerserve.trainer.data import load_dataset  # noqa: E402
+from towerserve.trainer.synth import generator as synth  # noqa: E402
 
 NEWTON_STEPS = 12  # the MAP estimate converges to 1e-6 in under 10 here
 BLOCK = 1_000  # users per Newton block: bounds the [users, items, factors] product's memory

@@ -12,7 +12,7 @@ price in quantile bins; plus LightFM's identity features, for the users and item
 positives only, so an unseen user or item is its features alone, as the hybrid forgets unseen ids).
 
 Hyper-parameters are chosen as the hybrid's recipe is: by NDCG@10 on the validation split that
-trainer/hybrid_search.py carves out of the holdout's training positives (collab.validation_split with
+trainer/hybrid/search.py carves out of the holdout's training positives (collab.validation_split with
 hybrid_search.VALIDATION_SHARE and the run's seed, judged on hybrid_fit.judged_users); the test
 positives are never read while choosing. The chosen setting (for LightFM with its epoch count) is
 refitted on every training positive and scored on the test positives once. The cold split reuses the
@@ -485,8 +485,8 @@ def _run(data: Path, artifacts: Path, cfg: PeersConfig) -> dict:
     from towerserve.trainer.collab import validation_split
     from towerserve.trainer.data import load_dataset
     from towerserve.trainer.evalsample import ranking_metrics
-    from towerserve.trainer.hybrid_fit import judged_users
-    from towerserve.trainer.hybrid_search import VALIDATION_SHARE
+    from towerserve.trainer.hybrid.fit import judged_users
+    from towerserve.trainer.hybrid.search import VALIDATION_SHARE
 
     t_start = time.perf_counter()
     for name in ("manifest.json", "metrics.json", "splits/holdout.npz"):

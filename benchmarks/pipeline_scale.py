@@ -3,7 +3,7 @@
 
 Steps, each a real `towerserve` command run as a child process (its log in WORK/logs/STEP.log):
 
-1. generate       `generate --long` (pooled sampling above 2*10^9 cells: trainer/synth_pooled.py)
+1. generate       `generate --long` (pooled sampling above 2*10^9 cells: trainer/synth/pooled.py)
 2. export-encoder the int8 ONNX encoder before training, with its parity gate
 3. train          `train --model two_tower --text-encoder` (texts embedded through ONNX Runtime),
                   on --train-rows rows of the seeded shuffle, judged on --eval-users sampled users

@@ -35,8 +35,8 @@ from towerserve.server.core.manifest import (
 )
 from towerserve.server.core.numerics import cosine_rows, sigmoid
 
-from . import encoder as enc_export
-from . import encoder_trained as trained
+from .encoder import trained
+from .encoder import variants as enc_export
 from .index import DEFAULT_MIN_RECALL, export_index
 from .parity import ParityReport, parity_rows
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, catalogue_vectors, export_model

@@ -8,7 +8,7 @@ from pathlib import Path
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .bundle import ExportConfig, main_export
-    from .encoder import EncoderExportConfig
+    from .encoder.variants import EncoderExportConfig
 
     cfg = ExportConfig(
         encoder=EncoderExportConfig(
@@ -33,7 +33,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_export_encoder(args: argparse.Namespace) -> int:
-    from .encoder_folder import export_encoder_folder
+    from .encoder.folder import export_encoder_folder
 
     meta = export_encoder_folder(
         args.out,

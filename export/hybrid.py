@@ -29,7 +29,8 @@ FULL_INPUTS = ("user_features", ID_INPUT, HISTORY_INPUT, "item_features", ITEM_I
 
 def _batches(recorded: RecordedSplit, users: np.ndarray, rng: np.random.Generator) -> dict[str, tuple]:
     """Named (user_index, history) cases for the sampled users, each an input a server may send."""
-    from towerserve.trainer import hybrid, hybrid_fit
+    from towerserve.trainer.hybrid import fit as hybrid_fit
+    from towerserve.trainer.hybrid import model as hybrid
 
     n = recorded.train.n_rows
     known = hybrid.known_index(n, hybrid_fit.known_users(recorded.train))[users]
@@ -59,7 +60,8 @@ def check_split(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checks the user tower on every case and the full graph; returns (user vectors of the sampled
     users with their training histories, catalogue item vectors: ``content`` + ID rows)."""
-    from towerserve.trainer import hybrid, hybrid_fit
+    from towerserve.trainer.hybrid import fit as hybrid_fit
+    from towerserve.trainer.hybrid import model as hybrid
 
     user_k = model.get_layer("user_tower")
     first = None

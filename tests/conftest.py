@@ -24,7 +24,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="session")
 def small_data(tmp_path_factory) -> Path:
     """A 300 x 60 generated data set (matrix form, seed 7); treat it as read-only."""
-    from towerserve.trainer import synth
+    from towerserve.trainer.synth import generator as synth
 
     root = tmp_path_factory.mktemp("small_data")
     synth.generate(root, n_users=300, n_items=60, seed=7, progress=False)
@@ -58,8 +58,8 @@ def hybrid(built) -> Path:
     """A tiny hybrid (mean pooling, one recipe) trained on the tiny pipeline's data with the tiny BERT
     and exported with the fp32 encoder only: its serving folder. Read-only, like ``serving``."""
     from towerserve.export.bundle import ExportConfig, main_export
-    from towerserve.export.encoder import EncoderExportConfig
-    from towerserve.trainer.hybrid_config import HybridConfig
+    from towerserve.export.encoder.variants import EncoderExportConfig
+    from towerserve.trainer.hybrid.config import HybridConfig
     from towerserve.trainer.text import EncoderConfig
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 

@@ -40,7 +40,7 @@ def tiny_bert(path: Path) -> Path:
 def tiny_data(path: Path, seed: int = 3) -> Path:
     if (path / "users.csv").is_file():
         return path
-    from towerserve.trainer import synth
+    from towerserve.trainer.synth import generator as synth
 
     synth.generate(path, N_USERS, N_ITEMS, seed=seed, progress=False)
     return path

@@ -199,7 +199,7 @@ def test_ease_is_skipped_above_its_size_limit(small_data):
 
 
 def test_replayed_oracle_reuses_its_world_until_the_data_changes(tmp_path):
-    from towerserve.trainer import synth
+    from towerserve.trainer.synth import generator as synth
 
     synth.generate(tmp_path, n_users=60, n_items=20, seed=1, long_form=True, progress=False)
     first = baselines.OracleScores(tmp_path)

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 import pytest  # noqa: E402
 
-from towerserve.export import encoder as enc_export  # noqa: E402
+from towerserve.export.encoder import variants as enc_export  # noqa: E402
 from towerserve.server.engine.encoder import OnnxTextEncoder  # noqa: E402
 from towerserve.trainer.text import EncoderConfig, TextEncoder  # noqa: E402
 

@@ -134,7 +134,7 @@ def test_itemknn_is_skipped_above_its_limit(small_data):
 
 
 def test_long_form_data_samples_whole_generator_blocks(tmp_path):
-    from towerserve.trainer import synth
+    from towerserve.trainer.synth import generator as synth
 
     synth.generate(tmp_path, n_users=400, n_items=40, seed=3, long_form=True, progress=False)
     block = baselines.OracleScores.replay_block(tmp_path)

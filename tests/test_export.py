@@ -19,7 +19,7 @@ import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.export.bundle import ExportConfig, main_export  # noqa: E402
-from towerserve.export.encoder import EncoderExportConfig  # noqa: E402
+from towerserve.export.encoder.variants import EncoderExportConfig  # noqa: E402
 from towerserve.export.parity import ParityError, ParityReport  # noqa: E402
 from towerserve.server.core.features import feature_matrix, load_tables  # noqa: E402
 from towerserve.server.core.manifest import ArtifactError, ServingManifest  # noqa: E402

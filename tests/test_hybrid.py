@@ -17,9 +17,12 @@ import pytest  # noqa: E402
 
 from towerserve.server.core.csr import CSR  # noqa: E402
 from towerserve.server.core.manifest import ServingManifest  # noqa: E402
-from towerserve.trainer import hybrid, hybrid_blend, hybrid_fit, hybrid_search  # noqa: E402
 from towerserve.trainer.collab import validation_split  # noqa: E402
-from towerserve.trainer.hybrid_config import HybridConfig  # noqa: E402
+from towerserve.trainer.hybrid import blend as hybrid_blend  # noqa: E402
+from towerserve.trainer.hybrid import fit as hybrid_fit  # noqa: E402
+from towerserve.trainer.hybrid import model as hybrid  # noqa: E402
+from towerserve.trainer.hybrid import search as hybrid_search  # noqa: E402
+from towerserve.trainer.hybrid.config import HybridConfig  # noqa: E402
 
 N_USERS, N_ITEMS, FU, FI = 120, 30, 6, 9
 TINY = HybridConfig(dim=8, hidden=(16,), batch_size=128, epochs=3, train_history=6, learning_rate=1e-2)
@@ -349,7 +352,7 @@ def test_user_tower_onnx_matches_keras_for_any_history_width(data, tmp_path, poo
 @pytest.fixture(scope="module")
 def hybrid_run(bert, tmp_path_factory):
     from towerserve.export.bundle import ExportConfig, main_export
-    from towerserve.export.encoder import EncoderExportConfig
+    from towerserve.export.encoder.variants import EncoderExportConfig
     from towerserve.trainer.text import EncoderConfig
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 

@@ -12,9 +12,13 @@ import pytest  # noqa: E402
 
 from towerserve.server.core.csr import CSR  # noqa: E402
 from towerserve.server.engine.mean_history import MeanHistory  # noqa: E402
-from towerserve.trainer import collab, hybrid, hybrid_blend, hybrid_ease, hybrid_fit  # noqa: E402
+from towerserve.trainer import collab  # noqa: E402
 from towerserve.trainer.collab import validation_split  # noqa: E402
-from towerserve.trainer.hybrid_config import HybridConfig  # noqa: E402
+from towerserve.trainer.hybrid import blend as hybrid_blend  # noqa: E402
+from towerserve.trainer.hybrid import ease as hybrid_ease  # noqa: E402
+from towerserve.trainer.hybrid import fit as hybrid_fit  # noqa: E402
+from towerserve.trainer.hybrid import model as hybrid  # noqa: E402
+from towerserve.trainer.hybrid.config import HybridConfig  # noqa: E402
 
 TINY = HybridConfig(dim=8, hidden=(16,), batch_size=128, epochs=3, train_history=6, learning_rate=1e-2)
 FU, FI = 5, 7

@@ -1,4 +1,4 @@
-"""trainer/synth.py: reproducible files, both regimes, the seed schema, density, long form, oracle replay, notebook scale."""
+"""trainer/synth/generator.py: reproducible files, both regimes, the seed schema, density, long form, oracle replay, notebook scale."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
-from towerserve.trainer import baselines, splits, synth
+from towerserve.trainer import baselines, splits
 from towerserve.trainer.data import (
     GENERATOR_FILE,
     ITEMS_FILE,
@@ -23,6 +23,7 @@ from towerserve.trainer.data import (
     USERS_FILE,
     load_dataset,
 )
+from towerserve.trainer.synth import generator as synth
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -1,4 +1,4 @@
-"""trainer/synth_pooled.py: pooled sampling is reproducible, hits its density, draws positives only from
+"""trainer/synth/pooled.py: pooled sampling is reproducible, hits its density, draws positives only from
 the pool, and its Oracle (the noiseless logit) ranks as the true probabilities do and beats MostPopular."""
 
 from __future__ import annotations
@@ -11,8 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from towerserve.trainer import baselines, splits, synth, synth_pooled
+from towerserve.trainer import baselines, splits
 from towerserve.trainer.data import GENERATOR_FILE, LONG_FILE, load_dataset
+from towerserve.trainer.synth import generator as synth
+from towerserve.trainer.synth import pooled as synth_pooled
 
 
 def digests(root: Path) -> dict[str, str]:

@@ -89,7 +89,7 @@ def test_int8_training_vectors_are_close_to_torch_and_cached_apart(folder, small
 @pytest.mark.slow
 def test_train_records_the_variant_and_export_serves_it(folder, small_data, tmp_path):
     from towerserve.export.bundle import ExportConfig, main_export
-    from towerserve.export.encoder import EncoderExportConfig
+    from towerserve.export.encoder.variants import EncoderExportConfig
     from towerserve.server.core.manifest import sha256_file
     from towerserve.trainer.train import FitConfig, TrainConfig, train
 
@@ -163,7 +163,7 @@ def _near(ref: np.ndarray, cosine: float, seed: int = 0) -> np.ndarray:
 
 
 def test_export_gates_follow_the_encoder_training_used():
-    from towerserve.export import encoder_trained as trained
+    from towerserve.export.encoder import trained
     from towerserve.export.parity import ParityReport
 
     ref = np.random.default_rng(1).normal(size=(20, 8)).astype(np.float32)

@@ -12,7 +12,6 @@ import numpy as np
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import DEFAULT_KS
 
-from . import synth
 from .collab import (
     DENSE_MAX_ITEMS,
     EASE_LAMBDAS,
@@ -28,6 +27,7 @@ from .collab import (
 )
 from .data import GENERATOR_FILE, TRUTH_FILE
 from .evalsample import ranking_metrics
+from .synth import generator as synth
 
 __all__ = ["OracleScores", "evaluate_baselines", "popularity", "random_scores", "skipped_notes"]
 
@@ -47,7 +47,7 @@ def random_scores(seed: int = 0):
 class OracleScores:
     """The generator's true probabilities as a score function (reads the .npy or replays blocks).
 
-    For pooled data (trainer/synth_pooled.py) the scores are the noiseless logits instead: P(positive)
+    For pooled data (trainer/synth/pooled.py) the scores are the noiseless logits instead: P(positive)
     is an increasing function of them, so they rank exactly as the true probabilities do, and any
     user is scored directly, without replaying a block.
     """

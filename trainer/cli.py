@@ -18,7 +18,7 @@ ALL_MODELS = ("seed", "two_tower", "hybrid")
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from . import synth
+    from .synth import generator as synth
 
     bars = bars_wanted(args.progress, args.quiet)
     if args.latent_weight is not None and args.regime != "latent":
@@ -223,7 +223,7 @@ def register(sub) -> None:
         choices=("dense", "pooled", "auto"),
         default="auto",
         help="dense: draw every user x item cell; pooled (--long only): draw each user's pairs from a "
-        "random pool of --pool items, minutes at 10^6 x 10^6 (trainer/synth_pooled.py); auto (default): "
+        "random pool of --pool items, minutes at 10^6 x 10^6 (trainer/synth/pooled.py); auto (default): "
         "pooled for --long above 2x10^9 cells, else dense",
     )
     p.add_argument(

@@ -6,7 +6,7 @@ one user-tower pass and one matrix-vector product per request:
 * ``two_tower``: user MLP -> [u, 1], item MLP -> [v, b]; logit = u.v + b (b: a learned item bias).
 * ``seed``: logit = w_u . relu(W_u x_u) + w_i . relu(W_i x_i) + c, i.e. [s_u, 1] . [1, c_i]. The
   ranking is ``c_i`` for everybody: the notebook's architecture cannot personalise.
-* ``hybrid`` (trainer/hybrid.py): two_tower's content MLPs plus user/item ID embeddings and the
+* ``hybrid`` (trainer/hybrid/model.py): two_tower's content MLPs plus user/item ID embeddings and the
   user's pooled interaction history; its user tower also takes ``user_index`` and ``history``.
 """
 
@@ -19,7 +19,7 @@ import keras  # the package __init__ has set KERAS_BACKEND and TF_CPP_MIN_LOG_LE
 import numpy as np
 from keras import layers
 
-from . import hybrid  # registers the hybrid's layers, so any saved model of any kind loads
+from .hybrid import model as hybrid
 
 USER_INPUT, ITEM_INPUT = "user_features", "item_features"
 

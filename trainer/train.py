@@ -155,10 +155,10 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             for kind in cfg.models:
                 uspec = field_specs(FEATURE_SETS[kind]["user"], tables, raw_user, warm_users)
                 ispec = field_specs(FEATURE_SETS[kind]["item"], tables, raw_item, warm_items)
-                if kind in ID_KINDS:  # its own loop, recipe choice and vectors: trainer/hybrid_train.py
+                if kind in ID_KINDS:  # its own loop, recipe choice and vectors: trainer/hybrid/train.py
                     U = feature_matrix(uspec, tables, raw_user)
                     I = feature_matrix(ispec, tables, raw_item)
-                    from .hybrid_train import fit_hybrid
+                    from .hybrid.train import fit_hybrid
 
                     fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}")
                     model, history, secs, uvec, ivec, hybrid_choice, extra = fitted

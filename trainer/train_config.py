@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from towerserve.server.core.ranking_metrics import DEFAULT_KS
 
-from .hybrid_config import HybridConfig
+from .hybrid.config import HybridConfig
 from .text import EncoderConfig
 
 # Which attributes each model reads. `seed` keeps the notebook's inputs exactly; `two_tower` also

@@ -8,8 +8,10 @@ import numpy as np
 
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
-from . import hybrid_fit, hybrid_search, splits
-from .hybrid_config import MAX_HISTORY
+from .. import splits
+from . import fit as hybrid_fit
+from . import search as hybrid_search
+from .config import MAX_HISTORY
 
 _LOGGER = logging.getLogger(__name__)
 

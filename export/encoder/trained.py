@@ -19,8 +19,8 @@ import numpy as np
 
 from towerserve.server.core.manifest import ParityCheck
 
-from .encoder import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
-from .parity import ParityReport
+from ..parity import ParityReport
+from .variants import INT8_MIN_COSINE, INT8_MIN_WORST_COSINE
 
 _LOGGER = logging.getLogger(__name__)
 

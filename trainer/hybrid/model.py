@@ -3,9 +3,9 @@
 Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower pass and one product:
 
 * item: ``item_vec = content_mlp(x_i) + id_emb[1 + i]`` (both [d + r + 2]: columns d .. d + r - 1
-  are the item's factor of EASE's item-item weights (r = 0 while training, see trainer/hybrid_ease.py;
+  are the item's factor of EASE's item-item weights (r = 0 while training, see trainer/hybrid/ease.py;
   the content path gives 0 there), the second last column is the item bias, the last the item's
-  popularity ``p_i``, see trainer/hybrid_blend.py; the content path gives every item the popularity of
+  popularity ``p_i``, see trainer/hybrid/blend.py; the content path gives every item the popularity of
   an item with no positives, the ID row adds the difference). Row 0 of every ID table is the
   unknown/padding id and always outputs zeros, so an item
   nobody trained on (or one added later through UpsertItems) is exactly its content vector. The
@@ -18,7 +18,7 @@ Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower 
   mean (or attention with the attribute vector as query). An unknown user (index 0) with an empty
   history is exactly the content-only user vector: the cold path.
 
-Training (trainer/hybrid_fit.py) replaces ids by 0 with probability ``id_dropout`` (and empties a
+Training (trainer/hybrid/fit.py) replaces ids by 0 with probability ``id_dropout`` (and empties a
 dropped user's history) so the content paths are good on their own, and removes the target item from
 the user's history, otherwise the model learns to find the answer in its input.
 """
@@ -31,7 +31,7 @@ import keras  # the package __init__ has set KERAS_BACKEND
 import numpy as np
 from keras import layers, ops
 
-from .hybrid_config import POOLINGS, HybridConfig
+from .config import POOLINGS, HybridConfig
 
 __all__ = [
     "HybridConfig",
@@ -108,7 +108,7 @@ class HistoryPooling(layers.Layer):
         """[B, L] weights that sum to 1 over a row's real positions (all 0 for an empty history).
 
         Removing one position and renormalising the rest gives the pooling of the history without
-        it, for both modes: training uses that to leave the target out (trainer/hybrid_fit.py).
+        it, for both modes: training uses that to leave the target out (trainer/hybrid/fit.py).
         """
         mask = ops.cast(ops.greater(ops.cast(ids, "int32"), 0), emb.dtype)  # [B, L]
         if self.mode == "mean":
@@ -132,7 +132,7 @@ class PopularityWeight(layers.Layer):
     """(user_index [B], history [B, L]) -> [B, 1]: the weight of the items' popularity column for the
     user's segment: ``known`` (an id), ``history`` (no id, a non-empty history), ``attributes``
     (neither). The weights are not trained: training runs with all three at 0 (the loss never sees
-    popularity twice) and trainer/hybrid_blend.py sets them from validation; they are saved with the
+    popularity twice) and trainer/hybrid/blend.py sets them from validation; they are saved with the
     model and exported in the graph, so the server applies them without knowing they exist.
     """
 
@@ -169,7 +169,7 @@ def build_user_tower(
 ) -> keras.Model:
     """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + r + 2]: the user's
     embedding, the mean of their history's EASE rows (``ease_rank`` r wide, frozen: set by
-    trainer/hybrid_ease.py, absent when r = 0), 1 (times the item bias) and the segment's popularity
+    trainer/hybrid/ease.py, absent when r = 0), 1 (times the item bias) and the segment's popularity
     weight."""
     x = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
@@ -209,7 +209,7 @@ def build_item_tower(
 ) -> keras.Model:
     """The content path: item_features [B, F] -> item_vector [B, d + r + 2] (embedding, r zeros: an item
     without positives has no EASE row, bias, and the popularity of an item without positives: a
-    constant, set by trainer/hybrid_blend.py)."""
+    constant, set by trainer/hybrid/blend.py)."""
     x = keras.Input((item_dim,), name=ITEM_INPUT)
     h = _mlp(x, hidden, "item")
     # A frozen Dense(1) with a zero kernel: its bias is the constant popularity column.
@@ -264,7 +264,7 @@ def ease_rank(model: keras.Model) -> int:
 
 
 def with_ease(model: keras.Model, cfg: HybridConfig, rank: int) -> keras.Model:
-    """A copy of trained ``model`` with an EASE part ``rank`` wide (zero until trainer/hybrid_ease.py
+    """A copy of trained ``model`` with an EASE part ``rank`` wide (zero until trainer/hybrid/ease.py
     sets it): every weight copied by layer name, the item ID table widened by ``rank`` zero columns
     before its bias and popularity columns."""
     user, item = towers(model)

@@ -1,6 +1,6 @@
 """The synthetic generator's world: its users, items and effect sizes, and the probability of every pair.
 
-trainer/synth.py documents the generative model and writes data sets from a World; trainer/synth_pooled.py
+trainer/synth/generator.py documents the generative model and writes data sets from a World; trainer/synth/pooled.py
 draws a world's pairs from a pool of items per user at scale. Both build worlds with :func:`draw_world`.
 """
 
@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .synth_items import draw_texts_loop, draw_texts_vectorised
-from .synth_vocab import CATEGORIES, FEATURE_GROUPS, PERSONALITIES, PROFESSIONS
+from .items import draw_texts_loop, draw_texts_vectorised
+from .vocab import CATEGORIES, FEATURE_GROUPS, PERSONALITIES, PROFESSIONS
 
 # Pair draws are made in blocks of users whose size depends only on the catalogue size, so a block
 # never holds more than this many floats, whatever the scale.
@@ -139,7 +139,7 @@ def draw_world(
     cat_idx = rng.integers(0, len(cat_names), size=n_items)
     base = np.array([CATEGORIES[c][0] for c in cat_names])[cat_idx]
     price = np.maximum(1, np.rint(base * np.exp(rng.normal(0.0, 0.45, size=n_items)))).astype(np.int64)
-    # Pooled worlds are new (no files to match), so they may use the fast draw (trainer/synth_items.py).
+    # Pooled worlds are new (no files to match), so they may use the fast draw (trainer/synth/items.py).
     draw_texts = draw_texts_vectorised if pooled else draw_texts_loop
     descriptions, features, groups = draw_texts(rng, cat_idx, groups_given_cat)
     groups /= groups.sum(axis=1, keepdims=True)

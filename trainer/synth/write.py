@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import LONG_FILE, MATRIX_FILE, TRUTH_FILE
+from ..data import LONG_FILE, MATRIX_FILE, TRUTH_FILE
 
 
 def write_csv(path: Path, header: list[str], columns: list[np.ndarray]) -> None:
@@ -36,7 +36,7 @@ def write_interactions(
     Returns:
         The number of positives drawn.
     """
-    from .progress import steps
+    from ..progress import steps
 
     n_users, n_items = len(user_ids), len(item_ids)
     truth = None
@@ -90,7 +90,7 @@ def write_pairs(
     Returns:
         The number of positives written.
     """
-    from .progress import steps
+    from ..progress import steps
 
     # Lines are joined from Python strings made once ("uid," and "item\n"): indexing numpy string
     # arrays per row costs ~1 µs, ~20 s for the 2 x 10⁷ rows of a 10⁶ x 10⁶ data set.

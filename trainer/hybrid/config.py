@@ -45,7 +45,7 @@ class HybridConfig:
         content_init: standard deviation of the content towers' last kernels (None: Glorot).
         content_epochs: epochs of the content paths alone (every id unknown) before the joint ones.
         ease_rank: rank of EASE's item-item weights folded into the served towers, weighed on
-            validation (trainer/hybrid_ease.py); 0: none. Catalogues above collab.EASE_MAX_ITEMS get none.
+            validation (trainer/hybrid/ease.py); 0: none. Catalogues above collab.EASE_MAX_ITEMS get none.
     """
 
     dim: int = 32

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .synth_vocab import ADJECTIVES, AUDIENCES, BENEFITS, CATEGORIES, FEATURE_GROUPS, QUALITIES, TEMPLATES
+from .vocab import ADJECTIVES, AUDIENCES, BENEFITS, CATEGORIES, FEATURE_GROUPS, QUALITIES, TEMPLATES
 
 PHRASES_PER_GROUP = 4
 # Candidate phrases drawn per item in the vectorised path; the first distinct ones are kept. Fewer

@@ -3,7 +3,7 @@
 EASE (trainer/collab.py) scores ``x_u · B``: a sum of the rows of B over the user's history. Its
 truncated SVD ``B ≈ (U_r √S_r)(V_r √S_r)ᵀ = P Qᵀ`` makes that a two-tower: the user part pools the
 history's rows of P, the item part is the item's row of Q. The served hybrid carries both as r more
-columns (trainer/hybrid.py, :func:`hybrid.with_ease`): the user tower mean-pools ``w · P`` over the
+columns (trainer/hybrid/model.py, :func:`hybrid.with_ease`): the user tower mean-pools ``w · P`` over the
 history, the item ID table holds Q, so ``u · v = hybrid(u, i) + w · mean_{j ∈ h} (P Qᵀ)_{j i}`` and
 export, the index and the server need nothing new.
 
@@ -11,7 +11,7 @@ Why: on MovieLens-100K's validation split (20 % of each user's training positive
 and EASE score about the same NDCG@10, and their sum, EASE at a quarter of the hybrid's score
 spread, scores 5-7 % above either (README, "Models and results"): the learnt towers and the
 closed-form item-item model make different mistakes. The weight w is chosen on validation with the
-popularity blend (trainer/hybrid_blend.py); w = 0 is among the choices, so a data set where EASE
+popularity blend (trainer/hybrid/blend.py); w = 0 is among the choices, so a data set where EASE
 does not help is served the hybrid alone.
 
 Limits: the Gram matrix is inverted (O(n³), collab.EASE_MAX_ITEMS), so above that catalogue size the
@@ -30,7 +30,8 @@ import numpy as np
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
-from . import collab, hybrid
+from .. import collab
+from . import model as hybrid
 
 _LOGGER = logging.getLogger(__name__)
 

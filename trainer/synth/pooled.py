@@ -4,7 +4,7 @@ The dense generator draws a Bernoulli for each of the n_users x n_items cells: a
 10¹² logits (~5 hours). The pooled generator draws only a pool of cells: every (user, item) cell is
 drawn k_ui ~ Poisson(M / n_items) times, independently of everything else, so each user's pool holds
 ~M items (Poisson, mean M(1 - ...) ≈ M, ±√M), uniformly at random. Each draw gets a logit with the
-same terms as the dense generator (trainer/synth.py's docstring), its own pair noise eps ~ N(0, 0.25²)
+same terms as the dense generator (trainer/synth/generator.py's docstring), its own pair noise eps ~ N(0, 0.25²)
 included, and is a positive with probability sigmoid(z_ui + eps + b), where z_ui is the noiseless
 logit without intercept and b is solved on a fixed sample of uniform cells so that the mean
 within-pool probability is ~density x n_items / M (exactly: the mean of P(positive) below over the
@@ -34,7 +34,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from .synth_world import GAMMA, KAPPA, LATENT_DIM, NOISE_SD, World, block_size, draw_world, sigmoid
+from .world import GAMMA, KAPPA, LATENT_DIM, NOISE_SD, World, block_size, draw_world, sigmoid
 
 __all__ = [
     "AUTO_POOLED_CELLS",

@@ -3,7 +3,7 @@
 A softmax-trained two-tower ranks by ``u · v``; the test sets of real data are popularity-biased, and
 a segment whose personal signal is weak (an unseen user known only by a few attributes) can rank
 below the plain most-popular list. The hybrid's vectors carry one more column for that
-(trainer/hybrid.py): each item's popularity ``p_i = log(1 + n_i) / log(1 + max n)`` over the training
+(trainer/hybrid/model.py): each item's popularity ``p_i = log(1 + n_i) / log(1 + max n)`` over the training
 positives (0 for an item nobody trained on: new items, and the item tower's value), and each user
 the weight ``beta`` of their segment. The served score is ``u · v + b_i + beta · p_i``: still one dot
 product, so export, the index and the server need nothing new.
@@ -18,7 +18,7 @@ Segments (hybrid.PopularityWeight): ``known`` users (an id), ``history`` (no id,
 judged as the validation users with their fit-part histories and no id), ``attributes`` (neither:
 the validation users with neither). Targets are the validation positives, fit positives masked.
 
-The EASE part (trainer/hybrid_ease.py) is weighed here too, jointly with the known users'
+The EASE part (trainer/hybrid/ease.py) is weighed here too, jointly with the known users'
 popularity weight: ``ease multiplier x spread / EASE's spread``, one weight for every user with a
 history (known or not: the user tower pools one table for both, and a weight per segment would make
 the graph no longer affine in its history, which the server's known-user shortcut needs).
@@ -34,7 +34,9 @@ import numpy as np
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
-from . import hybrid, hybrid_ease, hybrid_fit
+from . import ease as hybrid_ease
+from . import fit as hybrid_fit
+from . import model as hybrid
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -22,8 +22,8 @@ from towerserve.server.core.numerics import cosine_rows
 from towerserve.trainer.onnx_text import FOLDER_FILE, FOLDER_FORMAT, FOLDER_FORMAT_VERSION
 from towerserve.trainer.text import MAX_LENGTHS
 
-from . import encoder as enc_export
-from .parity import ParityReport
+from ..parity import ParityReport
+from . import variants as enc_export
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def sample_texts(data: Path | None, per_field: int, seed: int = 0) -> dict[str, 
     import pandas as pd
 
     if data is None:
-        from towerserve.trainer import synth
+        from towerserve.trainer.synth import generator as synth
 
         with tempfile.TemporaryDirectory() as tmp:
             synth.generate(Path(tmp), n_users=300, n_items=300, seed=7, progress=False)

@@ -23,7 +23,7 @@ price; then the latent factors from their own stream); pairs are then drawn one 
 time, each block from its own random stream, so the same seed gives byte-identical files and the
 oracle can be recomputed block by block without ever holding a dense matrix. Above 2 x 10⁹ cells
 (long form), the pairs are drawn from a random pool of items per user instead of every cell
-(``sampling="pooled"``: trainer/synth_pooled.py, which also says what its Oracle is).
+(``sampling="pooled"``: trainer/synth/pooled.py, which also says what its Oracle is).
 """
 
 from __future__ import annotations
@@ -36,10 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import synth_pooled
-from .data import GENERATOR_FILE, ITEMS_FILE, LONG_FILE, MATRIX_FILE, TRUTH_FILE, USERS_FILE
-from .synth_vocab import CATEGORIES, FEATURE_GROUPS, PERSONALITIES, PROFESSIONS
-from .synth_world import (
+from ..data import GENERATOR_FILE, ITEMS_FILE, LONG_FILE, MATRIX_FILE, TRUTH_FILE, USERS_FILE
+from . import pooled as synth_pooled
+from .vocab import CATEGORIES, FEATURE_GROUPS, PERSONALITIES, PROFESSIONS
+from .world import (
     DEFAULT_LATENT_WEIGHT,
     LATENT_DIM,
     REGIMES,
@@ -48,7 +48,7 @@ from .synth_world import (
     draw_world,
     iter_blocks,
 )
-from .synth_write import write_csv, write_interactions, write_pairs
+from .write import write_csv, write_interactions, write_pairs
 
 __all__ = [
     "CATEGORIES",
@@ -110,7 +110,7 @@ def generate(
             (attribute-driven only; byte-identical to generator version 1).
         latent_weight: standard deviation of the latent term (latent regime; default 2.0).
         sampling: "dense" (every cell), "pooled" (long form only: pairs drawn from a random pool of
-            ~``pool`` items per user, trainer/synth_pooled.py) or "auto" (pooled above 2 x 10⁹ cells).
+            ~``pool`` items per user, trainer/synth/pooled.py) or "auto" (pooled above 2 x 10⁹ cells).
         pool: mean pool size M (pooled; default ~100 x the expected positives per user, 1,024-4,096).
 
     Returns:
@@ -211,7 +211,7 @@ def true_probabilities(root: Path | str) -> Iterator[tuple[np.ndarray, np.ndarra
         return
     pool = _pool(json.loads((root / GENERATOR_FILE).read_text()))
     if pool:
-        from .synth_pooled import true_probabilities as pooled_probabilities
+        from .pooled import true_probabilities as pooled_probabilities
 
         yield from pooled_probabilities(load_world(root), pool)
         return

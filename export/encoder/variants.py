@@ -82,7 +82,7 @@ def export_fp32(
     input_names = [n for n in ("input_ids", "attention_mask", "token_type_ids") if n in tok.model_input_names]
     path = out_dir / "model.onnx"
     if backend == "optimum":
-        from .encoder_optimum import export_pooled
+        from .optimum import export_pooled
 
         export_pooled(model, pooling, input_names, path, cfg.opset)
     else:
@@ -147,7 +147,7 @@ def optimize(
     for name in ("onnx_model", "fusion_base", "onnx_model_bert", "fusion_utils", "onnxruntime.transformers"):
         logging.getLogger(name).setLevel(logging.WARNING)
     if backend == "optimum":
-        from .encoder_optimum import optimize as optimum_optimize
+        from .optimum import optimize as optimum_optimize
 
         return optimum_optimize(src, dst, num_heads, hidden, use_gpu=use_gpu, fp16=fp16)
     from onnxruntime.transformers.optimizer import optimize_model
@@ -170,7 +170,7 @@ def quantize_int8(src: Path, dst: Path, exclude: list[str] | None = None, backen
     """
     _check_backend("quantizer", backend, QUANTIZERS)
     if backend == "optimum":
-        from .encoder_optimum import quantize_int8 as optimum_quantize
+        from .optimum import quantize_int8 as optimum_quantize
 
         return optimum_quantize(src, dst, exclude or [])
     import onnx

@@ -1,6 +1,6 @@
 """Fits the hybrid two-tower: ID dropout, target exclusion, in-batch softmax with logQ or BCE, early stopping.
 
-Every choice (epochs, and the recipe in trainer/hybrid_search.py) is made on NDCG@10 over a validation
+Every choice (epochs, and the recipe in trainer/hybrid/search.py) is made on NDCG@10 over a validation
 split carved out of the TRAINING positives; the test split is never read here.
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
-from . import hybrid
-from .evalsample import chunk_users
-from .hybrid_config import HybridConfig
+from ..evalsample import chunk_users
+from . import model as hybrid
+from .config import HybridConfig
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -16,9 +16,11 @@ import numpy as np
 
 from towerserve.server.core.csr import CSR
 
-from . import hybrid_blend, hybrid_ease, hybrid_fit
-from .collab import validation_split
-from .hybrid_config import HybridConfig
+from ..collab import validation_split
+from . import blend as hybrid_blend
+from . import ease as hybrid_ease
+from . import fit as hybrid_fit
+from .config import HybridConfig
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""The synthetic generator: its world model, vocabulary, texts, pooled sampling at scale and file writers."""
