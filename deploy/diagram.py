@@ -1,5 +1,5 @@
 """Draws deploy/scaling.svg and deploy/scaling.png: replicas, client-side balancing, the shared
-catalogue journal and the batch path (the README's "Scaling out").
+catalogue journal and the batch path (docs/scaling.md).
 
     python deploy/diagram.py [--out deploy/scaling]
 

@@ -38,7 +38,7 @@ NPROBE = (4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)
 
 def resolve_kind(kind: str, n_items: int) -> list[str]:
     """The kinds to try: ``auto`` -> exact up to AUTO_EXACT_MAX_ITEMS items, else IVF and HNSW (both
-    built and tuned; the faster one at the recall floor is kept; README, "Item index")."""
+    built and tuned; the faster one at the recall floor is kept; docs/benchmarks.md, "Item index at scale")."""
     if kind == "auto":
         return ["exact"] if n_items <= AUTO_EXACT_MAX_ITEMS else ["ivf", "hnsw"]
     if kind not in KINDS:

@@ -22,7 +22,7 @@ from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
 from towerserve.server.api.app import ServerConfig, create_server
-from towerserve.server.engine.config import is_loopback
+from towerserve.server.core.config import is_loopback
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 

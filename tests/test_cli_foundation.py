@@ -219,3 +219,30 @@ def test_bad_ks_is_an_argparse_error(cli_data, ks, why):
     assert proc.returncode == 2
     assert "usage: towerserve baselines" in proc.stderr
     assert "argument --ks" in proc.stderr and why in proc.stderr
+
+
+def test_every_serve_option_is_one_config_field_and_one_grouped_flag(monkeypatch):
+    # Options are written once (server/core/config.py); the parser is derived from them.
+    from dataclasses import fields
+
+    from towerserve.clients.cli import build_parser
+    from towerserve.server.api import cli as serve_cli
+    from towerserve.server.core.config import GROUPS, ServerConfig
+
+    options = serve_cli.serve_options()
+    assert set(options) == {f.name for f in fields(ServerConfig)}
+    parser = build_parser()
+    serve = parser._subparsers._group_actions[0].choices["serve"]
+    by_group = {g.title.split(":")[0]: {a.dest for a in g._group_actions} for g in serve._action_groups}
+    for name, f in options.items():
+        assert name in by_group[f.metadata["group"]], name
+    assert set(GROUPS) <= set(by_group)
+    # Flags become the config's values; flags left off leave defaults and the environment in charge.
+    seen = {}
+    monkeypatch.setattr("towerserve.server.api.app.serve", lambda cfg: seen.setdefault("cfg", cfg) and 0)
+    monkeypatch.setenv("TOWERSERVE_GRACE", "3.5")
+    args = parser.parse_args(["serve", "--artifacts", "A", "--port", "0", "--exact", "--device", "cpu"])
+    args.func(args)
+    cfg = seen["cfg"]
+    assert (cfg.artifacts, cfg.port, cfg.exact, cfg.grace, cfg.insecure) == (Path("A"), 0, True, 3.5, False)
+    assert cfg.max_concurrent_rpcs == ServerConfig().max_concurrent_rpcs

@@ -8,10 +8,10 @@ import pytest
 
 from towerserve.server.catalog.index import AnnIndex
 from towerserve.server.catalog.snapshot import deleted
+from towerserve.server.core.config import EngineConfig
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.types import NewItemData
 from towerserve.server.engine import scoring
-from towerserve.server.engine.config import EngineConfig
 from towerserve.server.engine.engine import Engine
 from towerserve.server.engine.errors import NotFound
 from towerserve.server.engine.info import model_info

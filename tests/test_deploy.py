@@ -27,7 +27,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from towerserve.clients.cli import build_parser
-from towerserve.server.engine.config import ENV_PREFIX, ServerConfig
+from towerserve.server.core.config import ENV_PREFIX, ServerConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -37,7 +37,7 @@ K8S = DEPLOY / "k8s"
 KUBERNETES_VERSIONS = ("1.30", latest_version())
 # Not a Kubernetes API object: kubectl's kustomize reads it (checked separately below).
 KUSTOMIZATION = "kustomize.config.k8s.io/v1beta1"
-# Measured server RSS at seed scale (README "Benchmarks", bench_server.py: VmRSS = peak), in bytes. A
+# Measured server RSS at seed scale (docs/benchmarks.md, bench_server.py: VmRSS = peak), in bytes. A
 # Reload holds the old and the new engine at once, so the memory limit must hold two.
 SEED_RSS_BYTES = 231e6
 _QUANTITY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -417,7 +417,7 @@ def test_the_deployment_command_serves_probes_and_drains(serving, users, pod, co
 
 
 def test_the_scaling_diagram_is_generated_from_its_source(tmp_path):
-    """deploy/diagram.py draws the README's picture; the committed images are its output."""
+    """deploy/diagram.py draws docs/scaling.md's picture; the committed images are its output."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("diagram", ROOT / "deploy" / "diagram.py")

@@ -24,9 +24,10 @@ from pipeline import running_server
 from prometheus_client import CollectorRegistry
 
 from towerserve.server.api.servicer import rpc
+from towerserve.server.core.limits import Limits
 from towerserve.server.core.types import NewItemData
 from towerserve.server.engine.errors import MAX_DETAILS, InvalidArgument, bounded
-from towerserve.server.engine.validation import MAX_K, Limits, item_bytes
+from towerserve.server.engine.validation import MAX_K, item_bytes
 from towerserve.v1 import recommender_pb2 as pb
 from towerserve.v1 import recommender_pb2_grpc
 

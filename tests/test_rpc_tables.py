@@ -18,8 +18,8 @@ from towerserve.clients.base import CALLS
 from towerserve.clients.client import AsyncRecommenderClient, RecommenderClient
 from towerserve.server.api.holder import EngineHolder
 from towerserve.server.api.servicer import AdminServicer, RecommenderServicer, generic_handlers
+from towerserve.server.core.config import EngineConfig
 from towerserve.server.core.rpcs import ADMIN, RECOMMENDER, RPCS, SERVICES, Rpc
-from towerserve.server.engine.config import EngineConfig
 from towerserve.v1 import recommender_pb2 as pb
 
 SERVICERS = {"Recommender": RecommenderServicer, "Admin": AdminServicer}

@@ -716,12 +716,3 @@ def test_two_servers_in_one_process_with_default_metrics(serving):
         [sys.executable, "-c", _TWO_SERVERS, str(serving)], capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0 and "two servers" in done.stdout, done.stderr[-2000:]
-
-
-def test_readme_error_table_is_the_code_table():
-    from towerserve.server.engine.errors import error_table_markdown
-
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    assert error_table_markdown() in readme, (
-        "README's Errors table differs from server/engine/errors.py: ERROR_TABLE"
-    )

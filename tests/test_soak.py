@@ -1,5 +1,5 @@
 """The soak's fast version: benchmarks/soak.py for a few seconds in the suite (the full minute is a
-script, README "Reliability"): 64 concurrent callers of mixed RPCs, upserts and deletes through a
+script, docs/reliability.md): 64 concurrent callers of mixed RPCs, upserts and deletes through a
 journal included, against a real `towerserve serve`; no call may fail and the server must live."""
 
 from __future__ import annotations

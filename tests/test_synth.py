@@ -288,7 +288,7 @@ def test_baselines_are_ordered_at_notebook_scale(notebook_scale):
     ndcg = {k: v["ndcg@10"] for k, v in results.items()}
     assert ndcg["random"] < ndcg["mostpop"] < ndcg["itemknn"] < ndcg["ease"] < ndcg["oracle"]
     assert ndcg["oracle"] >= 2 * ndcg["mostpop"]
-    # The latent regime's calibration (README): for known users the collaborative signal beats
+    # The latent regime's calibration (docs/data.md): for known users the collaborative signal beats
     # the best content-only ranking clearly, and the truth stays well above EASE.
     assert ndcg["ease"] > 1.5 * ndcg["content_only"]
     assert ndcg["oracle"] > 1.2 * ndcg["ease"]

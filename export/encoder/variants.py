@@ -23,7 +23,7 @@ INT8_MIN_WORST_COSINE = 0.95
 # optimum's exporter and ORTOptimizer build the same graphs as torch.onnx.export and ORT's optimizer,
 # so they are used. ORTQuantizer also quantises the attention's activation x activation MatMuls, which
 # quantize_dynamic leaves in fp32 (MatMulConstBOnly): lower cosine to fp32 and no speed gained, so int8
-# stays on quantize_dynamic. Figures: README "Text encoder"; benchmarks/bench_encoder.py builds both.
+# stays on quantize_dynamic. Figures: docs/benchmarks.md "Text encoder"; benchmarks/bench_encoder.py builds both.
 EXPORTERS = ("optimum", "torch")
 OPTIMIZERS = ("optimum", "ort")
 QUANTIZERS = ("ort", "optimum")

@@ -19,8 +19,8 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from ..catalog.journal import open_store
+from ..core.config import ServerConfig, is_loopback
 from ..core.manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
-from ..engine.config import ServerConfig, is_loopback
 from .holder import EngineHolder
 from .interceptors import AccessInterceptor, Metrics, MetricsInterceptor
 from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers

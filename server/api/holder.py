@@ -16,9 +16,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..catalog.store import DELETE, CatalogStore, Change, latest
+from ..core.config import EngineConfig
 from ..core.manifest import ArtifactError
 from ..core.types import ModelInfo, NewItemData
-from ..engine.config import EngineConfig
 from ..engine.deadline import Check, never
 from ..engine.engine import Engine
 from ..engine.errors import InvalidArgument, Unavailable

@@ -17,6 +17,7 @@ from google.protobuf.message import DecodeError
 
 from towerserve.v1 import recommender_pb2 as pb
 
+from ..core.limits import Limits
 from ..core.manifest import ArtifactError
 from ..core.rpcs import ADMIN, RECOMMENDER, Rpc
 from ..core.types import NewItemData, UserAttrs
@@ -33,7 +34,7 @@ from ..engine.errors import (
     bounded,
 )
 from ..engine.history import NO_HISTORY, History
-from ..engine.validation import Limits, validate_inline, validate_score
+from ..engine.validation import validate_inline, validate_score
 from .holder import EngineHolder
 
 _LOGGER = logging.getLogger(__name__)

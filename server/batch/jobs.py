@@ -17,11 +17,12 @@ import numpy as np
 import pyarrow as pa
 
 from ..catalog.snapshot import ITEM_COLUMNS, read_csv
+from ..core.config import EngineConfig
+from ..core.limits import Limits
 from ..core.types import NewItemData
-from ..engine.config import EngineConfig
 from ..engine.engine import Engine
 from ..engine.errors import InvalidArgument
-from ..engine.validation import Limits, validate_items
+from ..engine.validation import validate_items
 
 _LOGGER = logging.getLogger(__name__)
 

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..catalog.snapshot import read_csv
+from ..core.limits import Limits
 from ..core.manifest import ServingManifest
-from ..engine.validation import Limits
 from .jobs import Bundle, ItemEmbedder, UserRecommender, read_items, users_table
 
 _LOGGER = logging.getLogger(__name__)

@@ -1,4 +1,4 @@
-"""Full-ranking recommendation metrics in pure numpy, vectorised over users (definitions in README)."""
+"""Full-ranking recommendation metrics in pure numpy, vectorised over users (definitions: docs/data.md, "Splits and metrics")."""
 
 from __future__ import annotations
 

@@ -34,13 +34,13 @@ from ..catalog.snapshot import (
     relisted,
     upserted,
 )
+from ..core.config import EngineConfig
 from ..core.csr import CSR
 from ..core.features import MINMAX, TEXT, load_tables
 from ..core.manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
 from ..core.splits import RecordedSplit, load_recorded_split
 from ..core.types import NewItemData, UserAttrs
 from . import ranking
-from .config import EngineConfig
 from .deadline import Check, never
 from .errors import InvalidArgument, NotFound
 from .history import NO_HISTORY, History, HistoryIndex

@@ -71,7 +71,7 @@ def bounded(message: str, limit: int = MAX_DETAILS, wire: int = MAX_DETAILS_WIRE
     return message[:cut] + note
 
 
-# (condition, status code): the README's "Errors" table and tests/test_server_errors.py are built
+# (condition, status code): docs/api.md's "Errors" table and tests/test_server_errors.py are built
 # from this list, so code, documentation and tests cannot drift apart.
 ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ("unknown user_id or item_id", grpc.StatusCode.NOT_FOUND),
@@ -127,7 +127,7 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
 
 
 def error_table_markdown() -> str:
-    """ERROR_TABLE as the Markdown table in the README (a test keeps the two identical)."""
+    """ERROR_TABLE as the Markdown table in docs/api.md (a test keeps the two identical)."""
     rows = ["| condition | gRPC status |", "|---|---|"]
     rows += [f"| {condition} | `{code.name}` |" for condition, code in ERROR_TABLE]
     return "\n".join(rows)

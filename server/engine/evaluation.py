@@ -67,7 +67,7 @@ def evaluate(
     n_items = rec.train.n_cols
     vectors = tower.item_vectors[:n_items]  # recorded splits rank the exported catalogue
     check()
-    users_vec = engine.known_user_vectors(tower)
+    users_vec = engine.inputs.known_vectors(tower)
     if inline is not None:
         test, nb_users, nb_items = _inline_split(engine, inline, n_items, check)
     else:

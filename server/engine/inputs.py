@@ -8,12 +8,13 @@ import numpy as np
 
 from ..core.csr import CSR
 from ..core.features import MINMAX, FieldSpec, FieldTable, assemble, feature_matrix
+from ..core.limits import Limits
 from ..core.types import NewItemData, UserAttrs
 from .deadline import Check, never
 from .encoder import OnnxTextEncoder
 from .history import NO_HISTORY, History, known_ids, padded, with_training
 from .towers import TextVectors, Tower
-from .validation import Limits, check_new_texts, validate_attrs
+from .validation import check_new_texts, validate_attrs
 
 UserRef = int | UserAttrs  # a known user's row in users.csv, or an unseen user's attributes
 # Known users' mean-pooling shortcuts (mean_history.py: ~0.05 ms each) between deadline checks.

@@ -9,7 +9,7 @@ export, the index and the server need nothing new.
 
 Why: on MovieLens-100K's validation split (20 % of each user's training positives) the hybrid alone
 and EASE score about the same NDCG@10, and their sum, EASE at a quarter of the hybrid's score
-spread, scores 5-7 % above either (README, "Models and results"): the learnt towers and the
+spread, scores 5-7 % above either (docs/models.md, "Results"): the learnt towers and the
 closed-form item-item model make different mistakes. The weight w is chosen on validation with the
 popularity blend (trainer/hybrid/blend.py); w = 0 is among the choices, so a data set where EASE
 does not help is served the hybrid alone.

@@ -30,8 +30,8 @@ _LOGGER = logging.getLogger(__name__)
 VALIDATION_SHARE = 0.2
 # Full softmax (over the catalogue where it fits, HybridConfig.negatives) with mean pooling, the
 # in-batch softmax at its own temperature, BCE, and attention pooling; the rest is the base recipe
-# (HybridConfig's defaults). No loss and no pooling won on every data set measured (README "Models and
-# results"), so validation chooses per data set. Small on purpose: every candidate is a full fit.
+# (HybridConfig's defaults). No loss and no pooling won on every data set measured (docs/models.md,
+# "Results"), so validation chooses per data set. Small on purpose: every candidate is a full fit.
 SEARCH: tuple[dict, ...] = (
     {"loss": "softmax"},
     {"loss": "softmax", "negatives": "in_batch", "temperature": 0.5},

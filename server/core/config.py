@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from .validation import Limits
+from .limits import Limits
 
 
 @dataclass(frozen=True)
@@ -59,77 +59,157 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# `serve --help` shows the options in these groups, in this order.
+GROUPS = {
+    "bundle": "what to serve",
+    "network": "where to listen",
+    "access": "who may call (token, TLS)",
+    "capacity": "processes, threads and admission",
+    "catalogue": "durable catalogue changes",
+    "operations": "metrics, draining and connections",
+}
+
+
+def option(
+    default=None, *, group: str, help: str, choices: tuple[str, ...] | None = None, factory=None, **kw
+):
+    """A ServerConfig field that is also a `towerserve serve` flag: ``--name-with-dashes``, typed from
+    the annotation, shown in ``group`` with ``help`` (server/api/cli.py builds the parser from these)."""
+    if group not in GROUPS:
+        raise ValueError(f"unknown option group {group!r}")
+    meta = {"group": group, "help": help, "choices": choices}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta, **kw)
+    return field(default=default, metadata=meta, **kw)
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     """Everything `towerserve serve` takes; flags > TOWERSERVE_* environment > these defaults.
 
-    Attributes:
-        artifacts: the serving folder (`towerserve export` output).
-        host, port: where to listen; port 0 picks a free port (tests). The default host is loopback
-            ("localhost": 127.0.0.1 and ::1), so a server is reachable from other machines only when
-            asked; see ``insecure``.
-        workers: processes sharing the port through SO_REUSEPORT, forked before any server exists.
-        threads: the bounded worker pool per process (default: the CPU count, at least 2; every
-            extra thread is one more contender for the GIL the event loop needs, and ONNX Runtime
-            and FAISS already run a call on a core each): everything that scores the catalogue, runs a
-            tower or the encoder, Evaluate, UpsertItems and reload; only checks and candidate-list
-            walks (microseconds) run on the gRPC event loop itself.
-        max_concurrent_rpcs: beyond this many authenticated RPCs in flight, new ones get
-            RESOURCE_EXHAUSTED instead of queueing (health and refused calls do not count).
-        max_probe_rpcs: the separate cap on health calls (Check and Watch) and calls refused for
-            their token, so token-less traffic can never take the slots of authenticated RPCs.
-        max_watch_streams: open health Watch streams (which also hold a probe slot): a stream lives as
-            long as its client wants, so without a cap of their own they could crowd out Checks.
-        token: bearer token every RPC but health must carry (never logged).
-        token_file: read ``token`` from this file (stripped) instead: unlike --token it is not shown
-            to every local user by ``ps``.
-        insecure: allow a non-loopback host with neither a token nor TLS (refused otherwise).
-        tls_cert, tls_key: serve TLS with this certificate chain and key.
-        tls_client_ca: also require client certificates signed by this CA (mutual TLS).
-        metrics_port: Prometheus metrics over HTTP (worker i listens on metrics_port + i).
-        grace: seconds in-flight RPCs get to finish on SIGTERM.
-        max_message_mb: largest request/response message.
-        device: "cpu" or "cuda".
-        model: model kind to serve (default: the manifest's).
-        encoder_variant: fp32 / optimized / int8 / fp16 (default: the manifest's choice for the device).
-        exact: score every item, ignoring the bundle's approximate index.
-        candidate_budget_mb: memory for known users' precomputed candidate lists.
-        state_dir: where the catalogue journal lives (store.py); None: catalogue changes are lost on
-            restart (the server says so at start).
-        catalog_url: a postgresql:// URL: the journal in PostgreSQL, shared by replicas (store_pg.py);
-            wins over state_dir.
-        max_connection_age: seconds after which the server asks a client connection to reconnect
-            (GOAWAY, then ``grace`` for calls in flight), so clients balancing over DNS find replicas
-            added since they connected; 0: never.
+    Each field is written once: its ``option`` metadata is the flag's group and help, and
+    server/api/cli.py derives the flag (``--max-concurrent-rpcs`` for ``max_concurrent_rpcs``) and its
+    type from the field. The comments say why a default is what it is.
     """
 
-    artifacts: Path | None = None
-    host: str = "localhost"
-    port: int = 50051
-    workers: int = 1
-    threads: int = field(default_factory=lambda: max(2, os.cpu_count() or 2))
-    max_concurrent_rpcs: int = 256
+    artifacts: Path | None = option(
+        group="bundle",
+        help="serving folder written by `towerserve export` (ARTIFACTS/serving); the training folder "
+        "ARTIFACTS itself also works",
+    )
+    model: str | None = option(
+        group="bundle", help="model kind to serve, one of the manifest's (default: best holdout NDCG@10)"
+    )
+    device: str = option(
+        "cpu",
+        group="bundle",
+        choices=("cpu", "cuda"),
+        help="ONNX Runtime device (default cpu; cuda falls back to cpu with a warning when unavailable)",
+    )
+    encoder_variant: str | None = option(
+        group="bundle",
+        choices=("fp32", "optimized", "int8", "fp16"),
+        help="text encoder graph (default: int8 on CPU when it passed its gate, fp16 on CUDA)",
+    )
+    exact: bool = option(
+        False,
+        group="bundle",
+        help="score every item, ignoring the bundle's approximate index (a reference, or a way out)",
+    )
+    candidate_budget_mb: float = option(
+        1024.0,
+        group="bundle",
+        help="memory for known users' precomputed top-128 lists (default 1024; beyond it, none are kept)",
+    )
+    # Loopback by default: a server is reachable from other machines only when asked (see insecure).
+    host: str = option(
+        "localhost",
+        group="network",
+        help="listen address (default localhost: this machine only; [::] or 0.0.0.0 for every interface, "
+        "which needs a token, TLS or --insecure)",
+    )
+    port: int = option(50051, group="network", help="port (default 50051; 0 picks a free one)")
+    max_message_mb: int = option(
+        16, group="network", help="largest request or response message, MB (default 16)"
+    )
+    token: str | None = option(
+        group="access",
+        repr=False,  # never logged
+        help="require 'authorization: Bearer TOKEN' on every RPC but health. Visible to every local user "
+        "in ps: prefer --token-file or the TOWERSERVE_TOKEN environment variable",
+    )
+    token_file: Path | None = option(
+        group="access",
+        help="read the bearer token from this file (surrounding whitespace stripped; an empty file is "
+        "refused); keep it chmod 600",
+    )
+    insecure: bool = option(
+        False,
+        group="access",
+        help="allow a non-loopback --host with neither a token nor TLS (refused otherwise; logs a warning)",
+    )
+    tls_cert: Path | None = option(group="access", help="TLS certificate chain (PEM)")
+    tls_key: Path | None = option(group="access", help="TLS private key (PEM)")
+    tls_client_ca: Path | None = option(
+        group="access", help="require client certificates signed by this CA (mutual TLS)"
+    )
+    # Forked before any server exists; they share the port through SO_REUSEPORT.
+    workers: int = option(1, group="capacity", help="processes sharing the port via SO_REUSEPORT (default 1)")
+    # Every extra thread is one more contender for the GIL the event loop needs, and ONNX Runtime and
+    # FAISS already run a call on a core each: everything that scores the catalogue, runs a tower or
+    # the encoder, Evaluate, UpsertItems and reload runs here; only checks and candidate-list walks
+    # (microseconds) run on the gRPC event loop itself.
+    threads: int = option(
+        group="capacity",
+        factory=lambda: max(2, os.cpu_count() or 2),
+        help="worker pool threads per process for heavy work (default: the CPU count, >= 2)",
+    )
+    max_concurrent_rpcs: int = option(
+        256,
+        group="capacity",
+        help="authenticated RPCs in flight; beyond this, RESOURCE_EXHAUSTED (default 256; health calls "
+        "and calls refused for their token do not count)",
+    )
     # 64 probes: a load test's health RPC at concurrency 64 fits; starvation is prevented by the
     # pools being separate, not by their size.
-    max_probe_rpcs: int = 64
-    max_watch_streams: int = 16
-    token: str | None = field(default=None, repr=False)
-    token_file: Path | None = None
-    insecure: bool = False
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_client_ca: Path | None = None
-    metrics_port: int | None = None
-    grace: float = 10.0
-    max_message_mb: int = 16
-    device: str = "cpu"
-    model: str | None = None
-    encoder_variant: str | None = None
-    exact: bool = False
-    candidate_budget_mb: float = 1024.0
-    state_dir: Path | None = None
-    catalog_url: str | None = field(default=None, repr=False)  # may carry a password
-    max_connection_age: float = 300.0
+    max_probe_rpcs: int = option(
+        64,
+        group="capacity",
+        help="health Check/Watch calls and calls refused for their token in flight, a separate cap so they "
+        "cannot take the slots of authenticated RPCs (default 64)",
+    )
+    # A Watch stream lives as long as its client wants: without a cap of its own it could crowd out Checks.
+    max_watch_streams: int = option(
+        16,
+        group="capacity",
+        help="open health Watch streams, each also holding a probe slot (default 16; gRPC client-side "
+        "health checking holds one per client connection)",
+    )
+    state_dir: Path | None = option(
+        group="catalogue",
+        help="journal catalogue changes (UpsertItems, DeleteItems) here before acknowledging them, and "
+        "replay them at start and on Reload (default: none, changes are lost on restart)",
+    )
+    catalog_url: str | None = option(
+        group="catalogue",
+        repr=False,  # may carry a password
+        help="journal catalogue changes in PostgreSQL (postgresql://USER@HOST/DB; the 'postgres' extra), "
+        "shared by every replica: each applies the others' changes within a second; wins over --state-dir. "
+        "Prefer TOWERSERVE_CATALOG_URL: a password in a flag is visible in ps",
+    )
+    metrics_port: int | None = option(
+        group="operations", help="Prometheus metrics over HTTP on this port (+ worker index)"
+    )
+    grace: float = option(
+        10.0, group="operations", help="seconds to drain in-flight RPCs on SIGTERM (default 10)"
+    )
+    # GOAWAY, then ``grace`` for calls in flight: clients balancing over DNS find replicas added since.
+    max_connection_age: float = option(
+        300.0,
+        group="operations",
+        help="seconds before a client connection is asked to reconnect, so dns:/// clients find new "
+        "replicas (default 300; 0: never)",
+    )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ, **overrides) -> ServerConfig:
