@@ -65,7 +65,10 @@ def _anchor(box, toward):
     return cx + dx * scale, cy + dy * scale
 
 
-def draw(out: Path) -> list[Path]:
+def render(out: Path, boxes, arrows, height: float, title: tuple[float, str], notes) -> list[Path]:
+    """Draws ``boxes`` and ``arrows`` (the tables above) on a 16 x ``height`` canvas with ``title`` ((y, text))
+    on top and ``notes`` ((x, y, text, fontsize), grey) and writes ``out``.svg and ``out``.png. The one
+    renderer of the project's box-and-arrow pictures (docs/architecture.py uses it too)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -74,15 +77,15 @@ def draw(out: Path) -> list[Path]:
 
     plt.rcParams["svg.fonttype"] = "none"  # text stays text: searchable, small, diffable
     plt.rcParams["svg.hashsalt"] = "towerserve"  # stable ids: a regenerated SVG diffs only where it changed
-    fig, ax = plt.subplots(figsize=(16, 9), dpi=100)
+    fig, ax = plt.subplots(figsize=(16, height), dpi=100)
     ax.set_xlim(0, 16)
-    ax.set_ylim(0, 9)
+    ax.set_ylim(0, height)
     ax.axis("off")
-    by_key = {b[0]: b for b in BOXES}
-    for _key, x, y, w, h, label, colour in BOXES:
+    by_key = {b[0]: b for b in boxes}
+    for _key, x, y, w, h, label, colour in boxes:
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#5f6368", lw=1.2))
         ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=11)
-    for src, dst, label, style in ARROWS:
+    for src, dst, label, style in arrows:
         a, b = _anchor(by_key[src], by_key[dst]), _anchor(by_key[dst], by_key[src])
         ax.add_patch(
             FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=16, lw=1.4, ls=style, color="#3c4043")
@@ -91,14 +94,9 @@ def draw(out: Path) -> list[Path]:
             ax.text(
                 (a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.15, label, ha="center", fontsize=9, color="#1a73e8"
             )
-    ax.text(8, 8.75, "towerserve: scaling out", ha="center", fontsize=15, weight="bold")
-    ax.text(
-        0.3,
-        2.6,
-        "serving path: one user-tower pass + a dot product\nper request, inside one replica",
-        fontsize=9,
-        color="#5f6368",
-    )
+    ax.text(8, title[0], title[1], ha="center", fontsize=15, weight="bold")
+    for x, y, text, size, *bold in notes:
+        ax.text(x, y, text, fontsize=size, color="#5f6368", **({"weight": "bold"} if bold else {}))
     written = []
     for suffix in (".svg", ".png"):
         path = out.with_suffix(suffix)
@@ -106,6 +104,13 @@ def draw(out: Path) -> list[Path]:
         written.append(path)
     plt.close(fig)
     return written
+
+
+NOTES = [(0.3, 2.6, "serving path: one user-tower pass + a dot product\nper request, inside one replica", 9)]
+
+
+def draw(out: Path) -> list[Path]:
+    return render(out, BOXES, ARROWS, 9, (8.75, "towerserve: scaling out"), NOTES)
 
 
 def main(argv: list[str] | None = None) -> int:

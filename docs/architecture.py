@@ -3,7 +3,7 @@ offline pipeline that feeds them (the README's picture).
 
     python docs/architecture.py [--out docs/architecture]
 
-The picture is data, as deploy/diagram.py's is: each box and arrow below is one line, so a change to
+The picture is data, drawn by deploy/diagram.py's renderer: each box and arrow below is one line, so a change to
 the architecture is a change here, and the committed images are regenerated from it
 (tests/test_docs.py checks that the committed SVG is this script's output).
 """
@@ -11,6 +11,7 @@ the architecture is a change here, and the committed images are regenerated from
 from __future__ import annotations
 
 import argparse
+import importlib.util
 from pathlib import Path
 
 # (key, x, y, width, height, label, colour): the canvas is 16 x 10 units.
@@ -68,53 +69,25 @@ ARROWS = [
 ]
 
 
-def _anchor(box, toward):
-    """The point on ``box``'s edge facing the centre of ``toward``."""
-    _, x, y, w, h, *_ = box
-    _, tx, ty, tw, th, *_ = toward
-    cx, cy, ox, oy = x + w / 2, y + h / 2, tx + tw / 2, ty + th / 2
-    dx, dy = ox - cx, oy - cy
-    scale = min(w / 2 / abs(dx) if dx else float("inf"), h / 2 / abs(dy) if dy else float("inf"))
-    return cx + dx * scale, cy + dy * scale
+NOTES = [
+    (0.3, 8.55, "online: serving", 10, "bold"),
+    (4.0, 2.75, "offline: data → model → bundle", 10, "bold"),
+    (0.3, 0.25, "solid: calls    dashed: files written and read", 9),
+]
+
+
+def _renderer():
+    """deploy/diagram.py's render: the project's one box-and-arrow renderer (both are scripts)."""
+    spec = importlib.util.spec_from_file_location(
+        "diagram", Path(__file__).resolve().parents[1] / "deploy" / "diagram.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.render
 
 
 def draw(out: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
-
-    plt.rcParams["svg.fonttype"] = "none"  # text stays text: searchable, small, diffable
-    plt.rcParams["svg.hashsalt"] = "towerserve"  # stable ids: a regenerated SVG diffs only where it changed
-    fig, ax = plt.subplots(figsize=(16, 10), dpi=100)
-    ax.set_xlim(0, 16)
-    ax.set_ylim(0, 10)
-    ax.axis("off")
-    by_key = {b[0]: b for b in BOXES}
-    for _key, x, y, w, h, label, colour in BOXES:
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=colour, ec="#5f6368", lw=1.2))
-        ax.text(x + w / 2, y + h / 2, label, ha="center", va="center", fontsize=11)
-    for src, dst, label, style in ARROWS:
-        a, b = _anchor(by_key[src], by_key[dst]), _anchor(by_key[dst], by_key[src])
-        ax.add_patch(
-            FancyArrowPatch(a, b, arrowstyle="-|>", mutation_scale=16, lw=1.4, ls=style, color="#3c4043")
-        )
-        if label:
-            ax.text(
-                (a[0] + b[0]) / 2, (a[1] + b[1]) / 2 + 0.15, label, ha="center", fontsize=9, color="#1a73e8"
-            )
-    ax.text(8, 9.65, "towerserve: architecture", ha="center", fontsize=15, weight="bold")
-    ax.text(0.3, 8.55, "online: serving", fontsize=10, color="#5f6368", weight="bold")
-    ax.text(4.0, 2.75, "offline: data → model → bundle", fontsize=10, color="#5f6368", weight="bold")
-    ax.text(0.3, 0.25, "solid: calls    dashed: files written and read", fontsize=9, color="#5f6368")
-    written = []
-    for suffix in (".svg", ".png"):
-        path = out.with_suffix(suffix)
-        fig.savefig(path, bbox_inches="tight", metadata={"Date": None} if suffix == ".svg" else None)
-        written.append(path)
-    plt.close(fig)
-    return written
+    return _renderer()(out, BOXES, ARROWS, 10, (9.65, "towerserve: architecture"), NOTES)
 
 
 def main(argv: list[str] | None = None) -> int:
