@@ -127,3 +127,17 @@ def server_and_channel(serving: Path, load: bool = True, **overrides) -> Iterato
         grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
     ):
         yield running, channel
+
+
+def randomise_layers(model, seed: int) -> None:
+    """N(0, 0.5) in every weight of every trainable leaf layer (a tower is a layer too; frozen layers,
+    such as the constant columns, keep theirs), so no test passes on zeros left by initialisation."""
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if layer.weights and layer.trainable and not isinstance(layer, keras.Model):
+            layer.set_weights(
+                [rng.normal(0, 0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()]
+            )

@@ -43,18 +43,6 @@ def data():
     return U, I, pos, (neg_u, neg_i.reshape(-1))
 
 
-def _randomise(model, seed: int):
-    import keras
-
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        # Leaf layers only (a tower is a layer too), and never the frozen constant column.
-        if layer.weights and layer.trainable and not isinstance(layer, keras.Model):
-            layer.set_weights(
-                [rng.normal(0, 0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()]
-            )
-
-
 def _relu(x):
     return np.maximum(x, 0.0)
 
@@ -65,7 +53,7 @@ def _relu(x):
 def test_user_tower_is_content_plus_id_plus_masked_mean_of_history(data):
     U, _, _, _ = data
     m = hybrid.build_hybrid(FU, FI, N_USERS, N_ITEMS, TINY)
-    _randomise(m, 1)
+    pipeline.randomise_layers(m, 1)
     user = m.get_layer("user_tower")
     idx = np.array([3, 0, 7, 0, 120], dtype=np.int32)
     hist = np.array([[1, 5, 0, 0], [2, 0, 0, 0], [0, 0, 0, 0], [30, 29, 28, 27], [0, 4, 0, 4]], np.int32)
@@ -94,7 +82,8 @@ def test_user_tower_is_content_plus_id_plus_masked_mean_of_history(data):
 def test_unknown_ids_give_the_content_only_vectors(data):
     U, I, _, _ = data
     m = hybrid.build_hybrid(FU, FI, N_USERS, N_ITEMS, TINY)
-    _randomise(m, 2)  # row 0 of every table too: the layer must ignore it, not rely on its zeros
+    # Row 0 of every table too: the layer must ignore it, not rely on its zeros.
+    pipeline.randomise_layers(m, 2)
     user = m.get_layer("user_tower")
     content_only = hybrid.build_user_tower(FU, 0, 0, TINY.dim, TINY.hidden, "mean")
     for name in ("user_hidden0", "user_embedding", "popularity_weight"):
@@ -118,7 +107,7 @@ def test_unknown_ids_give_the_content_only_vectors(data):
 def test_training_leaves_each_rows_target_out_of_its_users_history(data, pooling):
     U, _, _, _ = data
     m = hybrid.build_hybrid(FU, FI, N_USERS, N_ITEMS, replace(TINY, pooling=pooling))
-    _randomise(m, 5)
+    pipeline.randomise_layers(m, 5)
     users = np.array([4, 9, 11], np.int32)
     hist = np.array([[3, 5, 9, 0], [7, 0, 0, 0], [0, 0, 0, 0]], np.int32)  # ids: 1 + item row
     local = np.array([0, 0, 0, 1, 1, 2], np.int32)  # rows: three of user 4, two of user 9, one of 11
@@ -243,7 +232,7 @@ def test_a_model_worse_than_popularity_is_blended_into_popularity_order(data):
     # the blend must choose popularity, and the served vectors must rank by it.
     U, I, pos = _popularity_skewed(1)
     model = hybrid.build_hybrid(FU, FI, len(U), len(I), TINY)
-    _randomise(model, 7)
+    pipeline.randomise_layers(model, 7)
     fit, val = validation_split(pos, 0.2, 0)
     blend = hybrid_blend.choose(model, U, I, fit, val, 0)
     assert all(blend.multipliers[s] == max(hybrid_blend.MULTIPLIERS) for s in hybrid_blend.SEGMENTS)
@@ -328,7 +317,7 @@ def test_user_tower_onnx_matches_keras_for_any_history_width(data, tmp_path, poo
 
     U, _, _, _ = data
     m = hybrid.build_hybrid(FU, FI, N_USERS, N_ITEMS, replace(TINY, pooling=pooling))
-    _randomise(m, 3)
+    pipeline.randomise_layers(m, 3)
     user = m.get_layer("user_tower")
     path = keras_to_onnx(user, tmp_path / "user.onnx", "user_vector")
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])

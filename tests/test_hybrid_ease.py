@@ -8,6 +8,7 @@ from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
 import onnxruntime as ort  # noqa: E402
+import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
 from towerserve.server.core.csr import CSR  # noqa: E402
@@ -37,15 +38,8 @@ def _grouped(seed: int, n_users: int = 240, groups: int = 6, size: int = 5):
 
 
 def _randomised(n_users: int, n_items: int, seed: int):
-    import keras
-
     model = hybrid.build_hybrid(FU, FI, n_users, n_items, TINY)
-    rng = np.random.default_rng(seed)
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if layer.weights and layer.trainable and not isinstance(layer, keras.Model):
-            layer.set_weights(
-                [rng.normal(0, 0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()]
-            )
+    pipeline.randomise_layers(model, seed)
     return model
 
 
