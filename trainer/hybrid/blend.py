@@ -138,8 +138,8 @@ def _sample(users: np.ndarray, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng([seed, 41]).choice(users, SPREAD_USERS, replace=False))
 
 
-def _ndcg(scores: np.ndarray, users: np.ndarray, fit: CSR, val: CSR) -> float:
-    row_of = {int(u): r for r, u in enumerate(users)}
+def _ndcg(scores: np.ndarray, users: np.ndarray, row_of: dict[int, int], fit: CSR, val: CSR) -> float:
+    """Validation NDCG@10 of ``scores`` (one row per ``users``; ``row_of``: user -> row)."""
     fn = lambda us: scores[[row_of[int(u)] for u in us]]  # noqa: E731
     return float(full_ranking_metrics(fn, val, fit, ks=(10,), users=users)["ndcg@10"])
 
@@ -171,24 +171,32 @@ def choose(
     if ease is not None:
         e = ease.user_part(fit, judged) @ ease.items.T
         extra = e / _std(e)  # scaled to unit spread: a multiplier of the hybrid's spread applies as is
-    chosen, table, ease_m = {}, {}, 0.0
+    row_of = {int(u): r for r, u in enumerate(judged)}
+    chosen, table, ease_m, ease_w = {}, {}, 0.0, 0.0
     for segment in SEGMENTS:
         uvec = _segment_users(model, U, fit, segment, judged)
         spread = _spread(uvec[:SPREAD_USERS], ivec)
         base = uvec @ ivec.T
         if segment == "known" and extra is not None:
             grid = {
-                (me, m): _ndcg(base + (me * spread) * extra + (m * spread) * pop[None, :], judged, fit, val)
+                (me, m): _ndcg(
+                    base + (me * spread) * extra + (m * spread) * pop[None, :], judged, row_of, fit, val
+                )
                 for me in EASE_MULTIPLIERS
                 for m in MULTIPLIERS
             }
             ease_m, chosen[segment] = _best(grid)
+            # One EASE weight for every user with a history, set from the known users' spread, as
+            # apply() sets it: the history segment is judged with the weight it will be served.
+            ease_w = ease_m * spread
             table[segment] = {f"{me:g}/{m:g}": v for (me, m), v in grid.items()}
             best = grid[(ease_m, chosen[segment])]
         else:
             if segment == "history" and extra is not None:
-                base = base + (ease_m * spread) * extra
-            grid = {m: _ndcg(base + (m * spread) * pop[None, :], judged, fit, val) for m in MULTIPLIERS}
+                base = base + ease_w * extra
+            grid = {
+                m: _ndcg(base + (m * spread) * pop[None, :], judged, row_of, fit, val) for m in MULTIPLIERS
+            }
             chosen[segment] = _best(grid)
             table[segment] = grid
             best = grid[chosen[segment]]

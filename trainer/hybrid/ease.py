@@ -31,6 +31,7 @@ from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
 from .. import collab
+from . import fit as hybrid_fit
 from . import model as hybrid
 
 _LOGGER = logging.getLogger(__name__)
@@ -67,9 +68,12 @@ def skip_reason(n_items: int, rank: int) -> str | None:
     return collab.ease_skip_reason(n_items)
 
 
-def choose_lambda(fit: CSR, val: CSR, users: np.ndarray) -> tuple[float, dict[float, float]]:
-    """EASE's λ by NDCG@10 on the hybrid's own validation split (ties: the smaller λ)."""
-    g = collab.gram(fit)
+def choose_lambda(
+    fit: CSR, val: CSR, users: np.ndarray, g: np.ndarray | None = None
+) -> tuple[float, dict[float, float]]:
+    """EASE's λ by NDCG@10 on the hybrid's own validation split (ties: the smaller λ); ``g``: fit's XᵀX
+    when the caller has it."""
+    g = collab.gram(fit) if g is None else g
     scores = {
         lam: float(
             full_ranking_metrics(collab.EASE.fit(fit, lam, g), val, fit, ks=(10,), users=users)["ndcg@10"]
@@ -81,9 +85,9 @@ def choose_lambda(fit: CSR, val: CSR, users: np.ndarray) -> tuple[float, dict[fl
     return best, scores
 
 
-def factors(train: CSR, lam: float, rank: int) -> Factors:
-    """P and Q of rank ``min(rank, n_items)`` from EASE fitted on ``train``."""
-    b = collab.ease_weights(collab.gram(train), lam)
+def factors(train: CSR, lam: float, rank: int, g: np.ndarray | None = None) -> Factors:
+    """P and Q of rank ``min(rank, n_items)`` from EASE fitted on ``train`` (``g``: its XᵀX, if known)."""
+    b = collab.ease_weights(collab.gram(train) if g is None else g, lam)
     u, s, vt = np.linalg.svd(b, full_matrices=False)
     r = min(int(rank), len(s))
     root = np.sqrt(s[:r])
@@ -103,7 +107,7 @@ def install(model, f: Factors, weight: float, train: CSR) -> None:
     table.embeddings.assign(rows)
     ids = model.get_layer("item_id_embedding")
     values = np.array(ids.embeddings.numpy())
-    known = np.bincount(train.indices, minlength=train.n_cols) > 0
+    known = hybrid_fit.known_items(train)
     values[:, d : d + r] = 0.0
     values[1:][known, d : d + r] = f.items[known]
     ids.embeddings.assign(values)

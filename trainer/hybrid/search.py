@@ -16,6 +16,7 @@ import numpy as np
 
 from towerserve.server.core.csr import CSR
 
+from .. import collab
 from ..collab import validation_split
 from . import blend as hybrid_blend
 from . import ease as hybrid_ease
@@ -115,8 +116,9 @@ def choose(
     config = candidates[best].config
     skipped, ease = hybrid_ease.skip_reason(train.n_cols, config.ease_rank), None
     if skipped is None:
-        lam, _ = hybrid_ease.choose_lambda(fit_part, val, hybrid_fit.judged_users(fit_part, val, seed))
-        ease = hybrid_ease.factors(fit_part, lam, config.ease_rank)
+        g = collab.gram(fit_part)  # one XᵀX for the λ search and the factors
+        lam, _ = hybrid_ease.choose_lambda(fit_part, val, hybrid_fit.judged_users(fit_part, val, seed), g)
+        ease = hybrid_ease.factors(fit_part, lam, config.ease_rank, g)
     else:
         _LOGGER.info("%s: no EASE part: %s", desc, skipped)
     blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed, ease, skipped)
