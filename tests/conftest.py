@@ -99,10 +99,19 @@ def items(serving) -> dict[str, dict[str, str]]:
 
 
 @pytest.fixture(scope="session")
-def postgres_url():
-    """A real PostgreSQL server for the session (tests/postgres.py): its URL. Tests that share it
-    isolate themselves with a database of their own (:func:`postgres.fresh_database`)."""
+def pg_server():
+    """A real PostgreSQL server for the session (tests/postgres.py): a :class:`postgres.PostgresServer`
+    (``.url``, ``.stop()``, ``.start()``, ``.freeze()``, ``.thaw()``). A test that stops or freezes
+    this shared one starts or thaws it again before it returns; one that would rather not share
+    starts its own with ``postgres.postgres_server()``."""
     from postgres import postgres_server
 
-    with postgres_server() as url:
-        yield url
+    with postgres_server() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def postgres_url(pg_server) -> str:
+    """The session server's URL. Tests that share it isolate themselves with a database of their own
+    (:func:`postgres.fresh_database`)."""
+    return pg_server.url
