@@ -254,13 +254,19 @@ def test_an_open_non_loopback_bind_is_refused_unless_insecure(tmp_path):
     with pytest.raises(ValueError, match="refusing to listen"):
         create_server(ServerConfig(host="0.0.0.0", port=0))  # refused before anything binds
     (tmp_path / "token").write_text("t0ken\n")
+    tls = {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"}
     for allowed in (
         {"insecure": True},
         {"token": "t"},
         {"token_file": tmp_path / "token"},
-        {"tls_cert": tmp_path / "c.pem", "tls_key": tmp_path / "k.pem"},
+        {"read_token": "r"},
+        {"admin_token_file": tmp_path / "token"},
+        {**tls, "tls_client_ca": tmp_path / "ca.pem"},  # mutual TLS authenticates the caller
     ):
         ServerConfig(host="0.0.0.0", **allowed).validate()
+    # TLS alone encrypts but lets anyone call: it is as open as plaintext (tests/test_privilege.py).
+    with pytest.raises(ValueError, match="refusing to listen"):
+        ServerConfig(host="0.0.0.0", **tls).validate()
     assert ServerConfig.from_env({"TOWERSERVE_HOST": "[::]", "TOWERSERVE_INSECURE": "1"}).insecure
 
 

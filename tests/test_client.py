@@ -353,7 +353,7 @@ def test_top_n_zero_is_invalid_argument(client, users):
         ("Score", lambda c, u: c.score([(u, "no_such_item")]), "NOT_FOUND", ("item_id", "'no_such_item'")),
         ("Evaluate", lambda c, u: c.evaluate(ks=(0,)), "INVALID_ARGUMENT", ("ks", "0")),
         ("UpsertItems", lambda c, u: c.upsert_items([]), "INVALID_ARGUMENT", ("items", "0")),
-        ("Reload", lambda c, u: c.reload("/no/such/folder"), "FAILED_PRECONDITION", ("/no/such/folder",)),
+        ("Reload", lambda c, u: c.reload("/no/such/folder"), "FAILED_PRECONDITION", ("bundle root",)),
     ],
     ids=["score", "evaluate", "upsert", "reload"],
 )

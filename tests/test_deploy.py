@@ -27,7 +27,7 @@ import yaml
 from kubernetes_validate.utils import latest_version
 
 from towerserve.clients.cli import build_parser
-from towerserve.server.core.config import ENV_PREFIX, ServerConfig
+from towerserve.server.core.config import ENV_PREFIX, ServerConfig, is_loopback
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -310,6 +310,7 @@ def test_prometheus_finds_the_metrics_port(deployment, args, container):
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == args.metrics_port == _port(container, "metrics")
     assert args.workers == 1, "worker i serves metrics on --metrics-port + i"
+    assert not is_loopback(args.metrics_host), "Prometheus scrapes the pod's address, not its loopback"
 
 
 def test_the_dockerfile_runs_the_uid_the_pod_expects(pod):

@@ -227,7 +227,10 @@ def test_hot_reload_under_load_then_a_bad_folder_is_refused(serving, tmp_path, u
     bad_copy = pipeline.copy_serving(serving, tmp_path / "bad")
     _flip_byte(bad_copy / "models" / "two_tower" / "holdout" / "user_tower.onnx")
 
-    with running_server(serving) as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with (
+        running_server(serving, bundle_root=tmp_path) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         stub = recommender_pb2_grpc.RecommenderStub(channel)
         admin = recommender_pb2_grpc.AdminStub(channel)
         version = stub.GetModelInfo(pb.GetModelInfoRequest()).model_version
@@ -282,13 +285,18 @@ def test_hot_reload_under_load_then_a_bad_folder_is_refused(serving, tmp_path, u
 
 
 def test_reload_of_a_missing_folder_is_failed_precondition(serving, tmp_path, user):
-    with running_server(serving) as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with (
+        running_server(serving, bundle_root=tmp_path) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         with pytest.raises(grpc.RpcError) as err:
             recommender_pb2_grpc.AdminStub(channel).Reload(
                 pb.ReloadRequest(artifacts=str(tmp_path / "nowhere"))
             )
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert "nowhere/manifest.json: not found" in err.value.details()
+        # The same words as for a folder outside the root: a caller learns nothing of what exists.
+        assert "not under the bundle root or is not a valid bundle" in err.value.details()
+        assert "nowhere" not in err.value.details()
         assert _recommend(channel, user).items
 
 
@@ -299,7 +307,10 @@ def test_reload_of_a_structurally_broken_manifest_is_failed_precondition(serving
     broken = tmp_path / "broken"
     broken.mkdir()
     (broken / "manifest.json").write_text(json.dumps(content))
-    with running_server(serving) as running, grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+    with (
+        running_server(serving, bundle_root=tmp_path) as running,
+        grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
         with pytest.raises(grpc.RpcError) as err:
             recommender_pb2_grpc.AdminStub(channel).Reload(pb.ReloadRequest(artifacts=str(broken)))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()

@@ -203,9 +203,10 @@ CORRUPTIONS = [
 
 
 @pytest.fixture(scope="module")
-def reloadable(serving):
-    """One server for every corrupt Reload (each must leave it exactly as it was)."""
-    with server_and_channel(serving) as (_, channel):
+def reloadable(serving, tmp_path_factory):
+    """One server for every corrupt Reload (each must leave it exactly as it was); its bundle root is
+    the session's temporary folder, which holds every test's tmp_path."""
+    with server_and_channel(serving, bundle_root=tmp_path_factory.getbasetemp()) as (_, channel):
         yield channel
 
 

@@ -19,7 +19,9 @@ from grpc_health.v1 import health_pb2
 from grpc_health.v1.health import aio as health_aio
 
 from ..catalog.journal import open_store
-from ..core.config import ServerConfig, is_loopback
+from ..catalog.store import JournalError
+from ..core.access import Right
+from ..core.config import TOKENS, ServerConfig, is_loopback
 from ..core.manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
 from .holder import EngineHolder
 from .interceptors import AccessInterceptor, Metrics, MetricsInterceptor
@@ -53,7 +55,10 @@ class RunningServer:
         self.executor = futures.ThreadPoolExecutor(
             max_workers=cfg.threads, thread_name_prefix="work", initializer=_worker_priority
         )
-        self.store = open_store(cfg.state_dir, cfg.catalog_url)
+        try:
+            self.store = open_store(cfg.state_dir, cfg.catalog_url)
+        except JournalError as err:  # read-only or unopenable: said at start, not at the first write
+            raise ValueError(f"cannot open the catalogue journal: {err}") from None
         self.holder = EngineHolder(cfg.artifacts, cfg.engine_config(), self.set_serving, self.store)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="grpc-aio", daemon=True)
@@ -62,7 +67,7 @@ class RunningServer:
         self.server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         self.access = AccessInterceptor(
-            cfg.token, cfg.max_concurrent_rpcs, cfg.max_probe_rpcs, cfg.max_watch_streams
+            cfg.grants(), cfg.max_concurrent_rpcs, cfg.max_probe_rpcs, cfg.max_watch_streams
         )
 
     def _run(self, coro, timeout: float | None = None):
@@ -88,7 +93,7 @@ class RunningServer:
         # token-less Watch streams could take every slot; AccessInterceptor keeps separate pools.
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers([health_handler(self.health)])
-        server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor))
+        server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor, cfg.bundle_root))
         server.add_generic_rpc_handlers([reflection_handler(SERVICE_NAMES)])
         address = f"{cfg.host}:{cfg.port}"
         creds = _credentials(cfg)
@@ -162,23 +167,37 @@ def resolve_artifacts(path: Path | str) -> Path:
 
 
 def _prepared(cfg: ServerConfig) -> ServerConfig:
-    """``cfg`` validated (a non-loopback bind with no token nor TLS is refused here), with the token
-    read from --token-file and the artifacts folder resolved."""
+    """``cfg`` validated (a non-loopback bind with neither a token nor client certificates is refused
+    here), with the tokens read from their files, the bundle root set (default: the parent of
+    --artifacts as given, before a training folder becomes its serving/) and the artifacts folder
+    resolved.
+
+    Raises:
+        ValueError: the configuration is refused, a token file is bad, or --bundle-root is no folder.
+    """
     cfg.validate()
     cfg = cfg.with_token_file()
+    if cfg.bundle_root is None and cfg.artifacts is not None:
+        cfg = replace(cfg, bundle_root=Path(cfg.artifacts).resolve().parent)
+    elif cfg.bundle_root is not None:
+        if not Path(cfg.bundle_root).is_dir():
+            raise ValueError(f"--bundle-root {cfg.bundle_root} is not a folder")
+        cfg = replace(cfg, bundle_root=Path(cfg.bundle_root).resolve())
     if cfg.artifacts is not None:
         cfg = replace(cfg, artifacts=resolve_artifacts(cfg.artifacts))
     return cfg
 
 
-def _warn_about_access(cfg: ServerConfig) -> None:
-    """Says at start who can call this server when that is more than its owner may expect."""
-    if not (cfg.token or cfg.token_file or cfg.tls_client_ca):  # mutual TLS authenticates clients too
-        if cfg.insecure and not is_loopback(cfg.host) and not cfg.tls_cert:
+def _warn_about_access(cfg: ServerConfig, prepared: ServerConfig) -> None:
+    """Says at start who can call this server when that is more than its owner may expect (``cfg`` as
+    given, naming its token files; ``prepared`` with the tokens read)."""
+    if not cfg.authenticates:  # a token of any right, or client certificates (mutual TLS)
+        if cfg.insecure and not is_loopback(cfg.host):
             _LOGGER.warning(
-                "INSECURE (--insecure): listening on %s with neither a token nor TLS: anyone who can "
-                "reach this port can call every RPC, Admin.Reload and UpsertItems included",
+                "INSECURE (--insecure): listening on %s with neither a token nor client certificates%s: "
+                "anyone who can reach this port can call every RPC, Admin.Reload and UpsertItems included",
                 cfg.host,
+                " (TLS encrypts, it does not authenticate)" if cfg.tls_cert else "",
             )
         else:
             _LOGGER.warning(
@@ -187,14 +206,28 @@ def _warn_about_access(cfg: ServerConfig) -> None:
                 cfg.host,
                 cfg.port,
             )
-    if cfg.token_file is not None:
+    for name in TOKENS:
+        if (path := getattr(cfg, name + "_file")) is None:
+            continue
         with contextlib.suppress(OSError):
-            if (mode := Path(cfg.token_file).stat().st_mode) & 0o077:
+            if (mode := Path(path).stat().st_mode) & 0o077:
                 _LOGGER.warning(
-                    "--token-file %s (mode %o) is open to other users than its owner: chmod 600 it",
-                    cfg.token_file,
+                    "--%s-file %s (mode %o) is open to other users than its owner: chmod 600 it",
+                    name.replace("_", "-"),
+                    path,
                     mode & 0o777,
                 )
+    # Two rights sharing one secret is allowed (configured on purpose), but then the lower right is only a
+    # name: whoever holds the secret has the higher one. Said once at start, so it is never a surprise.
+    by_secret: dict[str, set[Right]] = {}
+    for secret, right in prepared.grants():
+        by_secret.setdefault(secret, set()).add(right)
+    for rights in (r for r in by_secret.values() if len(r) > 1):
+        _LOGGER.warning(
+            "the %s tokens are one secret: whoever holds it has the %s right",
+            " and ".join(r.label for r in sorted(rights)),
+            max(rights).label,
+        )
 
 
 def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
@@ -217,22 +250,35 @@ def create_server(cfg: ServerConfig, metrics_registry=None) -> RunningServer:
     return running
 
 
+def start_metrics(cfg: ServerConfig, registry, worker: int = 0):
+    """Serves ``registry`` as Prometheus text over HTTP on --metrics-host, port --metrics-port + worker.
+
+    Returns:
+        The HTTP server (its ``server_address`` is where it listens; ``shutdown()`` stops it).
+    """
+    from prometheus_client import start_http_server
+
+    host = cfg.metrics_host.strip().removeprefix("[").removesuffix("]")  # [::] as --host takes it
+    server, _ = start_http_server(cfg.metrics_port + worker, addr=host, registry=registry)
+    return server
+
+
 def _serve_one(cfg: ServerConfig, worker: int = 0) -> int:
     """Runs one server process until SIGTERM/SIGINT; SIGHUP reloads the artifacts folder."""
     running = create_server(cfg)
     if cfg.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(cfg.metrics_port + worker, registry=running.metrics.registry)
+        start_metrics(cfg, running.metrics.registry, worker)
     tag = f"worker {worker} (pid {os.getpid()})"
+    rights = [right.label for right in sorted({right for _, right in cfg.grants()})]
     _LOGGER.info(
-        "%s listening on %s:%d (%s%s); loading %s",
+        "%s listening on %s:%d (%s%s); loading %s (Admin.Reload may load folders under %s)",
         tag,
         cfg.host,
         running.port,
         "TLS" if cfg.tls_cert else "plaintext",
-        ", token required" if cfg.token else "",
+        f", token required (rights: {', '.join(rights)})" if rights else "",
         cfg.artifacts,
+        cfg.bundle_root,
     )
     if running.store is None:
         _LOGGER.warning(
@@ -278,7 +324,7 @@ def serve(cfg: ServerConfig) -> int:
     """Serves until SIGTERM; with workers > 1, forks them first and supervises (restarting crashes)."""
     # Once, before any fork: a refusal before any worker exists, and one log line each.
     prepared = _prepared(cfg)
-    _warn_about_access(cfg)  # the given config: it still names the token file
+    _warn_about_access(cfg, prepared)
     cfg = prepared
     if cfg.workers == 1:
         return _serve_one(cfg)

@@ -10,7 +10,7 @@ import argparse
 from dataclasses import Field, fields
 from pathlib import Path
 
-from ..core.config import GROUPS, ServerConfig
+from ..core.config import ENV_PREFIX, GROUPS, TOKENS, ServerConfig
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -28,11 +28,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     cfg = ServerConfig.from_env(**{k: (None if v is False else v) for k, v in given.items()})
     if cfg.artifacts is None:
         raise ValueError("give --artifacts (or TOWERSERVE_ARTIFACTS): the folder `towerserve export` wrote")
-    if args.token:
-        logging.getLogger(__name__).warning(
-            "--token on the command line is visible to every local user (ps, /proc): prefer --token-file "
-            "or the TOWERSERVE_TOKEN environment variable"
-        )
+    for name in TOKENS:
+        if getattr(args, name):
+            flag, env = name.replace("_", "-"), ENV_PREFIX + name.upper()
+            logging.getLogger(__name__).warning(
+                "--%s on the command line is visible to every local user (ps, /proc): prefer --%s-file "
+                "or the %s environment variable",
+                flag,
+                flag,
+                env,
+            )
     return serve(cfg)
 
 
@@ -59,8 +64,9 @@ def register(sub) -> None:
         "Runtime. Every option can also come from TOWERSERVE_<OPTION> environment "
         "variables (e.g. TOWERSERVE_PORT, TOWERSERVE_TOKEN); flags win. It listens on localhost "
         "only unless --host says otherwise, and refuses a host other machines can reach without a "
-        "token or TLS unless --insecure is given. SIGTERM drains and exits 0; SIGHUP "
-        "reloads the artifacts folder.",
+        "token or client certificates (mutual TLS) unless --insecure is given. Tokens carry a right: "
+        "read < write (catalogue changes) < admin (Reload); --token has them all. SIGTERM drains "
+        "and exits 0; SIGHUP reloads the artifacts folder.",
     )
     groups = {name: p.add_argument_group(f"{name}: {title}") for name, title in GROUPS.items()}
     for name, f in serve_options().items():

@@ -1,4 +1,5 @@
-"""Server interceptors (grpc.aio): access (bearer token, admission limits) and Prometheus request metrics.
+"""Server interceptors (grpc.aio): access (bearer tokens and their rights, admission limits) and Prometheus
+request metrics.
 
 Everything here runs on the server's one event loop thread, so the slot counters need no lock: nothing
 awaits between checking a pool and taking its slot.
@@ -10,11 +11,13 @@ import asyncio
 import hmac
 import inspect
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
-HEALTH_PREFIX = "/grpc.health.v1.Health/"
+from ..core.access import HEALTH_PREFIX, Right, needed
+
 WATCH = HEALTH_PREFIX + "Watch"
 
 
@@ -115,22 +118,29 @@ class _Admission:
 
 
 class AccessInterceptor(grpc.aio.ServerInterceptor):
-    """Who may call, and how many at once.
+    """Who may call what, and how many at once.
 
-    With a token, every RPC but the health service needs ``authorization: Bearer <token>`` (compared
-    in constant time, never logged or echoed). Admission replaces gRPC's own maximum_concurrent_rpcs,
-    which counted every call alike, so that token-less health streams could take every slot:
+    With tokens configured, every RPC but the health service needs ``authorization: Bearer <token>``
+    for a token whose right covers the RPC (core/access.py: read < write < admin). Tokens are compared
+    in constant time, every one on every call, and never logged or echoed. No token, or one that is not
+    configured: UNAUTHENTICATED; a configured token whose right is too low: PERMISSION_DENIED.
+    Admission replaces gRPC's own maximum_concurrent_rpcs, which counted every call alike, so that
+    token-less health streams could take every slot:
 
     * authenticated calls (every call when there is no token) hold a slot of --max-concurrent-rpcs;
-    * health Check, Watch and calls refused for their token hold one of --max-probe-rpcs instead;
+    * health Check, Watch and calls refused for their token (either status) hold one of
+      --max-probe-rpcs instead;
     * a Watch stream also holds one of --max-watch-streams, so open streams cannot crowd out Checks.
 
     Beyond a limit the call gets RESOURCE_EXHAUSTED naming it. A slot is held until the call ends:
     a stream's until it finishes or its client cancels it.
     """
 
-    def __init__(self, token: str | None, max_rpcs: int, max_probes: int, max_watches: int) -> None:
-        self._expected = f"Bearer {token}".encode() if token else None
+    def __init__(
+        self, grants: Sequence[tuple[str, Right]], max_rpcs: int, max_probes: int, max_watches: int
+    ) -> None:
+        """``grants``: (token, right) for each token configured (ServerConfig.grants); none: open."""
+        self._expected = [(f"Bearer {token}".encode(), right) for token, right in grants]
         self.rpcs = Pool(
             max_rpcs, f"Concurrent RPC limit exceeded: {max_rpcs} RPCs in flight (--max-concurrent-rpcs)"
         )
@@ -158,18 +168,26 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         """Slots held now, per pool (tests check that every call gives its slot back)."""
         return {"rpcs": self.rpcs.in_use, "probes": self.probes.in_use, "watches": self.watches.in_use}
 
-    def _refusal(self, handler_call_details) -> str | None:
-        """Why the call's token is refused, or None when it may pass."""
-        if self._expected is None:
+    def _refusal(self, handler_call_details, need: Right) -> tuple[grpc.StatusCode, str] | None:
+        """Why the call's token is refused (status and message), or None when it may pass."""
+        if not self._expected:
             return None
         got = ""
         for key, value in handler_call_details.invocation_metadata or ():
             if key == "authorization":
                 got = value if isinstance(value, str) else value.decode("latin-1")
-        if hmac.compare_digest(got.encode("utf-8", "replace"), self._expected):
+        presented, granted = got.encode("utf-8", "replace"), 0
+        for expected, right in self._expected:  # every one: the time taken says nothing of which matched
+            if hmac.compare_digest(presented, expected):
+                granted = max(granted, right)
+        if granted >= need:
             return None
-        return ("missing authorization metadata" if not got else "invalid bearer token") + (
-            ": send 'authorization: Bearer <token>'"
+        if not granted:
+            why = "missing authorization metadata" if not got else "invalid bearer token"
+            return grpc.StatusCode.UNAUTHENTICATED, f"{why}: send 'authorization: Bearer <token>'"
+        method = handler_call_details.method.lstrip("/")
+        return grpc.StatusCode.PERMISSION_DENIED, (
+            f"{method} needs the {need.label} right; this token grants {Right(granted).label} only"
         )
 
     async def intercept_service(self, continuation, handler_call_details):
@@ -177,14 +195,16 @@ class AccessInterceptor(grpc.aio.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if method.startswith(HEALTH_PREFIX):
+        need = needed(method)
+        if need is None:  # health: load balancers carry no token
             kind = "watch" if method == WATCH else "probe"
             return self._cache.get(handler, kind, lambda: _guarded(handler, self._classes[kind]))
-        if (reason := self._refusal(handler_call_details)) is None:
+        if (refused := self._refusal(handler_call_details, need)) is None:
             return self._cache.get(handler, "rpc", lambda: _guarded(handler, self._classes["rpc"]))
+        code, reason = refused
 
         async def deny(request_or_iterator, context):
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, reason)
+            await context.abort(code, reason)
 
         return self._cache.get(
             handler, reason, lambda: _guarded(_same_kind(handler, deny), self._classes["probe"])
@@ -258,8 +278,8 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts every call by method and status code; unary calls are also timed and tracked in flight
     (streams such as health Watch live as long as their client wants: their duration says nothing).
 
-    Installed outermost, so calls refused by the access interceptor (UNAUTHENTICATED, and
-    RESOURCE_EXHAUSTED beyond a concurrency limit) are counted too.
+    Installed outermost, so calls refused by the access interceptor (UNAUTHENTICATED, PERMISSION_DENIED,
+    and RESOURCE_EXHAUSTED beyond a concurrency limit) are counted too.
     """
 
     def __init__(self, metrics: Metrics):

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -27,6 +28,7 @@ from ..engine.deadline import Check, check_deadline
 from ..engine.engine import Engine
 from ..engine.errors import (
     GENERIC_INTERNAL,
+    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -275,17 +277,21 @@ class RecommenderServicer:
             NewItemData(x.item_id, x.description, x.features, x.price, x.category) for x in request.items
         ]
         check = check_deadline(context.time_remaining, cancelled=context.cancelled)
-        engine, inserted, updated, count = await self._offload(self.holder.upsert, items, check)
+        engine, reply, done = await self._offload(self.holder.upsert, items, check, request.write_id)
         return pb.UpsertItemsResponse(
-            inserted=inserted, updated=updated, item_count=count, model_version=engine.model_version
+            **reply, model_version=engine.model_version, sequence=done.seq, repeated=done.reply is not None
         )
 
     @rpc
     async def DeleteItems(self, request: pb.DeleteItemsRequest, context) -> pb.DeleteItemsResponse:
         self.holder.get()
         check = check_deadline(context.time_remaining, cancelled=context.cancelled)
-        engine, deleted, count = await self._offload(self.holder.delete, list(request.item_ids), check)
-        return pb.DeleteItemsResponse(deleted=deleted, item_count=count, model_version=engine.model_version)
+        engine, reply, done = await self._offload(
+            self.holder.delete, list(request.item_ids), check, request.write_id
+        )
+        return pb.DeleteItemsResponse(
+            **reply, model_version=engine.model_version, sequence=done.seq, repeated=done.reply is not None
+        )
 
 
 async def offload(executor: Executor | None, fn, *args):
@@ -301,19 +307,74 @@ async def offload(executor: Executor | None, fn, *args):
     return result
 
 
-class AdminServicer:
-    """towerserve.v1.Admin: hot reload (loading runs in the executor; requests keep flowing)."""
+# The one answer for every folder a Reload names that the server will not load, whatever the reason:
+# telling "missing" from "not a folder" from "outside the root" would tell a caller which paths exist.
+NOT_A_BUNDLE = (
+    "reload refused, still serving the previous model: the requested bundle is not under the bundle "
+    "root or is not a valid bundle"
+)
 
-    def __init__(self, holder: EngineHolder, executor: Executor | None = None):
+
+def _bundle_under(root: Path | None, requested: str) -> Path | None:
+    """The folder ``requested`` names (taken from ``root`` unless absolute), symlinks and ``..``
+    resolved, when it is an existing directory inside ``root``; None otherwise, and always without a root.
+
+    The resolved path is what gets loaded: the links it went through were followed here, once. (Whoever
+    can write inside the root can still swap a folder for a link after this check: the root is for
+    operators only, like the bundles in it.)
+    """
+    if root is None:
+        return None
+    try:
+        base = root.resolve(strict=True)
+        path = (base / requested).resolve(strict=True)
+    except (OSError, ValueError, RuntimeError):  # missing, a NUL byte, a name too long, a symlink loop
+        return None
+    return path if path.is_relative_to(base) and path.is_dir() else None
+
+
+class AdminServicer:
+    """towerserve.v1.Admin: hot reload (loading runs in the executor; requests keep flowing).
+
+    Args:
+        holder: the engine holder.
+        executor: the worker pool loading runs in.
+        bundle_root: a Reload naming a folder loads it only when it lies under this one (None: a
+            Reload may only reload the folder being served).
+    """
+
+    def __init__(
+        self, holder: EngineHolder, executor: Executor | None = None, bundle_root: Path | None = None
+    ):
         self.holder = holder
         self.executor = executor
+        self.bundle_root = bundle_root
 
     @rpc
     async def Reload(self, request: pb.ReloadRequest, context) -> pb.ReloadResponse:
-        try:
-            engine, previous, seconds = await offload(
-                self.executor, self.holder.load, request.artifacts or None
+        path = None  # the folder being served, which its operator chose
+        if request.artifacts and (path := _bundle_under(self.bundle_root, request.artifacts)) is None:
+            _LOGGER.warning(
+                "reload of %.300r refused: not a folder under the bundle root %s",
+                request.artifacts,
+                self.bundle_root,
             )
+            raise FailedPrecondition(NOT_A_BUNDLE)
+        # Checked again just before the swap: a client that gave up must not find the model changed anyway.
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
+
+        def load():
+            # Logged here, in the worker thread: once the deadline passes, gRPC has cancelled the handler
+            # and nobody awaits what this raises.
+            try:
+                check()
+                return self.holder.load(path, check)
+            except DeadlineExceeded as err:
+                _LOGGER.warning("reload abandoned before the swap, still serving the previous model: %s", err)
+                raise
+
+        try:
+            engine, previous, seconds = await offload(self.executor, load)
         except (ArtifactError, OSError, ValueError) as err:
             _LOGGER.error("reload refused, still serving the previous model: %s", err)
             raise FailedPrecondition(f"reload refused, still serving the previous model: {err}") from err
@@ -330,8 +391,11 @@ class AdminServicer:
         )
 
 
-def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> list[grpc.GenericRpcHandler]:
-    """Method handlers for both services, one per RPC of the proto, with lenient request parsing.
+def generic_handlers(
+    holder: EngineHolder, executor: Executor | None = None, bundle_root: Path | None = None
+) -> list[grpc.GenericRpcHandler]:
+    """Method handlers for both services, one per RPC of the proto, with lenient request parsing;
+    ``bundle_root`` bounds what Admin.Reload may load.
 
     Raises:
         AttributeError: an RPC of the proto has no handler method on its servicer.
@@ -353,5 +417,5 @@ def generic_handlers(holder: EngineHolder, executor: Executor | None = None) -> 
 
     return [
         build(RECOMMENDER, RecommenderServicer(holder, executor)),
-        build(ADMIN, AdminServicer(holder, executor)),
+        build(ADMIN, AdminServicer(holder, executor, bundle_root)),
     ]

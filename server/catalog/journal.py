@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..core.secrets import redact
 from .store import CatalogStore, SQLiteStore
 from .store_pg import PostgresStore
 
@@ -15,10 +16,11 @@ def open_store(state_dir: Path | str | None = None, url: str | None = None) -> C
     else None (catalogue changes live in memory only).
 
     Raises:
-        ValueError: ``url`` is not a postgresql:// URL.
+        ValueError: ``url`` is not a postgresql:// URL libpq can read (the message masks its password).
     """
     if url:
         if not url.startswith(POSTGRES_SCHEMES):
-            raise ValueError(f"--catalog-url must be a postgresql:// URL (got {url.split(':', 1)[0]}://...)")
-        return PostgresStore(url)
+            scheme = url.split("://", 1)[0] + "://..." if "://" in url else "no scheme"
+            raise ValueError(f"--catalog-url must be a postgresql:// URL (got {redact(scheme, url)})")
+        return PostgresStore(url)  # which refuses a URL libpq cannot parse, its password masked
     return SQLiteStore(state_dir) if state_dir is not None else None

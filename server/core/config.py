@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from .access import Right
 from .limits import Limits
 
 
@@ -45,6 +46,33 @@ class EngineConfig:
 
 
 ENV_PREFIX = "TOWERSERVE_"
+# The bearer-token options by the right each grants; each has a *_file twin. "token" is the single
+# token of old: every right, so a configuration from before rights still means what it meant.
+TOKENS = {
+    "token": Right.ADMIN,
+    "read_token": Right.READ,
+    "write_token": Right.WRITE,
+    "admin_token": Right.ADMIN,
+}
+
+
+def _read_token(path: Path, flag: str) -> str:
+    """The bearer token in the file at ``path`` (``flag`` names it in errors).
+
+    Raises:
+        ValueError: the file cannot be read, is empty, or holds more than one word of printable ASCII.
+    """
+    try:
+        token = Path(path).read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"{flag} {path}: cannot read it: {err}") from None
+    if not token:
+        raise ValueError(f"{flag} {path} is empty: it must hold the bearer token")
+    if not all("!" <= c <= "~" for c in token):
+        # A client sends it as "authorization: Bearer <token>": header values are printable ASCII, and
+        # a space or second line inside is more likely the wrong file than a token.
+        raise ValueError(f"{flag} {path}: the token must be one word of printable ASCII characters")
+    return token
 
 
 def is_loopback(host: str) -> bool:
@@ -121,32 +149,65 @@ class ServerConfig:
         group="bundle",
         help="memory for known users' precomputed top-128 lists (default 1024; beyond it, none are kept)",
     )
+    # Admin.Reload may load any folder under it, and nothing else: a token that leaks cannot make the
+    # server read what it was never meant to serve. None: the parent of --artifacts as given, where
+    # `towerserve export` output sits beside the bundle being served.
+    bundle_root: Path | None = option(
+        group="bundle",
+        help="Admin.Reload loads only folders under this one, symlinks and .. resolved (default: the parent "
+        "folder of --artifacts); a relative Reload path is taken from here",
+    )
     # Loopback by default: a server is reachable from other machines only when asked (see insecure).
     host: str = option(
         "localhost",
         group="network",
         help="listen address (default localhost: this machine only; [::] or 0.0.0.0 for every interface, "
-        "which needs a token, TLS or --insecure)",
+        "which needs a token, mutual TLS or --insecure)",
     )
     port: int = option(50051, group="network", help="port (default 50051; 0 picks a free one)")
     max_message_mb: int = option(
         16, group="network", help="largest request or response message, MB (default 16)"
     )
+    # Rights: read (Recommend, Score, Evaluate, GetModelInfo, reflection) < write (UpsertItems,
+    # DeleteItems) < admin (Reload); each token grants its right and every lower one (core/access.py).
+    # --token is the one token of old, every right; two rights may share a secret only on purpose.
     token: str | None = option(
         group="access",
         repr=False,  # never logged
-        help="require 'authorization: Bearer TOKEN' on every RPC but health. Visible to every local user "
-        "in ps: prefer --token-file or the TOWERSERVE_TOKEN environment variable",
+        help="require 'authorization: Bearer TOKEN' on every RPC but health; this token may call every RPC "
+        "(the admin right). Visible to every local user in ps: prefer --token-file or TOWERSERVE_TOKEN",
     )
     token_file: Path | None = option(
         group="access",
-        help="read the bearer token from this file (surrounding whitespace stripped; an empty file is "
-        "refused); keep it chmod 600",
+        help="read --token from this file (surrounding whitespace stripped; an empty file is refused); "
+        "keep it chmod 600",
     )
+    read_token: str | None = option(
+        group="access",
+        repr=False,
+        help="a token for reads only: Recommend, Score, Evaluate, GetModelInfo and reflection (prefer "
+        "--read-token-file or TOWERSERVE_READ_TOKEN)",
+    )
+    read_token_file: Path | None = option(group="access", help="read --read-token from this file")
+    write_token: str | None = option(
+        group="access",
+        repr=False,
+        help="a token for reads and catalogue writes (UpsertItems, DeleteItems), not Reload (prefer "
+        "--write-token-file or TOWERSERVE_WRITE_TOKEN)",
+    )
+    write_token_file: Path | None = option(group="access", help="read --write-token from this file")
+    admin_token: str | None = option(
+        group="access",
+        repr=False,
+        help="a token for every RPC, Admin.Reload included, like --token (prefer --admin-token-file or "
+        "TOWERSERVE_ADMIN_TOKEN)",
+    )
+    admin_token_file: Path | None = option(group="access", help="read --admin-token from this file")
     insecure: bool = option(
         False,
         group="access",
-        help="allow a non-loopback --host with neither a token nor TLS (refused otherwise; logs a warning)",
+        help="allow a non-loopback --host with neither a token nor client certificates (--tls-client-ca) "
+        "(refused otherwise; logs a warning)",
     )
     tls_cert: Path | None = option(group="access", help="TLS certificate chain (PEM)")
     tls_key: Path | None = option(group="access", help="TLS private key (PEM)")
@@ -200,6 +261,15 @@ class ServerConfig:
     metrics_port: int | None = option(
         group="operations", help="Prometheus metrics over HTTP on this port (+ worker index)"
     )
+    # The metrics endpoint has no token: it listens where gRPC does by default, on this machine only.
+    # 127.0.0.1 rather than localhost: the HTTP server binds one address, and a scraper on this
+    # machine dials 127.0.0.1 whichever way localhost resolves.
+    metrics_host: str = option(
+        "127.0.0.1",
+        group="operations",
+        help="listen address of the metrics endpoint (default 127.0.0.1; [::] or 0.0.0.0 so that a "
+        "Prometheus on another machine can scrape it: it needs no token)",
+    )
     grace: float = option(
         10.0, group="operations", help="seconds to drain in-flight RPCs on SIGTERM (default 10)"
     )
@@ -234,11 +304,13 @@ class ServerConfig:
             except ValueError:
                 raise ValueError(f"{ENV_PREFIX + f.name.upper()}={raw!r} is not a valid {kind}") from None
         overrides = {k: v for k, v in overrides.items() if v is not None}
-        # --token and --token-file are one setting from two sources: a flag for either one replaces
-        # the environment's other (flags win), rather than the two colliding in validate().
-        for given, other in (("token", "token_file"), ("token_file", "token")):
-            if given in overrides:
-                values.pop(other, None)
+        # --token and --token-file are one setting from two sources (and so for each right's token): a
+        # flag for either one replaces the environment's other (flags win), rather than the two
+        # colliding in validate().
+        for name in TOKENS:
+            for given, other in ((name, name + "_file"), (name + "_file", name)):
+                if given in overrides:
+                    values.pop(other, None)
         values.update(overrides)
         cfg = cls(**values)
         cfg.validate()
@@ -272,40 +344,46 @@ class ServerConfig:
             raise ValueError(f"--max-connection-age must be >= 0 (got {self.max_connection_age})")
         if self.catalog_url and not self.catalog_url.startswith(("postgresql://", "postgres://")):
             raise ValueError("--catalog-url must be a postgresql:// URL")
-        if self.token and self.token_file:
-            raise ValueError(
-                "give --token or --token-file (TOWERSERVE_TOKEN or TOWERSERVE_TOKEN_FILE), not both"
-            )
-        if not (is_loopback(self.host) or self.token or self.token_file or self.tls_cert or self.insecure):
+        for name in TOKENS:
+            if getattr(self, name) and getattr(self, name + "_file"):
+                flag, env = name.replace("_", "-"), ENV_PREFIX + name.upper()
+                raise ValueError(f"give --{flag} or --{flag}-file ({env} or {env}_FILE), not both")
+        if not (is_loopback(self.host) or self.authenticates or self.insecure):
+            # Server-only TLS encrypts the connection but does not say who is calling.
             raise ValueError(
                 f"refusing to listen on {self.host}, which is not a loopback address, with neither a token "
-                "nor TLS: anyone who can reach the port could call every RPC, Admin.Reload and UpsertItems "
-                "included. Give a token (TOWERSERVE_TOKEN or --token-file) or TLS (--tls-cert/--tls-key), "
-                "listen on localhost, or pass --insecure to serve an open port anyway"
+                "nor client certificates: anyone who can reach the port could call every RPC, Admin.Reload "
+                "and UpsertItems included (TLS without --tls-client-ca encrypts, it does not authenticate). "
+                "Give a token (TOWERSERVE_TOKEN or --token-file; --read-token, --write-token and "
+                "--admin-token for one right each) or mutual TLS (--tls-client-ca), listen on localhost, or "
+                "pass --insecure to serve an open port anyway"
             )
+
+    @property
+    def authenticates(self) -> bool:
+        """Whether callers must prove who they are: a token of any right, or a client certificate."""
+        return bool(self.tls_client_ca) or any(
+            getattr(self, name) or getattr(self, name + "_file") for name in TOKENS
+        )
+
+    def grants(self) -> list[tuple[str, Right]]:
+        """(secret, right) for every token configured (after :meth:`with_token_file`)."""
+        return [(getattr(self, name), right) for name, right in TOKENS.items() if getattr(self, name)]
 
     def with_token_file(self) -> ServerConfig:
-        """This configuration with ``token`` read from ``token_file`` (surrounding whitespace and the
-        final newline stripped) and no file left to read; itself when there is no file.
+        """This configuration with each token read from its file (``token`` from ``token_file``,
+        ``read_token`` from ``read_token_file``, ...; surrounding whitespace and the final newline
+        stripped) and no file left to read; itself when there is none.
 
         Raises:
-            ValueError: the file cannot be read, or holds no token.
+            ValueError: a file cannot be read, or holds no token.
         """
-        if self.token_file is None:
-            return self
-        try:
-            token = Path(self.token_file).read_text().strip()
-        except (OSError, UnicodeDecodeError) as err:
-            raise ValueError(f"--token-file {self.token_file}: cannot read it: {err}") from None
-        if not token:
-            raise ValueError(f"--token-file {self.token_file} is empty: it must hold the bearer token")
-        if not all("!" <= c <= "~" for c in token):
-            # A client sends it as "authorization: Bearer <token>": header values are printable ASCII, and
-            # a space or second line inside is more likely the wrong file than a token.
-            raise ValueError(
-                f"--token-file {self.token_file}: the token must be one word of printable ASCII characters"
-            )
-        return replace(self, token=token, token_file=None)
+        read = {}
+        for name in TOKENS:
+            if (path := getattr(self, name + "_file")) is not None:
+                read[name] = _read_token(path, f"--{name.replace('_', '-')}-file")
+                read[name + "_file"] = None
+        return replace(self, **read) if read else self
 
     def engine_config(self) -> EngineConfig:
         return EngineConfig(
