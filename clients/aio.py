@@ -30,9 +30,9 @@ class AsyncRecommenderClient(Base):
     def __init__(self, target: str, **kwargs):
         super().__init__(target, **kwargs)
         self._channel = (
-            grpc.aio.secure_channel(target, self._creds, self._options)
+            grpc.aio.secure_channel(target, self._creds, self._options, interceptors=self._interceptors)
             if self._creds
-            else grpc.aio.insecure_channel(target, self._options)
+            else grpc.aio.insecure_channel(target, self._options, interceptors=self._interceptors)
         )
         self._calls = self._bind(self._channel)
 
@@ -96,13 +96,20 @@ class AsyncRecommenderClient(Base):
     async def model_info(self, timeout: float | None = None) -> ModelInfo:
         return convert.model_info(await self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout))
 
-    async def upsert_items(self, items: Sequence[ItemData], timeout: float | None = None) -> UpsertResult:
-        r = await self._call("UpsertItems", convert.upsert_request(items), timeout)
-        return UpsertResult(r.inserted, r.updated, r.item_count, r.model_version)
+    async def upsert_items(
+        self, items: Sequence[ItemData], timeout: float | None = None, write_id: str = ""
+    ) -> UpsertResult:
+        # One write id for every try of this call (convert.new_write_id): applied once.
+        return convert.upsert_result(
+            await self._call("UpsertItems", convert.upsert_request(items, write_id), timeout)
+        )
 
-    async def delete_items(self, item_ids: Sequence[str], timeout: float | None = None) -> DeleteResult:
-        r = await self._call("DeleteItems", pb.DeleteItemsRequest(item_ids=list(item_ids)), timeout)
-        return DeleteResult(r.deleted, r.item_count, r.model_version)
+    async def delete_items(
+        self, item_ids: Sequence[str], timeout: float | None = None, write_id: str = ""
+    ) -> DeleteResult:
+        return convert.delete_result(
+            await self._call("DeleteItems", convert.delete_request(item_ids, write_id), timeout)
+        )
 
     async def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         self._one_server("Reload")

@@ -11,10 +11,12 @@ config is the only one: DNS TXT service configs are ignored (``service_config_di
 so a record cannot swap the policy or the retries below.
 
 **Which RPCs are repeated.** Reads (Recommend, Score, Evaluate, GetModelInfo, the health Check)
-change nothing. UpsertItems and DeleteItems set each named item to a final state (last write wins)
-and the server journals the change before it answers OK, so repeating one whose answer was lost
-leaves the catalogue as one call would (its counts then describe the repeat: ``updated`` for items
-the lost call inserted, ``deleted`` 0 for items it removed). Admin.Reload is never repeated by
+change nothing. UpsertItems and DeleteItems carry a write id (a UUID the client draws once per call,
+convert.new_write_id) that every try of the call repeats; the server journals the id with the write
+before it answers OK, and answers a repeat of a journaled id from the journal (the first reply, with
+``repeated`` set) instead of applying it again. So a retry whose first try committed — its answer
+lost — is applied once, and never undoes a newer write another client made meanwhile, whichever
+replica each try reaches (they share the journal). Admin.Reload is never repeated by
 policy: it is slow (a model load and warm-up, usually under a long deadline), an operator runs it
 and can decide what a failure means, and a repeat through a balanced channel could land on another
 replica than the first try. (gRPC's transparent retries still cover every RPC, Reload included, when
@@ -64,7 +66,7 @@ from .types import MAX_FAILOVER, RetryPolicy
 # The RPCs safe to repeat (see above); every RPC of the proto must be in one of the two lists, so a
 # new RPC cannot be retried, or left alone, without someone deciding which.
 READS = ("Recommend", "Score", "Evaluate", "GetModelInfo")
-WRITES = ("UpsertItems", "DeleteItems")  # idempotent: last write wins, journaled before OK
+WRITES = ("UpsertItems", "DeleteItems")  # applied once per write id, journaled before OK
 NOT_RETRIED = ("Reload",)
 if set(RPCS) != {*READS, *WRITES, *NOT_RETRIED}:
     raise RuntimeError(

@@ -57,8 +57,10 @@ class Base:
         timeout: float | None = 10.0,
         retry: RetryPolicy = RetryPolicy(),
         options: Sequence[tuple[str, Any]] = (),
+        interceptors: Sequence[Any] = (),
     ):
         self.target = target
+        self._interceptors = list(interceptors)
         self.timeout = timeout
         self.retry = retry
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()

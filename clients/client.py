@@ -64,6 +64,8 @@ class RecommenderClient(Base):
         timeout: default deadline in seconds of each try of a call (None: none).
         retry: backoff and failover on UNAVAILABLE, for every RPC but reload (:class:`RetryPolicy`).
         options: extra gRPC channel options (they replace the client's own, key by key).
+        interceptors: ``grpc.UnaryUnaryClientInterceptor``s (tracing, metadata), outermost first; the
+            asyncio client takes ``grpc.aio`` interceptors.
     """
 
     def __init__(self, target: str, **kwargs):
@@ -73,7 +75,11 @@ class RecommenderClient(Base):
             if self._creds
             else grpc.insecure_channel(target, self._options)
         )
-        self._calls = self._bind(self._channel)
+        # Interceptors see every try of a call (the retry loop is outside them).
+        intercepted = (
+            grpc.intercept_channel(self._channel, *self._interceptors) if self._interceptors else None
+        )
+        self._calls = self._bind(intercepted or self._channel)
 
     def __enter__(self) -> RecommenderClient:
         return self
@@ -145,15 +151,27 @@ class RecommenderClient(Base):
         """What is being served (GetModelInfo)."""
         return convert.model_info(self._call("GetModelInfo", pb.GetModelInfoRequest(), timeout))
 
-    def upsert_items(self, items: Sequence[ItemData], timeout: float | None = None) -> UpsertResult:
-        """Adds or replaces catalogue items; recommendable as soon as this returns."""
-        r = self._call("UpsertItems", convert.upsert_request(items), timeout)
-        return UpsertResult(r.inserted, r.updated, r.item_count, r.model_version)
+    def upsert_items(
+        self, items: Sequence[ItemData], timeout: float | None = None, write_id: str = ""
+    ) -> UpsertResult:
+        """Adds or replaces catalogue items; recommendable as soon as this returns.
 
-    def delete_items(self, item_ids: Sequence[str], timeout: float | None = None) -> DeleteResult:
-        """Removes catalogue items (unknown ids are ignored); gone from results once this returns."""
-        r = self._call("DeleteItems", pb.DeleteItemsRequest(item_ids=list(item_ids)), timeout)
-        return DeleteResult(r.deleted, r.item_count, r.model_version)
+        ``write_id`` names the write (default: a fresh UUID). Every retry of this call sends the same
+        one, so the server applies it once; pass your own to make a retry of your own (after a crash,
+        from another process) just as safe.
+        """
+        return convert.upsert_result(
+            self._call("UpsertItems", convert.upsert_request(items, write_id), timeout)
+        )
+
+    def delete_items(
+        self, item_ids: Sequence[str], timeout: float | None = None, write_id: str = ""
+    ) -> DeleteResult:
+        """Removes catalogue items (ids the server lacks are journaled, not counted); gone from results
+        once this returns. ``write_id`` as in :meth:`upsert_items`."""
+        return convert.delete_result(
+            self._call("DeleteItems", convert.delete_request(item_ids, write_id), timeout)
+        )
 
     def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         """Admin: loads ``artifacts`` ("" : the folder being served) and swaps it in. Never retried

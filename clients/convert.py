@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
 from towerserve.server.core.wire import encode_varint
 from towerserve.v1 import recommender_pb2 as pb
 
-from .types import Evaluation, ItemData, ModelInfo, Recommendation, RecommendedItem, Scores, User
+from .types import (
+    DeleteResult,
+    Evaluation,
+    ItemData,
+    ModelInfo,
+    Recommendation,
+    RecommendedItem,
+    Scores,
+    UpsertResult,
+    User,
+)
 
 HEALTH_STATUS = {0: "UNKNOWN", 1: "SERVING", 2: "NOT_SERVING", 3: "SERVICE_UNKNOWN"}
 SPLITS = {"holdout": pb.SPLIT_HOLDOUT, "cold": pb.SPLIT_COLD}
@@ -115,7 +126,13 @@ def model_info(r: pb.GetModelInfoResponse) -> ModelInfo:
     return ModelInfo(**values)
 
 
-def upsert_request(items: Sequence[ItemData]) -> pb.UpsertItemsRequest:
+def new_write_id() -> str:
+    """A fresh write id for one UpsertItems/DeleteItems call, kept across its retries: the server
+    applies a write id once and answers a repeat from its journal (see balancing.py)."""
+    return uuid.uuid4().hex
+
+
+def upsert_request(items: Sequence[ItemData], write_id: str = "") -> pb.UpsertItemsRequest:
     return pb.UpsertItemsRequest(
         items=[
             pb.NewItem(
@@ -126,8 +143,21 @@ def upsert_request(items: Sequence[ItemData]) -> pb.UpsertItemsRequest:
                 category=i.category,
             )
             for i in items
-        ]
+        ],
+        write_id=write_id or new_write_id(),
     )
+
+
+def delete_request(item_ids: Sequence[str], write_id: str = "") -> pb.DeleteItemsRequest:
+    return pb.DeleteItemsRequest(item_ids=list(item_ids), write_id=write_id or new_write_id())
+
+
+def upsert_result(r: pb.UpsertItemsResponse) -> UpsertResult:
+    return UpsertResult(r.inserted, r.updated, r.item_count, r.model_version, r.sequence, r.repeated)
+
+
+def delete_result(r: pb.DeleteItemsResponse) -> DeleteResult:
+    return DeleteResult(r.deleted, r.item_count, r.model_version, r.sequence, r.repeated)
 
 
 def health_request(service: str) -> bytes:

@@ -82,17 +82,27 @@ class ItemData:
 
 @dataclass(frozen=True)
 class UpsertResult:
+    """``sequence``: the write's place in the journal (0 without one); ``repeated``: the server had
+    already applied this call's write id (a retry whose first try committed), and the counts are
+    that first application's."""
+
     inserted: int
     updated: int
     item_count: int
     model_version: str
+    sequence: int = 0
+    repeated: bool = False
 
 
 @dataclass(frozen=True)
 class DeleteResult:
+    """As :class:`UpsertResult`."""
+
     deleted: int
     item_count: int
     model_version: str
+    sequence: int = 0
+    repeated: bool = False
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
@@ -42,7 +43,7 @@ def test_upserts_and_deletes_survive_a_restart(serving, tmp_path):
         victim = running.holder.get().catalog.ids[0]  # an item of the exported bundle
         assert c.delete_items([victim, "new-4", "never-existed"]).deleted == 2
         assert c.upsert_items([_item(1, "replaced")]).updated == 1
-        assert c.model_info().journal_entries == 8  # 5 + 2 deletes + 1; unknown ids are not journaled
+        assert c.model_info().journal_entries == 9  # 5 + 3 deletes (every id is journaled) + 1
     with running_server(serving, state_dir=state) as running, RecommenderClient(_target(running)) as c:
         assert c.model_info().item_count == n + 5 - 2
         assert _ids_in(c, user, "journaled") == {"new-0", "new-2", "new-3"}
@@ -62,7 +63,11 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
     """Reloads alternate between two different models while callers recommend and upsert: no call
     fails and every acknowledged item is in the model served at the end, with that model's vectors."""
     state = tmp_path / "state"
-    with running_server(serving, state_dir=state) as running, RecommenderClient(_target(running)) as c:
+    root = Path(os.path.commonpath([serving, hybrid]))  # Admin.Reload loads only under its bundle root
+    with (
+        running_server(serving, state_dir=state, bundle_root=root) as running,
+        RecommenderClient(_target(running)) as c,
+    ):
         first = c.model_info().model_version
         users = running.holder.get().user_ids[:20]
         acked: list[str] = []

@@ -281,16 +281,16 @@ def test_sqlite_journal_written_and_read_by_32_threads(tmp_path):
     reads (as `towerserve catalog dump` does): sequence numbers unique and ordered, every row intact."""
     store = SQLiteStore(tmp_path)
     rounds = 8
-    text = "é ✓ \u202e 👩‍👩‍👧 \x00 end"  # odd Unicode and NUL survive the round trip
+    text = "é ✓ \u202e 👩‍👩‍👧 \x00 end"  # odd Unicode and NUL survive the store's round trip
     written: dict[int, list[int]] = {}
 
     def caller(t: int) -> None:
         seqs = written.setdefault(t, [])
         for k in range(rounds):
             item = NewItemData(f"t{t}_i{k % 3}", f"{text} {t} {k}", "f", float(t * 100 + k), "c")
-            seqs.append(store.upsert([item]))
+            seqs.append(store.upsert([item]).seq)
             if k % 3 == 2:
-                seqs.append(store.delete([f"t{t}_i{k % 2}"]))
+                seqs.append(store.delete([f"t{t}_i{k % 2}"]).seq)
             changes = list(store.changes(after=max(0, store.last_seq() - 50)))
             assert [c.seq for c in changes] == sorted({c.seq for c in changes})
             assert store.count() >= 1

@@ -44,9 +44,19 @@ UNLOADED = "model not loaded or warming up"
 ELSEWHERE = {
     "more concurrent RPCs than": "test_more_concurrent_rpcs_than_allowed_are_refused",
     "missing or wrong bearer token": "test_server_ops.py::test_token_is_required_and_never_logged",
+    "a bearer token whose right is too low": "test_privilege.py::test_each_token_calls_what_its_right_allows",
     "deadline too short for the work": "test_a_deadline_too_short_for_evaluate",
     "Reload of a bad artifacts folder": "test_server_ops.py::test_hot_reload_under_load_then_a_bad_folder_is_refused",
     "anything unexpected": "test_unexpected_errors_are_internal_with_a_generic_message",
+    "UpsertItems or DeleteItems while the catalogue journal is unreachable": (
+        "test_consistency.py::test_postgres_stopped_under_load_then_back"
+    ),
+    "UpsertItems or DeleteItems when the journal has no room": (
+        "test_journal_faults.py::test_a_full_disk_refuses_writes_and_loses_nothing_acknowledged"
+    ),
+    "UpsertItems or DeleteItems when the journal file or folder": (
+        "test_journal_faults.py::test_a_read_only_journal_is_refused_at_start_naming_the_path"
+    ),
 }
 
 

@@ -31,9 +31,9 @@ def _item(item_id: str, price: float = 1.0, description: str = "d") -> NewItemDa
 def test_changes_come_back_in_order_and_survive_reopening(reopen):
     store = reopen()
     assert store.last_seq() == 0 and store.count() == 0
-    s1 = store.upsert([_item("a"), _item("b", 2.0)])
-    s2 = store.delete(["a"])
-    s3 = store.upsert([_item("a", 3.0, "é ✓ \u202e")])
+    s1 = store.upsert([_item("a"), _item("b", 2.0)]).seq
+    s2 = store.delete(["a"]).seq
+    s3 = store.upsert([_item("a", 3.0, "é ✓ \u202e")]).seq
     assert (s1, s2, s3) == (2, 3, 4)
     store.close()
 
@@ -72,7 +72,7 @@ def test_compact_leaves_the_same_latest_changes(reopen):
     assert [(c.item_id, c.op, c.item) for c in latest(store.changes())] == want
     assert [(c.item_id, c.op, c.item) for c in store.changes()] == want
     # Sequence numbers keep growing after compaction (AUTOINCREMENT), so replicas never go back.
-    assert store.upsert([_item("z")]) == 13
+    assert store.upsert([_item("z")]).seq == 13
 
 
 def test_the_journal_is_wal_with_full_sync(tmp_path):
@@ -183,3 +183,39 @@ def test_catalog_dump_and_compact_commands(tmp_path):
     missing = _cli("catalog", "dump", "--state-dir", str(tmp_path / "nope"))
     assert missing.returncode == 2 and "no catalogue journal" in missing.stderr
     assert not (tmp_path / "nope").exists()  # a typo never creates an empty journal
+
+
+def test_a_write_id_is_journaled_once_and_answered_from_the_journal(reopen):
+    """A retry of a committed write (same id) journals nothing and gets the first reply back, even
+    after another client's newer write of the same item, and after reopening."""
+    store = reopen()
+    first = store.delete(["a"], "w-1", {"deleted": 1, "item_count": 4})
+    newer = store.upsert([_item("a", 2.0)], "w-2", {"inserted": 1, "updated": 0, "item_count": 5})
+    retry = store.delete(["a"], "w-1", {"deleted": 0, "item_count": 5})
+    assert first.reply is None and newer.reply is None
+    assert retry == (first.seq, {"deleted": 1, "item_count": 4})
+    assert store.last_seq() == newer.seq  # nothing journaled by the retry
+    store.close()
+    again = reopen()
+    assert again.upsert([_item("a", 9.0)], "w-2").reply == {"inserted": 1, "updated": 0, "item_count": 5}
+    assert [(c.op, c.item.price) for c in latest(again.changes())] == [
+        (UPSERT, 2.0)
+    ]  # the newer write stands
+    assert again.delete(["b"], "w-3").reply is None  # a new id is a new write
+
+
+def test_compaction_purges_deletes_no_bundle_holds(reopen):
+    store = reopen()
+    store.upsert([_item("a"), _item("b"), _item("c")])
+    store.delete(["a", "b", "never-seen"])
+    assert store.compact() == (6, 4)  # without a bundle to ask, each id's delete stays
+    assert sorted((c.item_id, c.op) for c in store.changes()) == [
+        ("a", DELETE),
+        ("b", DELETE),
+        ("c", UPSERT),
+        ("never-seen", DELETE),
+    ]
+    bundle = {"b"}  # "b" is in a bundle: its delete must still be replayed onto it
+    assert store.compact(keep_delete=bundle.__contains__) == (4, 2)
+    assert [(c.item_id, c.op) for c in store.changes()] == [("c", UPSERT), ("b", DELETE)]
+    assert store.upsert([_item("d")]).seq > 6  # sequence numbers are never reused

@@ -9,27 +9,56 @@ write acknowledged before, during or after a reload is in the model served after
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from ..catalog.store import DELETE, CatalogStore, Change, latest
+from ..catalog.store import (
+    DELETE,
+    WRITE_ID_RETENTION_S,
+    CatalogStore,
+    Change,
+    Journaled,
+    JournalError,
+    JournalFull,
+    JournalReadOnly,
+    JournalUnavailable,
+    latest,
+)
 from ..core.config import EngineConfig
 from ..core.manifest import ArtifactError
 from ..core.types import ModelInfo, NewItemData
 from ..engine.deadline import Check, never
 from ..engine.engine import Engine
-from ..engine.errors import InvalidArgument, Unavailable
+from ..engine.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, Unavailable
 from ..engine.info import model_info
-from ..engine.validation import check_id
+from ..engine.validation import check_id, check_write_id
 
 _LOGGER = logging.getLogger(__name__)
 REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
 # Past this many replayed items, candidate lists are dropped and rebuilt once (one users x items
 # product) rather than patched item by item (a Python loop over the users each item enters).
 RELIST_AFTER = 64
+# Seconds between recounts of the journal's entries for GetModelInfo (a COUNT(*) scans the table, so
+# it runs on the follower's thread, never under the write lock, and not on every poll).
+RECOUNT_EVERY_S = 10.0
+# Write ids remembered without a journal (in memory, per process): enough for the retries of the
+# last few minutes of writes at any rate a catalogue sees.
+MEMORY_WRITE_IDS = 100_000
+
+
+def serving_error(err: JournalError) -> ServingError:
+    """The status a journal failure is answered with (documented in engine/errors.py's table)."""
+    if isinstance(err, JournalUnavailable):
+        return Unavailable(f"the catalogue journal is unavailable, nothing was written; retry later: {err}")
+    if isinstance(err, JournalFull):
+        return ResourceExhausted(f"the catalogue journal is full, nothing was written: {err}")
+    if isinstance(err, JournalReadOnly):
+        return FailedPrecondition(f"the catalogue journal is read-only, nothing was written: {err}")
+    return Unavailable(f"the catalogue journal failed, nothing was written: {err}")
 
 
 class EngineHolder:
@@ -58,8 +87,20 @@ class EngineHolder:
         self._on_ready = on_ready
         self.applied = 0  # the last journal sequence number the served engine holds
         self._stop_following = threading.Event()
+        # Cleared, the follower skips its polls: a replica made to lag on purpose (the consistency tests
+        # hold one back this way to replay the races replicas meet under load).
+        self.following = threading.Event()
+        self.following.set()
         self._follower: threading.Thread | None = None
         self.follow_interval = 0.25  # seconds between polls for other writers' changes: a cheap MAX(seq)
+        # What the follower last learnt about the journal (GetModelInfo and the metrics read these,
+        # so they never wait on the database or the write lock).
+        self.journal_reachable = True
+        self.journal_head = 0  # the journal's last sequence number, as of the last poll
+        self.journal_entries = 0
+        self._counted_at = float("-inf")
+        self._down_since: float | None = None
+        self._recent_writes: dict[str, dict] = {}  # write id -> reply, without a journal (FIFO-bounded)
 
     def get(self) -> Engine:
         engine = self._engine
@@ -74,16 +115,27 @@ class EngineHolder:
         return self._engine is not None
 
     def info(self) -> ModelInfo:
-        store = self.store
-        return model_info(
-            self.get(), durable=store is not None, journal_entries=store.count() if store else 0
+        info = model_info(self.get(), durable=self.store is not None, journal_entries=self.journal_entries)
+        return dataclasses.replace(
+            info,
+            journal_reachable=self.journal_reachable,
+            journal_behind=self.behind,
+            write_id_retention_s=WRITE_ID_RETENTION_S if self.store is not None else 0,
         )
+
+    @property
+    def behind(self) -> int:
+        """Journal sequence numbers this replica has not applied, as of the last poll."""
+        return max(0, self.journal_head - self.applied)
 
     # ------------------------------------------------------------------------------------- loading
 
-    def load(self, artifacts: Path | str | None = None) -> tuple[Engine, Engine | None, float]:
+    def load(
+        self, artifacts: Path | str | None = None, check: Check = never
+    ) -> tuple[Engine, Engine | None, float]:
         """Loads and warms a new engine, replays the journal onto it, then swaps it in; the old one
-        serves (and takes writes) until the swap.
+        serves (and takes writes) until the swap. ``check`` (an Admin.Reload's deadline) is called
+        just before the swap: a reload its caller gave up on swaps nothing.
 
         Returns:
             (new engine, previous engine or None, seconds).
@@ -105,12 +157,29 @@ class EngineHolder:
             except Exception as err:  # a library's own error for a file it could not read: still refused
                 _LOGGER.exception("loading %s failed", path)
                 raise ArtifactError(path, f"could not be loaded ({type(err).__name__}: {err})") from err
-            done = self._replay(engine, 0)  # the bulk, while the old engine still serves and writes
-            with self._write_lock:
-                # Whatever was journaled meanwhile; writers wait for the swap.
-                self.applied = self._replay(engine, done)
-                previous, self._engine = self._engine, engine
+            try:
+                done = self._replay(engine, 0)  # the bulk, while the old engine still serves and writes
+                with self._write_lock:
+                    check()  # before self.applied moves on: a refused swap leaves it the served engine's
+                    # Whatever was journaled meanwhile; writers wait for the swap.
+                    self.applied = self._replay(engine, done)
+                    previous, self._engine = self._engine, engine
+            except JournalError as err:
+                if self._engine is not None:  # a Reload: the served engine holds the journal, keep it
+                    raise serving_error(err) from None
+                # The first load: serve reads from the bundle now; writes answer UNAVAILABLE and the
+                # follower replays the whole journal as soon as the database answers.
+                _LOGGER.warning(
+                    "serving %s without the catalogue journal's changes for now: %s",
+                    engine.model_version,
+                    err,
+                )
+                check()
+                with self._write_lock:
+                    self.applied, previous, self._engine = 0, None, engine
+                self._journal_down(err)
             self.artifacts = path
+            self._recount()
             if self._follower is None:
                 self._follower = self.follow(self.follow_interval)
             self._on_ready(True)
@@ -169,15 +238,19 @@ class EngineHolder:
 
     # ------------------------------------------------------------------------------------- writes
 
-    def upsert(self, items: Sequence[NewItemData], check: Check = never) -> tuple[Engine, int, int, int]:
-        """Validates and vectorises ``items``, journals them, then applies them.
+    def upsert(
+        self, items: Sequence[NewItemData], check: Check = never, write_id: str = ""
+    ) -> tuple[Engine, dict, Journaled]:
+        """Validates and vectorises ``items``, journals them (with ``write_id``), then applies them.
 
         ``check`` (the client's deadline) is called before the journal write: once written, the items
-        are applied whatever happens to the call (an upsert is idempotent, so a retry is safe).
+        are applied whatever happens to the call. A ``write_id`` already journaled applies nothing and
+        returns the first application's reply (see store.py).
 
         Returns:
-            (the engine they went into, inserted, updated, catalogue size).
+            (the engine they went into, reply {inserted, updated, item_count}, what the journal did).
         """
+        check_write_id(write_id)
         engine = self.get()
         vecs = engine.item_vectors(items, check=check)  # the tower pass, outside the lock
         with self._write_lock:
@@ -185,17 +258,32 @@ class EngineHolder:
                 engine = self.get()
                 vecs = engine.item_vectors(items, check=check)
             check()
-            seq = self.store.upsert(items) if self.store is not None else 0
-            inserted, updated, count = engine.apply_items(items, vecs)
-            self._advance(seq, len(items))
-        return engine, inserted, updated, count
+            known = sum(engine.catalog.row(i.item_id) is not None for i in items)
+            reply = {
+                "inserted": len(items) - known,
+                "updated": known,
+                "item_count": engine.catalog.item_count + len(items) - known,
+            }
+            done = self._journal(lambda: self.store.upsert(items, write_id, reply), write_id, reply)
+            if done.reply is None:
+                inserted, updated, count = engine.apply_items(items, vecs)
+                reply = {"inserted": inserted, "updated": updated, "item_count": count}
+                self._advance(done.seq, len(items))
+        return engine, done.reply or reply, done
 
-    def delete(self, item_ids: Sequence[str], check: Check = never) -> tuple[Engine, int, int]:
-        """Journals and applies deletes of ``item_ids`` (ids the catalogue lacks are not journaled).
+    def delete(
+        self, item_ids: Sequence[str], check: Check = never, write_id: str = ""
+    ) -> tuple[Engine, dict, Journaled]:
+        """Journals and applies deletes of ``item_ids``.
+
+        Every id is journaled, whether this replica holds it or not: another replica may have added it
+        a moment ago, and in journal order the delete comes after that upsert, so it wins everywhere.
+        ``write_id`` as in :meth:`upsert`.
 
         Returns:
-            (the engine, deleted, catalogue size).
+            (the engine, reply {deleted, item_count}, what the journal did).
         """
+        check_write_id(write_id)
         engine = self.get()
         limit = engine.limits.max_delete_items
         if not 1 <= len(item_ids) <= limit:
@@ -204,20 +292,51 @@ class EngineHolder:
             if not x:
                 raise InvalidArgument(f"item_ids[{j}] must not be empty")
             check_id(f"item_ids[{j}]", x)
+        ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             engine = self.get()
-            known = [x for x in dict.fromkeys(item_ids) if engine.catalog.row(x) is not None]
             check()
-            seq = self.store.delete(known) if self.store is not None and known else 0
-            deleted, count = engine.delete_items(known)
-            self._advance(seq, len(known))
-        return engine, deleted, count
+            held = sum(engine.catalog.row(x) is not None for x in ids)
+            reply = {"deleted": held, "item_count": engine.catalog.item_count - held}
+            done = self._journal(lambda: self.store.delete(ids, write_id, reply), write_id, reply)
+            if done.reply is None:
+                deleted, count = engine.delete_items(ids)
+                reply = {"deleted": deleted, "item_count": count}
+                self._advance(done.seq, len(ids))
+        return engine, done.reply or reply, done
+
+    def _journal(self, write: Callable[[], Journaled], write_id: str, reply: dict) -> Journaled:
+        """Runs ``write`` against the journal (or, without one, remembers ``write_id`` in memory);
+        a journal failure becomes the status the client gets. Holds the write lock (the caller's)."""
+        if self.store is None:
+            if write_id in self._recent_writes:
+                return Journaled(0, self._recent_writes[write_id])
+            if write_id:
+                if len(self._recent_writes) >= MEMORY_WRITE_IDS:
+                    self._recent_writes.pop(next(iter(self._recent_writes)))
+                self._recent_writes[write_id] = reply
+            return Journaled(0)
+        if not self.journal_reachable:  # fail fast: the follower flips this back when the database answers
+            raise Unavailable(
+                "the catalogue journal is unreachable, nothing was written; retry later "
+                "(reads are served meanwhile)"
+            )
+        try:
+            return write()
+        except JournalUnavailable as err:
+            self._journal_down(err)
+            raise serving_error(err) from None
+        except JournalError as err:
+            raise serving_error(err) from None
 
     def _advance(self, seq: int, n: int) -> None:
         """Marks our own write (journal entries seq-n+1..seq) applied, unless another writer's entries
         came first: then the follower replays from where we were, ours included, in journal order."""
         if seq and seq - n == self.applied:
             self.applied = seq
+        # Our own entries count at once; other writers' at the follower's next recount.
+        self.journal_entries += n if self.store is not None else 0
+        self.journal_head = max(self.journal_head, seq)
 
     # ----------------------------------------------------------------------------------- following
 
@@ -231,21 +350,65 @@ class EngineHolder:
         return thread
 
     def catch_up(self) -> int:
-        """Applies journal changes the served engine lacks; returns how many sequence numbers it advanced."""
+        """Applies journal changes the served engine lacks; returns how many sequence numbers it advanced.
+
+        Raises:
+            JournalError: the journal could not be read (the follower counts that as an outage).
+        """
         store, engine = self.store, self._engine
-        if store is None or engine is None or store.last_seq() <= self.applied:
+        if store is None or engine is None:
+            return 0
+        self.journal_head = head = store.last_seq()
+        if time.monotonic() - self._counted_at > RECOUNT_EVERY_S:
+            self._recount()
+        if head <= self.applied:
             return 0
         with self._write_lock:
             engine, before = self.get(), self.applied
             self.applied = self._replay(engine, before)
             return self.applied - before
 
+    def _recount(self) -> None:
+        """Refreshes the journal figures GetModelInfo reports (outside the write lock: a COUNT scans)."""
+        if self.store is None or not self.journal_reachable:
+            return
+        try:
+            self.journal_head, self.journal_entries = self.store.last_seq(), self.store.count()
+            self._counted_at = time.monotonic()
+        except JournalError as err:
+            self._journal_down(err)
+
+    def _journal_down(self, err: Exception) -> None:
+        """Records an outage: one warning when it starts (not one per poll or write)."""
+        self.journal_reachable = False
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            _LOGGER.warning(
+                "catalogue journal unreachable: %s; reads are served from memory, writes answer "
+                "UNAVAILABLE until it returns",
+                err,
+            )
+
     def _follow(self, interval: float) -> None:
         while not self._stop_following.wait(interval):
+            if not self.following.is_set():
+                continue
             try:
                 self.catch_up()
+            except JournalError as err:
+                self._journal_down(err)
+                continue
             except Exception:  # keep following: the next poll retries from the same sequence number
                 _LOGGER.exception("applying other writers' journal changes failed")
+                continue
+            if self._down_since is not None:
+                _LOGGER.warning(
+                    "catalogue journal reachable again after %.1f s; caught up to sequence %d",
+                    time.monotonic() - self._down_since,
+                    self.applied,
+                )
+                self._down_since = None
+            self.journal_reachable = True
 
     def close(self) -> None:
         """Stops the follower (the store is closed by its owner, after this)."""

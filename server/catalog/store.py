@@ -1,10 +1,23 @@
 """The catalogue journal: every acknowledged UpsertItems and DeleteItems, durable before the OK.
 
-A small interface (:class:`CatalogStore`) with one embedded implementation, :class:`SQLiteStore`
-(stdlib ``sqlite3``, WAL, ``synchronous=FULL``). The journal is a sequence of changes, one row per item
-(an upsert with its fields, or a delete); the server replays it onto whatever model it loads, so an
-item's vector always comes from the served model's own encoder and item tower. Writes are
-serialised by the caller (holder.py); reads may come from any thread or process.
+A small interface (:class:`CatalogStore`) with two implementations: :class:`SQLiteStore` here
+(stdlib ``sqlite3``, WAL, ``synchronous=FULL``) and the PostgreSQL store shared by replicas
+(store_pg.py). The journal is a sequence of changes, one row per item (an upsert with its fields, or a
+delete); the server replays it onto whatever model it loads, so an item's vector always comes from
+the served model's own encoder and item tower. Writes are serialised by the caller (holder.py); reads
+may come from any thread or process.
+
+**Write ids.** A write may carry a client-chosen id. It is recorded in table ``writes`` in the same
+transaction as the write's changes, with the reply the server gave; a write whose id is already
+there journals nothing and gets that reply back (:class:`Journaled`). So a retry whose first try
+committed (its answer lost) is applied once, and never re-applied after someone else's newer write.
+Ids older than :data:`WRITE_ID_RETENTION_S` are dropped by compaction.
+
+**Failures** are :class:`JournalError` subclasses naming the file or host and the cause, so the
+server can answer with the right status and log one clear line: :class:`JournalUnavailable` (the
+database is away or timed out: retry later), :class:`JournalFull` (disk full or file size limit),
+:class:`JournalReadOnly` (the file or folder cannot be written). Nothing was journaled when one is
+raised.
 
 Why SQLite rather than a hand-written fsync'd log: a committed transaction is atomic and durable
 (WAL fsynced on commit with ``synchronous=FULL``), a torn tail after a crash is rolled back by SQLite
@@ -14,10 +27,15 @@ itself, compaction is one statement, and `towerserve catalog dump` reads it whil
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import resource
+import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -25,6 +43,14 @@ from ..core.types import NewItemData
 
 JOURNAL_FILE = "catalog.sqlite"
 UPSERT, DELETE = "upsert", "delete"
+# How long a write id is remembered: a client retries within seconds to minutes; a day covers a
+# client that waits out a long outage, and compaction drops older ids.
+WRITE_ID_RETENTION_S = 24 * 3600
+# Rows read per query when replaying: the journal is streamed, never loaded whole.
+PAGE_ROWS = 10_000
+# A failed write with less room than this left (free bytes, or bytes under the file size limit) is
+# reported as a full journal: SQLite's write granularity is a page plus its WAL frame, far below it.
+ROOM_MARGIN = 1 << 20
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS changes (
@@ -38,6 +64,12 @@ CREATE TABLE IF NOT EXISTS changes (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS changes_item ON changes (item_id, seq);
+CREATE TABLE IF NOT EXISTS writes (
+    write_id TEXT PRIMARY KEY,
+    seq INTEGER NOT NULL,
+    reply TEXT NOT NULL,
+    at REAL NOT NULL
+);
 """
 
 
@@ -49,6 +81,32 @@ class Change(NamedTuple):
     item_id: str
     item: NewItemData | None
     at: float
+
+
+class Journaled(NamedTuple):
+    """What a journal write did: ``seq`` is the last sequence number of the write; ``reply`` is None
+    when it was journaled now, else the reply recorded when its write id was first journaled (and
+    ``seq`` is that write's)."""
+
+    seq: int
+    reply: dict | None = None
+
+
+class JournalError(Exception):
+    """The journal could not do what was asked; nothing was journaled. The message names the file or
+    host and the cause (never a password)."""
+
+
+class JournalUnavailable(JournalError):
+    """The database is away, refused us, or timed out: retry later."""
+
+
+class JournalFull(JournalError):
+    """No room to write: the disk or the file size limit is full."""
+
+
+class JournalReadOnly(JournalError):
+    """The journal file or its folder cannot be written."""
 
 
 # The columns of a journal row, in the order both stores write and read them.
@@ -74,32 +132,80 @@ def as_change(row: tuple) -> Change:
     return Change(int(seq), op, item_id, item, at)
 
 
+def encode_reply(reply: Mapping | None) -> str:
+    return json.dumps(dict(reply or {}), sort_keys=True)
+
+
+def superseded_and_purged(
+    latest_changes: Iterator[tuple[int, str, str]], keep_delete: Callable[[str], bool] | None
+) -> list[int]:
+    """The sequence numbers of latest changes (seq, op, item_id) that compaction may also drop: deletes
+    of ids ``keep_delete`` says no bundle holds (replaying such a delete is a no-op); none without it."""
+    if keep_delete is None:
+        return []
+    return [seq for seq, op, item_id in latest_changes if op == DELETE and not keep_delete(item_id)]
+
+
 class CatalogStore(Protocol):
-    """Where catalogue changes are journaled (SQLite here; the scale-out issue adds PostgreSQL)."""
+    """Where catalogue changes are journaled: SQLite (this module) or PostgreSQL (store_pg.py)."""
 
     url: str
 
-    def upsert(self, items: Sequence[NewItemData]) -> int:
-        """Journals ``items`` in one durable transaction; returns the last sequence number."""
+    def upsert(
+        self, items: Sequence[NewItemData], write_id: str = "", reply: Mapping | None = None
+    ) -> Journaled:
+        """Journals ``items`` in one durable transaction, with ``write_id`` and ``reply`` (if an id is
+        given and already journaled: nothing, and the first reply back)."""
         ...
 
-    def delete(self, item_ids: Sequence[str]) -> int:
-        """Journals deletes of ``item_ids`` in one durable transaction; returns the last sequence number."""
+    def delete(self, item_ids: Sequence[str], write_id: str = "", reply: Mapping | None = None) -> Journaled:
+        """Journals deletes of ``item_ids``, as :meth:`upsert`."""
         ...
 
     def changes(self, after: int = 0, upto: int | None = None) -> Iterator[Change]:
-        """Changes with ``after < seq <= upto``, in order."""
+        """Changes with ``after < seq <= upto``, in order, read a page at a time."""
         ...
 
     def last_seq(self) -> int: ...
 
     def count(self) -> int: ...
 
-    def compact(self) -> tuple[int, int]:
-        """Keeps only each item's latest change; returns (entries before, after)."""
+    def compact(self, keep_delete: Callable[[str], bool] | None = None) -> tuple[int, int]:
+        """Keeps only each item's latest change, drops write ids past their retention and, with
+        ``keep_delete``, deletes of ids it rejects; returns (entries before, after)."""
         ...
 
     def close(self) -> None: ...
+
+
+def _no_room(path: Path) -> str | None:
+    """Why the journal at ``path`` cannot grow, if that is why a write failed, else None.
+
+    SQLite reports a write the kernel refused for room as SQLITE_FULL or as a plain "disk I/O error"
+    (EFBIG from a file size limit comes back that way), so the cause is read off the system.
+    """
+    sizes = [p.stat().st_size for p in (path, path.with_name(path.name + "-wal")) if p.exists()]
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    if soft != resource.RLIM_INFINITY and sizes and max(sizes) + ROOM_MARGIN >= soft:
+        return f"the process's file size limit ({soft} bytes) is reached"
+    free = shutil.disk_usage(path.parent).free
+    if free < ROOM_MARGIN:
+        return f"no space left on its file system ({free} bytes free)"
+    return None
+
+
+def _sqlite_error(path: Path, err: sqlite3.Error) -> JournalError:
+    """The JournalError for an sqlite3 error on the journal at ``path``."""
+    text = str(err)
+    if isinstance(err, sqlite3.OperationalError) and ("disk is full" in text or "disk I/O" in text):
+        cause = _no_room(path)
+        if cause or "disk is full" in text:
+            return JournalFull(f"{path}: no room to write the catalogue journal: {cause or text}")
+    if "readonly" in text or "read-only" in text:
+        return JournalReadOnly(f"{path}: the catalogue journal cannot be written ({text})")
+    if "unable to open" in text:
+        return JournalReadOnly(f"{path}: the catalogue journal cannot be opened for writing ({text})")
+    return JournalError(f"{path}: catalogue journal error ({text})")
 
 
 class SQLiteStore:
@@ -107,47 +213,99 @@ class SQLiteStore:
 
     One connection guarded by a lock: sqlite3 connections must not be used by two threads at once,
     and the server's writes are serialised anyway (holder.py), so a pool would buy nothing.
+
+    Raises:
+        JournalReadOnly: the folder or the file cannot be written (checked at open, not at the first
+            write: a server must not report a durable catalogue it cannot write).
     """
 
     def __init__(self, state_dir: Path | str):
         self.path = Path(state_dir) / JOURNAL_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.url = f"sqlite:///{self.path}"
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # FULL: the WAL is fsynced at every commit, so an OK is never ahead of the disk.
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise JournalReadOnly(
+                f"{self.path.parent}: cannot create the state folder ({err.strerror})"
+            ) from None
+        for p in (self.path.parent, self.path):
+            # os.access is True for root whatever the mode; the probe write below catches the rest.
+            if p.exists() and not os.access(p, os.W_OK):
+                raise JournalReadOnly(f"{p}: the catalogue journal cannot be written (permission denied)")
+        try:
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # FULL: the WAL is fsynced at every commit, so an OK is never ahead of the disk.
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._probe()
+        except sqlite3.Error as err:
+            raise _sqlite_error(self.path, err) from None
 
-    def _write(self, rows: list[tuple]) -> int:
+    def _probe(self) -> None:
+        """A write that changes nothing, so a read-only file fails here rather than on the first OK."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute("DELETE FROM writes WHERE write_id = ''")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
+
+    def _rollback(self) -> None:
+        # A failed COMMIT (disk full) may already have rolled back: never let "cannot rollback - no
+        # transaction is active" hide the error that matters.
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+
+    def _write(self, rows: list[tuple], write_id: str, reply: Mapping | None) -> Journaled:
         with self._lock:
             cur = self._db.cursor()
-            cur.execute("BEGIN IMMEDIATE")
             try:
-                cur.executemany(f"INSERT INTO changes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                seq = cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]
-                cur.execute("COMMIT")
-            except BaseException:
-                cur.execute("ROLLBACK")
-                raise
-            return int(seq)
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    if write_id:
+                        found = cur.execute(
+                            "SELECT seq, reply FROM writes WHERE write_id = ?", (write_id,)
+                        ).fetchone()
+                        if found is not None:
+                            cur.execute("COMMIT")
+                            return Journaled(int(found[0]), json.loads(found[1]))
+                    cur.executemany(f"INSERT INTO changes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+                    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+                    if write_id:
+                        cur.execute(
+                            "INSERT INTO writes (write_id, seq, reply, at) VALUES (?, ?, ?, ?)",
+                            (write_id, seq, encode_reply(reply), time.time()),
+                        )
+                    cur.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as err:
+                raise _sqlite_error(self.path, err) from None
+            return Journaled(seq)
 
-    def upsert(self, items: Sequence[NewItemData]) -> int:
-        return self._write(upsert_rows(items))
+    def upsert(
+        self, items: Sequence[NewItemData], write_id: str = "", reply: Mapping | None = None
+    ) -> Journaled:
+        return self._write(upsert_rows(items), write_id, reply)
 
-    def delete(self, item_ids: Sequence[str]) -> int:
-        return self._write(delete_rows(item_ids))
+    def delete(self, item_ids: Sequence[str], write_id: str = "", reply: Mapping | None = None) -> Journaled:
+        return self._write(delete_rows(item_ids), write_id, reply)
 
     def changes(self, after: int = 0, upto: int | None = None) -> Iterator[Change]:
-        query = f"SELECT seq, {COLUMNS} FROM changes WHERE seq > ?"
-        args: tuple = (after,)
-        if upto is not None:
-            query += " AND seq <= ?"
-            args += (upto,)
-        with self._lock:
-            rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
-        yield from map(as_change, rows)
+        query = f"SELECT seq, {COLUMNS} FROM changes WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        upto = self.last_seq() if upto is None else upto
+        while after < upto:
+            with self._lock:
+                rows = self._db.execute(query, (after, upto, PAGE_ROWS)).fetchall()
+            if not rows:
+                return
+            yield from map(as_change, rows)
+            after = int(rows[-1][0])
 
     def last_seq(self) -> int:
         with self._lock:
@@ -157,7 +315,7 @@ class SQLiteStore:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM changes").fetchone()[0])
 
-    def compact(self) -> tuple[int, int]:
+    def compact(self, keep_delete: Callable[[str], bool] | None = None) -> tuple[int, int]:
         with self._lock:
             before = self._db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
             self._db.execute("BEGIN IMMEDIATE")
@@ -166,9 +324,14 @@ class SQLiteStore:
                 self._db.execute(
                     "DELETE FROM changes WHERE seq NOT IN (SELECT MAX(seq) FROM changes GROUP BY item_id)"
                 )
+                purge = superseded_and_purged(
+                    self._db.execute("SELECT seq, op, item_id FROM changes WHERE op = 'delete'"), keep_delete
+                )
+                self._db.executemany("DELETE FROM changes WHERE seq = ?", [(s,) for s in purge])
+                self._db.execute("DELETE FROM writes WHERE at < ?", (time.time() - WRITE_ID_RETENTION_S,))
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                self._rollback()
                 raise
             after = self._db.execute("SELECT COUNT(*) FROM changes").fetchone()[0]
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")

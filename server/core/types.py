@@ -61,3 +61,6 @@ class ModelInfo:
     max_ks: int
     max_item_bytes: int
     max_response_bytes: int
+    journal_reachable: bool = True
+    journal_behind: int = 0
+    write_id_retention_s: int = 0

@@ -90,7 +90,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (
-        "text empty where required, or over its length limit; an UpsertItems item over max_item_bytes "
+        "text empty where required, over its length limit, or holding a NUL character (neither journal "
+        "can store one); an UpsertItems item over max_item_bytes "
         "serialized (max_response_bytes / max_top_n, so max_top_n items fit one response)",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
@@ -100,7 +101,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ),
     (
         "ks outside 1..1000, or more than max_ks (100) of them; unknown split/protocol value; duplicate "
-        "ids in one UpsertItems; an id over 200 characters (history ids included)",
+        "ids in one UpsertItems; an id over 200 characters (history ids included); a write_id over 128 "
+        "characters or not printable ASCII",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (
@@ -108,6 +110,22 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     ("model not loaded or warming up (health NOT_SERVING)", grpc.StatusCode.UNAVAILABLE),
+    (
+        "UpsertItems or DeleteItems while the catalogue journal is unreachable (PostgreSQL down, "
+        "restarting or frozen; its lock or statement timeout passed): nothing written, reads keep being "
+        "served, retry; a Reload then too (the served model keeps its journal's changes)",
+        grpc.StatusCode.UNAVAILABLE,
+    ),
+    (
+        "UpsertItems or DeleteItems when the journal has no room (disk or file size limit full): nothing "
+        "written",
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    ),
+    (
+        "UpsertItems or DeleteItems when the journal file or folder became read-only (its file system "
+        "remounted read-only): nothing written; a journal read-only at start stops the server, naming it",
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     (
         "more concurrent RPCs than --max-concurrent-rpcs (authenticated calls), --max-probe-rpcs (health "
         "calls and calls refused for their token) or --max-watch-streams (open health Watch streams); a "
@@ -117,11 +135,21 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     ),
     ("missing or wrong bearer token (with a token configured)", grpc.StatusCode.UNAUTHENTICATED),
     (
+        "a bearer token whose right is too low for the RPC (read < write < admin: a read token calling "
+        "UpsertItems, DeleteItems or Reload; a write token calling Reload)",
+        grpc.StatusCode.PERMISSION_DENIED,
+    ),
+    (
         "deadline too short for the work (checked before and during every loop over a request's "
-        "items: encoder batches, tower passes, Score pairs, Evaluate's user blocks)",
+        "items: encoder batches, tower passes, Score pairs, Evaluate's user blocks); a Reload's, checked "
+        "again just before the swap (past it, nothing is swapped)",
         grpc.StatusCode.DEADLINE_EXCEEDED,
     ),
-    ("Reload of a bad artifacts folder (the old model keeps serving)", grpc.StatusCode.FAILED_PRECONDITION),
+    (
+        "Reload of a bad artifacts folder, or of one not under --bundle-root (the old model keeps serving; "
+        "a folder outside the root, missing or not a folder gets one fixed message naming no path)",
+        grpc.StatusCode.FAILED_PRECONDITION,
+    ),
     ("anything unexpected (generic message, traceback logged)", grpc.StatusCode.INTERNAL),
 ]
 

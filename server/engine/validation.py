@@ -56,11 +56,26 @@ def check_id(name: str, value: str) -> None:
         raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {SHORT_TEXT_LIMIT}")
 
 
+WRITE_ID_LIMIT = 128
+
+
+def check_write_id(value: str) -> str:
+    """A write id (UpsertItems/DeleteItems.write_id): empty (none) or 1..128 printable ASCII characters,
+    so it is stored and compared byte for byte by either journal store."""
+    if len(value) > WRITE_ID_LIMIT:
+        raise InvalidArgument(f"write_id is {len(value)} characters; the limit is {WRITE_ID_LIMIT}")
+    if value and not (value.isascii() and value.isprintable()):
+        raise InvalidArgument("write_id must be printable ASCII (a UUID, say)")
+    return value
+
+
 def check_text(name: str, value: str, limit: int, required: bool = True) -> str:
     if required and not value.strip():
         raise InvalidArgument(f"{name} must not be empty")
     if len(value) > limit:
         raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {limit}")
+    if "\x00" in value:  # PostgreSQL's text cannot hold NUL: refused the same way for either journal
+        raise InvalidArgument(f"{name} must not contain NUL characters")
     return value
 
 

@@ -165,7 +165,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries", "max_ks", "max_item_bytes", "max_response_bytes")
+    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries", "max_ks", "max_item_bytes", "max_response_bytes", "journal_reachable", "journal_behind", "write_id_retention_s")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -212,6 +212,9 @@ class GetModelInfoResponse(_message.Message):
     MAX_KS_FIELD_NUMBER: _ClassVar[int]
     MAX_ITEM_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_RESPONSE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_REACHABLE_FIELD_NUMBER: _ClassVar[int]
+    JOURNAL_BEHIND_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ID_RETENTION_S_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     model_kind: str
     user_independent_ranking: bool
@@ -244,7 +247,10 @@ class GetModelInfoResponse(_message.Message):
     max_ks: int
     max_item_bytes: int
     max_response_bytes: int
-    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ..., max_ks: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_response_bytes: _Optional[int] = ...) -> None: ...
+    journal_reachable: bool
+    journal_behind: int
+    write_id_retention_s: int
+    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ..., max_ks: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., journal_reachable: _Optional[bool] = ..., journal_behind: _Optional[int] = ..., write_id_retention_s: _Optional[int] = ...) -> None: ...
 
 class NewItem(_message.Message):
     __slots__ = ("item_id", "description", "features", "price", "category")
@@ -261,38 +267,50 @@ class NewItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., description: _Optional[str] = ..., features: _Optional[str] = ..., price: _Optional[float] = ..., category: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsRequest(_message.Message):
-    __slots__ = ("items",)
+    __slots__ = ("items", "write_id")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ID_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[NewItem]
-    def __init__(self, items: _Optional[_Iterable[_Union[NewItem, _Mapping]]] = ...) -> None: ...
+    write_id: str
+    def __init__(self, items: _Optional[_Iterable[_Union[NewItem, _Mapping]]] = ..., write_id: _Optional[str] = ...) -> None: ...
 
 class UpsertItemsResponse(_message.Message):
-    __slots__ = ("inserted", "updated", "item_count", "model_version")
+    __slots__ = ("inserted", "updated", "item_count", "model_version", "sequence", "repeated")
     INSERTED_FIELD_NUMBER: _ClassVar[int]
     UPDATED_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_FIELD_NUMBER: _ClassVar[int]
     inserted: int
     updated: int
     item_count: int
     model_version: str
-    def __init__(self, inserted: _Optional[int] = ..., updated: _Optional[int] = ..., item_count: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+    sequence: int
+    repeated: bool
+    def __init__(self, inserted: _Optional[int] = ..., updated: _Optional[int] = ..., item_count: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ..., repeated: _Optional[bool] = ...) -> None: ...
 
 class DeleteItemsRequest(_message.Message):
-    __slots__ = ("item_ids",)
+    __slots__ = ("item_ids", "write_id")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ID_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+    write_id: str
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., write_id: _Optional[str] = ...) -> None: ...
 
 class DeleteItemsResponse(_message.Message):
-    __slots__ = ("deleted", "item_count", "model_version")
+    __slots__ = ("deleted", "item_count", "model_version", "sequence", "repeated")
     DELETED_FIELD_NUMBER: _ClassVar[int]
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_FIELD_NUMBER: _ClassVar[int]
     deleted: int
     item_count: int
     model_version: str
-    def __init__(self, deleted: _Optional[int] = ..., item_count: _Optional[int] = ..., model_version: _Optional[str] = ...) -> None: ...
+    sequence: int
+    repeated: bool
+    def __init__(self, deleted: _Optional[int] = ..., item_count: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ..., repeated: _Optional[bool] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("artifacts",)

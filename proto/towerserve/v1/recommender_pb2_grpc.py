@@ -108,7 +108,8 @@ class RecommenderServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DeleteItems(self, request, context):
-        """Removes catalogue items (journaled like UpsertItems); unknown ids are ignored and not counted.
+        """Removes catalogue items (journaled like UpsertItems, whatever this replica holds, so a delete
+        reaches an item another replica added moments ago); ids the catalogue lacks are not counted.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
