@@ -3,6 +3,7 @@ server/catalog/store_pg.py): durable order, latest-per-item, compaction, reopeni
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import threading
 
@@ -219,3 +220,22 @@ def test_compaction_purges_deletes_no_bundle_holds(reopen):
     assert store.compact(keep_delete=bundle.__contains__) == (4, 2)
     assert [(c.item_id, c.op) for c in store.changes()] == [("c", UPSERT), ("b", DELETE)]
     assert store.upsert([_item("d")]).seq > 6  # sequence numbers are never reused
+
+
+def test_catalog_compact_on_postgres_drops_deletes_no_bundle_holds(postgres_url, serving):
+    """`towerserve catalog compact --catalog-url ... --artifacts BUNDLE`: a delete of a bundle item stays
+    (replaying it removes the item from that bundle), one of an id the bundle lacks goes."""
+    from postgres import fresh_database
+
+    from towerserve.server.catalog.cli import bundle_ids
+
+    url = fresh_database(postgres_url)
+    in_bundle = sorted(bundle_ids([serving]))[0]
+    store = open_store(url=url)
+    store.upsert([_item("new")])
+    store.delete([in_bundle, "new", "never-seen"])
+    store.close()
+    done = _cli("catalog", "compact", "--catalog-url", url, "--artifacts", str(serving))
+    assert done.returncode == 0 and "4 -> 1 changes" in done.stdout, done.stdout + done.stderr
+    dumped = _cli("catalog", "dump", "--all", "--catalog-url", url)
+    assert [json.loads(line)["item_id"] for line in dumped.stdout.splitlines()] == [in_bundle]

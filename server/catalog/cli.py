@@ -1,8 +1,10 @@
-"""`towerserve catalog dump|compact`: read or compact a server's catalogue journal (store.py).
+"""`towerserve catalog dump|compact`: read or compact a server's catalogue journal (store.py), in SQLite
+(--state-dir) or PostgreSQL (--catalog-url).
 
-Both work while a server runs on the same --state-dir: SQLite's WAL lets readers and one writer
-share the file, and compaction only drops changes a later change of the same item supersedes.
-Only argparse at the top (see server/api/cli.py).
+Both work while servers run on the same journal: SQLite's WAL lets readers and one writer share the
+file, and compaction only drops changes a later change of the same item supersedes (and, given the
+bundles that may be served, deletes of ids none of them holds). Only argparse at the top (see
+server/api/cli.py).
 """
 
 from __future__ import annotations
@@ -13,12 +15,31 @@ import sys
 from pathlib import Path
 
 
-def _open(state_dir: Path):
-    from .store import JOURNAL_FILE, SQLiteStore
+def _open(args: argparse.Namespace):
+    from .journal import open_store
+    from .store import JOURNAL_FILE
 
-    if not (state_dir / JOURNAL_FILE).is_file():
-        raise FileNotFoundError(f"{state_dir / JOURNAL_FILE}: no catalogue journal (is --state-dir right?)")
-    return SQLiteStore(state_dir)
+    if args.catalog_url:
+        return open_store(url=args.catalog_url)
+    if args.state_dir is None:
+        raise ValueError("give the server's --state-dir or --catalog-url")
+    if not (args.state_dir / JOURNAL_FILE).is_file():
+        raise FileNotFoundError(
+            f"{args.state_dir / JOURNAL_FILE}: no catalogue journal (is --state-dir right?)"
+        )
+    return open_store(args.state_dir)
+
+
+def bundle_ids(folders: list[Path]) -> set[str]:
+    """The item ids of the serving bundles in ``folders`` (a training folder means its serving/)."""
+    from ..core.manifest import MANIFEST_FILE
+    from .snapshot import read_csv
+
+    ids: set[str] = set()
+    for folder in folders:
+        serving = folder / "serving" if (folder / "serving" / MANIFEST_FILE).is_file() else folder
+        ids.update(r["item_id"] for r in read_csv(serving / "catalog" / "items.csv", ["item_id"]))
+    return ids
 
 
 def cmd_dump(args: argparse.Namespace) -> int:
@@ -26,7 +47,7 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
     from .store import latest
 
-    store = _open(args.state_dir)
+    store = _open(args)
     try:
         changes = list(store.changes()) if args.all else latest(store.changes())
     finally:
@@ -47,29 +68,51 @@ def cmd_dump(args: argparse.Namespace) -> int:
 
 
 def cmd_compact(args: argparse.Namespace) -> int:
-    store = _open(args.state_dir)
+    keep = bundle_ids(args.artifacts).__contains__ if args.artifacts else None
+    store = _open(args)
     try:
-        before, after = store.compact()
+        before, after = store.compact(keep_delete=keep)
     finally:
         store.close()
-    print(f"compacted {store.path}: {before} -> {after} changes (each item's latest kept)")
+    deletes = "deletes of ids no given bundle holds dropped" if keep else "deletes kept (no --artifacts)"
+    print(f"compacted {store.url}: {before} -> {after} changes (each item's latest kept; {deletes})")
     return 0
+
+
+def _journal_options(p: argparse.ArgumentParser) -> None:
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", type=Path, help="the server's --state-dir (SQLite journal)")
+    where.add_argument("--catalog-url", help="the servers' --catalog-url (PostgreSQL journal)")
 
 
 def register(sub) -> None:
     """Adds `catalog` (dump, compact) to the `towerserve` subcommands."""
     p = sub.add_parser(
         "catalog",
-        help="inspect or compact the catalogue journal of `towerserve serve --state-dir`",
+        help="inspect or compact the catalogue journal of `towerserve serve`",
         description="The journal holds every acknowledged UpsertItems and DeleteItems; the server "
-        "replays it at start and on every Reload. Safe to run while the server runs.",
+        "replays it at start and on every Reload. Safe to run while servers run.",
     )
     cmds = p.add_subparsers(dest="catalog_command", metavar="ACTION", required=True)
     dump = cmds.add_parser("dump", help="print the journal as JSON lines (each item's latest change)")
-    dump.add_argument("--state-dir", type=Path, required=True, help="the server's --state-dir")
+    _journal_options(dump)
     dump.add_argument("--all", action="store_true", help="every change, not only each item's latest")
     dump.add_argument("--out", type=Path, help="write here instead of standard output")
     dump.set_defaults(func=cmd_dump)
-    compact = cmds.add_parser("compact", help="drop changes a later change of the same item supersedes")
-    compact.add_argument("--state-dir", type=Path, required=True, help="the server's --state-dir")
+    compact = cmds.add_parser(
+        "compact",
+        help="drop changes a later change of the same item supersedes, and expired write ids",
+        description="Keeps each item's latest change. A delete must stay while a bundle that holds "
+        "the item may be served (replaying it removes the item from that bundle): with --artifacts, "
+        "deletes of ids none of the given bundles holds are dropped too, so name every bundle you "
+        "may serve or Reload.",
+    )
+    _journal_options(compact)
+    compact.add_argument(
+        "--artifacts",
+        type=Path,
+        nargs="+",
+        metavar="FOLDER",
+        help="the serving (or training) folders that may be served: deletes of ids none holds are dropped",
+    )
     compact.set_defaults(func=cmd_compact)
