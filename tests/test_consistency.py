@@ -26,8 +26,8 @@ def _target(running) -> str:
     return f"127.0.0.1:{running.port}"
 
 
-def _served(client: RecommenderClient, user: str) -> set[str]:
-    got = client.recommend(user, top_n=50, categories=[CATEGORY])
+def _served(client: RecommenderClient, user: str, top_n: int = 50) -> set[str]:
+    got = client.recommend(user, top_n=top_n, categories=[CATEGORY])
     return {i.item_id for i in got.items}
 
 
@@ -311,3 +311,51 @@ def _store_ok(store, item) -> bool:
         return True
     except JournalError:
         return False
+
+
+def test_a_large_catch_up_keeps_the_candidate_lists(serving, tmp_path):
+    """A replica catching up on hundreds of another's upserts patches (or rebuilds off to the side) its
+    candidate lists: no snapshot without them is ever published, so known users never drop to the
+    slow path, and its own write made during the catch-up stands over the journal's older one."""
+    journal = {"state_dir": tmp_path / "state"}
+    with (
+        running_server(serving, **journal) as a,
+        running_server(serving, **journal) as b,
+        RecommenderClient(_target(a)) as ca,
+        RecommenderClient(_target(b)) as cb,
+    ):
+        user = b.holder.get().user_ids[0]
+        assert b.holder.get().catalog.cand_rows is not None  # the bundle serves known users from lists
+        b.holder.following.clear()
+        limit = ca.model_info().max_upsert_items
+        names = [f"bulk-{k}" for k in range(300)]
+        for start in range(0, len(names), limit):
+            ca.upsert_items([_item(n) for n in names[start : start + limit]])
+        ca.upsert_items([_item("contested", 1.0)])
+        dropped: list[int] = []
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                if b.holder.get().catalog.cand_rows is None:
+                    dropped.append(1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        try:
+            b.holder.following.set()
+            cb.upsert_items([_item("contested", 7.0)])  # ours, newer than A's, while B catches up
+            _until(
+                lambda: b.holder.behind == 0 and b.holder.applied >= b.holder.journal_head,
+                10.0,
+                "no catch-up",
+            )
+            _until(
+                lambda: len(_served(cb, user, 400) & set(names)) == len(names), 5.0, "bulk items missing on B"
+            )
+        finally:
+            stop.set()
+            watcher.join()
+        assert dropped == []
+        prices = {i.item_id: i.price for i in cb.recommend(user, top_n=400, categories=[CATEGORY]).items}
+        assert prices["contested"] == 7.0

@@ -16,11 +16,12 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..catalog.store import (
     DELETE,
     WRITE_ID_RETENTION_S,
     CatalogStore,
-    Change,
     Journaled,
     JournalError,
     JournalFull,
@@ -42,6 +43,10 @@ REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
 # Past this many replayed items, candidate lists are dropped and rebuilt once (one users x items
 # product) rather than patched item by item (a Python loop over the users each item enters).
 RELIST_AFTER = 64
+# The longest the journal's follower holds the write lock for one step of a catch-up (a batch of
+# patched items, or a rebuild of the candidate lists when that measures cheaper and fits): writes
+# and reloads wait at most about this long for it.
+PATCH_BUDGET_S = 0.05
 # Seconds between recounts of the journal's entries for GetModelInfo (a COUNT(*) scans the table, so
 # it runs on the follower's thread, never under the write lock, and not on every poll).
 RECOUNT_EVERY_S = 10.0
@@ -100,6 +105,7 @@ class EngineHolder:
         self.journal_entries = 0
         self._counted_at = float("-inf")
         self._down_since: float | None = None
+        self._fresh: set[str] | None = None  # during a catch-up: ids our own writes set meanwhile
         self._recent_writes: dict[str, dict] = {}  # write id -> reply, without a journal (FIFO-bounded)
 
     def get(self) -> Engine:
@@ -186,7 +192,8 @@ class EngineHolder:
             return engine, previous, time.perf_counter() - t0
 
     def _replay(self, engine: Engine, after: int) -> int:
-        """Applies journal changes past ``after`` to ``engine``; returns the last sequence applied."""
+        """Applies journal changes past ``after`` to an engine nobody else writes (a load), in bulk;
+        returns the last sequence applied."""
         if self.store is None:
             return after
         upto = self.store.last_seq()
@@ -194,12 +201,14 @@ class EngineHolder:
             return after
         t0 = time.perf_counter()
         changes = latest(self.store.changes(after, upto))
-        upserts = [c for c in changes if c.op != DELETE]
+        upserts = [c.item for c in changes if c.item is not None]
         deletes = [c.item_id for c in changes if c.op == DELETE]
         bulk = len(upserts) > RELIST_AFTER
         skipped = 0
         for start in range(0, len(upserts), REPLAY_BATCH):
-            skipped += self._replay_upserts(engine, upserts[start : start + REPLAY_BATCH], not bulk)
+            items, vecs = self._vectors(engine, upserts[start : start + REPLAY_BATCH])
+            skipped += min(REPLAY_BATCH, len(upserts) - start) - len(items)
+            engine.apply_items(items, vecs, not bulk)
         if deletes:
             engine.delete_items(deletes)
         if bulk:
@@ -216,25 +225,24 @@ class EngineHolder:
         return upto
 
     @staticmethod
-    def _replay_upserts(engine: Engine, batch: list[Change], patch: bool) -> int:
-        """Applies a batch of journaled upserts; an item this model cannot embed is skipped and logged
-        (returns how many), so one item never keeps a model from loading."""
-        items = [c.item for c in batch if c.item is not None]
+    def _vectors(engine: Engine, items: list[NewItemData]) -> tuple[list[NewItemData], np.ndarray]:
+        """Journaled items and their vectors; one this model cannot embed is skipped and logged, so one
+        item never keeps a model from loading or a replica from following."""
         try:
-            engine.apply_items(items, engine.item_vectors(items, validate=False), patch)
-            return 0
+            return items, engine.item_vectors(items, validate=False)
         except InvalidArgument:
             pass
-        skipped = 0
+        kept, vecs = [], []
         for item in items:  # the batch failed: find the culprits one by one
             try:
-                engine.apply_items([item], engine.item_vectors([item], validate=False), patch)
+                vecs.append(engine.item_vectors([item], validate=False))
+                kept.append(item)
             except InvalidArgument as err:
-                skipped += 1
                 _LOGGER.warning(
                     "journaled item %r not served by %s: %s", item.item_id, engine.model_version, err
                 )
-        return skipped
+        dim = engine.serving.dim
+        return kept, np.concatenate(vecs) if vecs else np.zeros((0, dim), dtype=np.float32)
 
     # ------------------------------------------------------------------------------------- writes
 
@@ -266,6 +274,8 @@ class EngineHolder:
             }
             done = self._journal(lambda: self.store.upsert(items, write_id, reply), write_id, reply)
             if done.reply is None:
+                if self._fresh is not None:
+                    self._fresh.update(i.item_id for i in items)
                 inserted, updated, count = engine.apply_items(items, vecs)
                 reply = {"inserted": inserted, "updated": updated, "item_count": count}
                 self._advance(done.seq, len(items))
@@ -300,6 +310,8 @@ class EngineHolder:
             reply = {"deleted": held, "item_count": engine.catalog.item_count - held}
             done = self._journal(lambda: self.store.delete(ids, write_id, reply), write_id, reply)
             if done.reply is None:
+                if self._fresh is not None:
+                    self._fresh.update(ids)
                 deleted, count = engine.delete_items(ids)
                 reply = {"deleted": deleted, "item_count": count}
                 self._advance(done.seq, len(ids))
@@ -350,7 +362,15 @@ class EngineHolder:
         return thread
 
     def catch_up(self) -> int:
-        """Applies journal changes the served engine lacks; returns how many sequence numbers it advanced.
+        """Applies journal changes the served engine lacks (other writers'); returns how many sequence
+        numbers it advanced.
+
+        Never holds the write lock for longer than one step of about PATCH_BUDGET_S: the items are
+        patched into the candidate lists a batch at a time (each batch's tower pass outside the lock),
+        sized from the engine's measured cost of a patched item; when a rebuild of the lists measures
+        cheaper than patching them all and itself fits that budget, the lists are rebuilt instead.
+        Known users keep their candidate lists throughout. Writes of our own that land between two
+        steps win over the older journaled versions of their items still to come.
 
         Raises:
             JournalError: the journal could not be read (the follower counts that as an outage).
@@ -361,12 +381,46 @@ class EngineHolder:
         self.journal_head = head = store.last_seq()
         if time.monotonic() - self._counted_at > RECOUNT_EVERY_S:
             self._recount()
-        if head <= self.applied:
+        before = self.applied
+        if head <= before:
             return 0
+        changes = latest(store.changes(before, head))  # read outside the lock
+        upserts = [c.item for c in changes if c.item is not None]
+        deletes = [c.item_id for c in changes if c.op == DELETE]
         with self._write_lock:
-            engine, before = self.get(), self.applied
-            self.applied = self._replay(engine, before)
-            return self.applied - before
+            if self._engine is not engine or self.applied != before:  # a reload moved on meanwhile
+                return 0
+            self._fresh = set()
+        try:
+            rebuild = (
+                engine.relist_seconds <= PATCH_BUDGET_S
+                and len(upserts) * engine.patch_seconds > engine.relist_seconds
+            )
+            step = 0
+            while step < len(upserts):
+                # Sized from the cost of a patched item measured so far (1 until there is one).
+                per_item = engine.patch_seconds
+                size = len(upserts) if rebuild else max(1, int(PATCH_BUDGET_S / per_item)) if per_item else 1
+                batch = upserts[step : step + size]
+                step += size
+                items, vecs = self._vectors(engine, batch)
+                with self._write_lock:
+                    if self._engine is not engine:
+                        return 0
+                    keep = [k for k, item in enumerate(items) if item.item_id not in self._fresh]
+                    if keep:
+                        engine.apply_items([items[k] for k in keep], vecs[keep], relist=rebuild)
+            with self._write_lock:
+                if self._engine is not engine:
+                    return 0
+                gone = [x for x in deletes if x not in self._fresh]
+                if gone:
+                    engine.delete_items(gone)
+                self.applied = max(self.applied, head)
+                return self.applied - before
+        finally:
+            with self._write_lock:
+                self._fresh = None
 
     def _recount(self) -> None:
         """Refreshes the journal figures GetModelInfo reports (outside the write lock: a COUNT scans)."""

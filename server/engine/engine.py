@@ -128,7 +128,13 @@ class Engine:
         self.known_user_vectors()  # known users: one batched tower pass, at load
         self._write_lock = threading.Lock()
         self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, len(items))
+        t_build = time.perf_counter()
         self.catalog = self._build_catalog(**item_columns(items), vectors=self.serving.item_vectors)
+        # What keeping the candidate lists costs, measured on this machine and catalogue: a full
+        # rebuild, and (an average over recent writes) one item patched into them. The journal's
+        # follower picks between the two with these (api/holder.py: catch_up).
+        self.relist_seconds = time.perf_counter() - t_build
+        self.patch_seconds = 0.0
         self.loaded_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self.providers = sorted(
             set().union(*(t.providers for t in self.towers.values())) | set(self.encoder.providers)
@@ -320,19 +326,34 @@ class Engine:
         return vecs
 
     def apply_items(
-        self, items: Sequence[NewItemData], vecs: np.ndarray, patch: bool = True
+        self, items: Sequence[NewItemData], vecs: np.ndarray, patch: bool = True, relist: bool = False
     ) -> tuple[int, int, int]:
         """Writes ``items`` with their :meth:`item_vectors` and publishes the next snapshot;
-        ``patch=False`` (a bulk replay) drops the candidate lists until :meth:`relist`.
+        ``patch=False`` (a bulk replay) drops the candidate lists until :meth:`relist`; ``relist=True``
+        rebuilds them before the snapshot is published (no reader sees it without lists).
 
         Returns:
             (inserted, updated, catalogue size).
         """
         with self._write_lock:  # writers queue here; readers keep using their snapshot meanwhile
             # Cost proportional to the items: columns written in place, candidate lists patched.
+            t0 = time.perf_counter()
             cat, rows, inserted, updated = upserted(
-                self.catalog, items, vecs, self.known_user_vectors(), self.seen, self.user_independent, patch
+                self.catalog,
+                items,
+                vecs,
+                self.known_user_vectors(),
+                self.seen,
+                self.user_independent,
+                patch and not relist,
             )
+            if relist:
+                cat = self._relisted(cat)
+            elif patch and self.catalog.cand_rows is not None and len(items):
+                per_item = (time.perf_counter() - t0) / len(items)
+                self.patch_seconds = (
+                    per_item if not self.patch_seconds else 0.8 * self.patch_seconds + 0.2 * per_item
+                )
             if self.ann is not None:  # the index first: no snapshot can return the rows before it
                 self.ann.upsert(rows, vecs)
             self.catalog = cat
@@ -349,15 +370,21 @@ class Engine:
     def relist(self) -> None:
         """Rebuilds the candidate lists in one pass (after a bulk replay)."""
         with self._write_lock:
-            c = self.config
-            self.catalog = relisted(
-                self.catalog,
-                self.known_user_vectors(),
-                self.seen,
-                c.candidates,
-                self.user_independent,
-                c.candidate_budget_mb,
-            )
+            self.catalog = self._relisted(self.catalog)
+
+    def _relisted(self, cat: Catalog) -> Catalog:
+        """``cat`` with its candidate lists rebuilt (timed: relist_seconds). Holds the write lock."""
+        c, t0 = self.config, time.perf_counter()
+        cat = relisted(
+            cat,
+            self.known_user_vectors(),
+            self.seen,
+            c.candidates,
+            self.user_independent,
+            c.candidate_budget_mb,
+        )
+        self.relist_seconds = time.perf_counter() - t0
+        return cat
 
     def delete_items(self, item_ids: Sequence[str]) -> tuple[int, int]:
         """Removes the items the catalogue has (unknown ids are ignored) and publishes the next snapshot.
