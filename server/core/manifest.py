@@ -163,6 +163,8 @@ class ItemIndex(_Record):
         search: the search-time knob export tuned (HNSW efSearch, IVF nprobe; 0 for exact).
         recall_at_10: mean recall@10 against exact search over ``queries`` sampled users.
         build_seconds: the index build alone.
+        filtered_recall_at_10: recall@10 of filtered answers under the recall gate's filters, by the
+            fraction of the catalogue each admits ("1%", "10%"; empty for exact and older bundles).
     """
 
     kind: str
@@ -171,6 +173,7 @@ class ItemIndex(_Record):
     file: str | None = None
     search: int = 0
     build_seconds: float = 0.0
+    filtered_recall_at_10: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -20,12 +20,10 @@ from ..catalog.snapshot import Catalog
 from ..catalog.topk import top_k
 from ..core.numerics import logits, probabilities
 
-# The approximate index is searched for (top_n + blocked items) / admissible fraction, times this
-# margin, and widened 4x while too few admissible items come back.
+# Without a filter the approximate index is searched for (top_n + blocked items) times this margin,
+# and widened 4x (k and the index's own knob) while too few unblocked items come back. A filter is
+# searched inside the index, or scored exactly when narrow (catalog/index.py: FilterSearch).
 ANN_MARGIN, ANN_EXTRA, ANN_WIDEN = 1.5, 32, 4
-# A filter that admits at most this many items (or this fraction) is scored exactly over those items:
-# cheaper than widening an index search until it finds them, and exact.
-SELECTIVE_ITEMS, SELECTIVE_FRACTION = 20_000, 0.02
 
 
 class Query(NamedTuple):
@@ -59,7 +57,7 @@ def inline(q: Query, vector: Callable[[], np.ndarray]) -> tuple[list[int], list[
 
 def full(q: Query, u: np.ndarray) -> tuple[list[int], list[float]]:
     """The answer for user vector ``u`` [d] by the snapshot's index: exact, or approximate candidates
-    scored exactly (falling back to exact scoring of the admissible items for a selective filter)."""
+    scored exactly (a filter searched inside the index, or its admissible items scored exactly)."""
     allowed = admissible(q.cat, q.price_min, q.price_max, q.codes)
     if q.cat.ann is None or q.cat.order is not None:
         return rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen)
@@ -128,40 +126,39 @@ def ann_rank(
     allowed: np.ndarray | None,
     seen: np.ndarray | None = None,
 ) -> tuple[list[int], list[float]]:
-    """The approximate path: the index proposes candidates, widened until top_n admissible ones are
-    among them (or the index is exhausted); they are scored exactly and ordered as :func:`rank` would.
-    A selective filter is answered by exact scoring of just the admissible items."""
-    n = len(cat)
-    frac = 1.0
+    """The approximate path: the index proposes candidates, widened until top_n unblocked ones are
+    among them; they are scored exactly and ordered as :func:`rank` would. Where the index runs out
+    before that (every entry proposed), the exact path answers. A filter goes to :func:`_ann_within`."""
     if allowed is not None:
-        n_allowed = int(np.count_nonzero(allowed))
-        if n_allowed <= SELECTIVE_ITEMS or n_allowed <= SELECTIVE_FRACTION * n:
-            return _rank_subset(cat, u, top_n, excluded, np.flatnonzero(allowed), seen)
-        frac = n_allowed / n
+        return _ann_within(cat, u, top_n, excluded, allowed, seen)
+    n = len(cat)
     # A set: the index returns a few dozen rows, where set lookups beat np.isin's sort.
     blocked = excluded | set(seen.tolist()) if seen is not None and seen.size else excluded
-    k = int((top_n + len(blocked)) / frac * ANN_MARGIN) + ANN_EXTRA
+    k, widen = int((top_n + len(blocked)) * ANN_MARGIN) + ANN_EXTRA, 1
     while True:
         # Rows >= n are labels a later snapshot added.
-        rows = np.array(
-            [r for r in cat.ann.search(u, k).tolist() if r < n and r not in blocked], dtype=np.int64
-        )
-        if allowed is not None:
-            rows = rows[allowed[rows]]
-        if len(rows) >= top_n or k >= len(cat.ann):
-            break
-        k *= ANN_WIDEN
-    return _scored(cat, u, np.sort(rows), top_n)
+        rows = [r for r in cat.ann.search(u, k, widen).tolist() if r < n and r not in blocked]
+        if len(rows) >= top_n:
+            return _scored(cat, u, np.sort(np.array(rows, dtype=np.int64)), top_n)
+        if k >= len(cat.ann):
+            return rank(cat, u, top_n, excluded, None, seen)
+        k, widen = k * ANN_WIDEN, widen * ANN_WIDEN
 
 
-def _rank_subset(
-    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], rows: np.ndarray, seen: np.ndarray | None
+def _ann_within(
+    cat: Catalog, u: np.ndarray, top_n: int, excluded: set[int], allowed: np.ndarray, seen: np.ndarray | None
 ) -> tuple[list[int], list[float]]:
-    """Exact ranking over ascending ``rows`` only (a selective filter's admissible items)."""
-    drop = list(excluded) + (seen.tolist() if seen is not None else [])
-    if drop:
-        rows = rows[~np.isin(rows, drop)]
-    return _scored(cat, u, rows, top_n)
+    """A filtered request on the index path: the index searches only the admitted, unblocked rows
+    (a FAISS IDSelector, the search widened for the filter), or, where it cannot answer for them (a
+    narrow filter, too few found), those rows are scored exactly; either way top_n come back
+    whenever top_n admitted items exist."""
+    admitted = allowed.copy()
+    if excluded:
+        admitted[list(excluded)] = False
+    if seen is not None and seen.size:
+        admitted[seen] = False
+    rows = cat.ann.search_within(u[None, :], top_n, admitted)[0]
+    return _scored(cat, u, np.flatnonzero(admitted) if rows is None else np.sort(rows), top_n)
 
 
 def _scored(cat: Catalog, u: np.ndarray, rows: np.ndarray, top_n: int) -> tuple[list[int], list[float]]:
