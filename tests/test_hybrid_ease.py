@@ -50,7 +50,7 @@ def test_the_ease_part_adds_the_mean_of_the_historys_ease_rows():
     hybrid_fit.forget_unseen(model, pos)
     f = hybrid_ease.factors(pos, 20.0, rank=10_000)
     assert f.rank == len(I)
-    wide = hybrid.with_ease(model, TINY, f.rank)
+    wide = hybrid.with_served_parts(model, TINY, f.rank)
     hybrid_ease.install(wide, f, 0.7, pos)
     assert hybrid.ease_rank(wide) == len(I) and hybrid.ease_rank(model) == 0
     u0, i0 = hybrid_fit.all_vectors(model, U, I, pos)
@@ -76,7 +76,7 @@ def test_the_widened_user_tower_exports_and_keeps_the_servers_history_shortcut(t
     model = _randomised(len(U), len(I), 3)
     hybrid_fit.forget_unseen(model, pos)
     f = hybrid_ease.factors(pos, 20.0, rank=8)
-    wide = hybrid.with_ease(model, TINY, f.rank)
+    wide = hybrid.with_served_parts(model, TINY, f.rank)
     hybrid_ease.install(wide, f, 1.3, pos)
     hybrid_blend.set_weights(wide, {"known": 0.2, "history": 0.5, "attributes": 0.9})
     path = keras_to_onnx(wide.get_layer("user_tower"), tmp_path / "user.onnx", "user_vector")

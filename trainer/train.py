@@ -160,7 +160,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     I = feature_matrix(ispec, tables, raw_item)
                     from .hybrid.train import fit_hybrid
 
-                    fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}")
+                    fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}", uspec)
                     model, history, secs, uvec, ivec, hybrid_choice, extra = fitted
                     t0 = time.perf_counter()
                 else:

@@ -18,7 +18,10 @@ Segments (hybrid.PopularityWeight): ``known`` users (an id), ``history`` (no id,
 judged as the validation users with their fit-part histories and no id), ``attributes`` (neither:
 the validation users with neither). Targets are the validation positives, fit positives masked.
 
-The EASE part (trainer/hybrid/ease.py) is weighed here too, jointly with the known users'
+The attribute ridge's part (trainer/hybrid/attributes.py) is weighed here too, jointly with the
+``attributes`` segment's popularity weight: ``attribute multiplier x spread / the ridge's spread``,
+one weight for every user without an id (the ``history`` segment is judged with it, as served), the
+ridge's scores out-of-user. The EASE part (trainer/hybrid/ease.py) likewise, jointly with the known users'
 popularity weight: ``ease multiplier x spread / EASE's spread``, one weight for every user with a
 history (known or not: the user tower pools one table for both, and a weight per segment would make
 the graph no longer affine in its history, which the server's known-user shortcut needs).
@@ -34,6 +37,7 @@ import numpy as np
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
+from . import attributes as hybrid_attributes
 from . import ease as hybrid_ease
 from . import fit as hybrid_fit
 from . import model as hybrid
@@ -47,6 +51,12 @@ MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 1000.0)
 # from 0.05 to 0.35; 4 all but serves EASE alone. No larger value: the served vectors would grow with
 # it, and the export's parity gate (absolute, 1e-4) with them.
 EASE_MULTIPLIERS = (0.0, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0)
+# Of the attributes segment's spread, the ridge part's; 16 all but serves the ridge alone (bounded
+# for the parity gate, as above).
+ATTRIBUTE_MULTIPLIERS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0)
+# The order segments are chosen in: the ridge weight comes from ``attributes`` and ``history`` is
+# judged with it, as the EASE weight comes from ``known``.
+_CHOICE_ORDER = ("known", "attributes", "history")
 SPREAD_USERS = 2_000  # users whose score spread is averaged: enough for a stable mean, bounded
 
 
@@ -61,6 +71,7 @@ class Blend:
         weights: segment -> beta as applied to a model (``apply`` fills it).
         ease: the EASE part's multiplier (0: none), its λ and rank, and the weight ``apply`` gave it.
         ease_skipped: why the model has no EASE part, when it has none.
+        attributes: the attribute ridge's multiplier (0: none), its λ, and the weight ``apply`` gave it.
     """
 
     multipliers: dict[str, float]
@@ -68,6 +79,7 @@ class Blend:
     weights: dict[str, float] | None = None
     ease: dict[str, float] | None = None
     ease_skipped: str | None = None
+    attributes: dict[str, float] | None = None
 
     def to_json(self) -> dict:
         out = {
@@ -75,6 +87,7 @@ class Blend:
             "weights": dict(self.weights or {}),
             "validation_ndcg@10": {s: {str(m): v for m, v in t.items()} for s, t in self.validation.items()},
             "ease": dict(self.ease or {}),
+            "attributes": dict(self.attributes or {}),
         }
         if self.ease_skipped:
             out["ease_skipped"] = self.ease_skipped
@@ -83,6 +96,10 @@ class Blend:
     @property
     def ease_multiplier(self) -> float:
         return float((self.ease or {}).get("multiplier", 0.0))
+
+    @property
+    def attribute_multiplier(self) -> float:
+        return float((self.attributes or {}).get("multiplier", 0.0))
 
 
 NONE = Blend({s: 0.0 for s in SEGMENTS}, {})
@@ -158,65 +175,98 @@ def choose(
     seed: int,
     ease: hybrid_ease.Factors | None = None,
     ease_skipped: str | None = None,
+    coding: hybrid_attributes.Coding | None = None,
 ) -> Blend:
     """Each segment's multiplier by validation NDCG@10 (ties: the smaller one), for a model trained on
-    ``fit`` (and with ``ease``, EASE's factors fitted on ``fit``, the EASE part's multiplier, jointly
-    with the known users' popularity); leaves the model's weights at 0."""
+    ``fit``: with ``ease`` (EASE's factors fitted on ``fit``) the EASE part's multiplier jointly with
+    the known users' popularity, with ``coding`` the attribute ridge's λ and multiplier jointly with
+    the attributes segment's. Leaves the model's weights at 0.
+
+    Long because it is one grid search per segment, in the order the shared weights need.
+    """
     set_popularity(model, fit)
     set_weights(model, {s: 0.0 for s in SEGMENTS})
     judged = hybrid_fit.judged_users(fit, val, seed)
     ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(fit)))
     pop = ivec[:, -1]
-    extra = None
+    extra = attr_extra = attr_info = None
     if ease is not None:
         e = ease.user_part(fit, judged) @ ease.items.T
         extra = e / _std(e)  # scaled to unit spread: a multiplier of the hybrid's spread applies as is
+    if coding is not None:
+        lam, oof = hybrid_attributes.choose_lambda(coding.codes(U), fit, val, judged, seed)
+        attr_extra, attr_info = oof / _std(oof), {"lambda": lam, "width": coding.width}
     row_of = {int(u): r for r, u in enumerate(judged)}
-    chosen, table, ease_m, ease_w = {}, {}, 0.0, 0.0
-    for segment in SEGMENTS:
+    chosen, table, ease_m, ease_w, attr_m, attr_w = {}, {}, 0.0, 0.0, 0.0, 0.0
+    for segment in _CHOICE_ORDER:
         uvec = _segment_users(model, U, fit, segment, judged)
         spread = _spread(uvec[:SPREAD_USERS], ivec)
         base = uvec @ ivec.T
+        joint = None  # (the part's unit-spread scores, its multipliers) where a part is weighed here
         if segment == "known" and extra is not None:
+            joint = (extra, EASE_MULTIPLIERS)
+        elif segment == "attributes" and attr_extra is not None:
+            joint = (attr_extra, ATTRIBUTE_MULTIPLIERS)
+        if segment == "history":
+            base = base + ease_w * extra if extra is not None else base
+            base = base + attr_w * attr_extra if attr_extra is not None else base
+        if joint is not None:
+            part, part_multipliers = joint
             grid = {
-                (me, m): _ndcg(
-                    base + (me * spread) * extra + (m * spread) * pop[None, :], judged, row_of, fit, val
+                (mx, m): _ndcg(
+                    base + (mx * spread) * part + (m * spread) * pop[None, :], judged, row_of, fit, val
                 )
-                for me in EASE_MULTIPLIERS
+                for mx in part_multipliers
                 for m in MULTIPLIERS
             }
-            ease_m, chosen[segment] = _best(grid)
-            # One EASE weight for every user with a history, set from the known users' spread, as
-            # apply() sets it: the history segment is judged with the weight it will be served.
-            ease_w = ease_m * spread
-            table[segment] = {f"{me:g}/{m:g}": v for (me, m), v in grid.items()}
-            best = grid[(ease_m, chosen[segment])]
+            mx, chosen[segment] = _best(grid)
+            # One weight for every user the part serves, set from this segment's spread as apply()
+            # sets it: the history segment is judged with the weight it will be served.
+            if segment == "known":
+                ease_m, ease_w = mx, mx * spread
+            else:
+                attr_m, attr_w = mx, mx * spread
+            table[segment] = {f"{a:g}/{m:g}": v for (a, m), v in grid.items()}
+            best = grid[(mx, chosen[segment])]
         else:
-            if segment == "history" and extra is not None:
-                base = base + ease_w * extra
             grid = {
                 m: _ndcg(base + (m * spread) * pop[None, :], judged, row_of, fit, val) for m in MULTIPLIERS
             }
             chosen[segment] = _best(grid)
             table[segment] = grid
             best = grid[chosen[segment]]
+        part = "" if joint is None else f", its part {ease_m if segment == 'known' else attr_m:g}"
         _LOGGER.info(
             "popularity blend, %s users: multiplier %g%s (validation ndcg@10 %.4f)",
             segment,
             chosen[segment],
-            f", EASE part {ease_m:g}" if segment == "known" and extra is not None else "",
+            part,
             best,
         )
     info = None if ease is None else {"multiplier": float(ease_m), "lambda": ease.lam, "rank": ease.rank}
-    return Blend(chosen, table, ease=info, ease_skipped=ease_skipped)
+    if attr_info is not None:
+        attr_info["multiplier"] = float(attr_m)
+    chosen = {s: chosen[s] for s in SEGMENTS}
+    return Blend(
+        chosen, {s: table[s] for s in SEGMENTS}, ease=info, ease_skipped=ease_skipped, attributes=attr_info
+    )
 
 
 def apply(
-    model, U: np.ndarray, I: np.ndarray, train: CSR, blend: Blend, seed: int, cfg
+    model,
+    U: np.ndarray,
+    I: np.ndarray,
+    train: CSR,
+    blend: Blend,
+    seed: int,
+    cfg,
+    coding: hybrid_attributes.Coding | None = None,
 ) -> tuple[object, Blend]:
     """Sets ``train``'s popularity and each segment's weight (multiplier x this model's spread over
-    ``train``'s users) in ``model`` and, when the blend has an EASE part, returns the model widened
-    with it (hybrid.with_ease, EASE refitted on ``train`` with the chosen λ, ``cfg`` the recipe).
+    ``train``'s users) in ``model`` and, when the blend has an EASE part or an attribute ridge part
+    (``coding``: the attributes' coding on ``train``'s users), returns the model widened with them
+    (hybrid.with_served_parts; EASE and the ridge refitted on ``train`` with the chosen λ, ``cfg`` the
+    recipe).
 
     Returns:
         (the model to serve, ``blend`` with the weights).
@@ -232,12 +282,35 @@ def apply(
         weights[segment] = float(blend.multipliers[segment] * spreads[segment])
     set_weights(model, weights)
     _LOGGER.info("popularity weights: %s", {s: round(w, 4) for s, w in weights.items()})
-    ease = dict(blend.ease or {})
+    ease, attrs = dict(blend.ease or {}), dict(blend.attributes or {})
+    f = ridge = None
     if blend.ease_multiplier > 0 and len(users):
         f = hybrid_ease.factors(train, ease["lambda"], int(ease["rank"]))
         e = f.user_part(train, users) @ f.items.T
         ease["weight"] = float(blend.ease_multiplier * spreads["known"] / _std(e))
-        model = hybrid.with_ease(model, cfg, f.rank)
-        hybrid_ease.install(model, f, ease["weight"], train)
-        _LOGGER.info("EASE part: rank %d, λ %g, weight %.4f", f.rank, f.lam, ease["weight"])
-    return model, Blend(blend.multipliers, blend.validation, weights, ease or None, blend.ease_skipped)
+    if blend.attribute_multiplier > 0 and coding is not None and len(users):
+        codes = coding.codes(U)
+        ridge = hybrid_attributes.fit_ridge(
+            codes, train, np.flatnonzero(hybrid_fit.known_users(train)), attrs["lambda"]
+        )
+        attrs["weight"] = float(
+            blend.attribute_multiplier * spreads["attributes"] / _std(codes[users] @ ridge)
+        )
+        attrs["width"] = coding.width
+    if f is not None or ridge is not None:
+        rank = f.rank if f is not None else 0
+        model = hybrid.with_served_parts(model, cfg, rank, coding.shape() if ridge is not None else None)
+        if f is not None:
+            hybrid_ease.install(model, f, ease["weight"], train)
+            _LOGGER.info("EASE part: rank %d, λ %g, weight %.4f", f.rank, f.lam, ease["weight"])
+        if ridge is not None:
+            hybrid_attributes.install(model, coding, ridge, attrs["weight"], rank)
+            _LOGGER.info(
+                "attribute ridge part: %d codes, λ %g, weight %.4f",
+                coding.width,
+                attrs["lambda"],
+                attrs["weight"],
+            )
+    return model, Blend(
+        blend.multipliers, blend.validation, weights, ease or None, blend.ease_skipped, attrs or None
+    )

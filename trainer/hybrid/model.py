@@ -11,7 +11,9 @@ Still ``score = sigmoid(user_vec . item_vec)``, so serving stays one user-tower 
   nobody trained on (or one added later through UpsertItems) is exactly its content vector. The
   exported item tower is the content path; catalogue vectors (content + ID) are precomputed.
 * user: ``user_vec = [attr_mlp(x_u) + id_emb[1 + u] + pool(hist_emb[history]),
-  mean(ease_emb[history]), 1, beta]`` (the EASE part, r wide, only in the served model), where
+  mean(ease_emb[history]), w · codes(x_u), 1, beta]`` (the EASE part, r wide, and the attribute ridge's
+  part, k wide, with w = 0 for users with an id: trainer/hybrid/attributes.py; both only in the served
+  model; the item ID table holds their item sides, the content path 0 there), where
   ``beta`` weighs the item popularity column per segment (known user, unseen user with a history,
   unseen user with attributes only): 0 while training, chosen on validation afterwards. ``history`` is
   ``1 + item row`` of the items the user interacted with in training, 0-padded; pooling is a masked
@@ -41,7 +43,8 @@ __all__ = [
     "build_hybrid",
     "ease_rank",
     "towers",
-    "with_ease",
+    "coding_width",
+    "with_served_parts",
 ]
 
 _LOGGER = logging.getLogger(__name__)
@@ -150,6 +153,19 @@ class PopularityWeight(layers.Layer):
         return ops.expand_dims(ops.cast(out, self.compute_dtype), -1)
 
 
+@keras.saving.register_keras_serializable(package="towerserve")
+class NoIdWeight(layers.Layer):
+    """user_index [B] -> [B, 1]: a fixed weight for users without an id (index 0), 0 for the others:
+    the attribute ridge's part serves only them (trainer/hybrid/attributes.py sets the weight)."""
+
+    def build(self, input_shape):
+        self.weight = self.add_weight(shape=(), initializer="zeros", trainable=False, name="weight")
+
+    def call(self, uid):
+        unknown = ops.cast(ops.equal(ops.cast(uid, "int32"), 0), self.compute_dtype)
+        return ops.expand_dims(unknown * self.weight, -1)
+
+
 def _mlp(x, hidden: tuple[int, ...], side: str):
     for j, width in enumerate(hidden):
         x = layers.Dense(width, activation="relu", name=f"{side}_hidden{j}")(x)
@@ -166,11 +182,13 @@ def build_user_tower(
     id_init: float = 0.05,
     content_init: float | None = None,
     ease_rank: int = 0,
+    coding: dict | None = None,
 ) -> keras.Model:
-    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + r + 2]: the user's
-    embedding, the mean of their history's EASE rows (``ease_rank`` r wide, frozen: set by
-    trainer/hybrid/ease.py, absent when r = 0), 1 (times the item bias) and the segment's popularity
-    weight."""
+    """(user_features [B, F], user_index [B], history [B, L]) -> user_vector [B, d + r + k + 2]: the
+    user's embedding, the mean of their history's EASE rows (``ease_rank`` r wide, frozen: set by
+    trainer/hybrid/ease.py, absent when r = 0), the attribute codes times the no-id weight (k wide, a
+    ``Coding.shape()``: trainer/hybrid/attributes.py; absent without ``coding``), 1 (times the item
+    bias) and the segment's popularity weight."""
     x = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -193,6 +211,13 @@ def build_user_tower(
         # which the server's known-user shortcut relies on (server/engine/mean_history.py).
         rows = IdEmbedding(n_items + 1, ease_rank, 0.0, name="ease_history", trainable=False)(hist)
         parts.append(HistoryPooling("mean", name="ease_pooling")([rows, hist, content]))
+    if coding is not None:
+        from .attributes import AttributeCodes
+
+        codes = AttributeCodes(coding, name="attribute_codes")(x)
+        parts.append(
+            layers.Multiply(name="attribute_part")([codes, NoIdWeight(name="attribute_weight")(uid)])
+        )
     return keras.Model(
         [x, uid, hist], layers.Concatenate(name="user_vector")([*parts, one(u), beta]), name="user_tower"
     )
@@ -205,11 +230,16 @@ def _out_init(std: float | None):
 
 
 def build_item_tower(
-    item_dim: int, dim: int, hidden: tuple[int, ...], content_init: float | None = None, ease_rank: int = 0
+    item_dim: int,
+    dim: int,
+    hidden: tuple[int, ...],
+    content_init: float | None = None,
+    ease_rank: int = 0,
+    attribute_width: int = 0,
 ) -> keras.Model:
-    """The content path: item_features [B, F] -> item_vector [B, d + r + 2] (embedding, r zeros: an item
-    without positives has no EASE row, bias, and the popularity of an item without positives: a
-    constant, set by trainer/hybrid/blend.py)."""
+    """The content path: item_features [B, F] -> item_vector [B, d + r + k + 2] (embedding, r + k zeros:
+    an item without positives has no EASE row and no ridge column, bias, and the popularity of an item
+    without positives: a constant, set by trainer/hybrid/blend.py)."""
     x = keras.Input((item_dim,), name=ITEM_INPUT)
     h = _mlp(x, hidden, "item")
     # A frozen Dense(1) with a zero kernel: its bias is the constant popularity column.
@@ -218,6 +248,12 @@ def build_item_tower(
     if ease_rank:
         parts.append(
             layers.Dense(ease_rank, kernel_initializer="zeros", trainable=False, name="item_ease")(h)
+        )
+    if attribute_width:
+        parts.append(
+            layers.Dense(
+                attribute_width, kernel_initializer="zeros", trainable=False, name="item_attributes"
+            )(h)
         )
     parts.append(layers.Dense(1, kernel_initializer=_out_init(content_init), name="item_bias")(h))
     out = layers.Concatenate(name="item_vector")([*parts, popularity(h)])
@@ -231,15 +267,27 @@ def build_hybrid(
     n_items: int,
     cfg: HybridConfig = HybridConfig(),
     ease_rank: int = 0,
+    coding: dict | None = None,
 ) -> keras.Model:
     """The whole model: (user_features, user_index, history, item_features, item_index) -> sigmoid(u.v).
 
-    ``ease_rank`` > 0 only for the served model (:func:`with_ease`): training never has the EASE part."""
+    ``ease_rank`` > 0 and ``coding`` only for the served model (:func:`with_served_parts`): training has
+    neither the EASE part nor the attribute ridge's."""
     user = build_user_tower(
-        user_dim, n_users, n_items, cfg.dim, cfg.hidden, cfg.pooling, cfg.id_init, cfg.content_init, ease_rank
+        user_dim,
+        n_users,
+        n_items,
+        cfg.dim,
+        cfg.hidden,
+        cfg.pooling,
+        cfg.id_init,
+        cfg.content_init,
+        ease_rank,
+        coding,
     )
-    item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init, ease_rank)
-    item_ids = IdEmbedding(n_items + 1, cfg.dim + ease_rank + 2, cfg.id_init, name="item_id_embedding")
+    k = coding_width(coding)
+    item = build_item_tower(item_dim, cfg.dim, cfg.hidden, cfg.content_init, ease_rank, k)
+    item_ids = IdEmbedding(n_items + 1, cfg.dim + ease_rank + k + 2, cfg.id_init, name="item_id_embedding")
     ux = keras.Input((user_dim,), name=USER_INPUT)
     uid = keras.Input((), dtype="int32", name=USER_INDEX)
     hist = keras.Input((None,), dtype="int32", name=HISTORY)
@@ -263,18 +311,28 @@ def ease_rank(model: keras.Model) -> int:
     return int(user.get_layer("ease_history").dim) if "ease_history" in names else 0
 
 
-def with_ease(model: keras.Model, cfg: HybridConfig, rank: int) -> keras.Model:
-    """A copy of trained ``model`` with an EASE part ``rank`` wide (zero until trainer/hybrid/ease.py
-    sets it): every weight copied by layer name, the item ID table widened by ``rank`` zero columns
-    before its bias and popularity columns."""
+def coding_width(coding: dict | None) -> int:
+    """k, the attribute ridge part's width, for a ``Coding.shape()`` (0: none)."""
+    if coding is None:
+        return 0
+    return sum(n for _, _, n in coding["text"]) + sum(n + 1 for _, n in coding["bins"]) + 1
+
+
+def with_served_parts(
+    model: keras.Model, cfg: HybridConfig, rank: int, coding: dict | None = None
+) -> keras.Model:
+    """A copy of trained ``model`` with an EASE part ``rank`` wide and an attribute ridge part for
+    ``coding`` (both zero until trainer/hybrid/ease.py and attributes.py set them): every weight copied
+    by layer name, the item ID table widened by zero columns before its bias and popularity columns."""
     user, item = towers(model)
     n_users = user.get_layer("user_id_embedding").rows - 1
     n_items = user.get_layer("history_embedding").rows - 1
     user_dim, item_dim = int(user.inputs[0].shape[-1]), int(item.inputs[0].shape[-1])
-    out = build_hybrid(user_dim, item_dim, n_users, n_items, cfg, rank)
+    out = build_hybrid(user_dim, item_dim, n_users, n_items, cfg, rank, coding)
+    extra = rank + coding_width(coding)
     old_ids = np.array(model.get_layer("item_id_embedding").embeddings.numpy())
-    wide = np.zeros((old_ids.shape[0], old_ids.shape[1] + rank), dtype=old_ids.dtype)
-    wide[:, : cfg.dim], wide[:, cfg.dim + rank :] = old_ids[:, : cfg.dim], old_ids[:, cfg.dim :]
+    wide = np.zeros((old_ids.shape[0], cfg.dim + extra + 2), dtype=old_ids.dtype)
+    wide[:, : cfg.dim], wide[:, cfg.dim + extra :] = old_ids[:, : cfg.dim], old_ids[:, -2:]
     out.get_layer("item_id_embedding").embeddings.assign(wide)
     for name in ("user_tower", "item_tower"):
         old, new = model.get_layer(name), out.get_layer(name)

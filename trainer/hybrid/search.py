@@ -18,6 +18,7 @@ from towerserve.server.core.csr import CSR
 
 from .. import collab
 from ..collab import validation_split
+from . import attributes as hybrid_attributes
 from . import blend as hybrid_blend
 from . import ease as hybrid_ease
 from . import fit as hybrid_fit
@@ -91,8 +92,10 @@ def choose(
     search: tuple[dict, ...] = SEARCH,
     share: float = VALIDATION_SHARE,
     desc: str = "hybrid",
+    uspec=None,
 ) -> Choice:
-    """Fits every candidate on the fit part and keeps the best validation NDCG@10 (ties: the first)."""
+    """Fits every candidate on the fit part and keeps the best validation NDCG@10 (ties: the first);
+    ``uspec`` (the user features' field specs) lets the blend weigh an attribute ridge part."""
     if not search:
         raise ValueError("search must hold at least one candidate recipe (got none)")
     fit_part, val = validation_split(train, share, seed)
@@ -121,7 +124,12 @@ def choose(
         ease = hybrid_ease.factors(fit_part, lam, config.ease_rank, g)
     else:
         _LOGGER.info("%s: no EASE part: %s", desc, skipped)
-    blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed, ease, skipped)
+    coding = (
+        None
+        if uspec is None
+        else hybrid_attributes.coding(uspec, U, np.flatnonzero(fit_part.row_lengths() > 0))
+    )
+    blend = hybrid_blend.choose(candidates[best].model, U, I, fit_part, val, seed, ease, skipped, coding)
     return Choice(config, max(1, candidates[best].epochs), tuple(candidates), share, blend)
 
 
@@ -135,6 +143,7 @@ def train_split(
     choice: Choice | None = None,
     search: tuple[dict, ...] = SEARCH,
     desc: str = "hybrid",
+    uspec=None,
 ) -> tuple[hybrid_fit.Fitted, Choice, float]:
     """Chooses a recipe (unless ``choice`` is given: the cold split reuses the holdout's) and refits it
     on every training positive.
@@ -144,9 +153,12 @@ def train_split(
     """
     t0 = time.perf_counter()
     if choice is None:
-        choice = choose(U, I, train, negatives, base, seed, search, desc=desc)
+        choice = choose(U, I, train, negatives, base, seed, search, desc=desc, uspec=uspec)
     final = hybrid_fit.fit(
         U, I, train, choice.config, seed, negatives=negatives, epochs=choice.epochs, desc=f"{desc} refit"
     )
-    model, applied = hybrid_blend.apply(final.model, U, I, train, choice.blend, seed, choice.config)
+    coding = (
+        None if uspec is None else hybrid_attributes.coding(uspec, U, np.flatnonzero(train.row_lengths() > 0))
+    )
+    model, applied = hybrid_blend.apply(final.model, U, I, train, choice.blend, seed, choice.config, coding)
     return replace(final, model=model), replace(choice, blend=applied), time.perf_counter() - t0

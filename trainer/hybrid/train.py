@@ -22,11 +22,18 @@ def _test_ndcg(model, U: np.ndarray, I: np.ndarray, split: splits.Split) -> floa
 
 
 def fit_hybrid(
-    U: np.ndarray, I: np.ndarray, split: splits.Split, cfg, choice: hybrid_search.Choice | None, desc: str
+    U: np.ndarray,
+    I: np.ndarray,
+    split: splits.Split,
+    cfg,
+    choice: hybrid_search.Choice | None,
+    desc: str,
+    uspec=None,
 ):
     """Chooses the recipe on validation (unless ``choice`` is given: the cold split reuses the holdout's,
     since its validation users are warm and could not judge the cold path) and refits it on every
-    training positive. ``cfg`` is the TrainConfig (hybrid, hybrid_search, seed).
+    training positive. ``cfg`` is the TrainConfig (hybrid, hybrid_search, seed); ``uspec`` the user
+    features' field specs (for the attribute ridge part, trainer/hybrid/attributes.py).
 
     Returns:
         (model, history, seconds, user vectors, item vectors, the choice, extra) where extra holds
@@ -46,6 +53,7 @@ def fit_hybrid(
         choice,
         cfg.hybrid_search or hybrid_search.SEARCH,
         desc,
+        uspec,
     )
     uvec, ivec = hybrid_fit.all_vectors(final.model, U, I, split.train)
     record = choice.to_json()
