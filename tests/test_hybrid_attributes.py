@@ -55,7 +55,7 @@ def test_codes_match_the_graphs_and_name_values_and_bins():
     odd[1, TEXT_DIM] = 99.0
     odd_codes = c.codes(odd)
     assert odd_codes[0, :5].sum() == 0 and odd_codes[1, -2] == 1
-    layer = attributes.AttributeCodes(c.shape())
+    layer = hybrid.AttributeCodes(c.shape())
     layer.build((None, U.shape[1]))
     for var, (_, _, values) in zip(layer.values, c.text):
         var.assign(values)
@@ -129,3 +129,30 @@ def test_validation_weighs_the_ridge_in_where_attributes_name_the_taste():
     plain = hybrid.user_vectors(model, U, np.zeros(len(U), np.int32), [np.zeros(0, np.int64)] * len(U))
     plain_items = hybrid.item_vectors(model, I, hybrid.known_index(len(I), hybrid_fit.known_items(pos)))
     assert np.mean(np.argmax(plain @ plain_items.T, axis=1) // 6 == group) < 0.6
+
+
+def test_a_saved_served_model_loads_where_export_loads_it(tmp_path):
+    """export loads the model in a process that imported only trainer.models: the ridge's layers must
+    be registered by it (they are the hybrid's own), not by the training code that built them."""
+    import subprocess
+    import sys
+
+    U, I, pos, _, model = _served(3)
+    c = attributes.coding(SPECS, U, np.arange(len(U)))
+    wide = hybrid.with_served_parts(model, TINY, 0, c.shape())
+    attributes.install(wide, c, attributes.fit_ridge(c.codes(U), pos, np.arange(len(U)), 10.0), 0.5, 0)
+    path = tmp_path / "served.keras"
+    wide.save(path)
+    want = hybrid.user_vectors(wide, U[:4], np.zeros(4, np.int32), [np.zeros(0, np.int64)] * 4)
+    np.save(tmp_path / "u.npy", U[:4])
+    code = (
+        "import sys, numpy as np, keras\n"
+        "import towerserve.trainer.models\n"
+        f"m = keras.saving.load_model({str(path)!r})\n"
+        f"u = np.load({str(tmp_path / 'u.npy')!r})\n"
+        "out = m.get_layer('user_tower')([u, np.zeros(4, np.int32), np.zeros((4, 1), np.int32)])\n"
+        f"np.save({str(tmp_path / 'got.npy')!r}, np.asarray(out))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_allclose(np.load(tmp_path / "got.npy"), want, atol=1e-6)

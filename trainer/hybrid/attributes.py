@@ -7,7 +7,7 @@ one-hot (a text attribute's distinct values among training users, the most frequ
 at least MIN_USERS users; a number's quantile bins) plus a constant, and regress the users' training
 positives on the codes: ``W = (CᵀC + λI)⁻¹ CᵀY``. The scores ``c_u W`` are a linear model of the
 attributes, so they fold into the towers as k more columns (trainer/hybrid/model.py): the user tower
-computes the codes in its graph (:class:`AttributeCodes`: a text value is matched against the known
+computes the codes in its graph (hybrid.AttributeCodes: a text value is matched against the known
 values' vectors, a number against its bin edges) and multiplies them by a weight that is 0 for users
 with an id, the item ID table holds W's columns. Export, the index and the server need nothing new.
 
@@ -26,13 +26,13 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import keras
 import numpy as np
-from keras import layers, ops
 
 from towerserve.server.core.csr import CSR
 from towerserve.server.core.features import MINMAX, TEXT, FieldSpec
 from towerserve.server.core.ranking_metrics import full_ranking_metrics
+
+from .model import SAME_TEXT
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -41,9 +41,6 @@ MIN_USERS = 3  # users a value needs for a code of its own (rarer ones share the
 BINS = 8  # quantile bins per numeric attribute
 LAMBDAS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 FOLDS = 5
-# Two texts' vectors closer than this (squared distance) are the same value. Distinct texts'
-# sentence embeddings are ~0.1-2 apart; the same text's are equal up to float32 rounding (~1e-7).
-SAME_TEXT = 1e-3
 
 
 @dataclass(frozen=True)
@@ -65,7 +62,7 @@ class Coding:
         return sum(len(v) for _, _, v in self.text) + sum(len(e) + 1 for _, e in self.bins) + 1
 
     def codes(self, U: np.ndarray) -> np.ndarray:
-        """float32 [n, k] for tower inputs ``U``, exactly as :class:`AttributeCodes` computes them."""
+        """float32 [n, k] for tower inputs ``U``, exactly as the graph's hybrid.AttributeCodes does."""
         U = np.asarray(U, dtype=np.float32)
         parts = []
         for start, dim, values in self.text:
@@ -86,7 +83,7 @@ class Coding:
         return np.concatenate(parts, axis=1)
 
     def shape(self) -> dict:
-        """What :class:`AttributeCodes` needs to be built (its weights are set by :func:`install`)."""
+        """What hybrid.AttributeCodes needs to be built (its weights are set by :func:`install`)."""
         return {
             "text": [[int(s), int(d), len(v)] for s, d, v in self.text],
             "bins": [[int(c), len(e)] for c, e in self.bins],
@@ -157,54 +154,6 @@ def choose_lambda(
     best = max(table, key=lambda lam: (table[lam], -lam))
     _LOGGER.info("attribute ridge: λ by validation ndcg@10 %s -> %g", table, best)
     return best, scores[best]
-
-
-@keras.saving.register_keras_serializable(package="towerserve")
-class AttributeCodes(layers.Layer):
-    """user_features [B, F] -> the attribute codes [B, k] of a :class:`Coding` (its ``shape()``): one
-    text value matched per text attribute (0 everywhere for a value it does not know), one bin per
-    numeric attribute, and a constant 1. Non-trainable: :func:`install` sets the values and edges."""
-
-    def __init__(self, shape: dict, **kwargs):
-        super().__init__(trainable=False, **kwargs)
-        self.shape_spec = {"text": [list(t) for t in shape["text"]], "bins": [list(b) for b in shape["bins"]]}
-
-    def build(self, input_shape):
-        self.values = [
-            self.add_weight(shape=(n, dim), initializer="zeros", trainable=False, name=f"text{j}")
-            for j, (_, dim, n) in enumerate(self.shape_spec["text"])
-        ]
-        self.edges = [
-            self.add_weight(shape=(n,), initializer="zeros", trainable=False, name=f"bins{j}")
-            for j, (_, n) in enumerate(self.shape_spec["bins"])
-        ]
-
-    def call(self, x):
-        parts = []
-        for (start, dim, _), values in zip(self.shape_spec["text"], self.values):
-            xs = x[:, start : start + dim]
-            d2 = (
-                ops.sum(xs * xs, axis=1, keepdims=True)
-                - 2.0 * ops.matmul(xs, ops.transpose(values))
-                + ops.expand_dims(ops.sum(values * values, axis=1), 0)
-            )
-            parts.append(ops.cast(ops.less(d2, SAME_TEXT), x.dtype))
-        one = ops.ones_like(x[:, :1])
-        for (col, _), edges in zip(self.shape_spec["bins"], self.edges):
-            ge = ops.cast(ops.greater_equal(x[:, col : col + 1], ops.expand_dims(edges, 0)), x.dtype)
-            g = ops.concatenate([one, ge, ops.zeros_like(one)], axis=1)
-            parts.append(g[:, :-1] - g[:, 1:])
-        parts.append(one)
-        return ops.concatenate(parts, axis=1)
-
-    def get_config(self):
-        return {**super().get_config(), "shape": self.shape_spec}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        config.pop("trainable", None)
-        return cls(**config)
 
 
 def install(model, c: Coding, w: np.ndarray, weight: float, ease_rank: int) -> None:

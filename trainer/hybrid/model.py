@@ -36,6 +36,7 @@ from keras import layers, ops
 from .config import POOLINGS, HybridConfig
 
 __all__ = [
+    "AttributeCodes",
     "HybridConfig",
     "HistoryPooling",
     "IdEmbedding",
@@ -50,6 +51,9 @@ __all__ = [
 _LOGGER = logging.getLogger(__name__)
 
 USER_INPUT, ITEM_INPUT = "user_features", "item_features"
+# Two texts' vectors closer than this (squared distance) are the same value (AttributeCodes). Distinct
+# texts' sentence embeddings are ~0.1-2 apart; the same text's are equal up to float32 rounding (~1e-7).
+SAME_TEXT = 1e-3
 USER_INDEX, HISTORY, ITEM_INDEX = "user_index", "history", "item_index"
 
 
@@ -154,6 +158,54 @@ class PopularityWeight(layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="towerserve")
+class AttributeCodes(layers.Layer):
+    """user_features [B, F] -> the attribute codes [B, k] of an attributes.Coding (its ``shape()``): one
+    text value matched per text attribute (0 everywhere for a value it does not know), one bin per
+    numeric attribute, and a constant 1. Non-trainable: attributes.install sets the values and edges."""
+
+    def __init__(self, shape: dict, **kwargs):
+        super().__init__(trainable=False, **kwargs)
+        self.shape_spec = {"text": [list(t) for t in shape["text"]], "bins": [list(b) for b in shape["bins"]]}
+
+    def build(self, input_shape):
+        self.values = [
+            self.add_weight(shape=(n, dim), initializer="zeros", trainable=False, name=f"text{j}")
+            for j, (_, dim, n) in enumerate(self.shape_spec["text"])
+        ]
+        self.edges = [
+            self.add_weight(shape=(n,), initializer="zeros", trainable=False, name=f"bins{j}")
+            for j, (_, n) in enumerate(self.shape_spec["bins"])
+        ]
+
+    def call(self, x):
+        parts = []
+        for (start, dim, _), values in zip(self.shape_spec["text"], self.values):
+            xs = x[:, start : start + dim]
+            d2 = (
+                ops.sum(xs * xs, axis=1, keepdims=True)
+                - 2.0 * ops.matmul(xs, ops.transpose(values))
+                + ops.expand_dims(ops.sum(values * values, axis=1), 0)
+            )
+            parts.append(ops.cast(ops.less(d2, SAME_TEXT), x.dtype))
+        one = ops.ones_like(x[:, :1])
+        for (col, _), edges in zip(self.shape_spec["bins"], self.edges):
+            ge = ops.cast(ops.greater_equal(x[:, col : col + 1], ops.expand_dims(edges, 0)), x.dtype)
+            g = ops.concatenate([one, ge, ops.zeros_like(one)], axis=1)
+            parts.append(g[:, :-1] - g[:, 1:])
+        parts.append(one)
+        return ops.concatenate(parts, axis=1)
+
+    def get_config(self):
+        return {**super().get_config(), "shape": self.shape_spec}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config.pop("trainable", None)
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="towerserve")
 class NoIdWeight(layers.Layer):
     """user_index [B] -> [B, 1]: a fixed weight for users without an id (index 0), 0 for the others:
     the attribute ridge's part serves only them (trainer/hybrid/attributes.py sets the weight)."""
@@ -212,8 +264,6 @@ def build_user_tower(
         rows = IdEmbedding(n_items + 1, ease_rank, 0.0, name="ease_history", trainable=False)(hist)
         parts.append(HistoryPooling("mean", name="ease_pooling")([rows, hist, content]))
     if coding is not None:
-        from .attributes import AttributeCodes
-
         codes = AttributeCodes(coding, name="attribute_codes")(x)
         parts.append(
             layers.Multiply(name="attribute_part")([codes, NoIdWeight(name="attribute_weight")(uid)])
