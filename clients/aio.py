@@ -14,9 +14,11 @@ from .base import HEALTH, Base
 from .types import (
     DeleteResult,
     Evaluation,
+    Interaction,
     ItemData,
     ModelInfo,
     Recommendation,
+    RecordResult,
     ReloadResult,
     Scores,
     UpsertResult,
@@ -110,6 +112,16 @@ class AsyncRecommenderClient(Base):
         return convert.delete_result(
             await self._call("DeleteItems", convert.delete_request(item_ids, write_id), timeout)
         )
+
+    async def record_interactions(
+        self,
+        events: Sequence[Interaction],
+        create_users: bool = False,
+        timeout: float | None = None,
+        write_id: str = "",
+    ) -> RecordResult:
+        request = convert.record_request(events, create_users, write_id)
+        return convert.record_result(await self._call("RecordInteractions", request, timeout))
 
     async def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         self._one_server("Reload")

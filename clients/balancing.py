@@ -11,7 +11,7 @@ config is the only one: DNS TXT service configs are ignored (``service_config_di
 so a record cannot swap the policy or the retries below.
 
 **Which RPCs are repeated.** Reads (Recommend, Score, Evaluate, GetModelInfo, the health Check)
-change nothing. UpsertItems and DeleteItems carry a write id (a UUID the client draws once per call,
+change nothing. UpsertItems, DeleteItems and RecordInteractions carry a write id (a UUID the client draws once per call,
 convert.new_write_id) that every try of the call repeats; the server journals the id with the write
 before it answers OK, and answers a repeat of a journaled id from the journal (the first reply, with
 ``repeated`` set) instead of applying it again. So a retry whose first try committed — its answer
@@ -66,7 +66,11 @@ from .types import MAX_FAILOVER, RetryPolicy
 # The RPCs safe to repeat (see above); every RPC of the proto must be in one of the two lists, so a
 # new RPC cannot be retried, or left alone, without someone deciding which.
 READS = ("Recommend", "Score", "Evaluate", "GetModelInfo")
-WRITES = ("UpsertItems", "DeleteItems")  # applied once per write id, journaled before OK
+WRITES = (
+    "UpsertItems",
+    "DeleteItems",
+    "RecordInteractions",
+)  # applied once per write id, journaled before OK
 NOT_RETRIED = ("Reload",)
 if set(RPCS) != {*READS, *WRITES, *NOT_RETRIED}:
     raise RuntimeError(

@@ -150,6 +150,28 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_record(args: argparse.Namespace) -> int:
+    from .client import Interaction
+
+    events = []
+    for spec in args.event:
+        user, sep, rest = spec.partition(":")
+        item, _, kind = rest.partition(":")
+        if not sep or not user or not item:
+            raise ValueError(f"--event takes USER_ID:ITEM_ID[:KIND] (got {spec!r})")
+        events.append(Interaction(user, item, kind=kind, weight=args.weight or 0.0))
+    with _client(args) as client:
+        got = client.record_interactions(events, create_users=args.create_users)
+    if args.json:
+        _print_json(got)
+        return 0
+    print(
+        f"recorded {got.recorded} (duplicates {got.duplicates}, users created {got.created_users}) "
+        f"at journal sequence {got.sequence}; model {got.model_version}"
+    )
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         health = client.health()
@@ -196,7 +218,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     users = read_ids(args.users) if args.users else ()
     items = (
         read_ids(args.items or args.users, "item_id")
-        if args.rpc == "score" and (args.items or args.users)
+        if args.rpc in ("score", "record") and (args.items or args.users)
         else ()
     )
     cfg = LoadTestConfig(
@@ -284,6 +306,20 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
+        "record",
+        help="record what users did (RecordInteractions): their next Recommend reflects it",
+        description="Call RecordInteractions: the events are journaled, pooled into the users' served "
+        "histories and left out of their results; `towerserve train --events` retrains on them.",
+    )
+    _connection_args(p)
+    p.add_argument("--event", action="append", required=True, help="USER_ID:ITEM_ID[:KIND] (repeatable)")
+    p.add_argument("--weight", type=float, help="how much each event counts (default 1)")
+    p.add_argument(
+        "--create-users", action="store_true", help="unknown user ids become users (else NOT_FOUND)"
+    )
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser(
         "info",
         help="what the server is serving (model, providers, versions, limits)",
         description="Call GetModelInfo and the health Check.",
@@ -300,7 +336,9 @@ def register(sub) -> None:
         "server's standard health Check: its empty-RPC ceiling.",
     )
     _connection_args(p, balanced=False)
-    p.add_argument("--rpc", choices=("recommend", "score", "evaluate", "health"), default="recommend")
+    p.add_argument(
+        "--rpc", choices=("recommend", "score", "evaluate", "record", "health"), default="recommend"
+    )
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight, closed loop (default 32)")
     p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")
     p.add_argument("--duration", default="30s", help="measured time, e.g. 30s, 2m (default 30s)")

@@ -23,10 +23,12 @@ from .types import (
     TLS,
     DeleteResult,
     Evaluation,
+    Interaction,
     ItemData,
     ModelInfo,
     Recommendation,
     RecommendedItem,
+    RecordResult,
     ReloadResult,
     RetryPolicy,
     Scores,
@@ -39,11 +41,13 @@ __all__ = [
     "TLS",
     "AsyncRecommenderClient",
     "Evaluation",
+    "Interaction",
     "ItemData",
     "ModelInfo",
     "Recommendation",
     "RecommendedItem",
     "RecommenderClient",
+    "RecordResult",
     "ReloadResult",
     "RetryPolicy",
     "Scores",
@@ -172,6 +176,20 @@ class RecommenderClient(Base):
         return convert.delete_result(
             self._call("DeleteItems", convert.delete_request(item_ids, write_id), timeout)
         )
+
+    def record_interactions(
+        self,
+        events: Sequence[Interaction],
+        create_users: bool = False,
+        timeout: float | None = None,
+        write_id: str = "",
+    ) -> RecordResult:
+        """Records what users did; their next Recommend (on that replica at once, on others within a
+        second) pools it and leaves the items out. Journaled before OK; ``write_id`` as in
+        :meth:`upsert_items`, and each event's ``event_id`` makes it count once. ``create_users``: unknown
+        user ids become users with an empty profile (else NOT_FOUND)."""
+        request = convert.record_request(events, create_users, write_id)
+        return convert.record_result(self._call("RecordInteractions", request, timeout))
 
     def reload(self, artifacts: str = "", timeout: float | None = None) -> ReloadResult:
         """Admin: loads ``artifacts`` ("" : the folder being served) and swaps it in. Never retried

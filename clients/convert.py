@@ -13,10 +13,12 @@ from towerserve.v1 import recommender_pb2 as pb
 from .types import (
     DeleteResult,
     Evaluation,
+    Interaction,
     ItemData,
     ModelInfo,
     Recommendation,
     RecommendedItem,
+    RecordResult,
     Scores,
     UpsertResult,
     User,
@@ -146,6 +148,30 @@ def upsert_request(items: Sequence[ItemData], write_id: str = "") -> pb.UpsertIt
         ],
         write_id=write_id or new_write_id(),
     )
+
+
+def record_request(
+    events: Sequence[Interaction], create_users: bool = False, write_id: str = ""
+) -> pb.RecordInteractionsRequest:
+    return pb.RecordInteractionsRequest(
+        events=[
+            pb.InteractionEvent(
+                user_id=e.user_id,
+                item_id=e.item_id,
+                timestamp=e.timestamp,
+                kind=e.kind,
+                weight=e.weight,
+                event_id=e.event_id,
+            )
+            for e in events
+        ],
+        create_users=create_users,
+        write_id=write_id or new_write_id(),
+    )
+
+
+def record_result(r: pb.RecordInteractionsResponse) -> RecordResult:
+    return RecordResult(r.recorded, r.duplicates, r.created_users, r.model_version, r.sequence, r.repeated)
 
 
 def delete_request(item_ids: Sequence[str], write_id: str = "") -> pb.DeleteItemsRequest:

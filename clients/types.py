@@ -106,6 +106,36 @@ class DeleteResult:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """Something a user did, for :meth:`RecommenderClient.record_interactions`.
+
+    ``timestamp``: seconds since the epoch (0: when the server receives it); ``kind``: a label kept
+    for training ("click", "purchase"); ``weight``: how much it counts (0 means 1); ``event_id``: your
+    id of the event: one the server has journaled is not recorded again (a retry across calls or
+    processes is safe)."""
+
+    user_id: str
+    item_id: str
+    timestamp: float = 0.0
+    kind: str = ""
+    weight: float = 0.0
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    """``recorded``: events journaled now; ``duplicates``: events whose event_id was already journaled;
+    ``created_users``: users created (create_users); ``sequence`` and ``repeated`` as in UpsertResult."""
+
+    recorded: int
+    duplicates: int
+    created_users: int
+    model_version: str
+    sequence: int = 0
+    repeated: bool = False
+
+
+@dataclass(frozen=True)
 class ReloadResult:
     model_version: str
     previous_model_version: str

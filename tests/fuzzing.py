@@ -63,7 +63,7 @@ def world(channel: grpc.Channel, serving: Path, missing: Path) -> World:
     )(pb.GetModelInfoRequest(), timeout=60)
     users, items = _csv(serving / "catalog" / "users.csv"), _csv(serving / "catalog" / "items.csv")
     names = ("max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions")
-    names += ("max_categories", "max_exclude_items", "max_history", "max_delete_items")
+    names += ("max_categories", "max_exclude_items", "max_history", "max_delete_items", "max_record_events")
     return World(
         serving=Path(serving).resolve(),
         missing=Path(missing),
@@ -224,6 +224,24 @@ def delete(draw, w: World) -> Case:
     )
 
 
+@st.composite
+def record(draw, w: World) -> Case:
+    """Events of known and unknown users and items, odd timestamps, kinds, weights and event ids."""
+    event = st.builds(
+        pb.InteractionEvent,
+        user_id=mostly(st.sampled_from(w.users), texts(w.users + ("fz_user",))),
+        item_id=mostly(st.sampled_from(w.items), texts(w.items + tuple(f"fz_{j}" for j in range(20)))),
+        timestamp=mostly(st.one_of(st.just(0.0), floats(0.0, 1.7e9)), floats(-1e10, 1e12)),
+        kind=mostly(st.sampled_from(("", "click", "purchase")), texts()),
+        weight=mostly(st.one_of(st.just(0.0), floats(0.001, 1000.0)), floats(-10.0, 2000.0)),
+        event_id=mostly(st.sampled_from(("", "", "e1", "e2")), texts()),
+    )
+    events = draw(batches(event, w.limits["max_record_events"]))
+    return _case(
+        "RecordInteractions", pb.RecordInteractionsRequest(events=events, create_users=draw(st.booleans()))
+    )
+
+
 def reload(w: World) -> st.SearchStrategy[Case]:
     """Only the served folder (by "" or its path) or paths that cannot exist: a fuzzer must never make
     the server load something else."""
@@ -256,7 +274,7 @@ def garbage(w: World, paths: tuple[str, ...] = PATHS) -> st.SearchStrategy[Case]
                 data[f % len(data)] ^= 1 << (f % 8)
         return bytes(data)
 
-    valid = st.one_of(recommend(w), score(w), evaluate(w), upsert(w), delete(w))
+    valid = st.one_of(recommend(w), score(w), evaluate(w), upsert(w), delete(w), record(w))
     payloads = st.one_of(
         st.binary(max_size=64),
         st.builds(_bad_utf8, st.integers(1, 8)),
@@ -286,6 +304,7 @@ def cases(w: World, garbage_paths: tuple[str, ...] = PATHS) -> st.SearchStrategy
         model_info(),
         upsert(w),
         delete(w),
+        record(w),
         reload(w),
         health(),
         garbage(w, garbage_paths),

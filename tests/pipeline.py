@@ -117,6 +117,31 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
         running.stop(0)
 
 
+def serve_process(serving: Path, *extra: str) -> tuple:
+    """`towerserve serve --artifacts serving --host 127.0.0.1 --port 0 [extra]` in a process of its own
+    (what kill -9 and per-process limits need), once it logs SERVING: (the Popen, its target). Its
+    stderr is a pipe: close it after waiting for the process."""
+    import re
+    import subprocess
+    import sys
+    import time
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
+    cmd = [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(serving)]
+    cmd += ["--host", "127.0.0.1", "--port", "0", *extra]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    log: list[str] = []
+    deadline = time.monotonic() + 120
+    while not any(" SERVING " in line for line in log):
+        line = proc.stderr.readline()
+        if not line or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("".join(log)[-3000:])
+        log.append(line)
+    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", "".join(log)).group(1)
+    return proc, f"127.0.0.1:{port}"
+
+
 @contextlib.contextmanager
 def server_and_channel(serving: Path, load: bool = True, **overrides) -> Iterator:
     """:func:`running_server` plus an insecure channel to it: yields (running, channel)."""

@@ -4,17 +4,14 @@ load, with writes in flight) and a kill -9 right after an OK."""
 from __future__ import annotations
 
 import os
-import re
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import grpc
 import pytest
-from pipeline import running_server
+from pipeline import running_server, serve_process
 
 from towerserve.clients.client import ItemData, RecommenderClient, TowerserveError
 from towerserve.server.engine import scoring
@@ -162,26 +159,9 @@ def test_writes_through_one_replica_reach_the_other_within_a_second(serving, tmp
         assert c.model_info().journal_entries == 3
 
 
-def _serve(serving, state, port: int = 0) -> tuple[subprocess.Popen, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
-    cmd = [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(serving)]
-    cmd += ["--host", "127.0.0.1", "--port", str(port), "--state-dir", str(state)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    log: list[str] = []
-    deadline = time.monotonic() + 120
-    while not any(" SERVING " in line for line in log):
-        line = proc.stderr.readline()
-        if not line or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("".join(log)[-3000:])
-        log.append(line)
-    port_seen = re.search(r"listening on 127\.0\.0\.1:(\d+)", "".join(log)).group(1)
-    return proc, f"127.0.0.1:{port_seen}"
-
-
 def test_kill_9_right_after_an_ok_loses_nothing(serving, tmp_path):
     state = tmp_path / "state"
-    proc, target = _serve(serving, state)
+    proc, target = serve_process(serving, "--state-dir", str(state))
     try:
         with RecommenderClient(target) as c:
             c.upsert_items([_item("before-crash", "crash")])
@@ -192,7 +172,7 @@ def test_kill_9_right_after_an_ok_loses_nothing(serving, tmp_path):
         proc.wait(timeout=30)
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    proc, target = _serve(serving, state)
+    proc, target = serve_process(serving, "--state-dir", str(state))
     try:
         with RecommenderClient(target) as c:
             from towerserve.server.engine.engine import Engine

@@ -54,7 +54,8 @@ def test_no_request_to_any_rpc_gets_internal_or_unknown(serving, tmp_path):
         tally = _fuzz(channel, fuzzing.cases(world), CASES)
         assert tally.total >= 500, tally.lines()
         # The cases reached past the checks: every RPC answered OK at least once.
-        for rpc in ("Recommend", "Score", "Evaluate", "GetModelInfo", "UpsertItems", "DeleteItems", "Reload"):
+        rpcs = ("Recommend", "Score", "Evaluate", "GetModelInfo", "UpsertItems", "DeleteItems", "Reload")
+        for rpc in (*rpcs, "RecordInteractions"):
             assert tally.codes[rpc, "OK"] > 0, (rpc, tally.lines())
         assert any(rpc.startswith("garbage:") for rpc, _ in tally.codes), tally.lines()
         assert fuzzing.health_status(channel) == "SERVING"

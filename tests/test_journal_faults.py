@@ -4,37 +4,18 @@ each give an error naming the path and the cause, and nothing acknowledged is lo
 from __future__ import annotations
 
 import os
-import re
 import resource
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import grpc
 import pytest
+from pipeline import serve_process
 
 from towerserve.clients.client import ItemData, RecommenderClient, TowerserveError
 from towerserve.server.catalog.store import JOURNAL_FILE, SQLiteStore
-
-
-def _serve(serving: Path, state: Path) -> tuple[subprocess.Popen, str]:
-    """`towerserve serve --state-dir state` in its own process (so its file size limit is its own)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TOWERSERVE_")}
-    cmd = [sys.executable, "-m", "towerserve.clients.cli", "serve", "--artifacts", str(serving)]
-    cmd += ["--host", "127.0.0.1", "--port", "0", "--state-dir", str(state)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    log: list[str] = []
-    deadline = time.monotonic() + 120
-    while not any(" SERVING " in line for line in log):
-        line = proc.stderr.readline()
-        if not line or time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError("".join(log)[-3000:])
-        log.append(line)
-    port = re.search(r"listening on 127\.0\.0\.1:(\d+)", "".join(log)).group(1)
-    return proc, f"127.0.0.1:{port}"
 
 
 def _item(k: int) -> ItemData:
@@ -46,7 +27,7 @@ def test_a_full_disk_refuses_writes_and_loses_nothing_acknowledged(serving, tmp_
     fit gets RESOURCE_EXHAUSTED naming the journal, reads go on, and after a restart every write that
     got OK is served and the refused one is not."""
     state = tmp_path / "state"
-    proc, target = _serve(serving, state)
+    proc, target = serve_process(serving, "--state-dir", str(state))
     acknowledged: list[str] = []
     try:
         wal = state / (JOURNAL_FILE + "-wal")
@@ -70,7 +51,7 @@ def test_a_full_disk_refuses_writes_and_loses_nothing_acknowledged(serving, tmp_
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
         proc.stderr.close()
-    proc, target = _serve(serving, state)
+    proc, target = serve_process(serving, "--state-dir", str(state))
     try:
         with RecommenderClient(target) as c:
             from towerserve.server.engine.engine import Engine

@@ -52,4 +52,5 @@ def test_stubs_import_and_name_the_services():
         "GetModelInfo",
         "UpsertItems",
         "DeleteItems",
+        "RecordInteractions",
     }

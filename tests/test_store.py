@@ -239,3 +239,26 @@ def test_catalog_compact_on_postgres_drops_deletes_no_bundle_holds(postgres_url,
     assert done.returncode == 0 and "4 -> 1 changes" in done.stdout, done.stdout + done.stderr
     dumped = _cli("catalog", "dump", "--all", "--catalog-url", url)
     assert [json.loads(line)["item_id"] for line in dumped.stdout.splitlines()] == [in_bundle]
+
+
+def test_interactions_are_journaled_once_per_event_id_and_read_back_in_order(reopen):
+    from towerserve.server.core.types import Interaction
+
+    store = reopen()
+    assert store.last_event() == 0
+    first = [Interaction("u1", "a", 10.0, "click", 1.0, "e1"), Interaction("u1", "b", 11.0, "", 2.0, "")]
+    done, kept = store.record(first, "w1", {"created_users": 0})
+    assert done.reply is None and kept == first and done.seq == 2
+    again = [Interaction("u1", "a", 10.0, "click", 1.0, "e1"), Interaction("u2", "a", 12.0, "buy", 1.0, "e2")]
+    again += [Interaction("u2", "c", 13.0, "", 1.0, "e2")]  # e2 twice in one batch: the first counts
+    done, kept = store.record(again)
+    assert [e.event_id for e in kept] == ["e2"] and done.seq == 3
+    assert store.record(first, "w1") == ((2, {"created_users": 0, "recorded": 2, "duplicates": 0}), [])
+    store.close()
+    back = list(reopen().events())
+    assert [(s, e.user_id, e.item_id, e.kind, e.weight, e.event_id) for s, e in back] == [
+        (1, "u1", "a", "click", 1.0, "e1"),
+        (2, "u1", "b", "", 2.0, ""),
+        (3, "u2", "a", "buy", 1.0, "e2"),
+    ]
+    assert [s for s, _ in reopen().events(after=1, upto=2)] == [2]

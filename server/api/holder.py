@@ -31,12 +31,12 @@ from ..catalog.store import (
 )
 from ..core.config import EngineConfig
 from ..core.manifest import ArtifactError
-from ..core.types import ModelInfo, NewItemData
+from ..core.types import Interaction, ModelInfo, NewItemData
 from ..engine.deadline import Check, never
 from ..engine.engine import Engine
 from ..engine.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, Unavailable
 from ..engine.info import model_info
-from ..engine.validation import check_id, check_write_id
+from ..engine.validation import check_id, check_write_id, validate_events
 
 _LOGGER = logging.getLogger(__name__)
 REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
@@ -47,6 +47,11 @@ RELIST_AFTER = 64
 # patched items, or a rebuild of the candidate lists when that measures cheaper and fits): writes
 # and reloads wait at most about this long for it.
 PATCH_BUDGET_S = 0.05
+# A user's most recent recorded interactions read back after an eviction (their left-out ids; the
+# pooled rows come first among them).
+MAX_RELOADED_IDS = 1000
+# Event ids remembered without a journal (in memory, per process).
+MEMORY_EVENT_IDS = 1_000_000
 # Seconds between recounts of the journal's entries for GetModelInfo (a COUNT(*) scans the table, so
 # it runs on the follower's thread, never under the write lock, and not on every poll).
 RECOUNT_EVERY_S = 10.0
@@ -91,6 +96,7 @@ class EngineHolder:
         self._write_lock = threading.Lock()  # journal order = apply order; the reload swap waits here
         self._on_ready = on_ready
         self.applied = 0  # the last journal sequence number the served engine holds
+        self.applied_events = 0  # the last recorded interaction's, likewise
         self._stop_following = threading.Event()
         # Cleared, the follower skips its polls: a replica made to lag on purpose (the consistency tests
         # hold one back this way to replay the races replicas meet under load).
@@ -106,6 +112,7 @@ class EngineHolder:
         self._counted_at = float("-inf")
         self._down_since: float | None = None
         self._fresh: set[str] | None = None  # during a catch-up: ids our own writes set meanwhile
+        self._recent_events: dict[str, None] = {}  # event ids, without a journal (FIFO-bounded)
         self._recent_writes: dict[str, dict] = {}  # write id -> reply, without a journal (FIFO-bounded)
 
     def get(self) -> Engine:
@@ -127,6 +134,7 @@ class EngineHolder:
             journal_reachable=self.journal_reachable,
             journal_behind=self.behind,
             write_id_retention_s=WRITE_ID_RETENTION_S if self.store is not None else 0,
+            recorded_interactions=self.get().live.recorded,
         )
 
     @property
@@ -165,10 +173,12 @@ class EngineHolder:
                 raise ArtifactError(path, f"could not be loaded ({type(err).__name__}: {err})") from err
             try:
                 done = self._replay(engine, 0)  # the bulk, while the old engine still serves and writes
+                done_events = self._replay_events(engine, 0)
                 with self._write_lock:
                     check()  # before self.applied moves on: a refused swap leaves it the served engine's
                     # Whatever was journaled meanwhile; writers wait for the swap.
                     self.applied = self._replay(engine, done)
+                    self.applied_events = self._replay_events(engine, done_events)
                     previous, self._engine = self._engine, engine
             except JournalError as err:
                 if self._engine is not None:  # a Reload: the served engine holds the journal, keep it
@@ -182,9 +192,10 @@ class EngineHolder:
                 )
                 check()
                 with self._write_lock:
-                    self.applied, previous, self._engine = 0, None, engine
+                    self.applied, self.applied_events, previous, self._engine = 0, 0, None, engine
                 self._journal_down(err)
             self.artifacts = path
+            engine.live.loader = self._user_events
             self._recount()
             if self._follower is None:
                 self._follower = self.follow(self.follow_interval)
@@ -223,6 +234,38 @@ class EngineHolder:
             time.perf_counter() - t0,
         )
         return upto
+
+    def _replay_events(self, engine: Engine, after: int) -> int:
+        """Applies recorded interactions past ``after`` to ``engine``; returns the last sequence applied."""
+        if self.store is None:
+            return after
+        upto = self.store.last_event()
+        if upto <= after:
+            return after
+        t0, n = time.perf_counter(), 0
+        batch: list[Interaction] = []
+        for _, e in self.store.events(after, upto):
+            batch.append(e)
+            if len(batch) == REPLAY_BATCH:
+                engine.record_interactions(batch)
+                n, batch = n + len(batch), []
+        engine.record_interactions(batch)
+        n += len(batch)
+        _LOGGER.info(
+            "replayed %d recorded interactions onto %s in %.2f s",
+            n,
+            engine.model_version,
+            time.perf_counter() - t0,
+        )
+        return upto
+
+    def _user_events(self, user: int | str) -> list[Interaction]:
+        """A user's recorded interactions read back from the journal (after the engine evicted them)."""
+        engine = self._engine
+        if self.store is None or engine is None:
+            return []
+        user_id = engine.user_ids[user] if isinstance(user, int) else user
+        return self.store.user_events(user_id, engine.live.max_history + MAX_RELOADED_IDS)
 
     @staticmethod
     def _vectors(engine: Engine, items: list[NewItemData]) -> tuple[list[NewItemData], np.ndarray]:
@@ -341,6 +384,60 @@ class EngineHolder:
         except JournalError as err:
             raise serving_error(err) from None
 
+    def record(
+        self, events: Sequence[Interaction], create_users: bool, check: Check = never, write_id: str = ""
+    ) -> tuple[Engine, dict, Journaled]:
+        """Validates RecordInteractions' events, journals them (with ``write_id``; an event whose
+        event id the journal holds is left out), then applies them to the users' live histories.
+
+        Returns:
+            (the engine, reply {recorded, duplicates, created_users}, what the journal did).
+        """
+        check_write_id(write_id)
+        engine = self.get()
+        events = validate_events(events, engine.limits, time.time())
+        with self._write_lock:
+            engine = self.get()
+            check()
+            new_users = engine.new_users(events, create_users)
+            reply = {"created_users": len(new_users)}
+            if self.store is None:
+                done, kept = self._journal(lambda: None, write_id, reply), self._fresh_in_memory(events)
+            else:
+                done, kept = self._journal_events(events, write_id, reply)
+            if done.reply is None:
+                # In place: without a journal, the dict _journal remembered under write_id is this one.
+                reply.update(created_users=engine.record_interactions(kept), recorded=len(kept))
+                reply["duplicates"] = len(events) - len(kept)
+                if self.store is not None and done.seq - len(kept) == self.applied_events:
+                    self.applied_events = done.seq
+        return engine, done.reply or reply, done
+
+    def _journal_events(self, events, write_id: str, reply: dict) -> tuple[Journaled, list[Interaction]]:
+        """The store's record(), its failures answered as _journal's are. Holds the write lock."""
+        if not self.journal_reachable:
+            raise Unavailable("the catalogue journal is unreachable, nothing was recorded; retry later")
+        try:
+            return self.store.record(events, write_id, reply)
+        except JournalUnavailable as err:
+            self._journal_down(err)
+            raise serving_error(err) from None
+        except JournalError as err:
+            raise serving_error(err) from None
+
+    def _fresh_in_memory(self, events: Sequence[Interaction]) -> list[Interaction]:
+        """Without a journal: ``events`` less those whose event id this process has seen (bounded)."""
+        kept = []
+        for e in events:
+            if e.event_id:
+                if e.event_id in self._recent_events:
+                    continue
+                if len(self._recent_events) >= MEMORY_EVENT_IDS:
+                    self._recent_events.pop(next(iter(self._recent_events)))
+                self._recent_events[e.event_id] = None
+            kept.append(e)
+        return kept
+
     def _advance(self, seq: int, n: int) -> None:
         """Marks our own write (journal entries seq-n+1..seq) applied, unless another writer's entries
         came first: then the follower replays from where we were, ours included, in journal order."""
@@ -381,6 +478,7 @@ class EngineHolder:
         self.journal_head = head = store.last_seq()
         if time.monotonic() - self._counted_at > RECOUNT_EVERY_S:
             self._recount()
+        self._catch_up_events(store, engine)
         before = self.applied
         if head <= before:
             return 0
@@ -421,6 +519,19 @@ class EngineHolder:
         finally:
             with self._write_lock:
                 self._fresh = None
+
+    def _catch_up_events(self, store: CatalogStore, engine: Engine) -> None:
+        """Applies other writers' recorded interactions, REPLAY_BATCH at a time under the write lock
+        (each event is an O(d) update: a batch holds the lock for milliseconds)."""
+        head = store.last_event()
+        while self.applied_events < head:
+            before = self.applied_events
+            batch = [e for _, e in store.events(before, min(head, before + REPLAY_BATCH))]
+            with self._write_lock:
+                if self._engine is not engine or self.applied_events != before:
+                    return
+                engine.record_interactions(batch)
+                self.applied_events = min(head, before + REPLAY_BATCH)
 
     def _recount(self) -> None:
         """Refreshes the journal figures GetModelInfo reports (outside the write lock: a COUNT scans)."""

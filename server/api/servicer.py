@@ -21,7 +21,7 @@ from towerserve.v1 import recommender_pb2 as pb
 from ..core.limits import Limits
 from ..core.manifest import ArtifactError
 from ..core.rpcs import ADMIN, RECOMMENDER, Rpc
-from ..core.types import NewItemData, UserAttrs
+from ..core.types import Interaction, NewItemData, UserAttrs
 from ..core.wire import recommend_wire
 from ..engine import evaluation, scoring
 from ..engine.deadline import Check, check_deadline
@@ -212,6 +212,7 @@ class RecommenderServicer:
             request.categories,
             request.exclude_item_ids,
             engine.history(request.history),
+            request.history,
         )
         hit = engine.answer_inline(planned)  # a candidate-list walk: microseconds, no catalogue scan
         if hit is None:
@@ -291,6 +292,28 @@ class RecommenderServicer:
         )
         return pb.DeleteItemsResponse(
             **reply, model_version=engine.model_version, sequence=done.seq, repeated=done.reply is not None
+        )
+
+    @rpc
+    async def RecordInteractions(
+        self, request: pb.RecordInteractionsRequest, context
+    ) -> pb.RecordInteractionsResponse:
+        self.holder.get()
+        events = [
+            Interaction(e.user_id, e.item_id, e.timestamp, e.kind, e.weight, e.event_id)
+            for e in request.events
+        ]
+        check = check_deadline(context.time_remaining, cancelled=context.cancelled)
+        engine, reply, done = await self._offload(
+            self.holder.record, events, request.create_users, check, request.write_id
+        )
+        return pb.RecordInteractionsResponse(
+            recorded=reply.get("recorded", 0),
+            duplicates=reply.get("duplicates", 0),
+            created_users=reply.get("created_users", 0),
+            sequence=done.seq,
+            repeated=done.reply is not None,
+            model_version=engine.model_version,
         )
 
 

@@ -13,6 +13,10 @@ there journals nothing and gets that reply back (:class:`Journaled`). So a retry
 committed (its answer lost) is applied once, and never re-applied after someone else's newer write.
 Ids older than :data:`WRITE_ID_RETENTION_S` are dropped by compaction.
 
+**Interactions** (RecordInteractions) go to their own table with their own sequence: they are
+events to keep (a user's history, the next training set), not item states a later change
+supersedes, so compaction never drops them. An event with a client ``event_id`` is recorded once.
+
 **Failures** are :class:`JournalError` subclasses naming the file or host and the cause, so the
 server can answer with the right status and log one clear line: :class:`JournalUnavailable` (the
 database is away or timed out: retry later), :class:`JournalFull` (disk full or file size limit),
@@ -39,7 +43,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
-from ..core.types import NewItemData
+from ..core.types import Interaction, NewItemData
 
 JOURNAL_FILE = "catalog.sqlite"
 UPSERT, DELETE = "upsert", "delete"
@@ -70,6 +74,18 @@ CREATE TABLE IF NOT EXISTS writes (
     reply TEXT NOT NULL,
     at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS interactions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    weight REAL NOT NULL,
+    event_id TEXT,
+    recorded_at REAL NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS interactions_event ON interactions (event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS interactions_user ON interactions (user_id, seq);
 """
 
 
@@ -111,6 +127,36 @@ class JournalReadOnly(JournalError):
 
 # The columns of a journal row, in the order both stores write and read them.
 COLUMNS = "op, item_id, description, features, price, category, at"
+EVENT_COLUMNS = "user_id, item_id, at, kind, weight, event_id, recorded_at"
+
+
+def event_rows(events: Sequence[Interaction]) -> list[tuple]:
+    """Rows (EVENT_COLUMNS) for ``events``, stamped now; an empty event id is stored as NULL."""
+    now = time.time()
+    return [(e.user_id, e.item_id, e.at, e.kind, e.weight, e.event_id or None, now) for e in events]
+
+
+def as_event(row: tuple) -> tuple[int, Interaction]:
+    """An interactions row read back as (seq, Interaction): ``seq`` followed by EVENT_COLUMNS."""
+    seq, user, item, at, kind, weight, event_id, _ = row
+    return int(seq), Interaction(user, item, float(at), kind, float(weight), event_id or "")
+
+
+def fresh_events(events: Sequence[Interaction], known_ids: set[str]) -> list[Interaction]:
+    """``events`` less those whose event id is in ``known_ids`` or repeats an earlier one of the batch."""
+    out, seen = [], set(known_ids)
+    for e in events:
+        if e.event_id:
+            if e.event_id in seen:
+                continue
+            seen.add(e.event_id)
+        out.append(e)
+    return out
+
+
+def recorded_reply(reply: Mapping | None, n: int, kept: int) -> dict:
+    """A RecordInteractions reply: ``reply``'s keys with the counts of recorded and duplicate events."""
+    return {**dict(reply or {}), "recorded": kept, "duplicates": n - kept}
 
 
 def upsert_rows(items: Sequence[NewItemData]) -> list[tuple]:
@@ -173,6 +219,27 @@ class CatalogStore(Protocol):
     def compact(self, keep_delete: Callable[[str], bool] | None = None) -> tuple[int, int]:
         """Keeps only each item's latest change, drops write ids past their retention and, with
         ``keep_delete``, deletes of ids it rejects; returns (entries before, after)."""
+        ...
+
+    def record(
+        self, events: Sequence[Interaction], write_id: str = "", reply: Mapping | None = None
+    ) -> tuple[Journaled, list[Interaction]]:
+        """Journals ``events`` (less those whose event id it already holds) in one durable transaction.
+
+        Returns:
+            (what the journal did: its reply is ``reply`` with "recorded" and "duplicates"; the events
+            journaled now: none when ``write_id`` was journaled before).
+        """
+        ...
+
+    def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, Interaction]]:
+        """(seq, interaction) with ``after < seq <= upto``, in order, read a page at a time."""
+        ...
+
+    def last_event(self) -> int: ...
+
+    def user_events(self, user_id: str, limit: int) -> list[Interaction]:
+        """A user's ``limit`` most recently recorded interactions, newest first."""
         ...
 
     def close(self) -> None: ...
@@ -292,6 +359,73 @@ class SQLiteStore:
         self, items: Sequence[NewItemData], write_id: str = "", reply: Mapping | None = None
     ) -> Journaled:
         return self._write(upsert_rows(items), write_id, reply)
+
+    def record(
+        self, events: Sequence[Interaction], write_id: str = "", reply: Mapping | None = None
+    ) -> tuple[Journaled, list[Interaction]]:
+        with self._lock:
+            cur = self._db.cursor()
+            try:
+                cur.execute("BEGIN IMMEDIATE")
+                try:
+                    if write_id:
+                        found = cur.execute(
+                            "SELECT seq, reply FROM writes WHERE write_id = ?", (write_id,)
+                        ).fetchone()
+                        if found is not None:
+                            cur.execute("COMMIT")
+                            return Journaled(int(found[0]), json.loads(found[1])), []
+                    ids = [e.event_id for e in events if e.event_id]
+                    known = set()
+                    for k in range(0, len(ids), 500):  # SQLite's bound on host parameters
+                        part = ids[k : k + 500]
+                        marks = ",".join("?" * len(part))
+                        query = f"SELECT event_id FROM interactions WHERE event_id IN ({marks})"
+                        known.update(r[0] for r in cur.execute(query, part))
+                    kept = fresh_events(events, known)
+                    insert = f"INSERT INTO interactions ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
+                    cur.executemany(insert, event_rows(kept))
+                    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM interactions").fetchone()[0])
+                    if write_id:
+                        cur.execute(
+                            "INSERT INTO writes (write_id, seq, reply, at) VALUES (?, ?, ?, ?)",
+                            (
+                                write_id,
+                                seq,
+                                encode_reply(recorded_reply(reply, len(events), len(kept))),
+                                time.time(),
+                            ),
+                        )
+                    cur.execute("COMMIT")
+                except BaseException:
+                    self._rollback()
+                    raise
+            except sqlite3.Error as err:
+                raise _sqlite_error(self.path, err) from None
+            return Journaled(seq), kept
+
+    def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, Interaction]]:
+        query = (
+            f"SELECT seq, {EVENT_COLUMNS} FROM interactions WHERE seq > ? AND seq <= ? ORDER BY seq LIMIT ?"
+        )
+        upto = self.last_event() if upto is None else upto
+        while after < upto:
+            with self._lock:
+                rows = self._db.execute(query, (after, upto, PAGE_ROWS)).fetchall()
+            if not rows:
+                return
+            yield from map(as_event, rows)
+            after = int(rows[-1][0])
+
+    def user_events(self, user_id: str, limit: int) -> list[Interaction]:
+        query = f"SELECT seq, {EVENT_COLUMNS} FROM interactions WHERE user_id = ? ORDER BY seq DESC LIMIT ?"
+        with self._lock:
+            rows = self._db.execute(query, (user_id, limit)).fetchall()
+        return [e for _, e in map(as_event, rows)]
+
+    def last_event(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COALESCE(MAX(seq), 0) FROM interactions").fetchone()[0])
 
     def delete(self, item_ids: Sequence[str], write_id: str = "", reply: Mapping | None = None) -> Journaled:
         return self._write(delete_rows(item_ids), write_id, reply)

@@ -35,9 +35,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..core.secrets import redact
-from ..core.types import NewItemData
+from ..core.types import Interaction, NewItemData
 from .store import (
     COLUMNS,
+    EVENT_COLUMNS,
     PAGE_ROWS,
     WRITE_ID_RETENTION_S,
     Change,
@@ -45,8 +46,12 @@ from .store import (
     JournalError,
     JournalUnavailable,
     as_change,
+    as_event,
     delete_rows,
     encode_reply,
+    event_rows,
+    fresh_events,
+    recorded_reply,
     superseded_and_purged,
     upsert_rows,
 )
@@ -55,6 +60,7 @@ _LOGGER = logging.getLogger(__name__)
 
 TABLE = "towerserve_catalog_changes"
 WRITES = "towerserve_catalog_writes"
+EVENTS = "towerserve_interactions"
 _LOCK_KEY = 0x746F7765  # "towe": the advisory lock that orders writers
 
 _SCHEMA = f"""
@@ -75,6 +81,18 @@ CREATE TABLE IF NOT EXISTS {WRITES} (
     reply TEXT NOT NULL,
     at DOUBLE PRECISION NOT NULL
 );
+CREATE TABLE IF NOT EXISTS {EVENTS} (
+    seq BIGSERIAL PRIMARY KEY,
+    user_id TEXT NOT NULL,
+    item_id TEXT NOT NULL,
+    at DOUBLE PRECISION NOT NULL,
+    kind TEXT NOT NULL,
+    weight DOUBLE PRECISION NOT NULL,
+    event_id TEXT,
+    recorded_at DOUBLE PRECISION NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS {EVENTS}_event ON {EVENTS} (event_id) WHERE event_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS {EVENTS}_user ON {EVENTS} (user_id, seq);
 """
 
 
@@ -284,6 +302,62 @@ class PostgresStore:
 
     def delete(self, item_ids: Sequence[str], write_id: str = "", reply: Mapping | None = None) -> Journaled:
         return self._write(delete_rows(item_ids), write_id, reply)
+
+    def record(
+        self, events: Sequence[Interaction], write_id: str = "", reply: Mapping | None = None
+    ) -> tuple[Journaled, list[Interaction]]:
+        with self._connection() as conn, conn.transaction():
+            # The writers' lock: event sequence numbers, like the changes', appear in commit order.
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
+            if write_id:
+                found = conn.execute(
+                    f"SELECT seq, reply FROM {WRITES} WHERE write_id = %s", (write_id,)
+                ).fetchone()
+                if found is not None:
+                    return Journaled(int(found[0]), json.loads(found[1])), []
+            ids = [e.event_id for e in events if e.event_id]
+            known = set()
+            if ids:
+                rows = conn.execute(
+                    f"SELECT event_id FROM {EVENTS} WHERE event_id = ANY(%s)", (ids,)
+                ).fetchall()
+                known = {r[0] for r in rows}
+            kept = fresh_events(events, known)
+            with conn.cursor() as cur:
+                cur.executemany(
+                    f"INSERT INTO {EVENTS} ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    event_rows(kept),
+                )
+            seq = int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {EVENTS}").fetchone()[0])
+            if write_id:
+                conn.execute(
+                    f"INSERT INTO {WRITES} (write_id, seq, reply, at) VALUES (%s, %s, %s, %s)",
+                    (write_id, seq, encode_reply(recorded_reply(reply, len(events), len(kept))), time.time()),
+                )
+            return Journaled(seq), kept
+
+    def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, Interaction]]:
+        query = (
+            f"SELECT seq, {EVENT_COLUMNS} FROM {EVENTS} WHERE seq > %s AND seq <= %s ORDER BY seq LIMIT %s"
+        )
+        upto = self.last_event() if upto is None else upto
+        while after < upto:
+            with self._connection() as conn:
+                rows = conn.execute(query, (after, upto, PAGE_ROWS)).fetchall()
+            if not rows:
+                return
+            yield from map(as_event, rows)
+            after = int(rows[-1][0])
+
+    def user_events(self, user_id: str, limit: int) -> list[Interaction]:
+        query = f"SELECT seq, {EVENT_COLUMNS} FROM {EVENTS} WHERE user_id = %s ORDER BY seq DESC LIMIT %s"
+        with self._connection() as conn:
+            rows = conn.execute(query, (user_id, limit)).fetchall()
+        return [e for _, e in map(as_event, rows)]
+
+    def last_event(self) -> int:
+        with self._connection() as conn:
+            return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {EVENTS}").fetchone()[0])
 
     # ------------------------------------------------------------------------------------- reads
 

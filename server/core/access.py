@@ -37,6 +37,7 @@ RIGHTS: dict[str, Right] = {
     "GetModelInfo": Right.READ,
     "UpsertItems": Right.WRITE,
     "DeleteItems": Right.WRITE,
+    "RecordInteractions": Right.WRITE,
     "Reload": Right.ADMIN,
 }
 

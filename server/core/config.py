@@ -30,6 +30,8 @@ class EngineConfig:
             user at M = 128); above it (or above candidates.MAX_CELLS of work) there are none and
             known users take the exact or index path.
         exact: ignore the bundle's approximate index and score every item (a reference, or a fall-back).
+        live_budget_events: recorded interactions held in memory over every user (server/engine/live.py);
+            past it the least recently recorded users' are evicted and read back from the journal.
         limits: request size limits.
     """
 
@@ -42,6 +44,7 @@ class EngineConfig:
     candidates: int = 128
     candidate_budget_mb: float = 1024
     exact: bool = False
+    live_budget_events: int = 2_000_000
     limits: Limits = field(default_factory=Limits)
 
 
@@ -148,6 +151,13 @@ class ServerConfig:
         1024.0,
         group="bundle",
         help="memory for known users' precomputed top-128 lists (default 1024; beyond it, none are kept)",
+    )
+    # ~100 bytes an event (an id, a row, their share of a user's sums): 2,000,000 is ~200 MB.
+    live_budget_events: int = option(
+        2_000_000,
+        group="bundle",
+        help="recorded interactions kept in memory over every user (default 2,000,000, ~200 MB); past it "
+        "the least recently recorded users' are evicted and read back from the journal when served",
     )
     # Admin.Reload may load any folder under it, and nothing else: a token that leaks cannot make the
     # server read what it was never meant to serve. None: the parent of --artifacts as given, where
@@ -336,6 +346,8 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.live_budget_events < 1:
+            raise ValueError(f"--live-budget-events must be >= 1 (got {self.live_budget_events})")
         if self.candidate_budget_mb < 0:
             raise ValueError(f"--candidate-budget-mb must be >= 0 (got {self.candidate_budget_mb})")
         if self.grace < 0:
@@ -394,4 +406,5 @@ class ServerConfig:
             limits=Limits(max_response_bytes=self.max_message_mb * 2**20),
             exact=self.exact,
             candidate_budget_mb=self.candidate_budget_mb,
+            live_budget_events=self.live_budget_events,
         )

@@ -22,6 +22,8 @@ class Limits:
     # Distinct texts the exported tables lack, per request: each is one encoder pass (~1 ms).
     max_new_texts: int = 1000
     max_delete_items: int = 1000
+    # Events per RecordInteractions: each is a journal row and an O(d) update of a user's vector.
+    max_record_events: int = 1000
     # Evaluate's cut-offs: each costs a pass over every evaluated user's top k.
     max_ks: int = 100
     # The largest response the server may send (gRPC's send limit: 16 MB, `serve --max-message-mb`).

@@ -26,6 +26,19 @@ class NewItemData:
 
 
 @dataclass(frozen=True)
+class Interaction:
+    """One thing a user did (RecordInteractions): ``at`` in seconds since the epoch; ``event_id`` is the
+    client's id of the event ("" for none), under which it is recorded at most once."""
+
+    user_id: str
+    item_id: str
+    at: float
+    kind: str = ""
+    weight: float = 1.0
+    event_id: str = ""
+
+
+@dataclass(frozen=True)
 class ModelInfo:
     """What is being served; the fields of GetModelInfoResponse (documented in the proto)."""
 
@@ -64,3 +77,5 @@ class ModelInfo:
     journal_reachable: bool = True
     journal_behind: int = 0
     write_id_retention_s: int = 0
+    max_record_events: int = 0
+    recorded_interactions: int = 0

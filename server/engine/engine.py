@@ -39,12 +39,13 @@ from ..core.csr import CSR
 from ..core.features import MINMAX, TEXT, load_tables
 from ..core.manifest import MANIFEST_FILE, SERVED_SPLIT, ArtifactError, ItemIndex, ServingManifest, check_dims
 from ..core.splits import RecordedSplit, load_recorded_split
-from ..core.types import NewItemData, UserAttrs
+from ..core.types import Interaction, NewItemData, UserAttrs
 from . import ranking
 from .deadline import Check, never
 from .errors import InvalidArgument, NotFound
 from .history import NO_HISTORY, History, HistoryIndex
 from .inputs import TowerInputs, UserRef
+from .live import LiveHistories
 from .ranking import Query
 from .runtime import resolve_providers
 from .towers import WARM_UP_LENGTH, Tower, load_encoder, text_vectors
@@ -60,11 +61,15 @@ T = TypeVar("T")
 
 
 class Planned(NamedTuple):
-    """A Recommend after :meth:`Engine.plan`: the resolved query, the user and their history."""
+    """A Recommend after :meth:`Engine.plan`: the resolved query, the user, the request's history
+    (what history_used reports), the history the tower pools (the request's joined by the user's
+    recorded interactions) and, when the recorded interactions already give it, the user's vector."""
 
     query: Query
     ref: UserRef
     history: History
+    pooled: History
+    vector: np.ndarray | None = None
 
 
 def _read_npz(read: Callable[[Path], T], path: Path) -> T:
@@ -126,6 +131,15 @@ class Engine:
         # Request histories name items of the exported catalogue (upserts never get a history row).
         self.history_index = HistoryIndex([r["item_id"] for r in items], self.serving.max_history)
         self.known_user_vectors()  # known users: one batched tower pass, at load
+        # Recorded interactions (RecordInteractions), applied to users' vectors and exclusions as they come.
+        self.live = LiveHistories(
+            self.serving.max_history if self.serving.history_input else 0,
+            config.live_budget_events,
+            self.serving.mean_history,
+            self.history_index.index.get,
+        )
+        self.created: set[str] = set()  # users RecordInteractions created (create_users)
+        self.profile = _population_profile(users, self.user_raw)
         self._write_lock = threading.Lock()
         self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, len(items))
         t_build = time.perf_counter()
@@ -229,6 +243,43 @@ class Engine:
         """A request's history against the served model (InvalidArgument past its limits)."""
         return self.history_index.resolve(ids, name)
 
+    # ------------------------------------------------------------------------------ interactions
+
+    def new_users(self, events: Sequence[Interaction], create_users: bool) -> list[str]:
+        """Checks RecordInteractions' events against the current snapshot; returns the user ids they
+        would create (without creating them).
+
+        Raises:
+            NotFound: an unknown user (without ``create_users``) or an item not in the catalogue.
+        """
+        cat, new = self.catalog, {}
+        for j, e in enumerate(events):
+            if e.user_id not in self.user_index and e.user_id not in self.created:
+                if not create_users:
+                    raise NotFound(
+                        f"events[{j}].user_id {show(e.user_id)} is not a user of the served model "
+                        "(create_users adds it)"
+                    )
+                new[e.user_id] = None
+            if cat.row(e.item_id) is None:
+                raise NotFound(f"events[{j}].item_id {show(e.item_id)} is not in the catalogue")
+        return list(new)
+
+    def record_interactions(self, events: Sequence[Interaction]) -> int:
+        """Applies journaled events to the users' live histories (a user the model does not know is a
+        created one); returns how many users it created. Never refuses: what the journal holds is
+        applied as it can be (an item deleted since still leaves the user's results)."""
+        created = 0
+        for e in events:
+            user = self.user_index.get(e.user_id)
+            if user is None and e.user_id not in self.created:
+                self.created.add(e.user_id)
+                created += 1
+            self.live.record(
+                e.user_id if user is None else user, e.item_id, self.history_index.index.get(e.item_id), e.at
+            )
+        return created
+
     def user_index_of(self, user_id: str) -> int:
         idx = self.user_index.get(user_id)
         if idx is None:
@@ -258,25 +309,49 @@ class Engine:
         categories: Sequence[str] = (),
         exclude_item_ids: Sequence[str] = (),
         history: History | Sequence[str] = NO_HISTORY,
+        history_ids: Sequence[str] = (),
     ) -> Planned:
         """A Recommend checked and resolved against the current snapshot: cheap (dict lookups), so the
-        servicer runs it on the event loop and sends only :meth:`answer` to the worker pool."""
+        servicer runs it on the event loop and sends only :meth:`answer` to the worker pool.
+
+        With ``exclude_seen`` the results leave out the user's training positives, their recorded
+        interactions and the request's history (``history_ids``: its ids as sent, for a model that
+        reads no history too). A user's recorded interactions join the history the tower pools.
+        """
         validate_recommend(top_n, price_min, price_max, self.limits, len(categories), len(exclude_item_ids))
         cat = self.catalog  # one snapshot for the whole request
-        ref = self.user_index_of(user) if isinstance(user, str) else user
+        live = None
+        if isinstance(user, str) and user not in self.user_index and user in self.created:
+            ref, live = self.profile, self.live.get(user)  # a created user: the population's attributes
+        else:
+            ref = self.user_index_of(user) if isinstance(user, str) else user
+            live = self.live.get(ref) if not isinstance(ref, UserAttrs) and len(self.live) else None
         if not isinstance(history, History):
-            history = self.history(history)
+            history_ids, history = history, self.history(history)
         excluded = {j for j in map(cat.row, exclude_item_ids) if j is not None}
+        if exclude_seen:  # what the user did, recorded or sent, is not recommended back to them
+            excluded.update(j for j in map(cat.row, history_ids) if j is not None)
+            if live is not None:
+                excluded.update(j for j in map(cat.row, live.ids) if j is not None)
         # Unknown categories match nothing (a filter of only unknown ones returns no items).
         codes = {cat.category_index[c] for c in categories if c in cat.category_index} if categories else None
         known = not isinstance(ref, UserAttrs)
         seen = self.seen.row(ref) if known and exclude_seen else None
+        pooled, vector = history, None
+        if live is not None and live.rows:
+            if known and not history.used and self.live.mean is not None:
+                vector = self.live.vector(ref, live)  # kept up to date as events came: O(1) here
+            else:
+                rows = dict.fromkeys((*history.rows, *live.rows))
+                pooled = History(tuple(rows)[: self.history_index.max_history], history.sent)
         q = Query(cat, top_n, excluded, price_min, price_max, codes, ref if known else None, seen)
-        return Planned(q, ref, history)
+        return Planned(q, ref, history, pooled, vector)
 
     def answer_inline(self, p: Planned) -> tuple[list[int], list[float]] | None:
         """The answer when it takes no scoring over the catalogue (ranking.inline), else None."""
-        if p.query.user is None or p.history.used:  # the vector needs a tower pass (or a history sum)
+        if (
+            p.query.user is None or p.pooled.used or p.vector is not None
+        ):  # a tower pass, a sum, or a new vector
             return None
         return ranking.inline(p.query, lambda: self.known_user_vectors()[p.query.user])
 
@@ -284,12 +359,12 @@ class Engine:
         """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a
         history or an unseen user needs one (``check``: the deadline): the pool's part of a Recommend."""
         q = p.query
-        fixed = q.user is not None and not p.history.used
-        u = (
-            self.known_user_vectors()[q.user]
-            if fixed
-            else self.inputs.user_vector(self.serving, p.ref, p.history, check)
-        )
+        if p.vector is not None:
+            u = p.vector
+        elif q.user is not None and not p.pooled.used:
+            u = self.known_user_vectors()[q.user]
+        else:
+            u = self.inputs.user_vector(self.serving, p.ref, p.pooled, check)
         check()
         return ranking.full(q, u)
 
@@ -406,3 +481,17 @@ class Engine:
         if self.user_ids:
             self.recommend(self.user_ids[0], 10)
         self.encoder.encode(["warm up"], WARM_UP_LENGTH)
+
+
+def _population_profile(users: Sequence[dict], raw: dict[str, np.ndarray]) -> UserAttrs:
+    """A user with an empty profile (one RecordInteractions created): the training users' median
+    age and most common profession and personality, the attributes a tower most often saw."""
+
+    def mode(field: str) -> str | None:
+        values = [r[field] for r in users if r.get(field)]
+        return max(set(values), key=values.count) if values else None
+
+    ages = raw.get("age")
+    if ages is None:
+        ages = np.array([float(r["age"]) for r in users if r.get("age")] or [30.0])
+    return UserAttrs(float(np.median(ages)), mode("profession") or "unknown", mode("personality"))

@@ -53,6 +53,7 @@ def model_info(engine: Engine, durable: bool = False, journal_entries: int = 0) 
         index_recall_at_10=cat.index_recall,
         max_new_texts=engine.limits.max_new_texts,
         max_delete_items=engine.limits.max_delete_items,
+        max_record_events=engine.limits.max_record_events,
         durable_catalog=durable,
         journal_entries=journal_entries,
         max_ks=engine.limits.max_ks,

@@ -6,7 +6,7 @@ import math
 from collections.abc import Sequence
 
 from ..core.limits import Limits
-from ..core.types import NewItemData, UserAttrs
+from ..core.types import Interaction, NewItemData, UserAttrs
 from .errors import InvalidArgument
 
 SHORT_TEXT_LIMIT = 200  # ids, profession, personality, category
@@ -160,3 +160,39 @@ def validate_items(items: Sequence[NewItemData], limits: Limits) -> None:
         if it.item_id in seen_ids:
             raise InvalidArgument(f"items[{j}].item_id {it.item_id!r} appears twice in the request")
         seen_ids.add(it.item_id)
+
+
+KIND_LIMIT = 64  # characters of an interaction's kind
+MAX_WEIGHT = 1000.0
+# An interaction more than this far in the future (clock skew between services) is a mistake.
+FUTURE_SLACK_S = 24 * 3600.0
+
+
+def validate_events(events: Sequence[Interaction], limits: Limits, now: float) -> list[Interaction]:
+    """RecordInteractions' events checked, with timestamp 0 replaced by ``now`` and weight 0 by 1.
+
+    Raises:
+        InvalidArgument: the batch size, an id, the kind, the weight, the timestamp or an event id.
+    """
+    if not 1 <= len(events) <= limits.max_record_events:
+        raise InvalidArgument(f"events must hold 1..{limits.max_record_events} events (got {len(events)})")
+    out = []
+    for j, e in enumerate(events):
+        check_text(f"events[{j}].user_id", e.user_id, SHORT_TEXT_LIMIT)
+        check_text(f"events[{j}].item_id", e.item_id, SHORT_TEXT_LIMIT)
+        check_text(f"events[{j}].kind", e.kind, KIND_LIMIT, required=False)
+        weight = 1.0 if e.weight == 0 else e.weight
+        if not math.isfinite(weight) or not 0 < weight <= MAX_WEIGHT:
+            raise InvalidArgument(f"events[{j}].weight must be in (0, {MAX_WEIGHT:g}] (got {e.weight})")
+        at = now if e.at == 0 else e.at
+        if not math.isfinite(at) or at < 0 or at > now + FUTURE_SLACK_S:
+            raise InvalidArgument(
+                f"events[{j}].timestamp must be seconds since the epoch, at most a day ahead (got {e.at})"
+            )
+        bad_id = len(e.event_id) > WRITE_ID_LIMIT or not (e.event_id.isascii() and e.event_id.isprintable())
+        if e.event_id and bad_id:
+            raise InvalidArgument(
+                f"events[{j}].event_id must be 1..{WRITE_ID_LIMIT} printable ASCII characters"
+            )
+        out.append(Interaction(e.user_id, e.item_id, float(at), e.kind, float(weight), e.event_id))
+    return out

@@ -165,7 +165,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetModelInfoResponse(_message.Message):
-    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries", "max_ks", "max_item_bytes", "max_response_bytes", "journal_reachable", "journal_behind", "write_id_retention_s")
+    __slots__ = ("model_version", "model_kind", "user_independent_ranking", "item_count", "user_count", "providers", "encoder", "encoder_variant", "vector_dim", "user_fields", "item_fields", "training_metrics", "versions", "artifacts", "loaded_at", "max_top_n", "max_score_pairs", "max_upsert_items", "max_inline_interactions", "categories", "max_history", "max_categories", "max_exclude_items", "index_kind", "index_recall_at_10", "max_new_texts", "max_delete_items", "durable_catalog", "journal_entries", "max_ks", "max_item_bytes", "max_response_bytes", "journal_reachable", "journal_behind", "write_id_retention_s", "max_record_events", "recorded_interactions")
     class TrainingMetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +215,8 @@ class GetModelInfoResponse(_message.Message):
     JOURNAL_REACHABLE_FIELD_NUMBER: _ClassVar[int]
     JOURNAL_BEHIND_FIELD_NUMBER: _ClassVar[int]
     WRITE_ID_RETENTION_S_FIELD_NUMBER: _ClassVar[int]
+    MAX_RECORD_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_INTERACTIONS_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     model_kind: str
     user_independent_ranking: bool
@@ -250,7 +252,9 @@ class GetModelInfoResponse(_message.Message):
     journal_reachable: bool
     journal_behind: int
     write_id_retention_s: int
-    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ..., max_ks: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., journal_reachable: _Optional[bool] = ..., journal_behind: _Optional[int] = ..., write_id_retention_s: _Optional[int] = ...) -> None: ...
+    max_record_events: int
+    recorded_interactions: int
+    def __init__(self, model_version: _Optional[str] = ..., model_kind: _Optional[str] = ..., user_independent_ranking: _Optional[bool] = ..., item_count: _Optional[int] = ..., user_count: _Optional[int] = ..., providers: _Optional[_Iterable[str]] = ..., encoder: _Optional[str] = ..., encoder_variant: _Optional[str] = ..., vector_dim: _Optional[int] = ..., user_fields: _Optional[_Iterable[str]] = ..., item_fields: _Optional[_Iterable[str]] = ..., training_metrics: _Optional[_Mapping[str, float]] = ..., versions: _Optional[_Mapping[str, str]] = ..., artifacts: _Optional[str] = ..., loaded_at: _Optional[str] = ..., max_top_n: _Optional[int] = ..., max_score_pairs: _Optional[int] = ..., max_upsert_items: _Optional[int] = ..., max_inline_interactions: _Optional[int] = ..., categories: _Optional[_Iterable[str]] = ..., max_history: _Optional[int] = ..., max_categories: _Optional[int] = ..., max_exclude_items: _Optional[int] = ..., index_kind: _Optional[str] = ..., index_recall_at_10: _Optional[float] = ..., max_new_texts: _Optional[int] = ..., max_delete_items: _Optional[int] = ..., durable_catalog: _Optional[bool] = ..., journal_entries: _Optional[int] = ..., max_ks: _Optional[int] = ..., max_item_bytes: _Optional[int] = ..., max_response_bytes: _Optional[int] = ..., journal_reachable: _Optional[bool] = ..., journal_behind: _Optional[int] = ..., write_id_retention_s: _Optional[int] = ..., max_record_events: _Optional[int] = ..., recorded_interactions: _Optional[int] = ...) -> None: ...
 
 class NewItem(_message.Message):
     __slots__ = ("item_id", "description", "features", "price", "category")
@@ -311,6 +315,48 @@ class DeleteItemsResponse(_message.Message):
     sequence: int
     repeated: bool
     def __init__(self, deleted: _Optional[int] = ..., item_count: _Optional[int] = ..., model_version: _Optional[str] = ..., sequence: _Optional[int] = ..., repeated: _Optional[bool] = ...) -> None: ...
+
+class InteractionEvent(_message.Message):
+    __slots__ = ("user_id", "item_id", "timestamp", "kind", "weight", "event_id")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    item_id: str
+    timestamp: float
+    kind: str
+    weight: float
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., item_id: _Optional[str] = ..., timestamp: _Optional[float] = ..., kind: _Optional[str] = ..., weight: _Optional[float] = ..., event_id: _Optional[str] = ...) -> None: ...
+
+class RecordInteractionsRequest(_message.Message):
+    __slots__ = ("events", "create_users", "write_id")
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_USERS_FIELD_NUMBER: _ClassVar[int]
+    WRITE_ID_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[InteractionEvent]
+    create_users: bool
+    write_id: str
+    def __init__(self, events: _Optional[_Iterable[_Union[InteractionEvent, _Mapping]]] = ..., create_users: _Optional[bool] = ..., write_id: _Optional[str] = ...) -> None: ...
+
+class RecordInteractionsResponse(_message.Message):
+    __slots__ = ("recorded", "duplicates", "created_users", "sequence", "repeated", "model_version")
+    RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_USERS_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    REPEATED_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    recorded: int
+    duplicates: int
+    created_users: int
+    sequence: int
+    repeated: bool
+    model_version: str
+    def __init__(self, recorded: _Optional[int] = ..., duplicates: _Optional[int] = ..., created_users: _Optional[int] = ..., sequence: _Optional[int] = ..., repeated: _Optional[bool] = ..., model_version: _Optional[str] = ...) -> None: ...
 
 class ReloadRequest(_message.Message):
     __slots__ = ("artifacts",)

@@ -65,6 +65,11 @@ class RecommenderStub:
                 request_serializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
                 response_deserializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
                 _registered_method=True)
+        self.RecordInteractions = channel.unary_unary(
+                '/towerserve.v1.Recommender/RecordInteractions',
+                request_serializer=towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+                response_deserializer=towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
+                _registered_method=True)
 
 
 class RecommenderServicer:
@@ -115,6 +120,16 @@ class RecommenderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RecordInteractions(self, request, context):
+        """Records what users did (clicks, purchases): journaled before OK like UpsertItems, applied to the
+        user's served history at once (the next Recommend on this replica reflects it; other replicas
+        within a second), excluded from their results like training positives, and kept for
+        `towerserve train --events`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RecommenderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -147,6 +162,11 @@ def add_RecommenderServicer_to_server(servicer, server):
                     servicer.DeleteItems,
                     request_deserializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.FromString,
                     response_serializer=towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.SerializeToString,
+            ),
+            'RecordInteractions': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordInteractions,
+                    request_deserializer=towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.FromString,
+                    response_serializer=towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +332,33 @@ class Recommender:
             '/towerserve.v1.Recommender/DeleteItems',
             towerserve_dot_v1_dot_recommender__pb2.DeleteItemsRequest.SerializeToString,
             towerserve_dot_v1_dot_recommender__pb2.DeleteItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordInteractions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/towerserve.v1.Recommender/RecordInteractions',
+            towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsRequest.SerializeToString,
+            towerserve_dot_v1_dot_recommender__pb2.RecordInteractionsResponse.FromString,
             options,
             channel_credentials,
             insecure,
