@@ -172,6 +172,31 @@ def cmd_record(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_promote(args: argparse.Namespace) -> int:
+    from .promote import promote
+
+    with _client(args) as client:
+        decision = promote(
+            args.candidate, client, args.events, args.margin, args.force, args.dry_run, args.reload_path
+        )
+    if args.json:
+        _print_json(decision.to_json())
+        return 0 if decision.promoted or args.dry_run else 3
+    rows = [
+        [name, decision.candidate.get(name), decision.serving.get(name)]
+        for name in sorted(set(decision.candidate) | set(decision.serving))
+        if name in ("ndcg@10", "recall@10", "hitrate@10", "map@10")
+    ]
+    print(format_table(["metric", "candidate", "serving"], rows))
+    print(
+        f"{decision.pairs} interactions recorded since the candidate's training (sequence > {decision.after}; "
+        f"{decision.skipped} of users or items it lacks left out)"
+    )
+    verdict = "PROMOTED" if decision.promoted else "NOT PROMOTED"
+    print(f"{verdict}: {decision.reason} ({decision.candidate_version} vs {decision.serving_version})")
+    return 0 if decision.promoted or args.dry_run else 3
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         health = client.health()
@@ -318,6 +343,30 @@ def register(sub) -> None:
         "--create-users", action="store_true", help="unknown user ids become users (else NOT_FOUND)"
     )
     p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser(
+        "promote",
+        help="reload the target with a candidate model only if it is not worse on recent interactions",
+        description="Champion/challenger: judge the candidate serving folder and the model the target "
+        "serves on the interactions recorded (RecordInteractions) since the candidate was trained, and "
+        "reload the target with the candidate when its NDCG@10 is within --margin of the serving "
+        "model's. Exit code 3 when it is not promoted.",
+    )
+    _connection_args(p)
+    p.add_argument("--candidate", type=Path, required=True, help="the candidate's serving folder (A/serving)")
+    p.add_argument(
+        "--events",
+        required=True,
+        metavar="STATE_DIR|URL",
+        help="the servers' journal: --state-dir or --catalog-url",
+    )
+    p.add_argument(
+        "--margin", type=float, default=0.01, help="relative NDCG@10 the candidate may lose (default 0.01)"
+    )
+    p.add_argument("--force", action="store_true", help="promote whatever the scores (still reported)")
+    p.add_argument("--dry-run", action="store_true", help="judge and report, do not reload")
+    p.add_argument("--reload-path", help="the candidate's path as the server sees it (default: --candidate)")
+    p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser(
         "info",

@@ -117,6 +117,18 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
         running.stop(0)
 
 
+def rehash(copy: Path, rel: str) -> None:
+    """A bundle copy's manifest made to vouch for its changed file ``rel`` (size and sha256), so only the
+    content is wrong: what a damaged (or deliberately altered) bundle looks like past the hash check."""
+    import hashlib
+    import json
+
+    manifest = json.loads((copy / "manifest.json").read_text())
+    data = (copy / rel).read_bytes()
+    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+
+
 def serve_process(serving: Path, *extra: str) -> tuple:
     """`towerserve serve --artifacts serving --host 127.0.0.1 --port 0 [extra]` in a process of its own
     (what kill -9 and per-process limits need), once it logs SERVING: (the Popen, its target). Its

@@ -10,7 +10,6 @@ file, and the old model keeps serving.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import signal
 import socket
@@ -173,14 +172,6 @@ def _garble(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def _rehash(copy: Path, rel: str) -> None:
-    """The manifest made to vouch for the damaged file, so the sha256 check cannot catch it."""
-    manifest = json.loads((copy / "manifest.json").read_text())
-    data = (copy / rel).read_bytes()
-    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-
-
 def _served(rel: str, serving: Path) -> str:
     """MODEL: the folder of the model the bundle serves by default (its holdout split)."""
     default = json.loads((serving / "manifest.json").read_text())["default_model"]
@@ -219,7 +210,7 @@ def test_reload_of_a_bundle_corrupt_inside_is_refused_naming_the_file(
     rel = _served(rel, serving)
     copy = pipeline.copy_serving(serving, tmp_path / "corrupt")
     damage(copy / rel)
-    _rehash(copy, rel)
+    pipeline.rehash(copy, rel)
     stub = recommender_pb2_grpc.RecommenderStub(reloadable)
     before = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
     with pytest.raises(grpc.RpcError) as err:

@@ -120,6 +120,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress=bars_wanted(args.progress, args.quiet),
         eval_users=args.eval_users,
         hybrid_search=({},) if args.no_search else None,
+        events=args.events,
     )
     metrics = train(args.data, args.out, cfg)
     if args.json:
@@ -325,6 +326,12 @@ def register(sub) -> None:
     )
     p.add_argument("--no-cache", action="store_true", help="do not read or write the embedding cache")
     p.add_argument("--no-cold", action="store_true", help="skip the cold-start split")
+    p.add_argument(
+        "--events",
+        metavar="STATE_DIR|URL",
+        help="a server's journal (its --state-dir, or its --catalog-url): the interactions it recorded "
+        "(RecordInteractions) join the data's positives; the manifest records up to which event",
+    )
     p.add_argument(
         "--no-search",
         action="store_true",

@@ -110,6 +110,11 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
     timings: dict[str, float] = {}
 
     ds = load_dataset(data_dir)
+    events = None
+    if cfg.events:  # what users did since: RecordInteractions' journal joins the positives
+        from .events import merge_events
+
+        ds, events = merge_events(ds, cfg.events)
     encoder = open_encoder(cfg.encoder)  # torch, or an exported ONNX variant (--text-encoder)
     needed = {
         f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS
@@ -224,6 +229,7 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 "items": ds.n_items,
                 "positives": ds.positives.nnz,
                 "density": ds.density,
+                **({"events": events} if events is not None else {}),
             },
             "encoder": {
                 "model": encoder.model_ref,

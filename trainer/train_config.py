@@ -74,6 +74,8 @@ class TrainConfig:
         progress: tqdm bars (for a terminal); False logs one line per epoch and per embedded field.
         hybrid: the hybrid's base recipe; the search overrides some of its fields.
         hybrid_search: candidate overrides chosen among on validation (None: hybrid_search.SEARCH).
+        events: a server's journal (--state-dir folder or postgresql:// URL) whose recorded
+            interactions join the positives (trainer/events.py; None: none).
         eval_users: judge every model and baseline on this fixed, seeded sample of users per split
             (0: every user; None: evalsample.default_eval_users, every user up to 10⁹ user x item cells).
     """
@@ -91,6 +93,7 @@ class TrainConfig:
     hybrid: HybridConfig = field(default_factory=HybridConfig)
     hybrid_search: tuple[dict, ...] | None = None
     eval_users: int | None = None
+    events: str | None = None
 
     def __post_init__(self):
         bad = [k for k in self.models if k not in FEATURE_SETS] or ([] if self.models else [""])

@@ -16,18 +16,13 @@ from pathlib import Path
 
 
 def _open(args: argparse.Namespace):
-    from .journal import open_store
-    from .store import JOURNAL_FILE
+    from .journal import open_journal
 
     if args.catalog_url:
-        return open_store(url=args.catalog_url)
+        return open_journal(args.catalog_url)
     if args.state_dir is None:
         raise ValueError("give the server's --state-dir or --catalog-url")
-    if not (args.state_dir / JOURNAL_FILE).is_file():
-        raise FileNotFoundError(
-            f"{args.state_dir / JOURNAL_FILE}: no catalogue journal (is --state-dir right?)"
-        )
-    return open_store(args.state_dir)
+    return open_journal(args.state_dir)
 
 
 def bundle_ids(folders: list[Path]) -> set[str]:

@@ -24,3 +24,21 @@ def open_store(state_dir: Path | str | None = None, url: str | None = None) -> C
             raise ValueError(f"--catalog-url must be a postgresql:// URL (got {redact(scheme, url)})")
         return PostgresStore(url)  # which refuses a URL libpq cannot parse, its password masked
     return SQLiteStore(state_dir) if state_dir is not None else None
+
+
+def open_journal(source: str | Path) -> CatalogStore:
+    """An existing server's journal to read: a postgresql:// URL, or its --state-dir (SQLite).
+
+    Raises:
+        FileNotFoundError: a folder with no journal in it (a typo must not create an empty one).
+    """
+    text = str(source)
+    if text.startswith(POSTGRES_SCHEMES):
+        return PostgresStore(text)
+    from .store import JOURNAL_FILE
+
+    if not (Path(text) / JOURNAL_FILE).is_file():
+        raise FileNotFoundError(
+            f"{Path(text) / JOURNAL_FILE}: no catalogue journal (give the server's --state-dir or --catalog-url)"
+        )
+    return SQLiteStore(text)
