@@ -407,7 +407,7 @@ class EngineHolder:
                 done, kept = self._journal_events(events, write_id, reply)
             if done.reply is None:
                 # In place: without a journal, the dict _journal remembered under write_id is this one.
-                reply.update(created_users=engine.record_interactions(kept), recorded=len(kept))
+                reply.update(created_users=engine.record_interactions(kept, relist=True), recorded=len(kept))
                 reply["duplicates"] = len(events) - len(kept)
                 if self.store is not None and done.seq - len(kept) == self.applied_events:
                     self.applied_events = done.seq

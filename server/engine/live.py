@@ -47,10 +47,25 @@ class LiveHistory:
     extra_sum: np.ndarray | None = None
     extra: int = 0
     latest: float = 0.0
+    version: int = 0  # bumped by every event: what a cached candidate list was built for
+    cached: tuple | None = None  # (version, catalogue snapshot, rows, probabilities): see Engine.plan
 
     @property
     def size(self) -> int:
         return len(self.ids) + len(self.rows)
+
+
+@dataclass(frozen=True)
+class LiveView:
+    """A user's live history as one request sees it, copied under the lock (events may arrive while
+    the request runs): the ids to leave out, the rows to pool, the vector when the mean-pooling
+    shortcut gives it, and the history object its candidate list is cached on."""
+
+    ids: tuple[str, ...]
+    rows: tuple[int, ...]
+    version: int
+    vector: np.ndarray | None
+    history: LiveHistory
 
 
 class LiveHistories:
@@ -108,6 +123,7 @@ class LiveHistories:
             _add_new(h.ids, item_id, MAX_SEEN_IDS)
             if row is not None and self.max_history:
                 self._add_row(user, h, row, newest=True)
+        h.version += 1
         self._held += h.size
 
     def _add_row(self, user: int | str, h: LiveHistory, row: int, newest: bool) -> None:
@@ -139,26 +155,32 @@ class LiveHistories:
             self._held -= h.size
             self.evicted.add(user)
 
-    def get(self, user: int | str) -> LiveHistory | None:
+    def get(self, user: int | str) -> LiveView | None:
         """The user's live history (brought back from the journal after an eviction), or None."""
-        h = self._users.get(user)
-        if h is not None or user not in self.evicted or self.loader is None:
-            return h
-        events = self.loader(user)  # outside the lock: a journal read
+        if user not in self._users:
+            if user not in self.evicted or self.loader is None:
+                return None
+            events = self.loader(user)  # outside the lock: a journal read
+            with self._lock:
+                self.evicted.discard(user)
+                if user not in self._users:
+                    for e in sorted(events, key=lambda e: e.at):
+                        self._record(user, e.item_id, self.row_of(e.item_id), e.at)
+                    self._evict()
         with self._lock:
-            self.evicted.discard(user)
-            if user not in self._users:
-                for e in sorted(events, key=lambda e: e.at):
-                    self._record(user, e.item_id, self.row_of(e.item_id), e.at)
-                self._evict()
-            return self._users.get(user)
+            h = self._users.get(user)
+            if h is None:
+                return None
+            return LiveView(tuple(h.ids), tuple(h.rows), h.version, self._vector(user, h), h)
 
-    def vector(self, user: int, h: LiveHistory) -> np.ndarray | None:
-        """The known user's vector with their recorded rows pooled, in O(d); None without the
-        mean-pooling shortcut (the caller then runs the tower on :attr:`LiveHistory.rows`)."""
+    def _vector(self, user: int | str, h: LiveHistory) -> np.ndarray | None:
+        """A known user's vector with their recorded rows pooled, in O(d); None for a created user, or
+        without the mean-pooling shortcut (the caller then runs the tower on the rows)."""
         m = self.mean
-        if m is None or not h.rows:
-            return None if m is None else m.loaded[user]
+        if m is None or not isinstance(user, int):
+            return None
+        if not h.rows:
+            return m.loaded[user]
         total = m.sums[user] + (h.extra_sum if h.extra_sum is not None else 0.0)
         return (total / (m.counts[user] + h.extra) + m.base[user]).astype(np.float32)
 

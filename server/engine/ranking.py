@@ -75,11 +75,25 @@ def walk_candidates(
 ) -> tuple[list[int], list[float]] | None:
     """The first top_n admissible items of the user's candidate list, or None when the list (the
     user's top-M unseen items) runs out before top_n are found and more items exist beyond it."""
+    return walk(cat.cand_rows[user], cat.cand_probs[user], cat, top_n, excluded, price_min, price_max, codes)
+
+
+def walk(
+    cand_rows: np.ndarray,
+    cand_probs: np.ndarray,
+    cat: Catalog,
+    top_n: int,
+    excluded: set[int],
+    price_min: float | None,
+    price_max: float | None,
+    codes: set[int] | None,
+) -> tuple[list[int], list[float]] | None:
+    """:func:`walk_candidates` over any one list (rows and probabilities, best first, NONE/TRUNCATED
+    tail): a known user's from the snapshot, or one built for a user's live vector."""
     rows, probs = [], []
     price, code = cat.price_list, cat.code_list
     # Most requests stop after about top_n entries: convert a short head first, the rest on demand.
     head = top_n + 16
-    cand_rows, cand_probs = cat.cand_rows[user], cat.cand_probs[user]
     pairs = zip(cand_rows[:head].tolist(), cand_probs[:head].tolist())
     if head < len(cand_rows):
         pairs = itertools.chain(pairs, zip(cand_rows[head:].tolist(), cand_probs[head:].tolist()))
