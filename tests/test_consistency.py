@@ -270,7 +270,7 @@ def test_a_frozen_lock_holder_stalls_no_other_writer_past_the_lock_timeout(postg
         with pytest.raises(JournalUnavailable) as err:
             other.upsert([item])
         waited = time.monotonic() - t0
-        assert FAST.lock_s * 0.9 < waited < FAST.lock_s + 1.0, waited
+        assert FAST.lock_s * 0.9 < waited < FAST.lock_s + 2.0, waited  # the lock timeout, plus a loaded machine
         assert "lock" in str(err.value).lower()
     finally:
         os.kill(pid, signal.SIGCONT)
