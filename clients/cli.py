@@ -243,7 +243,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     users = read_ids(args.users) if args.users else ()
     items = (
         read_ids(args.items or args.users, "item_id")
-        if args.rpc in ("score", "record") and (args.items or args.users)
+        if args.rpc in ("score", "record_interactions") and (args.items or args.users)
         else ()
     )
     cfg = LoadTestConfig(
@@ -386,7 +386,9 @@ def register(sub) -> None:
     )
     _connection_args(p, balanced=False)
     p.add_argument(
-        "--rpc", choices=("recommend", "score", "evaluate", "record", "health"), default="recommend"
+        "--rpc",
+        choices=("recommend", "score", "evaluate", "record_interactions", "health"),
+        default="recommend",
     )
     p.add_argument("--concurrency", type=int, default=32, help="requests in flight, closed loop (default 32)")
     p.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second")

@@ -32,7 +32,7 @@ from .types import RetryPolicy
 # The RPCs a load test can drive, by the Python clients' names (from the proto's descriptors), plus
 # "health", the server's own empty-RPC ceiling.
 _RPCS = {RECOMMENDER[name].python_name: RECOMMENDER[name] for name in ("Recommend", "Score", "Evaluate")}
-_RPCS["record"] = RECOMMENDER["RecordInteractions"]  # one event per call: a click stream
+_RPCS["record_interactions"] = RECOMMENDER["RecordInteractions"]  # one event per call: a click stream
 RPCS = (*_RPCS, "health")
 
 
@@ -114,9 +114,9 @@ class LoadTestConfig:
             raise ValueError("concurrency, procs and duration must be positive")
         if self.rate is not None and self.rate <= 0:
             raise ValueError(f"rate must be > 0 (got {self.rate})")
-        if self.rpc in ("recommend", "score", "record") and not self.user_ids:
+        if self.rpc in ("recommend", "score", "record_interactions") and not self.user_ids:
             raise ValueError(f"--rpc {self.rpc} needs user ids (--users users.csv or an artifacts folder)")
-        if self.rpc in ("score", "record") and not self.item_ids:
+        if self.rpc in ("score", "record_interactions") and not self.item_ids:
             raise ValueError(f"--rpc {self.rpc} needs item ids (--items items.csv or an artifacts folder)")
         if self.evaluate_protocol not in ("notebook", "full"):
             raise ValueError(
@@ -189,7 +189,7 @@ def _requests(cfg: LoadTestConfig, rng: random.Random, n: int = 2048) -> tuple[s
             ).SerializeToString()
             for _ in range(n // 8)
         ]
-    if cfg.rpc == "record":  # one event per call, a fresh write id each (a retry-free stream)
+    if cfg.rpc == "record_interactions":  # one event per call, a fresh write id each (a retry-free stream)
         return rpc.path, [
             rpc.request(
                 events=[

@@ -115,3 +115,14 @@ def postgres_url(pg_server) -> str:
     """The session server's URL. Tests that share it isolate themselves with a database of their own
     (:func:`postgres.fresh_database`)."""
     return pg_server.url
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def journal(request, tmp_path) -> dict:
+    """One journal servers share, as ServerConfig overrides: --state-dir (SQLite, as --workers
+    processes share it) or --catalog-url (a fresh database on the session's PostgreSQL)."""
+    if request.param == "sqlite":
+        return {"state_dir": tmp_path / "state"}
+    from postgres import fresh_database
+
+    return {"catalog_url": fresh_database(request.getfixturevalue("postgres_url"))}

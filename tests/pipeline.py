@@ -178,3 +178,19 @@ def randomise_layers(model, seed: int) -> None:
             layer.set_weights(
                 [rng.normal(0, 0.5, size=w.shape).astype(np.float32) for w in layer.get_weights()]
             )
+
+
+def onnx_user_tower(path: Path):
+    """A user-tower graph (export's user_tower.onnx) as the server's RunTower calls it:
+    ``run(features, ids, history or None) -> vectors``."""
+    import numpy as np
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+    def run(x, ids, history):
+        history = np.zeros((len(x), 1), np.int32) if history is None else history
+        feed = {"user_features": x, "user_index": ids.astype(np.int32), "history": history.astype(np.int32)}
+        return sess.run(["user_vector"], feed)[0]
+
+    return run

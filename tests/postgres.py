@@ -155,9 +155,30 @@ class PostgresServer:
         # fsync stays on (the default): the durability tests rely on commits reaching the disk.
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c max_connections=50"
         pg_ctl = str(self.bin_dir / "pg_ctl")
-        self._run(
-            pg_ctl, "-D", str(self.data_dir), "-l", str(self.log_path), "-o", opts, "-w", "-t", "60", "start"
+        cmd = (
+            pg_ctl,
+            "-D",
+            str(self.data_dir),
+            "-l",
+            str(self.log_path),
+            "-o",
+            opts,
+            "-w",
+            "-t",
+            "60",
+            "start",
         )
+        for attempt in range(3):
+            try:
+                self._run(*cmd)
+                break
+            except RuntimeError:
+                # Running as another user makes subprocess fork() (no vfork) a process that may hold
+                # gRPC's threads; gRPC's fork handlers can kill that child before it execs pg_ctl
+                # (seen once in a full run: only gRPC's epoll error on stderr, nothing in the log).
+                if attempt == 2 or self.pid is not None:
+                    raise
+                time.sleep(0.5)
         self.running = True
         deadline = time.monotonic() + 30
         ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]

@@ -39,14 +39,6 @@ def _until(condition, seconds: float, what: str) -> float:
     return time.monotonic() - t0
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def journal(request, tmp_path) -> dict:
-    """One journal two servers share: --state-dir (SQLite, --workers processes) or --catalog-url."""
-    if request.param == "sqlite":
-        return {"state_dir": tmp_path / "state"}
-    return {"catalog_url": fresh_database(request.getfixturevalue("postgres_url"))}
-
-
 def test_a_delete_through_a_lagging_replica_wins_everywhere(serving, journal):
     """Upsert X via A; delete X via B before B's follower has seen the upsert. B holds no X, yet the
     delete is journaled after the upsert, so X ends deleted on both, and after both restart."""
@@ -270,7 +262,9 @@ def test_a_frozen_lock_holder_stalls_no_other_writer_past_the_lock_timeout(postg
         with pytest.raises(JournalUnavailable) as err:
             other.upsert([item])
         waited = time.monotonic() - t0
-        assert FAST.lock_s * 0.9 < waited < FAST.lock_s + 2.0, waited  # the lock timeout, plus a loaded machine
+        assert FAST.lock_s * 0.9 < waited < FAST.lock_s + 2.0, (
+            waited
+        )  # the lock timeout, plus a loaded machine
         assert "lock" in str(err.value).lower()
     finally:
         os.kill(pid, signal.SIGCONT)

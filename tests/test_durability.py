@@ -123,17 +123,10 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
         )
 
 
-@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
-def test_writes_through_one_replica_reach_the_other_within_a_second(serving, tmp_path, backend, request):
+def test_writes_through_one_replica_reach_the_other_within_a_second(serving, journal):
     """Two servers on one journal (--workers processes on one --state-dir, or replicas on one
     PostgreSQL): each applies the other's upserts and deletes by following the journal; after both
     stop, a restarted server still has them."""
-    if backend == "sqlite":
-        journal = {"state_dir": tmp_path / "state"}
-    else:
-        from postgres import fresh_database
-
-        journal = {"catalog_url": fresh_database(request.getfixturevalue("postgres_url"))}
     with (
         running_server(serving, **journal) as a,
         running_server(serving, **journal) as b,

@@ -337,8 +337,9 @@ def test_anonymous_history_personalises_like_the_graph(served):
     plain = stub.Recommend(pb.RecommendRequest(user=b.attrs(row), top_n=10))
     with_h = stub.Recommend(pb.RecommendRequest(user=b.attrs(row), top_n=10, history=history))
     assert with_h.history_used == 3 and plain.history_used == 0
-    assert _scores(with_h) != _scores(plain)
-    ids, scores = b.top(b.graph(b.features(row), 0, b.rows(history)), 10)
+    assert (_ids(with_h), _scores(with_h)) != (_ids(plain), _scores(plain))
+    # the history's items are left out of the results, like a known user's training positives
+    ids, scores = b.top(b.graph(b.features(row), 0, b.rows(history)), 10, exclude=b.rows(history))
     assert _ids(with_h) == ids
     np.testing.assert_allclose(_scores(with_h), scores, rtol=1e-6)
     # without history the anonymous user is the graph with id 0 and only padding
@@ -363,7 +364,8 @@ def test_known_user_history_joins_the_training_history(served):
     plain = stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10))
     got = stub.Recommend(pb.RecommendRequest(user_id=user_id, top_n=10, history=history))
     assert got.history_used == 3
-    ids, scores = b.top(b.known(row, b.rows(history)), 10, exclude=b.seen(row))
+    left_out = set(b.seen(row)) | set(b.rows(history))  # training positives and the history
+    ids, scores = b.top(b.known(row, b.rows(history)), 10, exclude=left_out)
     assert _ids(got) == ids and _scores(plain) != scores
     np.testing.assert_allclose(_scores(got), scores, rtol=1e-6)
     ids, _ = b.top(b.known(row), 10, exclude=b.seen(row))
@@ -462,7 +464,9 @@ def test_upserted_items_are_unknown_to_history_but_recommendable(kind, hand, req
         attrs = b.attrs(0)
         plain = stub.Recommend(pb.RecommendRequest(user=attrs, top_n=5, categories=["ht"]))
         got = stub.Recommend(
-            pb.RecommendRequest(user=attrs, top_n=5, categories=["ht"], history=["brand_new"])
+            pb.RecommendRequest(
+                user=attrs, top_n=5, categories=["ht"], history=["brand_new"], exclude_seen=False
+            )
         )
         assert got.history_used == 0  # no history embedding for an item the export never had
         assert sorted(_ids(got)) == sorted(_ids(plain)) == sorted(["brand_new", replaced])
@@ -481,9 +485,15 @@ def test_a_features_only_model_ignores_history(two_tower_stub, users, items):
         age=float(user["age"]), profession=user["profession"], personality=user["personality"]
     )
     for who in ({"user_id": user["user_id"]}, {"user": attrs}):
-        plain = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, **who))
-        got = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, history=ids[:30] + ["ghost"], **who))
+        plain = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, exclude_seen=False, **who))
+        history = ids[:30] + ["ghost"]
+        got = two_tower_stub.Recommend(
+            pb.RecommendRequest(top_n=10, history=history, exclude_seen=False, **who)
+        )
         assert got.history_used == 0 and _ids(got) == _ids(plain) and _scores(got) == _scores(plain)
+        # it reads nothing of the history, and still leaves its items out by default
+        left_out = two_tower_stub.Recommend(pb.RecommendRequest(top_n=10, history=history, **who))
+        assert not set(_ids(left_out)) & set(history)
     pair = pb.ScorePair(user_id=user["user_id"], item_id=ids[0], history=ids[:3])
     got = two_tower_stub.Score(pb.ScoreRequest(pairs=[pair]))
     assert list(got.history_used) == [0]
@@ -504,7 +514,8 @@ def test_history_skips_the_candidate_lists_and_matches_the_exact_path(hand, hb):
         a = fast.recommend(user, 5, history=history)
         b = exact.recommend(user, 5, history=history)
         assert a[1:] == b[1:]
-        ids, _ = hb.top(hb.known(row, hb.rows(history)), 5, exclude=hb.seen(row))
+        left_out = set(hb.seen(row)) | set(hb.rows(history))
+        ids, _ = hb.top(hb.known(row, hb.rows(history)), 5, exclude=left_out)
         assert [a[0].ids[j] for j in a[1]] == ids
 
 

@@ -5,7 +5,6 @@ import os
 os.environ["USE_TF"] = "0"
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pipeline  # noqa: E402
 
 from towerserve.server.core.csr import CSR  # noqa: E402
@@ -100,12 +99,7 @@ def test_the_ridge_part_serves_users_without_an_id_only(tmp_path):
     assert np.all(content[:, d : d + k] == 0)  # items added later have no ridge column
     # The graph exports, and the server's known-user history shortcut still holds.
     path = keras_to_onnx(wide.get_layer("user_tower"), tmp_path / "user.onnx", "user_vector")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(x, ids, history):
-        history = np.zeros((len(x), 1), np.int32) if history is None else history
-        feed = {"user_features": x, "user_index": ids.astype(np.int32), "history": history.astype(np.int32)}
-        return sess.run(["user_vector"], feed)[0]
+    run = pipeline.onnx_user_tower(path)
 
     np.testing.assert_allclose(run(U, no_id, None), hybrid.user_vectors(wide, U, no_id, hist), atol=1e-4)
     loaded = hybrid.user_vectors(wide, U, known, hybrid_fit.histories(pos))

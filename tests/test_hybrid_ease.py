@@ -7,7 +7,6 @@ os.environ["USE_TF"] = "0"
 from dataclasses import replace  # noqa: E402
 
 import numpy as np  # noqa: E402
-import onnxruntime as ort  # noqa: E402
 import pipeline  # noqa: E402
 import pytest  # noqa: E402
 
@@ -80,12 +79,7 @@ def test_the_widened_user_tower_exports_and_keeps_the_servers_history_shortcut(t
     hybrid_ease.install(wide, f, 1.3, pos)
     hybrid_blend.set_weights(wide, {"known": 0.2, "history": 0.5, "attributes": 0.9})
     path = keras_to_onnx(wide.get_layer("user_tower"), tmp_path / "user.onnx", "user_vector")
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def run(x, ids, history):
-        history = np.zeros((len(x), 1), np.int32) if history is None else history
-        feed = {"user_features": x, "user_index": ids.astype(np.int32), "history": history.astype(np.int32)}
-        return sess.run(["user_vector"], feed)[0]
+    run = pipeline.onnx_user_tower(path)
 
     known = hybrid.known_index(len(U), hybrid_fit.known_users(pos))
     loaded = hybrid.user_vectors(wide, U, known, hybrid_fit.histories(pos))

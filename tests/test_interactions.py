@@ -26,15 +26,6 @@ def _ids(client: RecommenderClient, user: str, n: int = 20, **kw) -> list[str]:
     return [i.item_id for i in client.recommend(user, top_n=n, **kw).items]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def journal(request, tmp_path) -> dict:
-    if request.param == "sqlite":
-        return {"state_dir": tmp_path / "state"}
-    from postgres import fresh_database
-
-    return {"catalog_url": fresh_database(request.getfixturevalue("postgres_url"))}
-
-
 def test_a_recorded_interaction_changes_the_next_recommend(hybrid, tmp_path):
     """The recorded item leaves the user's results and their vector pools it, at once, with no tower
     pass (mean pooling: an O(d) update), equal to the tower's own; exclude_seen false brings it back."""
@@ -187,7 +178,7 @@ def test_kill_9_after_an_ok_loses_no_interaction(hybrid, journal):
 
 
 def test_the_record_command_and_a_record_load_test(hybrid, tmp_path):
-    """`towerserve record` and `towerserve loadtest --rpc record` against a real server."""
+    """`towerserve record` and `towerserve loadtest --rpc record_interactions` against a real server."""
     import json
 
     with running_server(hybrid, state_dir=tmp_path / "state") as running:
@@ -210,7 +201,17 @@ def test_the_record_command_and_a_record_load_test(hybrid, tmp_path):
         users = hybrid / "catalog" / "users.csv"
         items = hybrid / "catalog" / "items.csv"
         load = subprocess.run(
-            [*base, "loadtest", *target, "--rpc", "record", "--users", str(users), "--items", str(items)]
+            [
+                *base,
+                "loadtest",
+                *target,
+                "--rpc",
+                "record_interactions",
+                "--users",
+                str(users),
+                "--items",
+                str(items),
+            ]
             + ["--concurrency", "4", "--duration", "2s", "--warmup", "0s", "--json"],
             capture_output=True,
             text=True,

@@ -373,6 +373,7 @@ REPEATED_LIMITS = {
     ("EvaluateRequest", "interactions"): "max_inline_interactions",
     ("UpsertItemsRequest", "items"): "max_upsert_items",
     ("DeleteItemsRequest", "item_ids"): "max_delete_items",
+    ("RecordInteractionsRequest", "events"): "max_record_events",
 }
 
 

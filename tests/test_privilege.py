@@ -70,7 +70,7 @@ def test_every_rpc_has_its_right_and_health_needs_none():
     by_right = {r: {name for name, need in RIGHTS.items() if need == r} for r in Right}
     assert by_right == {
         Right.READ: {"Recommend", "Score", "Evaluate", "GetModelInfo"},
-        Right.WRITE: {"UpsertItems", "DeleteItems"},
+        Right.WRITE: {"UpsertItems", "DeleteItems", "RecordInteractions"},
         Right.ADMIN: {"Reload"},
     }
     assert all(needed(rpc.path) == RIGHTS[name] for name, rpc in RPCS.items())
@@ -154,6 +154,10 @@ def _calls(channel, users, items) -> dict[str, Callable]:
         "GetModelInfo": (stub.GetModelInfo, pb.GetModelInfoRequest()),
         "UpsertItems": (stub.UpsertItems, pb.UpsertItemsRequest(items=[known])),
         "DeleteItems": (stub.DeleteItems, pb.DeleteItemsRequest(item_ids=["no_such_item_for_privilege"])),
+        "RecordInteractions": (
+            stub.RecordInteractions,
+            pb.RecordInteractionsRequest(events=[pb.InteractionEvent(user_id=user, item_id=item_id)]),
+        ),
         "Reload": (admin.Reload, pb.ReloadRequest()),  # the served folder again
     }
     return {

@@ -94,7 +94,7 @@ def test_the_checks_catch_a_missing_rpc():
 
 
 def test_the_load_test_drives_rpcs_of_the_proto():
-    paths = {RPCS[name].path for name in ("Recommend", "Score", "Evaluate")}
+    paths = {RPCS[name].path for name in ("Recommend", "Score", "Evaluate", "RecordInteractions")}
     for name in loadtest.RPCS:
         if name == "health":
             continue
