@@ -327,7 +327,10 @@ class SQLiteStore:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
 
-    def _write(self, rows: list[tuple], write_id: str, reply: Mapping | None) -> Journaled:
+    def _once(self, write_id: str, body: Callable) -> tuple[Journaled, object]:
+        """Runs ``body(cursor)`` in one durable transaction recorded under ``write_id``. ``body`` writes
+        its rows and returns (its last sequence number, the reply to keep, anything for the caller).
+        A write id the journal holds runs nothing: (its first application's seq and reply, None)."""
         with self._lock:
             cur = self._db.cursor()
             try:
@@ -339,13 +342,12 @@ class SQLiteStore:
                         ).fetchone()
                         if found is not None:
                             cur.execute("COMMIT")
-                            return Journaled(int(found[0]), json.loads(found[1]))
-                    cur.executemany(f"INSERT INTO changes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
-                    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0])
+                            return Journaled(int(found[0]), json.loads(found[1])), None
+                    seq, keep, extra = body(cur)
                     if write_id:
                         cur.execute(
                             "INSERT INTO writes (write_id, seq, reply, at) VALUES (?, ?, ?, ?)",
-                            (write_id, seq, encode_reply(reply), time.time()),
+                            (write_id, seq, encode_reply(keep), time.time()),
                         )
                     cur.execute("COMMIT")
                 except BaseException:
@@ -353,7 +355,14 @@ class SQLiteStore:
                     raise
             except sqlite3.Error as err:
                 raise _sqlite_error(self.path, err) from None
-            return Journaled(seq)
+            return Journaled(seq), extra
+
+    def _write(self, rows: list[tuple], write_id: str, reply: Mapping | None) -> Journaled:
+        def body(cur):
+            cur.executemany(f"INSERT INTO changes ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            return int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM changes").fetchone()[0]), reply, None
+
+        return self._once(write_id, body)[0]
 
     def upsert(
         self, items: Sequence[NewItemData], write_id: str = "", reply: Mapping | None = None
@@ -363,46 +372,22 @@ class SQLiteStore:
     def record(
         self, events: Sequence[Interaction], write_id: str = "", reply: Mapping | None = None
     ) -> tuple[Journaled, list[Interaction]]:
-        with self._lock:
-            cur = self._db.cursor()
-            try:
-                cur.execute("BEGIN IMMEDIATE")
-                try:
-                    if write_id:
-                        found = cur.execute(
-                            "SELECT seq, reply FROM writes WHERE write_id = ?", (write_id,)
-                        ).fetchone()
-                        if found is not None:
-                            cur.execute("COMMIT")
-                            return Journaled(int(found[0]), json.loads(found[1])), []
-                    ids = [e.event_id for e in events if e.event_id]
-                    known = set()
-                    for k in range(0, len(ids), 500):  # SQLite's bound on host parameters
-                        part = ids[k : k + 500]
-                        marks = ",".join("?" * len(part))
-                        query = f"SELECT event_id FROM interactions WHERE event_id IN ({marks})"
-                        known.update(r[0] for r in cur.execute(query, part))
-                    kept = fresh_events(events, known)
-                    insert = f"INSERT INTO interactions ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)"
-                    cur.executemany(insert, event_rows(kept))
-                    seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM interactions").fetchone()[0])
-                    if write_id:
-                        cur.execute(
-                            "INSERT INTO writes (write_id, seq, reply, at) VALUES (?, ?, ?, ?)",
-                            (
-                                write_id,
-                                seq,
-                                encode_reply(recorded_reply(reply, len(events), len(kept))),
-                                time.time(),
-                            ),
-                        )
-                    cur.execute("COMMIT")
-                except BaseException:
-                    self._rollback()
-                    raise
-            except sqlite3.Error as err:
-                raise _sqlite_error(self.path, err) from None
-            return Journaled(seq), kept
+        def body(cur):
+            ids = [e.event_id for e in events if e.event_id]
+            known = set()
+            for k in range(0, len(ids), 500):  # SQLite's bound on host parameters
+                part = ids[k : k + 500]
+                query = f"SELECT event_id FROM interactions WHERE event_id IN ({','.join('?' * len(part))})"
+                known.update(r[0] for r in cur.execute(query, part))
+            kept = fresh_events(events, known)
+            cur.executemany(
+                f"INSERT INTO interactions ({EVENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", event_rows(kept)
+            )
+            seq = int(cur.execute("SELECT COALESCE(MAX(seq), 0) FROM interactions").fetchone()[0])
+            return seq, recorded_reply(reply, len(events), len(kept)), kept
+
+        done, kept = self._once(write_id, body)
+        return done, kept or []
 
     def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, Interaction]]:
         query = (

@@ -276,7 +276,9 @@ class PostgresStore:
 
     # ------------------------------------------------------------------------------------ writes
 
-    def _write(self, rows: list[tuple], write_id: str, reply: Mapping | None) -> Journaled:
+    def _once(self, write_id: str, body: Callable) -> tuple[Journaled, object]:
+        """As the SQLite store's: ``body(conn)`` in one transaction under the writers' lock (sequence
+        numbers appear in commit order), recorded under ``write_id``; a repeat runs nothing."""
         with self._connection() as conn, conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
             if write_id:
@@ -284,16 +286,22 @@ class PostgresStore:
                     f"SELECT seq, reply FROM {WRITES} WHERE write_id = %s", (write_id,)
                 ).fetchone()
                 if found is not None:
-                    return Journaled(int(found[0]), json.loads(found[1]))
-            with conn.cursor() as cur:
-                cur.executemany(f"INSERT INTO {TABLE} ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
-            seq = int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {TABLE}").fetchone()[0])
+                    return Journaled(int(found[0]), json.loads(found[1])), None
+            seq, keep, extra = body(conn)
             if write_id:
                 conn.execute(
                     f"INSERT INTO {WRITES} (write_id, seq, reply, at) VALUES (%s, %s, %s, %s)",
-                    (write_id, seq, encode_reply(reply), time.time()),
+                    (write_id, seq, encode_reply(keep), time.time()),
                 )
-            return Journaled(seq)
+            return Journaled(seq), extra
+
+    def _write(self, rows: list[tuple], write_id: str, reply: Mapping | None) -> Journaled:
+        def body(conn):
+            with conn.cursor() as cur:
+                cur.executemany(f"INSERT INTO {TABLE} ({COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)", rows)
+            return int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {TABLE}").fetchone()[0]), reply, None
+
+        return self._once(write_id, body)[0]
 
     def upsert(
         self, items: Sequence[NewItemData], write_id: str = "", reply: Mapping | None = None
@@ -306,15 +314,7 @@ class PostgresStore:
     def record(
         self, events: Sequence[Interaction], write_id: str = "", reply: Mapping | None = None
     ) -> tuple[Journaled, list[Interaction]]:
-        with self._connection() as conn, conn.transaction():
-            # The writers' lock: event sequence numbers, like the changes', appear in commit order.
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_KEY,))
-            if write_id:
-                found = conn.execute(
-                    f"SELECT seq, reply FROM {WRITES} WHERE write_id = %s", (write_id,)
-                ).fetchone()
-                if found is not None:
-                    return Journaled(int(found[0]), json.loads(found[1])), []
+        def body(conn):
             ids = [e.event_id for e in events if e.event_id]
             known = set()
             if ids:
@@ -324,17 +324,13 @@ class PostgresStore:
                 known = {r[0] for r in rows}
             kept = fresh_events(events, known)
             with conn.cursor() as cur:
-                cur.executemany(
-                    f"INSERT INTO {EVENTS} ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                    event_rows(kept),
-                )
+                insert = f"INSERT INTO {EVENTS} ({EVENT_COLUMNS}) VALUES (%s, %s, %s, %s, %s, %s, %s)"
+                cur.executemany(insert, event_rows(kept))
             seq = int(conn.execute(f"SELECT COALESCE(MAX(seq), 0) FROM {EVENTS}").fetchone()[0])
-            if write_id:
-                conn.execute(
-                    f"INSERT INTO {WRITES} (write_id, seq, reply, at) VALUES (%s, %s, %s, %s)",
-                    (write_id, seq, encode_reply(recorded_reply(reply, len(events), len(kept))), time.time()),
-                )
-            return Journaled(seq), kept
+            return seq, recorded_reply(reply, len(events), len(kept)), kept
+
+        done, kept = self._once(write_id, body)
+        return done, kept or []
 
     def events(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[int, Interaction]]:
         query = (
