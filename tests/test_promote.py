@@ -63,8 +63,9 @@ def test_promote_accepts_an_equal_candidate_and_refuses_a_damaged_one(serving, t
 
 
 def test_train_with_events_records_them_and_promote_judges_only_later_ones(built, tmp_path):
-    """`train --events` merges the journal's interactions and records how far it read; promote then
-    holds out only what came after, and refuses to judge on too few."""
+    """`train --events` merges the journal's interactions (each user's latest held out: the time
+    split) and records how far it read; promote then judges only what came after, and refuses to
+    judge on too few."""
     serving, state = built["serving"], tmp_path / "state"
     with (
         running_server(serving, state_dir=state, bundle_root=tmp_path) as running,
@@ -94,6 +95,11 @@ def test_train_with_events_records_them_and_promote_judges_only_later_ones(built
         record = json.loads((out / "manifest.json").read_text())["data"]["events"]
         assert record["read"] == len(first) + 1 and record["unknown_users"] == 1
         assert record["merged"] == len(first) and record["upto"] == len(first) + 1
+        # The time split: each user's most recent event held out of training, and judged on.
+        assert record["held_out"] == len(users) and record["new_positives"] == len(first) - len(users)
+        metrics = json.loads((out / "metrics.json").read_text())["holdout"]
+        assert metrics["two_tower"]["time_users"] == len(users)
+        assert 0 <= metrics["two_tower"]["time_ndcg@10"] <= 1 and "time_ndcg@10" in metrics["mostpop"]
         candidate = pipeline.tiny_export(out)
         too_few = promote(candidate, c, str(state))
         assert not too_few.promoted and too_few.pairs == 0 and "only 0" in too_few.reason

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from towerserve.server.core import features as feats
+from towerserve.server.core.csr import CSR
 from towerserve.server.core.features import MINMAX, TEXT, FieldSpec, FieldTable, feature_matrix, save_tables
 from towerserve.server.core.manifest import TRAIN_FORMAT
 from towerserve.server.core.splits import save_recorded_split
@@ -110,11 +111,11 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
     timings: dict[str, float] = {}
 
     ds = load_dataset(data_dir)
-    events = None
+    events = recent = None
     if cfg.events:  # what users did since: RecordInteractions' journal joins the positives
         from .events import merge_events
 
-        ds, events = merge_events(ds, cfg.events)
+        ds, events, recent = merge_events(ds, cfg.events)  # recent: each user's latest, held out
     encoder = open_encoder(cfg.encoder)  # torch, or an exported ONNX variant (--text-encoder)
     needed = {
         f for k in cfg.models for side in FEATURE_SETS[k].values() for f in side if f not in NUMERIC_FIELDS
@@ -149,6 +150,11 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
             metrics[split_name] = dict(
                 baselines.evaluate_baselines(split.train, split.test, ds.root, cfg.ks, users=judged)
             )
+            if recent is not None and recent.nnz and split_name == "holdout":
+                pop = baselines.popularity(split.train)
+                metrics[split_name]["mostpop"].update(
+                    time_metrics(lambda u, p=pop: np.broadcast_to(p, (len(u), len(p))), recent, split.train)
+                )
             pop = baselines.popularity(split.train)
             new_items = new_item_ndcg(lambda u, p=pop: np.broadcast_to(p, (len(u), len(p))), split, judged)
             if new_items is not None:  # the segment's floor: popularity knows nothing of new items
@@ -179,6 +185,8 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                     )
                     extra = {}
                 m = evaluate_towers(uvec, ivec, split, cfg.ks, judged)
+                if recent is not None and recent.nnz and split_name == "holdout":
+                    m.update(time_metrics(lambda u, uv=uvec, iv=ivec: uv[u] @ iv.T, recent, split.train))
                 m["train_seconds"] = secs
                 m["epochs"] = len(history.get("loss", []))
                 m.update(extra.get("metrics", {}))
@@ -264,3 +272,16 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
         write_report(tmp, manifest, metrics, histories)
     _LOGGER.info("wrote %s in %.1f s (default model: %s)", out_dir, timings["total_s"], default)
     return metrics
+
+
+def time_metrics(scores, recent: CSR, train: CSR) -> dict[str, float]:
+    """The time split: NDCG@10 and recall@10 on each user's most recent recorded interaction, held out
+    of training (trainer/events.py), ranking the catalogue with the split's training positives masked."""
+    from towerserve.server.core.ranking_metrics import full_ranking_metrics
+
+    row = full_ranking_metrics(scores, recent, train, (10,))
+    return {
+        "time_ndcg@10": float(row["ndcg@10"]),
+        "time_recall@10": float(row["recall@10"]),
+        "time_users": int(row["users"]),
+    }

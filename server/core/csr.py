@@ -70,9 +70,15 @@ class CSR:
 
     def contains(self, rows: np.ndarray, col: int) -> np.ndarray:
         """bool [len(rows)]: whether each row holds column ``col`` (a binary search each)."""
-        if not 0 <= col < self.n_cols or not self.nnz:
+        if not 0 <= col < self.n_cols:
             return np.zeros(len(rows), dtype=bool)
-        q = np.asarray(rows, dtype=np.int64) * np.int64(self.n_cols) + col
+        return self.contains_pairs(rows, np.full(len(rows), col, dtype=np.int64))
+
+    def contains_pairs(self, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+        """bool [len(rows)]: whether each (row, column) pair is in the set (columns inside the shape)."""
+        if not self.nnz or not len(rows):
+            return np.zeros(len(rows), dtype=bool)
+        q = np.asarray(rows, dtype=np.int64) * np.int64(self.n_cols) + np.asarray(cols, dtype=np.int64)
         pos = np.minimum(np.searchsorted(self._keys, q), self.nnz - 1)
         return self._keys[pos] == q
 
@@ -110,6 +116,12 @@ class CSR:
     def load(cls, path: Path | str) -> CSR:
         with np.load(path) as z:
             return cls(indptr=z["indptr"], indices=z["indices"], n_cols=int(z["n_cols"]))
+
+    def minus(self, other: CSR) -> CSR:
+        """Returns the pairs not in ``other`` (same shape)."""
+        r, c = self.pairs()
+        keep = ~other.contains_pairs(r, c)
+        return CSR.from_pairs(r[keep], c[keep], self.n_rows, self.n_cols)
 
     def union(self, other: CSR) -> CSR:
         """Returns the pairs in either set (same shape required)."""
