@@ -113,47 +113,65 @@ def coding(specs: Sequence[FieldSpec], U: np.ndarray, users: np.ndarray) -> Codi
     return Coding(tuple(text), tuple(bins)) if text or bins else None
 
 
+# Users whose positives are densified at once when summing the normal equations: bounded memory.
+GRAM_BLOCK = 4096
+
+
+def _normal_equations(codes: np.ndarray, train: CSR, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(CᵀC, CᵀY) over ``users``' codes and positives, summed a block of users at a time."""
+    users = np.asarray(users, dtype=np.int64)
+    k = codes.shape[1]
+    ctc, cty = np.zeros((k, k)), np.zeros((k, train.n_cols))
+    for start in range(0, len(users), GRAM_BLOCK):
+        block = users[start : start + GRAM_BLOCK]
+        c = codes[block].astype(np.float64)
+        ctc += c.T @ c
+        cty += c.T @ train.dense_rows(block)
+    return ctc, cty
+
+
+def _solve(ctc: np.ndarray, cty: np.ndarray, lam: float) -> np.ndarray:
+    """float32 W = (CᵀC + λI)⁻¹ CᵀY; the constant's column (the last) is not penalised."""
+    penalty = np.full(ctc.shape[0], float(lam))
+    penalty[-1] = 0.0
+    return np.linalg.solve(ctc + np.diag(penalty), cty).astype(np.float32)
+
+
 def fit_ridge(codes: np.ndarray, train: CSR, users: np.ndarray, lam: float) -> np.ndarray:
     """float32 [k, n_items]: W of the ridge from ``users``' codes (rows of ``codes``) to their
     positives in ``train``. The constant's column is not penalised."""
-    users = np.asarray(users, dtype=np.int64)
-    c = codes[users].astype(np.float64)
-    y = train.dense_rows(users).astype(np.float64)
-    penalty = np.full(c.shape[1], float(lam))
-    penalty[-1] = 0.0
-    return np.linalg.solve(c.T @ c + np.diag(penalty), c.T @ y).astype(np.float32)
-
-
-def out_of_user_scores(codes: np.ndarray, fit: CSR, judged: np.ndarray, lam: float, seed: int) -> np.ndarray:
-    """float32 [len(judged), n_items]: each judged user's ridge scores from a W fitted without them
-    (FOLDS folds of the judged users; every other user with training positives fits each fold's W)."""
-    with_positives = np.flatnonzero(fit.row_lengths() > 0)
-    fold = np.random.default_rng([seed, 61]).permutation(len(judged)) % FOLDS
-    out = np.zeros((len(judged), fit.n_cols), dtype=np.float32)
-    for f in range(FOLDS):
-        mine = judged[fold == f]
-        if not len(mine):
-            continue
-        w = fit_ridge(codes, fit, np.setdiff1d(with_positives, mine), lam)
-        out[fold == f] = codes[mine] @ w
-    return out
+    return _solve(*_normal_equations(codes, train, users), lam)
 
 
 def choose_lambda(
     codes: np.ndarray, fit: CSR, val: CSR, judged: np.ndarray, seed: int
 ) -> tuple[float, np.ndarray]:
-    """λ by the ridge's own validation NDCG@10 (out-of-user; ties: the smaller λ), and its
-    out-of-user scores for ``judged``."""
+    """λ by the ridge's own validation NDCG@10 (ties: the smaller λ), and its scores for ``judged``.
+
+    Out-of-user: the judged users (all with positives in ``fit``) are split into FOLDS folds and each
+    fold is scored by a W fitted on every other user with positives. The normal equations of all of
+    them are summed once, each fold's own once, and each fold's W is the difference solved for every
+    λ: one pass over the positives, not one per fold and λ.
+    """
+    with_positives = np.flatnonzero(fit.row_lengths() > 0)
+    ctc, cty = _normal_equations(codes, fit, with_positives)
+    fold = np.random.default_rng([seed, 61]).permutation(len(judged)) % FOLDS
+    parts = [_normal_equations(codes, fit, judged[fold == f]) for f in range(FOLDS)]
     row_of = {int(u): r for r, u in enumerate(judged)}
-    table, scores = {}, {}
+    table, best_scores = {}, None
     for lam in LAMBDAS:
-        s = out_of_user_scores(codes, fit, judged, lam, seed)
+        s = np.zeros((len(judged), fit.n_cols), dtype=np.float32)
+        for f, (fctc, fcty) in enumerate(parts):
+            mine = fold == f
+            if mine.any():
+                s[mine] = codes[judged[mine]] @ _solve(ctc - fctc, cty - fcty, lam)
         fn = lambda us, s=s: s[[row_of[int(u)] for u in us]]  # noqa: E731
         table[lam] = float(full_ranking_metrics(fn, val, fit, ks=(10,), users=judged)["ndcg@10"])
-        scores[lam] = s
+        if best_scores is None or table[lam] > max(v for k, v in table.items() if k != lam):
+            best_scores = s  # keep one λ's scores at a time, not all of them
     best = max(table, key=lambda lam: (table[lam], -lam))
     _LOGGER.info("attribute ridge: λ by validation ndcg@10 %s -> %g", table, best)
-    return best, scores[best]
+    return best, best_scores
 
 
 def install(model, c: Coding, w: np.ndarray, weight: float, ease_rank: int) -> None:
