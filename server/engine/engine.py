@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple, TypeVar
@@ -538,8 +539,8 @@ def _population_profile(users: Sequence[dict], raw: dict[str, np.ndarray]) -> Us
     age and most common profession and personality, the attributes a tower most often saw."""
 
     def mode(field: str) -> str | None:
-        values = [r[field] for r in users if r.get(field)]
-        return max(set(values), key=values.count) if values else None
+        counts = Counter(r[field] for r in users if r.get(field))  # one pass: users.csv may hold millions
+        return counts.most_common(1)[0][0] if counts else None
 
     ages = raw.get("age")
     if ages is None:
