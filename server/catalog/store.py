@@ -39,7 +39,7 @@ import shutil
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
@@ -182,8 +182,8 @@ def encode_reply(reply: Mapping | None) -> str:
     return json.dumps(dict(reply or {}), sort_keys=True)
 
 
-def superseded_and_purged(
-    latest_changes: Iterator[tuple[int, str, str]], keep_delete: Callable[[str], bool] | None
+def purgeable_deletes(
+    latest_changes: Iterable[tuple[int, str, str]], keep_delete: Callable[[str], bool] | None
 ) -> list[int]:
     """The sequence numbers of latest changes (seq, op, item_id) that compaction may also drop: deletes
     of ids ``keep_delete`` says no bundle holds (replaying such a delete is a no-op); none without it."""
@@ -443,7 +443,7 @@ class SQLiteStore:
                 self._db.execute(
                     "DELETE FROM changes WHERE seq NOT IN (SELECT MAX(seq) FROM changes GROUP BY item_id)"
                 )
-                purge = superseded_and_purged(
+                purge = purgeable_deletes(
                     self._db.execute("SELECT seq, op, item_id FROM changes WHERE op = 'delete'"), keep_delete
                 )
                 self._db.executemany("DELETE FROM changes WHERE seq = ?", [(s,) for s in purge])

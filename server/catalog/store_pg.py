@@ -51,8 +51,8 @@ from .store import (
     encode_reply,
     event_rows,
     fresh_events,
+    purgeable_deletes,
     recorded_reply,
-    superseded_and_purged,
     upsert_rows,
 )
 
@@ -384,7 +384,7 @@ class PostgresStore:
                 f"DELETE FROM {TABLE} WHERE seq NOT IN (SELECT MAX(seq) FROM {TABLE} GROUP BY item_id)"
             )
             rows = conn.execute(f"SELECT seq, op, item_id FROM {TABLE} WHERE op = 'delete'").fetchall()
-            purge = superseded_and_purged(iter(rows), keep_delete)
+            purge = purgeable_deletes(rows, keep_delete)
             if purge:
                 conn.execute(f"DELETE FROM {TABLE} WHERE seq = ANY(%s)", (purge,))
             conn.execute(f"DELETE FROM {WRITES} WHERE at < %s", (time.time() - WRITE_ID_RETENTION_S,))
