@@ -224,3 +224,23 @@ def test_the_record_command_and_a_record_load_test(hybrid, tmp_path):
         # The generator draws from a pool of requests, so a write id can come twice: applied once.
         assert 1 < engine.live.recorded <= 1 + result["ok"]
         assert running.holder.store.last_event() == engine.live.recorded
+
+
+def test_an_evicted_user_is_served_without_their_events_while_the_journal_cannot_answer(hybrid, tmp_path):
+    """The read-back of an evicted user's events must not fail their Recommend: with the journal away
+    they are served as if they had none, and get them back once it answers."""
+    with (
+        running_server(hybrid, state_dir=tmp_path / "state", live_budget_events=4) as running,
+        RecommenderClient(_target(running)) as c,
+    ):
+        engine = running.holder.get()
+        first, second = engine.user_ids[0], engine.user_ids[1]
+        x = _ids(c, first)[0]
+        c.record_interactions([Interaction(first, x)])
+        c.record_interactions([Interaction(second, y) for y in _ids(c, second, 3)])
+        assert 0 in engine.live.evicted
+        running.holder.following.clear()  # the follower would flip reachability back at once
+        running.holder.journal_reachable = False
+        assert len(_ids(c, first)) == 20 and 0 in engine.live.evicted  # served, nothing read back
+        running.holder.journal_reachable = True
+        assert x not in _ids(c, first) and 0 not in engine.live.evicted

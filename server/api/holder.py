@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from ..engine.info import model_info
 from ..engine.validation import check_id, check_write_id, validate_events
 
 _LOGGER = logging.getLogger(__name__)
+T = TypeVar("T")
 REPLAY_BATCH = 512  # items per item-tower pass when replaying the journal
 # Past this many replayed items, candidate lists are dropped and rebuilt once (one users x items
 # product) rather than patched item by item (a Python loop over the users each item enters).
@@ -259,13 +261,20 @@ class EngineHolder:
         )
         return upto
 
-    def _user_events(self, user: int | str) -> list[Interaction]:
-        """A user's recorded interactions read back from the journal (after the engine evicted them)."""
+    def _user_events(self, user: int | str) -> list[Interaction] | None:
+        """A user's recorded interactions read back from the journal (after the engine evicted them);
+        None while the journal is away: the Recommend that asked goes on without them, it does not fail."""
         engine = self._engine
         if self.store is None or engine is None:
             return []
+        if not self.journal_reachable:
+            return None
         user_id = engine.user_ids[user] if isinstance(user, int) else user
-        return self.store.user_events(user_id, engine.live.max_history + MAX_RELOADED_IDS)
+        try:
+            return self.store.user_events(user_id, engine.live.max_history + MAX_RELOADED_IDS)
+        except JournalError as err:
+            self._journal_down(err)
+            return None
 
     @staticmethod
     def _vectors(engine: Engine, items: list[NewItemData]) -> tuple[list[NewItemData], np.ndarray]:
@@ -371,6 +380,11 @@ class EngineHolder:
                     self._recent_writes.pop(next(iter(self._recent_writes)))
                 self._recent_writes[write_id] = reply
             return Journaled(0)
+        return self._guarded(write)
+
+    def _guarded(self, write: Callable[[], T]) -> T:
+        """``write()`` against the journal, refused at once while it is known to be away; a journal
+        failure becomes the status the client gets. Holds the write lock (the caller's)."""
         if not self.journal_reachable:  # fail fast: the follower flips this back when the database answers
             raise Unavailable(
                 "the catalogue journal is unreachable, nothing was written; retry later "
@@ -402,9 +416,10 @@ class EngineHolder:
             new_users = engine.new_users(events, create_users)
             reply = {"created_users": len(new_users)}
             if self.store is None:
-                done, kept = self._journal(lambda: None, write_id, reply), self._fresh_in_memory(events)
+                done = self._journal(lambda: None, write_id, reply)
+                kept = [] if done.reply is not None else self._fresh_in_memory(events)
             else:
-                done, kept = self._journal_events(events, write_id, reply)
+                done, kept = self._guarded(lambda: self.store.record(events, write_id, reply))
             if done.reply is None:
                 # In place: without a journal, the dict _journal remembered under write_id is this one.
                 reply.update(created_users=engine.record_interactions(kept, relist=True), recorded=len(kept))
@@ -412,18 +427,6 @@ class EngineHolder:
                 if self.store is not None and done.seq - len(kept) == self.applied_events:
                     self.applied_events = done.seq
         return engine, done.reply or reply, done
-
-    def _journal_events(self, events, write_id: str, reply: dict) -> tuple[Journaled, list[Interaction]]:
-        """The store's record(), its failures answered as _journal's are. Holds the write lock."""
-        if not self.journal_reachable:
-            raise Unavailable("the catalogue journal is unreachable, nothing was recorded; retry later")
-        try:
-            return self.store.record(events, write_id, reply)
-        except JournalUnavailable as err:
-            self._journal_down(err)
-            raise serving_error(err) from None
-        except JournalError as err:
-            raise serving_error(err) from None
 
     def _fresh_in_memory(self, events: Sequence[Interaction]) -> list[Interaction]:
         """Without a journal: ``events`` less those whose event id this process has seen (bounded)."""

@@ -90,7 +90,9 @@ class LiveHistories:
         self._held = 0
         self._lock = threading.Lock()
         self.evicted: set[int | str] = set()  # users whose events only the journal holds now
-        self.loader: Callable[[int | str], Sequence[Interaction]] | None = None
+        # A user's events read back from the journal; None when it cannot answer now (the user stays
+        # evicted, and is served without them until it can).
+        self.loader: Callable[[int | str], Sequence[Interaction] | None] | None = None
         self.recorded = 0  # events applied since load
 
     def __len__(self) -> int:
@@ -161,6 +163,8 @@ class LiveHistories:
             if user not in self.evicted or self.loader is None:
                 return None
             events = self.loader(user)  # outside the lock: a journal read
+            if events is None:
+                return None
             with self._lock:
                 self.evicted.discard(user)
                 if user not in self._users:
