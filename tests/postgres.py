@@ -28,7 +28,6 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 BIN_ENV = "TOWERSERVE_PG_BIN"
 SERVER_USER = "towerserve-pg"  # the system user a root session runs the server as
@@ -86,6 +85,21 @@ def _server_user() -> tuple[int, int]:
     return entry.pw_uid, entry.pw_gid
 
 
+def _switch_user(uid: int, gid: int) -> list[str]:
+    """A command prefix that runs what follows as ``uid:gid`` with no supplementary groups.
+
+    ``setpriv`` switches user in the child it execs, so Python can spawn it with vfork. Asking
+    subprocess for ``user=``/``group=`` instead makes it fork() this process, which holds gRPC's
+    threads; gRPC's fork handlers then crash that child before it execs (``Check failed:
+    next_worker->state == KICKED``), failing a pg_ctl at random in a full run."""
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        raise RuntimeError(
+            "PostgreSQL will not run as root, and setpriv (util-linux) is missing to run it as another user"
+        )
+    return [setpriv, f"--reuid={uid}", f"--regid={gid}", "--clear-groups", "--"]
+
+
 def _copy_install(bin_dir: Path, dst: Path) -> Path:
     """Copies the wheel's install (bin, lib, share) to ``dst`` with the same relative layout, its
     bundled libraries (``<package>.libs``, which the binaries' RPATH finds through ``$ORIGIN``)
@@ -114,7 +128,7 @@ class PostgresServer:
     * :meth:`thaw`: SIGCONT to the processes :meth:`freeze` stopped.
     """
 
-    def __init__(self, bin_dir: Path, root: Path, port: int, run_as: dict[str, Any]) -> None:
+    def __init__(self, bin_dir: Path, root: Path, port: int, run_as: list[str]) -> None:
         self.bin_dir = bin_dir
         self.root = root
         self.data_dir = root / "data"
@@ -130,7 +144,7 @@ class PostgresServer:
 
     def _run(self, *cmd: str) -> None:
         try:
-            subprocess.run(cmd, check=True, capture_output=True, timeout=120, cwd=self.root, **self._run_as)
+            subprocess.run([*self._run_as, *cmd], check=True, capture_output=True, timeout=120, cwd=self.root)
         except subprocess.CalledProcessError as e:
             log = self.log_path.read_text()[-2000:] if self.log_path.exists() else ""
             raise RuntimeError(f"{' '.join(cmd)}: {e.stderr.decode(errors='replace')}\n{log}") from e
@@ -168,17 +182,7 @@ class PostgresServer:
             "60",
             "start",
         )
-        for attempt in range(3):
-            try:
-                self._run(*cmd)
-                break
-            except RuntimeError:
-                # Running as another user makes subprocess fork() (no vfork) a process that may hold
-                # gRPC's threads; gRPC's fork handlers can kill that child before it execs pg_ctl
-                # (seen once in a full run: only gRPC's epoll error on stderr, nothing in the log).
-                if attempt == 2 or self.pid is not None:
-                    raise
-                time.sleep(0.5)
+        self._run(*cmd)
         self.running = True
         deadline = time.monotonic() + 30
         ready = [str(self.bin_dir / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]
@@ -248,14 +252,14 @@ def postgres_server() -> Iterator[PostgresServer]:
         )
     root = Path(tempfile.mkdtemp(prefix="towerserve-pg-"))
     os.chmod(root, 0o755)
-    run_as: dict[str, Any] = {}
+    run_as: list[str] = []
     if os.geteuid() == 0:
         uid, gid = _server_user()
         os.chown(root, uid, gid)
-        run_as = {"user": uid, "group": gid, "extra_groups": []}
+        run_as = _switch_user(uid, gid)
         try:
             reachable = subprocess.run(
-                [str(bin_dir / "postgres"), "--version"], capture_output=True, cwd=root, timeout=60, **run_as
+                [*run_as, str(bin_dir / "postgres"), "--version"], capture_output=True, cwd=root, timeout=60
             )
             ok = reachable.returncode == 0
         except OSError:
