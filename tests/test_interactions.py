@@ -71,6 +71,27 @@ def test_request_history_items_are_left_out_like_training_positives(hybrid):
         assert x not in _ids(c, known, history=[x])
 
 
+def test_inline_evaluate_judges_as_served_but_never_on_what_it_pooled(hybrid):
+    """Inline Evaluate ranks as Recommend does (recorded items pooled and left out), except the judged
+    pairs themselves, which `promote` takes from the same journal the serving replica recorded."""
+    with running_server(hybrid) as running, RecommenderClient(_target(running)) as c:
+        user = running.holder.get().user_ids[5]
+        top = _ids(c, user, 10)
+        target = top[6]
+
+        def ndcg() -> float:
+            return c.evaluate(ks=[10], interactions=[(user, target)]).metrics["ndcg@10"]
+
+        assert ndcg() == pytest.approx(1 / np.log2(6 + 2))
+        c.record_interactions([Interaction(user, i) for i in top[:3]])
+        served = _ids(c, user, 10)
+        want = 1 / np.log2(served.index(target) + 2) if target in served else 0.0
+        assert want != pytest.approx(1 / np.log2(6 + 2))  # three items above it left, the vector moved
+        assert ndcg() == pytest.approx(want, rel=1e-6)
+        c.record_interactions([Interaction(user, target)])
+        assert ndcg() == pytest.approx(want, rel=1e-6)  # judged: neither pooled nor left out
+
+
 def test_a_retried_batch_and_a_repeated_event_id_count_once(hybrid, journal):
     with running_server(hybrid, **journal) as running, RecommenderClient(_target(running)) as c:
         engine = running.holder.get()

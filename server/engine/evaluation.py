@@ -12,6 +12,7 @@ from ..core.numerics import sigmoid
 from ..core.ranking_metrics import DEFAULT_KS, full_ranking_metrics, notebook_metric
 from .deadline import Check, never
 from .errors import InvalidArgument, NotFound
+from .history import History
 from .validation import check_id, show, validate_evaluate
 
 if TYPE_CHECKING:
@@ -46,6 +47,9 @@ def evaluate(
 ) -> tuple[dict[str, float], int]:
     """Metrics of the served model (the cold split uses the model trained without those users/items).
 
+    ``inline`` pairs are judged as served (:func:`_as_served`): the users' recorded interactions, less
+    the judged pairs, move their vectors and are left out of the ranking, as in Recommend.
+
     ``check`` (the client's deadline) runs before the work, between blocks of inline pairs and
     between blocks of users in the full ranking (:func:`chunk_users`: ~0.15 s each).
 
@@ -68,8 +72,11 @@ def evaluate(
     vectors = tower.item_vectors[:n_items]  # recorded splits rank the exported catalogue
     check()
     users_vec = engine.inputs.known_vectors(tower)
+    mask = rec.train
     if inline is not None:
         test, nb_users, nb_items = _inline_split(engine, inline, n_items, check)
+        if tower is engine.serving and len(engine.live):
+            users_vec, mask = _as_served(engine, test, users_vec, mask, check)
     else:
         test = rec.test
         nb_users, nb_items = rec.notebook_users, rec.notebook_items
@@ -81,7 +88,7 @@ def evaluate(
         full = full_ranking_metrics(
             lambda uu: users_vec[uu] @ vectors.T,
             test,
-            rec.train,
+            mask,
             ks,
             chunk_users=chunk_users(n_items, ks),
             on_chunk=check,
@@ -89,6 +96,48 @@ def evaluate(
         n_users = int(full.pop("users"))
         metrics.update(full)
     return metrics, n_users
+
+
+def _as_served(
+    engine: Engine, test: CSR, users_vec: np.ndarray, train: CSR, check: Check = never
+) -> tuple[np.ndarray, CSR]:
+    """The judged users as Recommend serves them: each one's recorded interactions (RecordInteractions),
+    less the judged ones, pooled into their vector and left out of the ranking like their training
+    positives. (The judged interactions are usually recorded too: `towerserve promote` judges the
+    events since a candidate's training, and the serving model must not be scored having pooled and
+    left out the very items it is judged on.)
+
+    Returns:
+        (user vectors, items left out per user): copies where a judged user has a live history."""
+    cat, n_items = engine.catalog, test.n_cols
+    max_history = engine.history_index.max_history
+    pooled, histories, extra_users, extra_items = [], [], [], []
+    for j, u in enumerate(np.flatnonzero(test.row_lengths())):
+        if j % INTERACTIONS_PER_CHECK == 0:
+            check()
+        view = engine.live.get(int(u))
+        if view is None:
+            continue
+        judged = set(test.row(u).tolist())
+        left_out = [r for r in map(cat.row, view.ids) if r is not None and r < n_items and r not in judged]
+        extra_users += [u] * len(left_out)
+        extra_items += left_out
+        rows = tuple(r for r in view.rows if r not in judged)[:max_history]
+        if rows:
+            pooled.append(int(u))
+            histories.append(History(rows, len(rows)))
+    if pooled:
+        users_vec = users_vec.copy()  # known_vectors is the engine's cached array
+        users_vec[pooled] = engine.inputs.user_vectors(engine.serving, pooled, histories, check)
+    if extra_users:
+        u0, i0 = train.pairs()
+        train = CSR.from_pairs(
+            np.concatenate([u0, np.asarray(extra_users, np.int64)]),
+            np.concatenate([i0, np.asarray(extra_items, np.int64)]),
+            train.n_rows,
+            train.n_cols,
+        )
+    return users_vec, train
 
 
 def _inline_split(
