@@ -49,6 +49,8 @@ class LiveHistory:
     latest: float = 0.0
     version: int = 0  # bumped by every event: what a cached candidate list was built for
     cached: tuple | None = None  # (version, catalogue snapshot, rows, probabilities): see Engine.plan
+    left_out: tuple | None = None  # (version, catalogue snapshot, the ids' catalogue rows): Engine.plan
+    view: LiveView | None = None  # what get() returned for this version: built once per event
 
     @property
     def size(self) -> int:
@@ -175,7 +177,11 @@ class LiveHistories:
             h = self._users.get(user)
             if h is None:
                 return None
-            return LiveView(tuple(h.ids), tuple(h.rows), h.version, self._vector(user, h), h)
+            # Built once per event, not per request: copying a long history and pooling its vector
+            # cost more than the rest of a candidate-list Recommend.
+            if h.view is None or h.view.version != h.version:
+                h.view = LiveView(tuple(h.ids), tuple(h.rows), h.version, self._vector(user, h), h)
+            return h.view
 
     def _vector(self, user: int | str, h: LiveHistory) -> np.ndarray | None:
         """A known user's vector with their recorded rows pooled, in O(d); None for a created user, or
