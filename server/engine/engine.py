@@ -353,7 +353,7 @@ class Engine:
         if exclude_seen:  # what the user did, recorded or sent, is not recommended back to them
             excluded.update(j for j in map(cat.row, history_ids) if j is not None)
             if live is not None:
-                excluded.update(j for j in map(cat.row, live.ids) if j is not None)
+                excluded.update(self._left_out(live, cat))
         # Unknown categories match nothing (a filter of only unknown ones returns no items).
         codes = {cat.category_index[c] for c in categories if c in cat.category_index} if categories else None
         known = not isinstance(ref, UserAttrs)
@@ -369,6 +369,17 @@ class Engine:
         q = Query(cat, top_n, excluded, price_min, price_max, codes, ref if known else None, seen)
         return Planned(q, ref, history, pooled, vector, cand)
 
+    @staticmethod
+    def _left_out(live, cat: Catalog) -> tuple[int, ...]:
+        """The catalogue rows of the user's recorded items (cached on their live history until the next
+        event or catalogue snapshot: up to MAX_SEEN_IDS dict lookups otherwise, per request)."""
+        cached = live.history.left_out
+        if cached is not None and cached[0] == live.version and cached[1] is cat:
+            return cached[2]
+        rows = tuple(j for j in map(cat.row, live.ids) if j is not None)
+        live.history.left_out = (live.version, cat, rows)
+        return rows
+
     def _live_list(
         self, user: int, live, cat: Catalog, vector: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray] | None:
@@ -379,7 +390,7 @@ class Engine:
             return cached[2], cached[3]
         if cat.ann is not None or cat.n * vector.shape[0] > LIVE_LIST_CELLS or not self.config.candidates:
             return None
-        left_out = [r for r in map(cat.row, live.ids) if r is not None]
+        left_out = self._left_out(live, cat)
         rows = np.union1d(self.seen.row(user), np.asarray(left_out, dtype=np.int64)).astype(np.int64)
         seen = CSR.from_pairs(np.zeros(len(rows), np.int64), rows, 1, cat.n)
         got = candidates_mod.build(
@@ -418,6 +429,56 @@ class Engine:
             u = self.inputs.user_vector(self.serving, p.ref, p.pooled, check)
         check()
         return ranking.full(q, u)
+
+    def answer_batch(
+        self, batch: Sequence[tuple[Planned, Check]]
+    ) -> list[tuple[list[int], list[float]] | Exception]:
+        """:meth:`answer` for many requests in one pool wake-up (server/api/batcher.py): the user-tower
+        passes they need as one run, the searches of an approximate index as one FAISS call; the same
+        answers as one :meth:`answer` each. Each request keeps its own deadline and errors: one that
+        fails (an expired deadline, an unseen user's bad attributes) gets its exception in its place,
+        and the others their answers."""
+        out: list = [None] * len(batch)
+        vectors: list[np.ndarray | None] = [None] * len(batch)
+        tower: list[int] = []
+        for j, (p, check) in enumerate(batch):
+            try:
+                check()
+            except Exception as err:
+                out[j] = err
+                continue
+            if p.vector is not None:
+                vectors[j] = p.vector
+            elif p.query.user is not None and not p.pooled.used:
+                vectors[j] = self.known_user_vectors()[p.query.user]
+            else:
+                tower.append(j)
+        if len(tower) > 1:
+            try:
+                got = self.inputs.user_vectors(
+                    self.serving, [batch[j][0].ref for j in tower], [batch[j][0].pooled for j in tower]
+                )
+                for k, j in enumerate(tower):
+                    vectors[j] = got[k]
+                tower = []
+            except Exception:  # a request the pass refuses: each alone below, with its own error
+                pass
+        for j in tower:
+            p, check = batch[j]
+            try:
+                vectors[j] = self.inputs.user_vector(self.serving, p.ref, p.pooled, check)
+            except Exception as err:
+                out[j] = err
+        todo = [j for j in range(len(batch)) if out[j] is None]
+        first = ranking.first_searches([batch[j][0].query for j in todo], [vectors[j] for j in todo])
+        for j, found in zip(todo, first):
+            q, check = batch[j][0].query, batch[j][1]
+            try:
+                check()
+                out[j] = ranking.full(q, vectors[j], found)
+            except Exception as err:
+                out[j] = err
+        return out
 
     def recommend(self, *args, **kwargs) -> tuple[Catalog, list[int], list[float]]:
         """Top-N for one user, all in the calling thread (:meth:`plan`'s arguments); ``history``
