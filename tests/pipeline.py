@@ -117,6 +117,27 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
         running.stop(0)
 
 
+def ivf_copy(serving: Path, dst: Path, model: str = "two_tower", search: int = 1) -> Path:
+    """A copy of a bundle whose ``model`` serves through an IVF index (as `export --index ivf` writes
+    one, untuned: nprobe ``search``)."""
+    import json
+
+    import faiss
+    import numpy as np
+
+    from towerserve.export.index import INDEX_FILE, build
+
+    copy_serving(serving, dst)
+    manifest = json.loads((dst / "manifest.json").read_text())
+    split = manifest["models"][model]["splits"]["holdout"]
+    rel = str(Path(split["item_vectors_file"]).parent / INDEX_FILE)
+    faiss.write_index(build(np.load(dst / split["item_vectors_file"]), "ivf"), str(dst / rel))
+    split["index"] = {"kind": "ivf", "file": rel, "search": search, "recall_at_10": 1.0, "queries": 0}
+    (dst / "manifest.json").write_text(json.dumps(manifest))
+    rehash(dst, rel)
+    return dst
+
+
 def rehash(copy: Path, rel: str) -> None:
     """A bundle copy's manifest made to vouch for its changed file ``rel`` (size and sha256), so only the
     content is wrong: what a damaged (or deliberately altered) bundle looks like past the hash check."""

@@ -4,14 +4,13 @@ refuses an index that fails it, and dead entries are compacted away without chan
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import random
 import threading
 from pathlib import Path
 
 import numpy as np
+import pipeline
 import pytest
 
 from towerserve.export.index import RecallError, build, build_and_tune, export_index, filtered_recall_at_10
@@ -317,30 +316,10 @@ def test_writes_during_a_compaction_are_replayed_onto_the_new_index(kind):
 # ------------------------------------------------------------------------------- through the engine
 
 
-def _ivf_copy(serving: Path, dst: Path) -> Path:
-    """A copy of the tiny bundle whose two_tower serves through an IVF index (as `export --index
-    ivf` writes one, without tuning it)."""
-    import faiss
-    import pipeline
-
-    from towerserve.export.index import INDEX_FILE
-
-    pipeline.copy_serving(serving, dst)
-    manifest = json.loads((dst / "manifest.json").read_text())
-    split = manifest["models"]["two_tower"]["splits"]["holdout"]
-    rel = str(Path(split["item_vectors_file"]).parent / INDEX_FILE)
-    faiss.write_index(build(np.load(dst / split["item_vectors_file"]), "ivf"), str(dst / rel))
-    split["index"] = {"kind": "ivf", "file": rel, "search": 1, "recall_at_10": 1.0, "queries": 0}
-    data = (dst / rel).read_bytes()
-    manifest["files"][rel] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    (dst / "manifest.json").write_text(json.dumps(manifest))
-    return dst
-
-
 def test_a_filtered_recommend_through_a_served_ivf_bundle_equals_the_exact_server(serving, tmp_path):
     from towerserve.server.engine.engine import Engine, EngineConfig
 
-    out = _ivf_copy(serving, tmp_path / "serving_ivf")
+    out = pipeline.ivf_copy(serving, tmp_path / "serving_ivf")
     ann = Engine(out, EngineConfig(model="two_tower", candidates=0))
     exact = Engine(out, EngineConfig(model="two_tower", candidates=0, exact=True))
     assert ann.ann is not None and ann.ann.kind == "ivf"

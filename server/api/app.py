@@ -25,7 +25,7 @@ from ..core.config import TOKENS, ServerConfig, is_loopback
 from ..core.manifest import MANIFEST_FILE, TRAIN_FORMAT, ArtifactError
 from .holder import EngineHolder
 from .interceptors import AccessInterceptor, Metrics, MetricsInterceptor
-from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers
+from .servicer import ADMIN_SERVICE, SERVICE, generic_handlers, recommend_batcher
 from .stock import SERVICE_NAMES, health_handler, reflection_handler
 
 _LOGGER = logging.getLogger(__name__)
@@ -93,7 +93,12 @@ class RunningServer:
         # token-less Watch streams could take every slot; AccessInterceptor keeps separate pools.
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers([health_handler(self.health)])
-        server.add_generic_rpc_handlers(generic_handlers(self.holder, self.executor, cfg.bundle_root))
+        batcher = recommend_batcher(
+            self.executor, cfg.batch_size, cfg.batch_delay_us, self.metrics.observe_batch
+        )
+        server.add_generic_rpc_handlers(
+            generic_handlers(self.holder, self.executor, cfg.bundle_root, batcher)
+        )
         server.add_generic_rpc_handlers([reflection_handler(SERVICE_NAMES)])
         address = f"{cfg.host}:{cfg.port}"
         creds = _credentials(cfg)

@@ -239,6 +239,23 @@ class Metrics:
         self.in_flight = Gauge(
             "towerserve_in_flight_requests", "RPCs being handled now", registry=self.registry
         )
+        self.batch_size = Histogram(
+            "towerserve_batch_size",
+            "Recommends per batch sent to the worker pool (dynamic batching)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.batch_queue = Histogram(
+            "towerserve_batch_queue_seconds",
+            "a batched Recommend's wait from arrival to the start of its batch",
+            buckets=(1e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 0.1, 1),
+            registry=self.registry,
+        )
+
+    def observe_batch(self, size: int, queued: list[float]) -> None:
+        self.batch_size.observe(size)
+        for q in queued:
+            self.batch_queue.observe(q)
 
 
 class _Measured:

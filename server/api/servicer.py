@@ -18,6 +18,7 @@ from google.protobuf.message import DecodeError
 
 from towerserve.v1 import recommender_pb2 as pb
 
+from ..core.config import ServerConfig
 from ..core.limits import Limits
 from ..core.manifest import ArtifactError
 from ..core.rpcs import ADMIN, RECOMMENDER, Rpc
@@ -37,11 +38,14 @@ from ..engine.errors import (
 )
 from ..engine.history import NO_HISTORY, History
 from ..engine.validation import validate_inline, validate_score
+from .batcher import Batcher
 from .holder import EngineHolder
 
 _LOGGER = logging.getLogger(__name__)
 # Seconds the current RPC waited for a worker thread (None: it never left the event loop).
 _QUEUED: contextvars.ContextVar[float | None] = contextvars.ContextVar("towerserve_queued", default=None)
+# Requests in the current RPC's batch (None: it was not batched).
+_BATCH: contextvars.ContextVar[int | None] = contextvars.ContextVar("towerserve_batch", default=None)
 
 SERVICE = pb.DESCRIPTOR.services_by_name["Recommender"].full_name
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
@@ -82,14 +86,15 @@ def rpc(method):
     after the handler returned, uncounted) is refused here with RESOURCE_EXHAUSTED; the limits keep
     valid requests under it, so this is a safety net. A successful call gets a ``server-timing``
     trailer with the server-side time in milliseconds (``compute``), and, when it went through the
-    worker pool, the time it waited there for a thread (``queue``), e.g.
-    ``compute;dur=1.2345, queue;dur=0.0210``.
+    worker pool, the time it waited there for a thread or its batch (``queue``), and for a batched
+    Recommend its batch's size (``batch``), e.g. ``compute;dur=1.2345, queue;dur=0.0210, batch;desc=4``.
     """
 
     @functools.wraps(method)
     async def wrapper(self, request, context):
         t0 = time.perf_counter()
         _QUEUED.set(None)  # each RPC runs in its own task, so its own copy of the context
+        _BATCH.set(None)
         try:
             if isinstance(request, _Undecodable):
                 raise InvalidArgument(f"request is not a valid {request.type_name}: {request.error}")
@@ -104,6 +109,8 @@ def rpc(method):
             timing = f"compute;dur={(time.perf_counter() - t0) * 1e3:.4f}"
             if (queued := _QUEUED.get()) is not None:
                 timing += f", queue;dur={queued * 1e3:.4f}"
+            if (size := _BATCH.get()) is not None:
+                timing += f", batch;desc={size}"
             context.set_trailing_metadata((("server-timing", timing),))
             return response
         await context.abort(code, bounded(message))
@@ -186,14 +193,18 @@ class RecommenderServicer:
     known user's walk down their precomputed candidate list (~50 us, cheaper inline than a thread
     hand-off). Anything that scores the catalogue (exact or index search), runs a tower or the text
     encoder, big Score batches and Evaluate go to ``executor``, a bounded pool (``--threads``),
-    so health checks and cheap calls never wait behind them.
+    so health checks and cheap calls never wait behind them. Recommends go there in batches
+    (``batcher``: server/api/batcher.py; default, its default sizes).
     """
 
     INLINE_SCORE_PAIRS = 64
 
-    def __init__(self, holder: EngineHolder, executor: Executor | None = None):
+    def __init__(
+        self, holder: EngineHolder, executor: Executor | None = None, batcher: Batcher | None = None
+    ):
         self.holder = holder
         self.executor = executor
+        self.batcher = batcher or recommend_batcher(executor)
 
     async def _offload(self, fn, *args):
         return await offload(self.executor, fn, *args)
@@ -216,9 +227,10 @@ class RecommenderServicer:
         )
         hit = engine.answer_inline(planned)  # a candidate-list walk: microseconds, no catalogue scan
         if hit is None:
-            hit = await self._offload(
-                engine.answer, planned, check_deadline(context.time_remaining, cancelled=context.cancelled)
-            )
+            check = check_deadline(context.time_remaining, cancelled=context.cancelled)
+            hit, queued, size = await self.batcher.submit(engine, planned, check)
+            _QUEUED.set(queued)
+            _BATCH.set(size)
         top, scores = hit
         cat, history = planned.query.cat, planned.history
         return recommend_wire(cat.wire, top, scores, engine.model_version, history.used)
@@ -315,6 +327,17 @@ class RecommenderServicer:
             repeated=done.reply is not None,
             model_version=engine.model_version,
         )
+
+
+def recommend_batcher(
+    executor: Executor | None,
+    size: int = ServerConfig.batch_size,
+    delay_us: int = ServerConfig.batch_delay_us,
+    observe=None,
+) -> Batcher:
+    """The Recommends' batcher: a batch is planned requests on one engine snapshot, answered by
+    Engine.answer_batch (``observe``: batch size and queue times, for the metrics)."""
+    return Batcher(executor, lambda engine, batch: engine.answer_batch(batch), size, delay_us, observe)
 
 
 async def offload(executor: Executor | None, fn, *args):
@@ -415,10 +438,13 @@ class AdminServicer:
 
 
 def generic_handlers(
-    holder: EngineHolder, executor: Executor | None = None, bundle_root: Path | None = None
+    holder: EngineHolder,
+    executor: Executor | None = None,
+    bundle_root: Path | None = None,
+    batcher: Batcher | None = None,
 ) -> list[grpc.GenericRpcHandler]:
     """Method handlers for both services, one per RPC of the proto, with lenient request parsing;
-    ``bundle_root`` bounds what Admin.Reload may load.
+    ``bundle_root`` bounds what Admin.Reload may load; ``batcher`` groups Recommends for the pool.
 
     Raises:
         AttributeError: an RPC of the proto has no handler method on its servicer.
@@ -439,6 +465,6 @@ def generic_handlers(
         )
 
     return [
-        build(RECOMMENDER, RecommenderServicer(holder, executor)),
+        build(RECOMMENDER, RecommenderServicer(holder, executor, batcher)),
         build(ADMIN, AdminServicer(holder, executor, bundle_root)),
     ]

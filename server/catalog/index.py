@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -252,6 +253,25 @@ class AnnIndex:
             labels = labels[0]
             rows = e.row_of[labels[labels >= 0]]
         return rows[rows >= 0]
+
+    def search_many(self, users: np.ndarray, ks: Sequence[int]) -> list[np.ndarray]:
+        """:meth:`search` (``widen`` 1) for many user vectors [q, d] in one FAISS call: each gets the
+        first ``ks[j]`` labels of a search for the largest, best first. The same rows as a search of
+        its own for an IVF index (nprobe does not depend on k; ties aside), not for HNSW."""
+        with self._lock.read():
+            e = self._e
+            k = min(max(ks), int(e.index.ntotal))
+            _, labels = e.index.search(
+                np.ascontiguousarray(users, dtype=np.float32),
+                k,
+                params=search_params(self.kind, self.knob, k),
+            )
+            out = []
+            for j, want in enumerate(ks):
+                got = labels[j, : min(want, k)]
+                rows = e.row_of[got[got >= 0]]
+                out.append(rows[rows >= 0])
+        return out
 
     def search_within(self, users: np.ndarray, k: int, allowed: np.ndarray) -> list[np.ndarray | None]:
         """Per user vector (``users`` [q, d]), up to k rows among ``allowed`` the index proposes, or

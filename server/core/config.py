@@ -235,6 +235,22 @@ class ServerConfig:
         factory=lambda: max(2, os.cpu_count() or 2),
         help="worker pool threads per process for heavy work (default: the CPU count, >= 2)",
     )
+    # Dynamic batching (server/api/batcher.py) of the Recommends a candidate list cannot answer; the
+    # defaults are measured (docs/benchmarks.md, "Dynamic batching"): a batch of 32 searches or tower
+    # rows costs a fraction of the 32 hand-offs it replaces, and 0.5 ms is ~1/4 of one 10⁵-item search
+    # with its hand-off, which a request waits for at most, and only while another batch runs.
+    batch_size: int = option(
+        32,
+        group="capacity",
+        help="Recommends the worker pool answers in one batch, at most (dynamic batching; 1: each "
+        "alone; default 32)",
+    )
+    batch_delay_us: int = option(
+        500,
+        group="capacity",
+        help="microseconds a Recommend bound for the pool waits for others to join its batch, at most, "
+        "and only while another batch is running (default 500)",
+    )
     max_concurrent_rpcs: int = option(
         256,
         group="capacity",
@@ -339,6 +355,7 @@ class ServerConfig:
             raise ValueError(f"--device must be cpu or cuda (got {self.device!r})")
         for name in (
             "threads",
+            "batch_size",
             "max_concurrent_rpcs",
             "max_probe_rpcs",
             "max_watch_streams",
@@ -346,6 +363,8 @@ class ServerConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be >= 1 (got {getattr(self, name)})")
+        if self.batch_delay_us < 0:
+            raise ValueError(f"--batch-delay-us must be >= 0 (got {self.batch_delay_us})")
         if self.live_budget_events < 1:
             raise ValueError(f"--live-budget-events must be >= 1 (got {self.live_budget_events})")
         if self.candidate_budget_mb < 0:

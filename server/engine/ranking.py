@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -55,13 +55,44 @@ def inline(q: Query, vector: Callable[[], np.ndarray]) -> tuple[list[int], list[
     return None
 
 
-def full(q: Query, u: np.ndarray) -> tuple[list[int], list[float]]:
+def full(q: Query, u: np.ndarray, first: np.ndarray | None = None) -> tuple[list[int], list[float]]:
     """The answer for user vector ``u`` [d] by the snapshot's index: exact, or approximate candidates
-    scored exactly (a filter searched inside the index, or its admissible items scored exactly)."""
+    scored exactly (a filter searched inside the index, or its admissible items scored exactly).
+    ``first``: the index's first search for this query, made with others (:func:`first_searches`)."""
     allowed = admissible(q.cat, q.price_min, q.price_max, q.codes)
     if q.cat.ann is None or q.cat.order is not None:
         return rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen)
-    return ann_rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen)
+    return ann_rank(q.cat, u, q.top_n, q.excluded, allowed, q.seen, first)
+
+
+def _blocked(q: Query) -> set[int]:
+    # A set: the index returns a few dozen rows, where set lookups beat np.isin's sort.
+    return q.excluded | set(q.seen.tolist()) if q.seen is not None and q.seen.size else q.excluded
+
+
+def _first_k(top_n: int, blocked: set[int]) -> int:
+    return int((top_n + len(blocked)) * ANN_MARGIN) + ANN_EXTRA
+
+
+def first_searches(queries: Sequence[Query], vectors: Sequence[np.ndarray]) -> list[np.ndarray | None]:
+    """The first index search of each query :func:`ann_rank` would make, for a batch of requests: one
+    FAISS call per index for the unfiltered queries on an IVF index (None for the others, which
+    search alone). IVF only: its nprobe does not depend on k, so each query's first k rows of one
+    search for the largest k are what its own search returns; HNSW's efSearch grows with k."""
+    out: list[np.ndarray | None] = [None] * len(queries)
+    groups: dict[int, list[int]] = {}
+    for j, q in enumerate(queries):
+        ann = q.cat.ann
+        filtered = q.price_min is not None or q.price_max is not None or q.codes is not None
+        if ann is not None and q.cat.order is None and ann.kind == "ivf" and not filtered:
+            groups.setdefault(id(ann), []).append(j)
+    for js in groups.values():
+        if len(js) > 1:
+            ks = [_first_k(queries[j].top_n, _blocked(queries[j])) for j in js]
+            found = queries[js[0]].cat.ann.search_many(np.stack([vectors[j] for j in js]), ks)
+            for j, rows in zip(js, found):
+                out[j] = rows
+    return out
 
 
 def walk_candidates(
@@ -139,19 +170,22 @@ def ann_rank(
     excluded: set[int],
     allowed: np.ndarray | None,
     seen: np.ndarray | None = None,
+    first: np.ndarray | None = None,
 ) -> tuple[list[int], list[float]]:
     """The approximate path: the index proposes candidates, widened until top_n unblocked ones are
     among them; they are scored exactly and ordered as :func:`rank` would. Where the index runs out
-    before that (every entry proposed), the exact path answers. A filter goes to :func:`_ann_within`."""
+    before that (every entry proposed), the exact path answers. A filter goes to :func:`_ann_within`.
+    ``first``: the first search's rows when a batch made it already (:func:`first_searches`)."""
     if allowed is not None:
         return _ann_within(cat, u, top_n, excluded, allowed, seen)
     n = len(cat)
-    # A set: the index returns a few dozen rows, where set lookups beat np.isin's sort.
     blocked = excluded | set(seen.tolist()) if seen is not None and seen.size else excluded
-    k, widen = int((top_n + len(blocked)) * ANN_MARGIN) + ANN_EXTRA, 1
+    k, widen = _first_k(top_n, blocked), 1
     while True:
+        found = cat.ann.search(u, k, widen) if first is None else first
+        first = None
         # Rows >= n are labels a later snapshot added.
-        rows = [r for r in cat.ann.search(u, k, widen).tolist() if r < n and r not in blocked]
+        rows = [r for r in found.tolist() if r < n and r not in blocked]
         if len(rows) >= top_n:
             return _scored(cat, u, np.sort(np.array(rows, dtype=np.int64)), top_n)
         if k >= len(cat.ann):
