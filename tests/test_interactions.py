@@ -71,6 +71,19 @@ def test_request_history_items_are_left_out_like_training_positives(hybrid):
         assert x not in _ids(c, known, history=[x])
 
 
+def test_score_pools_recorded_interactions_as_recommend_does(hybrid):
+    with running_server(hybrid) as running, RecommenderClient(_target(running)) as c:
+        user = running.holder.get().user_ids[7]
+        top = _ids(c, user, 10)
+        other = top[5]
+        before = c.score([(user, other)]).scores[0]
+        c.record_interactions([Interaction(user, i) for i in top[:2]])
+        served = {i.item_id: i.score for i in c.recommend(user, top_n=20).items}
+        after = c.score([(user, other)]).scores[0]
+        assert after != pytest.approx(before, abs=1e-7)  # the vector moved
+        assert other in served and after == pytest.approx(served[other], abs=1e-5)
+
+
 def test_inline_evaluate_judges_as_served_but_never_on_what_it_pooled(hybrid):
     """Inline Evaluate ranks as Recommend does (recorded items pooled and left out), except the judged
     pairs themselves, which `promote` takes from the same journal the serving replica recorded."""

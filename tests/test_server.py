@@ -525,11 +525,17 @@ def test_server_timing_trailer_on_success_only(stub):
     _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="tra_0001", top_n=3))
     trailers = dict(call.trailing_metadata())
     assert re.fullmatch(r"compute;dur=\d+\.\d{4}", trailers["server-timing"])  # answered on the loop
-    # An unseen user needs the towers: the call went through the worker pool, and says how long it waited.
+    # An unseen user needs the towers: the call went through the worker pool in a batch (alone: nothing
+    # else was running), and says how long it waited and its batch's size.
     user = pb.UserAttributes(age=30, profession="a profession never seen", personality="calm")
     _, call = stub.Recommend.with_call(pb.RecommendRequest(user=user, top_n=3))
     pooled = dict(call.trailing_metadata())["server-timing"]
-    assert re.fullmatch(r"compute;dur=(\d+\.\d{4}), queue;dur=(\d+\.\d{4})", pooled)
+    assert re.fullmatch(r"compute;dur=(\d+\.\d{4}), queue;dur=(\d+\.\d{4}), batch;desc=1", pooled)
+    # Other pool work (Evaluate) is not batched: no batch entry.
+    _, call = stub.Evaluate.with_call(pb.EvaluateRequest(ks=[5]))
+    assert re.fullmatch(
+        r"compute;dur=(\d+\.\d{4}), queue;dur=(\d+\.\d{4})", dict(call.trailing_metadata())["server-timing"]
+    )
     # A known user the candidate list cannot answer (seen items kept in) scores the catalogue: the pool too.
     _, call = stub.Recommend.with_call(pb.RecommendRequest(user_id="tra_0001", top_n=3, exclude_seen=False))
     assert ", queue;dur=" in dict(call.trailing_metadata())["server-timing"]

@@ -156,9 +156,14 @@ def _user(msg) -> str | UserAttrs:
 
 
 def _tower_pass(engine: Engine, histories) -> bool:
-    """Whether known users' histories need a user-tower pass (a history the model reads, and no
-    mean-pooling shortcut: mean_history.py); the shortcut is a small numpy sum, fine on the loop."""
-    return engine.serving.mean_history is None and any(h.used for h in histories)
+    """Whether known users' histories need a user-tower pass (a history the model reads, its own or
+    recorded, and no mean-pooling shortcut: mean_history.py); the shortcut is a small numpy sum,
+    fine on the loop."""
+    if engine.serving.mean_history is not None:
+        return False
+    return any(h.used for h in histories) or (
+        engine.serving.history_input is not None and len(engine.live) > 0
+    )
 
 
 def _pairs(engine: Engine, msgs, check: Check) -> tuple[list, list[History]]:

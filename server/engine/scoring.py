@@ -26,7 +26,8 @@ def score(
     check: Check = never,
 ) -> np.ndarray:
     """Probabilities for (user, item id) pairs, float32 [len(pairs)]; ``histories``: one per pair;
-    ``check`` (the deadline) runs between encoder runs and tower blocks.
+    ``check`` (the deadline) runs between encoder runs and tower blocks. A known user's recorded
+    interactions (RecordInteractions) are pooled as Recommend pools them.
 
     Raises:
         NotFound: an unknown user_id or item_id (the first, with its pair's index).
@@ -40,6 +41,7 @@ def score(
     per_ref: list[History] = []
     slot: dict[object, int] = {}
     which = np.empty(len(pairs), dtype=np.int64)
+    live, max_history = len(engine.live) > 0, engine.history_index.max_history
     for j, (user, item_id) in enumerate(pairs):
         i = cat.row(item_id)
         if i is None:
@@ -47,11 +49,20 @@ def score(
             raise NotFound(f"unknown item_id {show(item_id)} (pair {j})")
         items[j] = i
         ref = engine.user_index_of(user) if isinstance(user, str) else user
-        key = (ref, hists[j].rows)
+        h = hists[j]
+        if (
+            not isinstance(ref, UserAttrs)
+            and live
+            and (view := engine.live.get(ref)) is not None
+            and view.rows
+        ):
+            # Their recorded interactions join the history the tower pools, as in Recommend.
+            h = History(tuple(dict.fromkeys((*h.rows, *view.rows)))[:max_history], h.sent)
+        key = (ref, h.rows)
         if key not in slot:  # each distinct (user, history) goes through the tower once
             slot[key] = len(refs)
             refs.append(ref)
-            per_ref.append(hists[j])
+            per_ref.append(h)
         which[j] = slot[key]
     uvec = engine.inputs.user_vectors(engine.serving, refs, per_ref, check, engine.limits)
     logits = np.einsum("nd,nd->n", uvec[which], cat.vectors[items])
