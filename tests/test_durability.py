@@ -152,14 +152,19 @@ def test_writes_through_one_replica_reach_the_other_within_a_second(serving, jou
         assert c.model_info().journal_entries == 3
 
 
-def test_kill_9_right_after_an_ok_loses_nothing(serving, tmp_path):
+def test_kill_9_right_after_an_ok_loses_nothing(serving, items, tmp_path):
+    """Upserts and deletes, an exported item's and an upserted one's, each acknowledged just before a
+    kill -9: after the restart the upserted items are there and the deleted ones are NOT_FOUND."""
     state = tmp_path / "state"
+    exported = next(iter(items))
     proc, target = serve_process(serving, "--state-dir", str(state))
     try:
         with RecommenderClient(target) as c:
-            c.upsert_items([_item("before-crash", "crash")])
+            c.upsert_items([_item("before-crash", "crash"), _item("doomed", "crash")])
             c.delete_items(["new-never"])
             assert c.upsert_items([_item("last", "crash")]).inserted == 1
+            assert c.delete_items([exported]).deleted == 1
+            assert c.delete_items(["new-doomed"]).deleted == 1
             proc.send_signal(signal.SIGKILL)  # right after the OK: no drain, no flush, no goodbye
     finally:
         proc.wait(timeout=30)
@@ -172,6 +177,10 @@ def test_kill_9_right_after_an_ok_loses_nothing(serving, tmp_path):
 
             user = Engine(serving).user_ids[0]
             assert _ids_in(c, user, "crash") == {"new-before-crash", "new-last"}
+            for gone in (exported, "new-doomed"):
+                with pytest.raises(TowerserveError) as err:
+                    c.score([(user, gone)])
+                assert err.value.code == grpc.StatusCode.NOT_FOUND, gone
     finally:
         proc.terminate()
         proc.wait(timeout=60)
