@@ -78,8 +78,8 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
                 try:
                     c.upsert_items([_item(key)])
                     acked.append(f"new-{key}")
-                except TowerserveError as err:
-                    failures.append(f"upsert {key}: {err.code.name} {err}")
+                except Exception as err:  # every failure reaches the test, not only RPC errors
+                    failures.append(f"upsert {key}: {err!r}")
                 k += 1
 
         def recommend() -> None:
@@ -87,8 +87,8 @@ def test_reload_to_another_model_under_load_loses_nothing(serving, hybrid, tmp_p
                 for u in users:
                     try:
                         c.recommend(u, top_n=10)
-                    except TowerserveError as err:
-                        failures.append(f"recommend {u}: {err.code.name} {err}")
+                    except Exception as err:
+                        failures.append(f"recommend {u}: {err!r}")
 
         threads = [threading.Thread(target=upsert, args=(w,)) for w in range(3)]
         threads += [threading.Thread(target=recommend) for _ in range(2)]
