@@ -117,6 +117,17 @@ def running_server(serving: Path, load: bool = True, registry=None, **overrides)
         running.stop(0)
 
 
+# "Personalises": users who differ in profession or personality get different top-10 lists, for at
+# least this share of the attribute groups (the tiny pipeline's two_tower: every one of its 67; a
+# model that cannot personalise: one list for all, share 1/67).
+PERSONAL_SHARE = 0.8
+
+
+def personal_share(lists_by_group: dict) -> float:
+    """Distinct top-10 lists per attribute group (1: every group its own list)."""
+    return len(set(lists_by_group.values())) / len(lists_by_group)
+
+
 def ivf_copy(serving: Path, dst: Path, model: str = "two_tower", search: int = 1) -> Path:
     """A copy of a bundle whose ``model`` serves through an IVF index (as `export --index ivf` writes
     one, untuned: nprobe ``search``)."""

@@ -11,6 +11,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
+from pipeline import PERSONAL_SHARE, personal_share  # noqa: E402
 
 from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables  # noqa: E402
 from towerserve.server.core.numerics import sigmoid  # noqa: E402
@@ -165,9 +166,13 @@ def test_seed_ranks_items_identically_for_every_user(built):
 
 def test_two_tower_personalises(built):
     model, U, I, users = _features(built["artifacts"], "two_tower")
-    ranks = _rankings(model, U, I, np.arange(len(U)))
-    distinct = {tuple(r) for r in ranks}
-    assert len(distinct) > 1
+    ranks = _rankings(model, U, I, np.arange(len(U)))[:, :10]
+    firsts = users.groupby(["profession", "personality"]).head(1).index.to_numpy()
+    lists = {tuple(users.loc[i, ["profession", "personality"]]): tuple(ranks[i]) for i in firsts}
+    assert len(lists) >= 5 and personal_share(lists) >= PERSONAL_SHARE, personal_share(lists)  # 1.0 of 67
+    seed, U0, I0, _ = _features(built["artifacts"], "seed")  # the control: one list for every group
+    ranks0 = _rankings(seed, U0, I0, firsts)[:, :10]
+    assert len({tuple(r) for r in ranks0}) == 1
 
 
 # --- id lookups --------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from pipeline import PERSONAL_SHARE, personal_share
 from pipeline import server_and_channel as running_server
 
 from towerserve.server.core.splits import load_recorded_split
@@ -236,11 +237,11 @@ def test_seed_model_ranks_every_user_alike(seed_stub, users):
 
 def test_two_tower_personalises(stub, users):
     assert stub.GetModelInfo(pb.GetModelInfoRequest()).user_independent_ranking is False
-    by_personality: dict[str, dict[str, str]] = {}
+    first: dict[tuple[str, str], dict[str, str]] = {}
     for u in users:
-        by_personality.setdefault(u["personality"], u)
-    rankings = {tuple(_full_ranking(stub, user_id=u["user_id"])[:10]) for u in by_personality.values()}
-    assert len(by_personality) > 1 and len(rankings) > 1
+        first.setdefault((u["profession"], u["personality"]), u)
+    lists = {g: tuple(_full_ranking(stub, user_id=u["user_id"])[:10]) for g, u in first.items()}
+    assert len(lists) >= 5 and personal_share(lists) >= PERSONAL_SHARE, personal_share(lists)
 
 
 # ------------------------------------------------------------------------------------------- Score
