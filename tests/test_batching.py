@@ -100,7 +100,7 @@ def _run_in(pool_size: int, slow: dict[str, float]):
 
 def test_a_lone_request_leaves_at_once_and_a_waiting_one_within_the_delay():
     executor, run, batches = _run_in(2, {"slow": 3.0})
-    batcher = Batcher(executor, run, max_size=4, max_delay_us=300_000)  # 0.3 s
+    batcher = Batcher(executor, run, max_size=4, max_delay_us=300_000, workers=2)  # 0.3 s
 
     async def scenario():
         lone, queued, size = await batcher.submit("k", "lone")
@@ -126,6 +126,28 @@ def test_a_lone_request_leaves_at_once_and_a_waiting_one_within_the_delay():
         executor.shutdown()
     assert batches[:3] == [["lone"], ["slow"], ["w0", "w1", "w2"]]
     assert max(len(b) for b in batches[3:]) <= 4 and sum(len(b) for b in batches[3:]) == 10
+
+
+def test_with_every_thread_busy_requests_wait_here_and_leave_together_when_one_returns():
+    """Nothing is sent to a pool with no free thread (it would queue there as a small batch): the
+    requests that arrive meanwhile leave as one batch when the running one comes back."""
+    executor, run, batches = _run_in(1, {"slow": 1.0})
+    batcher = Batcher(executor, run, max_size=8, max_delay_us=50_000, workers=1)
+
+    async def scenario():
+        slow = asyncio.ensure_future(batcher.submit("k", "slow"))
+        await asyncio.sleep(0.1)  # well past the delay: the timer must not send them to a busy pool
+        t0 = time.perf_counter()
+        done = await asyncio.gather(*(batcher.submit("k", f"w{j}") for j in range(3)))
+        await slow
+        return done, time.perf_counter() - t0
+
+    try:
+        done, took = asyncio.run(scenario())
+    finally:
+        executor.shutdown()
+    assert batches == [["slow"], ["w0", "w1", "w2"]]
+    assert {s for _, _, s in done} == {3} and took >= 0.5  # they waited for the slow batch
 
 
 def test_each_request_gets_its_own_result_or_error_and_keys_never_mix():

@@ -94,7 +94,7 @@ class RunningServer:
         server = grpc.aio.server(interceptors=interceptors, options=options)
         server.add_generic_rpc_handlers([health_handler(self.health)])
         batcher = recommend_batcher(
-            self.executor, cfg.batch_size, cfg.batch_delay_us, self.metrics.observe_batch
+            self.executor, cfg.batch_size, cfg.batch_delay_us, cfg.threads, self.metrics.observe_batch
         )
         server.add_generic_rpc_handlers(
             generic_handlers(self.holder, self.executor, cfg.bundle_root, batcher)

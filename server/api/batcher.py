@@ -7,14 +7,18 @@ Here such requests queue on the event loop and go to the pool together: one pool
 batch (its tower passes as one ONNX Runtime run, its IVF searches as one FAISS call:
 Engine.answer_batch), one loop callback resolves every request of it.
 
-When a batch leaves:
+When a batch leaves, with ``workers`` the pool's threads (batches in the pool at once, at most):
 
 * at once when no batch is in the pool: a lone request is never held back (nothing to wait for);
-* at once when ``max_size`` requests wait;
-* when a batch in the pool comes back (its thread is free again: the requests that queued behind it
-  go together);
-* otherwise ``max_delay`` after the first waiting request arrived: the bound on what batching adds
-  to any request's latency, whatever the pool is doing.
+* at once when ``max_size`` requests wait and a thread is free;
+* ``max_delay`` after the first waiting request arrived, while a thread is free: the most batching
+  adds to any request's wait;
+* when a batch in the pool comes back, if every thread was busy: the requests that queued behind it
+  go together.
+
+Requests wait here, never in the executor's own queue: a batch sent to a busy pool would wait there
+as it is while later requests form more small batches behind it (measured at 10⁵ items: mean batch
+1.7 that way, against 4.7 with the wait here).
 
 Each request keeps its own deadline and its own errors: one bad or expired request in a batch fails
 alone (Engine.answer_batch). Every request's ``queue`` time (arrival to the start of its batch's
@@ -50,7 +54,8 @@ class Batcher:
 
     Args:
         max_size: requests per batch (1: every request alone, the hand-off per request).
-        max_delay_us: the longest a request waits for others before its batch leaves.
+        max_delay_us: the longest a request waits for others while a thread is free.
+        workers: batches in ``executor`` at once, at most (its threads).
         observe: called on the event loop with (batch size, [queue seconds per request]).
     """
 
@@ -60,12 +65,15 @@ class Batcher:
         run: Callable[[Any, Sequence[tuple]], Sequence[Any]],
         max_size: int = DEFAULT_MAX_SIZE,
         max_delay_us: int = DEFAULT_MAX_DELAY_US,
+        workers: int = 2,
         observe: Callable[[int, list[float]], None] | None = None,
     ):
-        if max_size < 1 or max_delay_us < 0:
-            raise ValueError(f"batch size must be >= 1 and delay >= 0 (got {max_size}, {max_delay_us})")
+        if max_size < 1 or max_delay_us < 0 or workers < 1:
+            raise ValueError(
+                f"batch size and workers must be >= 1 and delay >= 0 (got {max_size}, {workers}, {max_delay_us})"
+            )
         self.executor, self.run, self.observe = executor, run, observe
-        self.max_size, self.max_delay = max_size, max_delay_us / 1e6
+        self.max_size, self.max_delay, self.workers = max_size, max_delay_us / 1e6, workers
         self._waiting: dict[int, tuple[Any, list[_Waiting]]] = {}  # by id(key): the key and its queue
         self._in_flight = 0
         self._timer: asyncio.TimerHandle | None = None
@@ -80,10 +88,12 @@ class Batcher:
         w = _Waiting(args, loop.create_future())
         _, queue = self._waiting.setdefault(id(key), (key, []))
         queue.append(w)
-        if self._in_flight == 0 or len(queue) >= self.max_size:
+        free = self._in_flight < self.workers
+        if self._in_flight == 0 or (free and len(queue) >= self.max_size):
             self._flush(loop)
-        elif self._timer is None:
+        elif free and self._timer is None:
             self._timer = loop.call_later(self.max_delay, self._flush, loop)
+        # Every thread busy: the batch leaves when one comes back (_settle).
         return await w.future
 
     @property
@@ -91,14 +101,20 @@ class Batcher:
         return sum(len(q) for _, q in self._waiting.values())
 
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Sends every waiting request to the pool, in batches of at most ``max_size`` per key."""
+        """Sends the waiting requests to the pool, oldest key first, in batches of at most ``max_size``
+        of one key, while a thread is free; the rest wait for the next batch to come back."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        waiting, self._waiting = self._waiting, {}
-        for key, queue in waiting.values():
-            for s in range(0, len(queue), self.max_size):
-                self._send(loop, key, queue[s : s + self.max_size])
+        while self._waiting and self._in_flight < self.workers:
+            ref = next(iter(self._waiting))
+            key, queue = self._waiting[ref]
+            batch, rest = queue[: self.max_size], queue[self.max_size :]
+            if rest:
+                self._waiting[ref] = (key, rest)
+            else:
+                del self._waiting[ref]
+            self._send(loop, key, batch)
 
     def _send(self, loop: asyncio.AbstractEventLoop, key: Any, batch: list[_Waiting]) -> None:
         self._in_flight += 1

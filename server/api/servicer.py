@@ -338,11 +338,15 @@ def recommend_batcher(
     executor: Executor | None,
     size: int = ServerConfig.batch_size,
     delay_us: int = ServerConfig.batch_delay_us,
+    workers: int = 2,
     observe=None,
 ) -> Batcher:
     """The Recommends' batcher: a batch is planned requests on one engine snapshot, answered by
-    Engine.answer_batch (``observe``: batch size and queue times, for the metrics)."""
-    return Batcher(executor, lambda engine, batch: engine.answer_batch(batch), size, delay_us, observe)
+    Engine.answer_batch in ``executor`` (``workers`` threads); ``observe``: batch size and queue
+    times, for the metrics."""
+    return Batcher(
+        executor, lambda engine, batch: engine.answer_batch(batch), size, delay_us, workers, observe
+    )
 
 
 async def offload(executor: Executor | None, fn, *args):
