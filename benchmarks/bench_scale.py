@@ -10,10 +10,13 @@ jittered (benchmarks/scale_bundle.py); queries are its known users' vectors.
 Part 2 (--server): per size, a serving bundle tiled to that many items and users (scale_bundle.py,
 index chosen by export's `auto`), a real `towerserve serve`, then: seconds to SERVING, server RSS,
 and closed-loop Recommend (random known users, top 10) next to health Check at concurrency 32,
-alternated; Recommend p50/p99 and QPS, and the QPS ratio; then single-item UpsertItems over gRPC
-(texts the encoder has cached, and new texts).
+alternated; Recommend p50/p99 and QPS, health p99, and the QPS ratio; then single-item UpsertItems
+over gRPC (texts the encoder has cached, and new texts). Each size is served once per
+``--batch-sizes`` entry (default 1,32: dynamic batching off, then on at its default), one after the
+other on the same bundle, so the rows compare batching side by side.
 
     python benchmarks/bench_scale.py [--sizes 10000,100000,1000000] [--server] [--kinds ivf,hnsw]
+        [--model hybrid] [--batch-sizes 1,32]
 """
 
 from __future__ import annotations
@@ -133,15 +136,17 @@ def search_layer(n: int, kinds: list[str], base: np.ndarray, queries: np.ndarray
     return out
 
 
-def server_at(n: int, src: Path, duration: float) -> dict:
-    """A real server on a bundle tiled to n items and n users: load time, RSS, c=32 Recommend vs health."""
+def server_at(n: int, src: Path, duration: float, model: str, batch_sizes: list[int]) -> list[dict]:
+    """A real server on a bundle tiled to n items and n users, once per batch size: load time, RSS,
+    c=32 Recommend vs health."""
     bundle = OUT_DIR / f"scale_{n}"
-    scale(src, bundle, n, n, MODEL, "auto", DEFAULT_MIN_RECALL)
-    return measure_server(bundle, duration)
+    scale(src, bundle, n, n, model, "auto", DEFAULT_MIN_RECALL)
+    return [measure_server(bundle, duration, b) for b in batch_sizes]
 
 
-def measure_server(bundle: Path, duration: float) -> dict:
-    """A real server on a serving bundle (tiled, or one `towerserve export` wrote: --bundle)."""
+def measure_server(bundle: Path, duration: float, batch_size: int | None = None) -> dict:
+    """A real server on a serving bundle (tiled, or one `towerserve export` wrote: --bundle), with
+    ``--batch-size batch_size`` (None: the server's default)."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     entry = manifest["models"][manifest["default_model"]]["splits"]["holdout"]
     index = entry.get("index") or {"kind": "exact", "recall_at_10": 1.0}
@@ -149,7 +154,8 @@ def measure_server(bundle: Path, duration: float) -> dict:
     users = _first_ids(bundle, "users.csv", 2000)
     n_users, n_items = _count(bundle, "users.csv"), _count(bundle, "items.csv")
     t0 = time.perf_counter()
-    with ServerProcess(bundle, tag=f"bench_scale_{n_items}") as server:
+    extra = () if batch_size is None else ("--batch-size", str(batch_size))
+    with ServerProcess(bundle, *extra, tag=f"bench_scale_{n_items}") as server:
         ready = time.perf_counter() - t0
         rss_loaded = server.status()["VmRSS"] / 1024
         health, rec = [], []
@@ -163,6 +169,7 @@ def measure_server(bundle: Path, duration: float) -> dict:
         "items": n_items,
         "users": n_users,
         "index": index["kind"],
+        "batch_size": batch_size,
         "index_recall_at_10": index["recall_at_10"],
         "index_build_s": index.get("build_seconds", 0.0),
         "bundle_mb": size_mb,
@@ -170,6 +177,7 @@ def measure_server(bundle: Path, duration: float) -> dict:
         "rss_loaded_mb": rss_loaded,
         "rss_peak_mb": mem["VmHWM"] / 1024,
         "health_qps": median([h["qps"] for h in health]),
+        "health_p99_ms": median([h["p99_ms"] for h in health]),
         "recommend_qps": median([x["qps"] for x in rec]),
         "recommend_p50_ms": median([x["p50_ms"] for x in rec]),
         "recommend_p99_ms": median([x["p99_ms"] for x in rec]),
@@ -228,6 +236,16 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=5.0, help="seconds per load run in part 2")
     ap.add_argument("--skip-search", action="store_true", help="part 2 only")
     ap.add_argument(
+        "--model",
+        default=MODEL,
+        help=f"the model to tile (default {MODEL}; the manifest's default if absent)",
+    )
+    ap.add_argument(
+        "--batch-sizes",
+        default="1,32",
+        help="part 2 once per server --batch-size (default 1,32: dynamic batching off, then at its default)",
+    )
+    ap.add_argument(
         "--bundle",
         type=Path,
         help="part 2 on this serving bundle as exported (e.g. the 1M pipeline's), instead of tiled ones",
@@ -236,7 +254,9 @@ def main() -> int:
     serving = serving_dir(args.artifacts)
     sizes = [int(x) for x in args.sizes.split(",")]
     manifest = json.loads((serving / "manifest.json").read_text())
-    split = manifest["models"][MODEL]["splits"]["holdout"]
+    model = args.model if args.model in manifest["models"] else manifest["default_model"]
+    split = manifest["models"][model]["splits"]["holdout"]
+    batch_sizes = [int(x) for x in args.batch_sizes.split(",")]
     base = np.load(serving / split["item_vectors_file"])
     queries = user_queries(serving, split, load_tables(serving / "catalog" / "embeddings.npz"))
     result: dict = {}
@@ -274,19 +294,21 @@ def main() -> int:
         )
     if args.server or args.bundle:
         if args.bundle:
-            rows = [measure_server(serving_dir(args.bundle), args.duration)]
+            rows = [measure_server(serving_dir(args.bundle), args.duration, b) for b in batch_sizes]
         else:
-            rows = [server_at(n, serving, args.duration) for n in sizes]
+            rows = [r for n in sizes for r in server_at(n, serving, args.duration, model, batch_sizes)]
         result["server"] = rows
         print(
             table(
                 [
                     "items x users",
                     "index (recall@10)",
+                    "batch",
                     "bundle MB",
                     "ready s",
                     "RSS MB",
                     "Rec p50/p99 ms",
+                    "health p99 ms",
                     "Rec QPS",
                     "health QPS",
                     "ratio",
@@ -296,10 +318,12 @@ def main() -> int:
                     [
                         f"{r['items']:,} x {r['users']:,}",
                         f"{r['index']} ({r['index_recall_at_10']:.3f})",
+                        "default" if r["batch_size"] is None else str(r["batch_size"]),
                         f"{r['bundle_mb']:.0f}",
                         f"{r['serving_after_s']:.1f}",
                         f"{r['rss_loaded_mb']:.0f}",
                         f"{r['recommend_p50_ms']:.2f} / {r['recommend_p99_ms']:.2f}",
+                        f"{r['health_p99_ms']:.2f}",
                         f"{r['recommend_qps']:.0f}",
                         f"{r['health_qps']:.0f}",
                         f"{r['recommend_qps'] / r['health_qps']:.2f}",
