@@ -20,7 +20,8 @@ from towerserve.server.api.batcher import Batcher
 
 def _requests(engine) -> list[dict]:
     """64 mixed Recommends that all need the pool on an IVF bundle: known users (index search, some
-    filtered or with a history), unseen users (a tower pass), and one bad unseen user."""
+    filtered or with a history), unseen users (a tower pass; some with new texts: the encoder), and
+    one bad unseen user."""
     cats = list(engine.catalog.categories)
     items = list(engine.catalog.ids[:40])
     out: list[dict] = []
@@ -35,9 +36,9 @@ def _requests(engine) -> list[dict]:
             out.append({"user_id": user, "top_n": 8, "history": items[j % 30 : j % 30 + 3]})
         else:
             p = engine.profile
-            out.append(
-                {"user": User(age=20 + j, profession=p.profession, personality=p.personality), "top_n": 6}
-            )
+            # Half of them bring a text the encoder has not seen (it must run for them alone).
+            job = p.profession if j % 8 == 3 else f"a profession never seen {j}"
+            out.append({"user": User(age=20 + j, profession=job, personality=p.personality), "top_n": 6})
     out[13] = {"user": User(age=-1, profession="x", personality="y"), "top_n": 5}  # INVALID_ARGUMENT
     return out
 

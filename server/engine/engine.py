@@ -453,14 +453,23 @@ class Engine:
                 vectors[j] = self.known_user_vectors()[p.query.user]
             else:
                 tower.append(j)
-        if len(tower) > 1:
+        # One tower pass for those whose texts are all known. A new text runs the encoder with its
+        # own request alone: the int8 encoder quantizes each run's activations by the run's range,
+        # so encoding it beside other requests' texts would change its vector (by ~1e-5).
+        specs = self.serving.user_specs
+        shared = [
+            j
+            for j in tower
+            if not isinstance(batch[j][0].ref, UserAttrs) or not self.inputs.new_texts(specs, batch[j][0].ref)
+        ]
+        if len(shared) > 1:
             try:
                 got = self.inputs.user_vectors(
-                    self.serving, [batch[j][0].ref for j in tower], [batch[j][0].pooled for j in tower]
+                    self.serving, [batch[j][0].ref for j in shared], [batch[j][0].pooled for j in shared]
                 )
-                for k, j in enumerate(tower):
+                for k, j in enumerate(shared):
                     vectors[j] = got[k]
-                tower = []
+                tower = [j for j in tower if vectors[j] is None]
             except Exception:  # a request the pass refuses: each alone below, with its own error
                 pass
         for j in tower:

@@ -48,6 +48,11 @@ class TowerInputs:
         """Tower inputs for known users ``rows``, from the exported tables and users.csv."""
         return feature_matrix(specs, self.tables, self.user_raw, rows)
 
+    def new_texts(self, specs: list[FieldSpec], record: UserAttrs | NewItemData) -> bool:
+        """Whether ``record`` holds a text the exported tables and the encoder's cache lack (its
+        vectors then need an encoder run)."""
+        return any(s.kind != MINMAX and self.text[s.name].new([getattr(record, s.name)]) for s in specs)
+
     def records(
         self,
         specs: list[FieldSpec],
