@@ -3,8 +3,11 @@
 Known and unseen users' Recommends, Score batches, small inline Evaluates, GetModelInfo, health
 Checks, and UpsertItems / DeleteItems through the catalogue journal (--state-dir), each caller on its
 own ids so every call should succeed. Prints per-RPC counts, errors by status code, p50/p99 latency
-(after the warm-up), and the server's RSS when the warm-up ends and at the end. Goals: no error, and
-RSS growth under 5 % after the warm-up (a leak per call shows as steady growth); exit 1 otherwise.
+(after the warm-up), and the server's RSS when the warm-up ends and at the end. Then every id a
+caller wrote is read back, from the server and from a fresh one on the same journal: present if its
+last acknowledged write was an upsert, NOT_FOUND if a delete. Goals: no error, nothing read back
+wrong, and RSS growth under 5 % after the warm-up (a leak per call shows as steady growth); exit 1
+otherwise.
 
     python benchmarks/soak.py [--artifacts A/serving] [--seconds 60] [--callers 64] [--warmup 10]
                               [--state-dir D]
@@ -122,6 +125,7 @@ async def soak(target: str, requests: Requests, args, server: ServerProcess) -> 
 
     channels = [grpc.aio.insecure_channel(target) for _ in range(8)]
     calls: list[tuple[float, str, str, float]] = []  # (start offset, rpc, code, seconds)
+    written = args.written  # item id -> whether the last acknowledged write left it in the catalogue
     rss: list[tuple[float, int]] = []
     t0 = time.monotonic()
     end = t0 + args.seconds
@@ -133,7 +137,8 @@ async def soak(target: str, requests: Requests, args, server: ServerProcess) -> 
         stubs = {rpc: channels[c % len(channels)].unary_unary(_path(rpc)) for rpc in names}
         while time.monotonic() < end:
             rpc = rng.choices(names, weights)[0]
-            payload = requests.build(rpc, c, rng).SerializeToString()
+            request = requests.build(rpc, c, rng)
+            payload = request.SerializeToString()
             start = time.monotonic()
             try:
                 await stubs[rpc](payload, timeout=60)
@@ -144,6 +149,10 @@ async def soak(target: str, requests: Requests, args, server: ServerProcess) -> 
                 if shown[rpc, code] <= 3:
                     print(f"!! {rpc}: {code}: {err.details()}", flush=True)
             calls.append((start - t0, rpc, code, time.monotonic() - start))
+            if rpc in ("UpsertItems", "DeleteItems"):  # each id is one caller's: its last write decides
+                ids = [x.item_id for x in request.items] if rpc == "UpsertItems" else list(request.item_ids)
+                for i in ids:
+                    written[i] = (rpc == "UpsertItems") if code == "OK" else None  # None: unknown
 
     async def sample() -> None:
         while time.monotonic() < end:
@@ -155,6 +164,34 @@ async def soak(target: str, requests: Requests, args, server: ServerProcess) -> 
     for ch in channels:
         await ch.close()
     return {"calls": calls, "rss": rss}
+
+
+def read_back(target: str, user: str, written: dict[str, bool | None]) -> list[str]:
+    """The ids whose presence disagrees with their last acknowledged write (a Score of each: OK when
+    the catalogue holds it, NOT_FOUND when not)."""
+    import grpc
+
+    from towerserve.v1 import recommender_pb2 as pb
+    from towerserve.v1 import recommender_pb2_grpc
+
+    wrong = []
+    with grpc.insecure_channel(target) as channel:
+        stub = recommender_pb2_grpc.RecommenderStub(channel)
+        for item_id, present in sorted(written.items()):
+            if present is None:
+                continue
+            try:
+                stub.Score(pb.ScoreRequest(pairs=[pb.ScorePair(user_id=user, item_id=item_id)]), timeout=30)
+                found = True
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                found = False
+            if found != present:
+                wrong.append(
+                    f"{item_id}: {'there' if found else 'missing'}, last write {'upsert' if present else 'delete'}"
+                )
+    return wrong
 
 
 def report(calls, rss, warmup: float) -> dict:
@@ -231,13 +268,25 @@ def main(argv: list[str] | None = None) -> int:
         import pipeline
 
         serving = pipeline.build_all(OUT_DIR / "fuzz-pipeline")["serving"]
+    args.written = {}
+    requests = Requests(serving, args.seed)
     with tempfile.TemporaryDirectory(prefix="soak-state-") as tmp:
         state = args.state_dir or Path(tmp)
         extra = ("--host", "127.0.0.1", "--state-dir", str(state))
         with ServerProcess(serving, *extra, tag="soak") as server:
-            out = asyncio.run(soak(f"127.0.0.1:{server.port}", Requests(serving, args.seed), args, server))
+            out = asyncio.run(soak(f"127.0.0.1:{server.port}", requests, args, server))
             alive = server.proc.poll() is None
+            wrong_live = read_back(f"127.0.0.1:{server.port}", requests.users[0], args.written)
+        # What the journal holds, read back by a fresh server: nothing acknowledged lost.
+        with ServerProcess(serving, *extra, tag="soak-restart") as again:
+            wrong_restart = read_back(f"127.0.0.1:{again.port}", requests.users[0], args.written)
     r = report(out["calls"], out["rss"], args.warmup)
+    known = sum(v is not None for v in args.written.values())
+    print(
+        f"read back: {known} written ids, {len(wrong_live)} wrong live, {len(wrong_restart)} wrong after a restart"
+    )
+    for w in (wrong_live + wrong_restart)[:5]:
+        print(f"!! {w}")
     print(f"\n{r['calls']} calls from {args.callers} callers in {args.seconds:.0f} s against {serving}")
     print(r["table"])
     print(f"errors: {sum(r['errors'].values())} {r['errors'] or ''}")
@@ -246,9 +295,12 @@ def main(argv: list[str] | None = None) -> int:
         f"({r['rss_growth']:+.1%}, trend {r['rss_kb_per_minute']:+.0f} kB/min); goal: 0 errors and growth "
         f"< {args.max_rss_growth:.0%}"
     )
-    ok = alive and not r["errors"] and r["rss_growth"] < args.max_rss_growth
+    ok = (
+        alive and not r["errors"] and r["rss_growth"] < args.max_rss_growth and not wrong_live + wrong_restart
+    )
     r.pop("table")
-    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+    r["read_back"] = {"ids": known, "wrong_live": wrong_live, "wrong_after_restart": wrong_restart}
+    settings = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "written"}
     print(f"wrote {write_result('soak', {'serving': str(serving), 'args': settings, **r})}")
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
