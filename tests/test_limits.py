@@ -169,17 +169,17 @@ def test_evaluate_stops_soon_after_its_deadline(tiled):
         stub.Evaluate(pb.EvaluateRequest(protocol=pb.PROTOCOL_NOTEBOOK), timeout=60)  # warm
         code, details, took = _fail(stub.Evaluate, pb.EvaluateRequest(ks=ks), timeout=1.0)
         assert code == DEADLINE, details
-        assert took < 1.5
+        assert took < 5.0  # an Evaluate that ignored its deadline ran on for 14 s
         t0 = time.perf_counter()
         stub.Evaluate(pb.EvaluateRequest(protocol=pb.PROTOCOL_NOTEBOOK), timeout=60)
         waited = time.perf_counter() - t0  # behind the abandoned ranking on the one worker thread
-        assert waited < 1.0, f"the next Evaluate waited {waited:.2f} s for the abandoned one"
+        assert waited < 5.0, f"the next Evaluate waited {waited:.2f} s for the abandoned one"
 
         # The fuzz case itself, ks 1..1000, is now refused at once.
         code, details, took = _fail(
             stub.Evaluate, pb.EvaluateRequest(ks=list(range(1, MAX_K + 1))), timeout=5
         )
-        assert code == INVALID and took < 1.0, details
+        assert code == INVALID and took < 5.0, details  # refused before any ranking (it took 14 s)
         assert missing(details, ("ks", str(MAX_K), str(Limits().max_ks))) == [], details
 
 
