@@ -3,8 +3,9 @@
 Shared by tests/test_fuzz.py (the suite's few hundred cases) and benchmarks/fuzz.py (ten thousand and
 more). A case is one request as bytes on one method path, so well-formed messages built from odd
 values (tests/fuzz_values.py: mostly what the server knows, otherwise what it cannot) and raw
-garbage go through the same code. The property is the same everywhere: no status is ever INTERNAL
-or UNKNOWN (a client can act on every other code), an OK answer keeps the API's promises, and
+garbage go through the same code. The property is the same everywhere: no status is ever INTERNAL,
+UNKNOWN, UNAVAILABLE or DEADLINE_EXCEEDED (a client can act on every other code, and a single
+request must not stall or take down an idle server), an OK answer keeps the API's promises, and
 health still says SERVING at the end.
 """
 
@@ -26,7 +27,10 @@ from hypothesis import strategies as st
 from towerserve.server.core.rpcs import HEALTH_CHECK, RPCS
 from towerserve.v1 import recommender_pb2 as pb
 
-BAD_CODES = frozenset({"INTERNAL", "UNKNOWN"})
+# No request may get these: INTERNAL and UNKNOWN say nothing a client can act on; UNAVAILABLE and
+# DEADLINE_EXCEEDED would mean a request, however odd, made a healthy, idle server stall or refuse
+# service (each case runs alone, with a 120 s deadline, against a served model).
+BAD_CODES = frozenset({"INTERNAL", "UNKNOWN", "UNAVAILABLE", "DEADLINE_EXCEEDED"})
 HEALTH = "Health.Check"
 LONG = 5000  # the server's limit for descriptions and features
 # The proto's services by path, the health check, and two paths nothing serves.
