@@ -96,10 +96,6 @@ class Batcher:
         # Every thread busy: the batch leaves when one comes back (_settle).
         return await w.future
 
-    @property
-    def waiting(self) -> int:
-        return sum(len(q) for _, q in self._waiting.values())
-
     def _flush(self, loop: asyncio.AbstractEventLoop) -> None:
         """Sends the waiting requests to the pool, oldest key first, in batches of at most ``max_size``
         of one key, while a thread is free; the rest wait for the next batch to come back."""

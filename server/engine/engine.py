@@ -45,7 +45,7 @@ from ..core.types import Interaction, NewItemData, UserAttrs
 from . import ranking
 from .deadline import Check, never
 from .errors import InvalidArgument, NotFound
-from .history import NO_HISTORY, History, HistoryIndex
+from .history import NO_HISTORY, History, HistoryIndex, joined
 from .inputs import TowerInputs, UserRef
 from .live import LiveHistories
 from .ranking import Query
@@ -353,7 +353,7 @@ class Engine:
         if exclude_seen:  # what the user did, recorded or sent, is not recommended back to them
             excluded.update(j for j in map(cat.row, history_ids) if j is not None)
             if live is not None:
-                excluded.update(self._left_out(live, cat))
+                excluded.update(live.left_out_rows(cat))
         # Unknown categories match nothing (a filter of only unknown ones returns no items).
         codes = {cat.category_index[c] for c in categories if c in cat.category_index} if categories else None
         known = not isinstance(ref, UserAttrs)
@@ -364,21 +364,9 @@ class Engine:
                 vector = live.vector  # kept up to date as events came: O(d) when they came, O(1) here
                 cand = self._live_list(ref, live, cat, vector)
             else:
-                rows = dict.fromkeys((*history.rows, *live.rows))
-                pooled = History(tuple(rows)[: self.history_index.max_history], history.sent)
+                pooled = joined(history, live.rows, self.history_index.max_history)
         q = Query(cat, top_n, excluded, price_min, price_max, codes, ref if known else None, seen)
         return Planned(q, ref, history, pooled, vector, cand)
-
-    @staticmethod
-    def _left_out(live, cat: Catalog) -> tuple[int, ...]:
-        """The catalogue rows of the user's recorded items (cached on their live history until the next
-        event or catalogue snapshot: up to MAX_SEEN_IDS dict lookups otherwise, per request)."""
-        cached = live.history.left_out
-        if cached is not None and cached[0] == live.version and cached[1] is cat:
-            return cached[2]
-        rows = tuple(j for j in map(cat.row, live.ids) if j is not None)
-        live.history.left_out = (live.version, cat, rows)
-        return rows
 
     def _live_list(
         self, user: int, live, cat: Catalog, vector: np.ndarray
@@ -390,7 +378,7 @@ class Engine:
             return cached[2], cached[3]
         if cat.ann is not None or cat.n * vector.shape[0] > LIVE_LIST_CELLS or not self.config.candidates:
             return None
-        left_out = self._left_out(live, cat)
+        left_out = live.left_out_rows(cat)
         rows = np.union1d(self.seen.row(user), np.asarray(left_out, dtype=np.int64)).astype(np.int64)
         seen = CSR.from_pairs(np.zeros(len(rows), np.int64), rows, 1, cat.n)
         got = candidates_mod.build(
@@ -420,15 +408,10 @@ class Engine:
     def answer(self, p: Planned, check: Check = never) -> tuple[list[int], list[float]]:
         """The answer by the snapshot's index (exact or approximate), after a user-tower pass when a
         history or an unseen user needs one (``check``: the deadline): the pool's part of a Recommend."""
-        q = p.query
-        if p.vector is not None:
-            u = p.vector
-        elif q.user is not None and not p.pooled.used:
-            u = self.known_user_vectors()[q.user]
-        else:
-            u = self.inputs.user_vector(self.serving, p.ref, p.pooled, check)
-        check()
-        return ranking.full(q, u)
+        (got,) = self.answer_batch([(p, check)])
+        if isinstance(got, Exception):
+            raise got
+        return got
 
     def answer_batch(
         self, batch: Sequence[tuple[Planned, Check]]

@@ -119,7 +119,7 @@ def _as_served(
         if view is None:
             continue
         judged = set(test.row(u).tolist())
-        left_out = [r for r in map(cat.row, view.ids) if r is not None and r < n_items and r not in judged]
+        left_out = [r for r in view.left_out_rows(cat) if r < n_items and r not in judged]
         extra_users += [u] * len(left_out)
         extra_items += left_out
         rows = tuple(r for r in view.rows if r not in judged)[:max_history]

@@ -73,6 +73,12 @@ class HistoryIndex:
         return History(tuple(rows), len(ids))
 
 
+def joined(history: History, rows: Sequence[int], max_history: int) -> History:
+    """``history``'s rows followed by those of ``rows`` it lacks (a user's recorded interactions after
+    a request's items), at most ``max_history``: what the tower pools."""
+    return History(tuple(dict.fromkeys((*history.rows, *rows)))[:max_history], history.sent)
+
+
 def known_ids(train: CSR | None, rows: np.ndarray) -> np.ndarray:
     """int64 [len(rows)]: the id input of known users ``rows``: 1 + row, or 0 (unknown) for a user with
     no training positives in the split (a cold user, whose ID row never trained), as training scores."""

@@ -49,7 +49,7 @@ class LiveHistory:
     latest: float = 0.0
     version: int = 0  # bumped by every event: what a cached candidate list was built for
     cached: tuple | None = None  # (version, catalogue snapshot, rows, probabilities): see Engine.plan
-    left_out: tuple | None = None  # (version, catalogue snapshot, the ids' catalogue rows): Engine.plan
+    left_out: tuple | None = None  # (version, catalogue snapshot, the ids' rows): LiveView.left_out_rows
     view: LiveView | None = None  # what get() returned for this version: built once per event
 
     @property
@@ -68,6 +68,16 @@ class LiveView:
     version: int
     vector: np.ndarray | None
     history: LiveHistory
+
+    def left_out_rows(self, cat) -> tuple[int, ...]:
+        """The catalogue rows of ``ids`` in snapshot ``cat`` (cached on the history until the next
+        event or snapshot: up to MAX_SEEN_IDS dict lookups otherwise, per request)."""
+        cached = self.history.left_out
+        if cached is not None and cached[0] == self.version and cached[1] is cat:
+            return cached[2]
+        rows = tuple(j for j in map(cat.row, self.ids) if j is not None)
+        self.history.left_out = (self.version, cat, rows)
+        return rows
 
 
 class LiveHistories:

@@ -11,7 +11,7 @@ from ..core.numerics import sigmoid
 from ..core.types import UserAttrs
 from .deadline import Check, never
 from .errors import NotFound
-from .history import NO_HISTORY, History
+from .history import NO_HISTORY, History, joined
 from .inputs import UserRef
 from .validation import check_id, show, validate_score
 
@@ -57,7 +57,7 @@ def score(
             and view.rows
         ):
             # Their recorded interactions join the history the tower pools, as in Recommend.
-            h = History(tuple(dict.fromkeys((*h.rows, *view.rows)))[:max_history], h.sent)
+            h = joined(h, view.rows, max_history)
         key = (ref, h.rows)
         if key not in slot:  # each distinct (user, history) goes through the tower once
             slot[key] = len(refs)
