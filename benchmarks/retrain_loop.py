@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # pipeline.shuffled_copy
+import pipeline  # noqa: E402
 from _common import (  # noqa: E402
     DEFAULT_ARTIFACTS,
     DEFAULT_DATA,
@@ -76,22 +78,6 @@ def _record(client, user_ids, item_ids, u, i, at, day: int) -> int:
     for s in range(0, len(events), BATCH):
         recorded += client.record_interactions(events[s : s + BATCH]).recorded
     return recorded
-
-
-def _damaged(candidate: Path, dest: Path) -> Path:
-    """A copy of ``candidate`` with its item vectors permuted and its manifest vouching for them."""
-    import hashlib
-
-    shutil.rmtree(dest, ignore_errors=True)
-    shutil.copytree(candidate, dest)
-    manifest = json.loads((dest / "manifest.json").read_text())
-    rel = f"models/{manifest['default_model']}/holdout/item_vectors.npy"
-    vectors = np.load(dest / rel)
-    np.save(dest / rel, vectors[np.random.default_rng(0).permutation(len(vectors))])
-    body = (dest / rel).read_bytes()
-    manifest["files"][rel] = {"bytes": len(body), "sha256": hashlib.sha256(body).hexdigest()}
-    (dest / "manifest.json").write_text(json.dumps(manifest))
-    return dest
 
 
 def _time_split(metrics_json: Path) -> dict[str, dict[str, float]]:
@@ -179,7 +165,8 @@ def main() -> int:
         day2 = _record(client, user_ids, item_ids, u2, i2, at2, 2)
         print(f"day 2: recorded {day2} events for {len(np.unique(u2))} users", flush=True)
 
-        damaged = promote(_damaged(cand / "serving", args.work / "damaged"), client, str(state), dry_run=True)
+        damaged_copy = pipeline.shuffled_copy(cand / "serving", args.work / "damaged")
+        damaged = promote(damaged_copy, client, str(state), dry_run=True)
         accepted = promote(cand / "serving", client, str(state))
         serving_now = client.model_info().model_version
 

@@ -161,6 +161,22 @@ def rehash(copy: Path, rel: str) -> None:
     (copy / "manifest.json").write_text(json.dumps(manifest))
 
 
+def shuffled_copy(serving: Path, dst: Path) -> Path:
+    """A copy of a bundle whose served model's item vectors are permuted (the manifest rehashed):
+    loadable, and wrong; a deliberately damaged candidate."""
+    import json
+
+    import numpy as np
+
+    copy = copy_serving(serving, dst)
+    default = json.loads((copy / "manifest.json").read_text())["default_model"]
+    rel = f"models/{default}/holdout/item_vectors.npy"
+    vectors = np.load(copy / rel)
+    np.save(copy / rel, vectors[np.random.default_rng(0).permutation(len(vectors))])
+    rehash(copy, rel)
+    return copy
+
+
 def serve_process(serving: Path, *extra: str) -> tuple:
     """`towerserve serve --artifacts serving --host 127.0.0.1 --port 0 [extra]` in a process of its own
     (what kill -9 and per-process limits need), once it logs SERVING: (the Popen, its target). Its

@@ -167,17 +167,23 @@ def test_record_via_one_replica_recommend_via_another_within_a_second(hybrid, jo
             time.sleep(0.02)
 
 
+def _evict_the_first_user(c: RecommenderClient, engine) -> tuple[str, str]:
+    """With a live budget of 4 events: the first user records one item, the second three, which
+    evicts the first. Returns (the first user, their recorded item)."""
+    first, second = engine.user_ids[0], engine.user_ids[1]
+    x = _ids(c, first)[0]
+    c.record_interactions([Interaction(first, x)])
+    c.record_interactions([Interaction(second, y) for y in _ids(c, second, 3)])  # past the budget
+    return first, x
+
+
 def test_evicted_users_come_back_from_the_journal(hybrid, tmp_path):
     with (
         running_server(hybrid, state_dir=tmp_path / "state", live_budget_events=4) as running,
         RecommenderClient(_target(running)) as c,
     ):
         engine = running.holder.get()
-        first, second = engine.user_ids[0], engine.user_ids[1]
-        x = _ids(c, first)[0]
-        c.record_interactions([Interaction(first, x)])
-        others = _ids(c, second, 3)
-        c.record_interactions([Interaction(second, y) for y in others])  # past the budget: first goes
+        first, x = _evict_the_first_user(c, engine)
         assert 0 in engine.live.evicted and engine.live.held <= 8
         assert x not in _ids(c, first)  # read back from the journal
 
@@ -268,10 +274,7 @@ def test_an_evicted_user_is_served_without_their_events_while_the_journal_cannot
         RecommenderClient(_target(running)) as c,
     ):
         engine = running.holder.get()
-        first, second = engine.user_ids[0], engine.user_ids[1]
-        x = _ids(c, first)[0]
-        c.record_interactions([Interaction(first, x)])
-        c.record_interactions([Interaction(second, y) for y in _ids(c, second, 3)])
+        first, x = _evict_the_first_user(c, engine)
         assert 0 in engine.live.evicted
         running.holder.following.clear()  # the follower would flip reachability back at once
         running.holder.journal_reachable = False

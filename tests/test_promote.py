@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pipeline
 import pytest
 from pipeline import running_server
@@ -27,17 +26,6 @@ def _what_the_model_would_predict(client, users, n: int = 3) -> list[Interaction
     return [Interaction(u, i.item_id) for u in users for i in client.recommend(u, top_n=n).items]
 
 
-def _shuffled_copy(serving, dest):
-    """A candidate whose item vectors are permuted (the manifest rehashed): loadable, and wrong."""
-    copy = pipeline.copy_serving(serving, dest)
-    default = json.loads((copy / "manifest.json").read_text())["default_model"]
-    rel = f"models/{default}/holdout/item_vectors.npy"
-    vectors = np.load(copy / rel)
-    np.save(copy / rel, vectors[np.random.default_rng(0).permutation(len(vectors))])
-    pipeline.rehash(copy, rel)
-    return copy
-
-
 def test_promote_accepts_an_equal_candidate_and_refuses_a_damaged_one(serving, tmp_path):
     state = tmp_path / "state"
     with (
@@ -47,7 +35,7 @@ def test_promote_accepts_an_equal_candidate_and_refuses_a_damaged_one(serving, t
         users = running.holder.get().user_ids[:15]
         held = _what_the_model_would_predict(c, users)
         equal = pipeline.copy_serving(serving, tmp_path / "equal")
-        damaged = _shuffled_copy(serving, tmp_path / "damaged")
+        damaged = pipeline.shuffled_copy(serving, tmp_path / "damaged")
         c.record_interactions(held)  # after both candidates were "trained": every event is held out
         refused = promote(damaged, c, str(state))
         assert not refused.promoted and refused.pairs == len(held) and refused.after == 0
