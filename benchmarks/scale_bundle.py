@@ -3,11 +3,12 @@
 Training at a million users and items takes hours here; the serving side only needs a bundle of the
 right shape. This copies a trained serving folder and tiles it: user r is a copy of user r mod U0
 (same attributes and training history, id ``<id>~<k>``), item j a copy of item j mod N0 with its
-vector jittered (half of each dimension's spread: copies land near their source item, not on it: exact twins
-that no index could tell apart). The user tower is the trained one, so known users' vectors are
-computed at load as in production; item vectors are not the item tower's output for the copies
-(the server never re-checks that), and upserts still go through the towers. The approximate index
-is built and recall-gated by export's own code, and the manifest is rewritten with every hash.
+vector jittered (half of each dimension's spread: copies land near their source item, not on it:
+exact twins that no index could tell apart). The user tower is the trained one, and known users'
+vectors are computed and stored by export's own step (export/users.py), as in production; item
+vectors are not the item tower's output for the copies (the server never re-checks that), and
+upserts still go through the towers. The approximate index is built and recall-gated by export's
+own code, and the manifest is rewritten with every hash.
 
     python benchmarks/scale_bundle.py --src artifacts/seed/serving --out /tmp/b1m --users 1000000 \
         --items 1000000 [--model two_tower] [--index auto]
@@ -29,8 +30,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from towerserve.export.index import DEFAULT_MIN_RECALL, export_index  # noqa: E402
+from towerserve.export.users import export_user_vectors  # noqa: E402
 from towerserve.server.core.features import FieldSpec, feature_matrix, load_tables, save_tables  # noqa: E402
-from towerserve.server.core.manifest import SERVED_SPLIT, ServingManifest, file_entries  # noqa: E402
+from towerserve.server.core.manifest import SERVED_SPLIT, ModelSplit, ServingManifest, file_entries  # noqa: E402
 from towerserve.server.core.splits import RecordedSplit, load_recorded_split, save_recorded_split  # noqa: E402
 
 JITTER = 0.5
@@ -112,6 +114,7 @@ def scale(src: Path, out: Path, users: int, items: int, model: str, index: str, 
         save_recorded_split(out / rel["file"], _tile_split(split, u_src, items, n_users0))
     rng = np.random.default_rng(0)
     kept = {k: v for k, v in manifest["models"].items() if k == model}
+    age = _column(out / "catalog" / "users.csv", "age")
     for entry in kept.values():
         for split, s in entry["splits"].items():
             tiled = tiled_vectors(np.load(src / s["item_vectors_file"]), items, rng)
@@ -119,6 +122,20 @@ def scale(src: Path, out: Path, users: int, items: int, model: str, index: str, 
             s.pop("index", None)
             if split == SERVED_SPLIT:
                 s["index"] = _index(out, s, tables, tiled, index, min_recall)
+            # Known users' vectors as export stores them (the server maps them at start).
+            s.pop("user_vectors", None)
+            train = load_recorded_split(out / manifest["splits"][split]["file"]).train
+            stored = export_user_vectors(
+                out,
+                Path(s["item_vectors_file"]).parent,
+                ModelSplit.from_json(s),
+                split,
+                tables,
+                {"age": age},
+                users,
+                train,
+            )
+            s["user_vectors"] = stored.to_json()
     manifest["models"] = kept
     manifest["default_model"] = model
     manifest["catalog"].update(users=users, items=items)
@@ -135,6 +152,11 @@ def scale(src: Path, out: Path, users: int, items: int, model: str, index: str, 
         "seconds": time.perf_counter() - t0,
         "index": manifest["models"][model]["splits"][SERVED_SPLIT]["index"],
     }
+
+
+def _column(path: Path, name: str) -> np.ndarray:
+    with open(path, newline="", encoding="utf-8") as fh:
+        return np.array([float(r[name]) for r in csv.DictReader(fh)])
 
 
 def _index(out: Path, s: dict, tables, vectors: np.ndarray, kind: str, min_recall: float) -> dict:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -40,6 +41,7 @@ from .encoder import variants as enc_export
 from .index import DEFAULT_MIN_RECALL, export_index
 from .parity import ParityReport, parity_rows
 from .towers import ITEM_OUTPUT, SCORE_OUTPUT, USER_OUTPUT, catalogue_vectors, export_model
+from .users import export_user_vectors
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -278,6 +280,12 @@ def export_models(
                 if split == SERVED_SPLIT and not user_independent(kind)
                 else None,
             )
+            # Last: it runs the server's own code on the graphs and vectors just written.
+            recorded_train = load_recorded_split(artifacts / train["splits"][split]).train
+            vectors = export_user_vectors(
+                tmp, rel, splits[split], split, tables, raw_user, n_users, recorded_train
+            )
+            splits[split] = dataclasses.replace(splits[split], user_vectors=vectors)
         # The version changes when any tower of any split changes (Evaluate serves the cold split too).
         digest = hashlib.sha256()
         for split in sorted(splits):

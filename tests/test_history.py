@@ -124,6 +124,7 @@ def add_hand_model(serving: Path, dst: Path, squash: bool = False) -> dict:
             e[key]["file"] = f"models/{HAND}/{split}/{Path(e[key]['file']).name}"
         shutil.copy(root / e["item_vectors_file"], folder / "item_vectors.npy")
         e["item_vectors_file"] = f"models/{HAND}/{split}/item_vectors.npy"
+        e.pop("user_vectors")  # two_tower's, not the hand tower's: computed at load instead
         (folder / "user_tower.onnx").write_bytes(model.SerializeToString())
         e["user_tower"].update(
             file=f"models/{HAND}/{split}/user_tower.onnx",

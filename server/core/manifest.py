@@ -177,6 +177,23 @@ class ItemIndex(_Record):
 
 
 @dataclass(frozen=True)
+class UserVectors(_Record):
+    """Known users' vectors as export computed them (server/engine/towers.py: Tower.all_user_vectors).
+
+    Attributes:
+        file: float32 [n_users, output_dim]: each known user's vector with their training history.
+        base_file, sums_file, table_file: a mean-pooling tower's decomposition of those vectors
+            (server/engine/mean_history.py: base [n_users, d], sums [n_users, d], table [n_items, d]);
+            absent for other towers, or when the graph failed the decomposition's check.
+    """
+
+    file: str
+    base_file: str | None = None
+    sums_file: str | None = None
+    table_file: str | None = None
+
+
+@dataclass(frozen=True)
 class ModelSplit(_Record):
     """One model as trained on one split (holdout is served; cold is there for Evaluate)."""
 
@@ -186,6 +203,9 @@ class ModelSplit(_Record):
     item_vectors_file: str  # float32 [n_items, item_tower.output_dim]
     features: Features
     index: ItemIndex | None = None  # absent (bundles before the index existed): exact
+    # Every known user's vector, computed at export by the server's own code and memory-mapped at
+    # load (absent: computed at load, one tower pass over every user: 40 s at 10⁶ users).
+    user_vectors: UserVectors | None = None
 
 
 @dataclass(frozen=True)

@@ -104,15 +104,38 @@ class MeanHistory:
             table -= shift
             sums[filled] -= counts[filled, None] * shift
             base[counts == 0] += shift
-        out = cls(loaded, base, sums, counts, table, train)
-        problem = out._check(run, features)
+        return cls(loaded, base, sums, counts, table, train)._checked(run, features, everyone=True)
+
+    @classmethod
+    def stored(
+        cls,
+        run: RunTower,
+        features: Callable[[np.ndarray], np.ndarray],
+        loaded: np.ndarray,
+        base: np.ndarray,
+        sums: np.ndarray,
+        table: np.ndarray,
+        train: CSR,
+    ) -> MeanHistory | None:
+        """The decomposition export stored (memory-mapped arrays), checked against the graph on
+        sampled users only (every user would touch every page: what storing it avoids), or None."""
+        if not _rows_sorted(train):
+            train = CSR.from_pairs(*train.pairs(), train.n_rows, train.n_cols)
+        counts = train.row_lengths().astype(np.int64)
+        return cls(loaded, base, sums, counts, table, train)._checked(run, features, everyone=False)
+
+    def _checked(self, run: RunTower, features: Callable[[np.ndarray], np.ndarray], everyone: bool):
+        problem = self._check(run, features, everyone)
         if problem:
             _LOGGER.warning("history requests run the user tower per request: %s", problem)
             return None
-        return out
+        return self
 
-    def _check(self, run: RunTower, features: Callable[[np.ndarray], np.ndarray]) -> str | None:
-        """None when the decomposition matches the graph on sampled users and histories, else why not."""
+    def _check(
+        self, run: RunTower, features: Callable[[np.ndarray], np.ndarray], everyone: bool = True
+    ) -> str | None:
+        """None when the decomposition matches the graph on sampled users and histories, else why
+        not; ``everyone``: also every user's loaded vector against its parts (else the sampled ones')."""
         rng = np.random.default_rng(0)
         n_users, n_items = len(self.loaded), self.train.n_cols
         users = rng.choice(n_users, size=min(CHECK_USERS, n_users), replace=False)
@@ -127,10 +150,11 @@ class MeanHistory:
         )
         got = np.stack([self.vector(int(u), e) for u, e in zip(users, extra)])
         # A known user's vector, as at load (with an empty extra history: the same vector).
-        filled = self.counts > 0  # the others' base is where a history takes them (build)
+        rows = np.arange(n_users) if everyone else np.sort(users)
+        rows = rows[self.counts[rows] > 0]  # the others' base is where a history takes them (build)
         if not np.allclose(
-            (self.base + self.sums / np.maximum(self.counts, 1)[:, None])[filled],
-            self.loaded[filled],
+            self.base[rows] + self.sums[rows] / self.counts[rows, None],
+            self.loaded[rows],
             CHECK_RTOL,
             CHECK_ATOL,
         ):

@@ -22,6 +22,7 @@ from ..core.manifest import (
     EncoderEntry,
     ModelSplit,
     TowerGraph,
+    UserVectors,
     check_dims,
 )
 from ..core.numerics import cosine_rows
@@ -41,6 +42,11 @@ WARM_UP_LENGTH = 16
 # Rows per tower run when a request's rows are checked against its deadline between runs (a tower
 # is a small MLP: 4,096 rows take a few ms).
 TOWER_ROWS = 4096
+# Known users' vectors read from the bundle are checked against the tower on this many sampled users
+# at load, to export's parity tolerance: a file that does not belong to the graph beside it (a tower
+# replaced after export, a file from another bundle) is refused, not served.
+STORED_CHECK_USERS = 64
+STORED_ATOL = STORED_RTOL = 1e-4
 
 
 def _graph_inputs(path: Path, sess, graph: TowerGraph) -> dict[str, np.dtype]:
@@ -89,6 +95,7 @@ class Tower:
         except (ValueError, OSError, EOFError) as err:  # truncated or not an .npy at all
             raise ArtifactError(vec_path, f"unreadable ({type(err).__name__}: {err})") from err
         check_dims(vec_path, "vector width", self.dim, int(self.item_vectors.shape[1]))
+        self.root, self.stored = root, entry.user_vectors
         self._all_users: np.ndarray | None = None
         self._lock = threading.Lock()
 
@@ -144,31 +151,89 @@ class Tower:
         n_users: int,
         train: CSR | None = None,
     ) -> np.ndarray:
-        """Every known user's vector: one batched user-tower pass, computed once and then reused by
-        Recommend, Score and Evaluate (a known user's attributes never change while served).
+        """Every known user's vector, reused by Recommend, Score and Evaluate (a known user's
+        attributes never change while served): memory-mapped from the bundle when export stored them
+        (checked on sampled users), else one batched user-tower pass, once.
 
         A hybrid tower gets each user's id (1 + row; 0 without training positives) and history: their
         positives in ``train`` (the training positives of this tower's split, so Evaluate never sees a
         held-out item), padded per batch.
+
+        Raises:
+            ArtifactError: stored vectors of the wrong shape, or that the tower does not reproduce.
         """
         if self._all_users is not None:
             return self._all_users
         with self._lock:
             if self._all_users is None:
-                out = np.empty((n_users, self.dim), dtype=np.float32)
-                for start in range(0, n_users, 4096):
-                    rows = np.arange(start, min(n_users, start + 4096))
-                    history = padded_rows(train, rows) if train is not None and self.history_input else None
-                    ids = known_ids(train, rows)
-                    out[rows] = self.users(build_features(self.user_specs, rows), ids, history)
                 # Requests only reach the served split's tower (the cold one is for Evaluate).
-                reads_requests = self.split == SERVED_SPLIT and self.history_input
-                if reads_requests and self.history_pooling == "mean" and train is not None:
-                    self.mean_history = MeanHistory.build(
-                        self.users, lambda rows: build_features(self.user_specs, rows), out, train
-                    )
+                pooled = self.split == SERVED_SPLIT and self.history_input and self.history_pooling == "mean"
+                pooled = pooled and train is not None
+
+                def features(rows: np.ndarray) -> np.ndarray:
+                    return build_features(self.user_specs, rows)
+
+                if self.stored is not None:
+                    out = self._stored_users(features, n_users, train)
+                    arrays = self._stored_mean_history(n_users, train) if pooled else None
+                    if arrays is not None:
+                        self.mean_history = MeanHistory.stored(self.users, features, out, *arrays, train)
+                    elif pooled:
+                        self.mean_history = MeanHistory.build(self.users, features, out, train)
+                else:
+                    out = np.empty((n_users, self.dim), dtype=np.float32)
+                    for start in range(0, n_users, TOWER_ROWS):
+                        rows = np.arange(start, min(n_users, start + TOWER_ROWS))
+                        out[rows] = self._known_users(features, rows, train)
+                    if pooled:
+                        self.mean_history = MeanHistory.build(self.users, features, out, train)
                 self._all_users = out  # published last: readers check it without the lock
             return self._all_users
+
+    def _known_users(self, features: Callable, rows: np.ndarray, train: CSR | None) -> np.ndarray:
+        """Known users ``rows``' vectors with their training histories: one tower run."""
+        history = padded_rows(train, rows) if train is not None and self.history_input else None
+        return self.users(features(rows), known_ids(train, rows), history)
+
+    def _load_stored(self, rel: str, rows: int) -> np.ndarray:
+        """A stored float32 [rows, dim] array, memory-mapped read-only (pages load as users ask)."""
+        path = self.root / rel
+        try:
+            out = np.load(path, mmap_mode="r")
+        except (ValueError, OSError, EOFError) as err:
+            raise ArtifactError(path, f"unreadable ({type(err).__name__}: {err})") from err
+        if out.dtype != np.float32 or out.ndim != 2:
+            raise ArtifactError(path, f"holds {out.dtype} of shape {out.shape}, not float32 [n, {self.dim}]")
+        check_dims(path, "rows", rows, out.shape[0])
+        check_dims(path, "vector width", self.dim, out.shape[1])
+        return out
+
+    def _stored_users(self, features: Callable, n_users: int, train: CSR | None) -> np.ndarray:
+        """The bundle's known-user vectors, after the tower reproduces them on sampled users."""
+        stored: UserVectors = self.stored
+        out = self._load_stored(stored.file, n_users)
+        rows = np.sort(
+            np.random.default_rng(0).choice(n_users, size=min(STORED_CHECK_USERS, n_users), replace=False)
+        )
+        want = self._known_users(features, rows, train)
+        if not np.allclose(out[rows], want, STORED_RTOL, STORED_ATOL):
+            raise ArtifactError(
+                self.root / stored.file,
+                f"differs from what its user tower computes for sampled users (max |diff| "
+                f"{np.abs(out[rows] - want).max():.2e}): the file and the graph are not from one export",
+            )
+        return out
+
+    def _stored_mean_history(self, n_users: int, train: CSR) -> tuple[np.ndarray, ...] | None:
+        """(base, sums, table) from the bundle, or None when export stored none."""
+        s: UserVectors = self.stored
+        if not (s.base_file and s.sums_file and s.table_file):
+            return None
+        return (
+            self._load_stored(s.base_file, n_users),
+            self._load_stored(s.sums_file, n_users),
+            self._load_stored(s.table_file, train.n_cols),
+        )
 
 
 def _in_blocks(n: int, check: Check, run: Callable[[int, int], np.ndarray]) -> np.ndarray:
