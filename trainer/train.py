@@ -12,7 +12,7 @@ import numpy as np
 
 from towerserve.server.core import features as feats
 from towerserve.server.core.csr import CSR
-from towerserve.server.core.features import MINMAX, TEXT, FieldSpec, FieldTable, feature_matrix, save_tables
+from towerserve.server.core.features import MINMAX, TEXT, FieldSpec, FieldTable, save_tables
 from towerserve.server.core.manifest import TRAIN_FORMAT
 from towerserve.server.core.splits import save_recorded_split
 
@@ -167,11 +167,14 @@ def train(data_dir: Path | str, out_dir: Path | str, cfg: TrainConfig = TrainCon
                 uspec = field_specs(FEATURE_SETS[kind]["user"], tables, raw_user, warm_users)
                 ispec = field_specs(FEATURE_SETS[kind]["item"], tables, raw_item, warm_items)
                 if kind in ID_KINDS:  # its own loop, recipe choice and vectors: trainer/hybrid/train.py
-                    U = feature_matrix(uspec, tables, raw_user)
-                    I = feature_matrix(ispec, tables, raw_item)
+                    from .hybrid.rows import FeatureRows
                     from .hybrid.train import fit_hybrid
 
-                    fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, f"{kind}/{split_name}", uspec)
+                    # Rows built when a step or a block needs them, never the entities x features matrices.
+                    U = FeatureRows.of_tables(uspec, tables, raw_user)
+                    I = FeatureRows.of_tables(ispec, tables, raw_item)
+                    desc = f"{kind}/{split_name}"
+                    fitted = fit_hybrid(U, I, split, cfg, hybrid_choice, desc, uspec, users=judged)
                     model, history, secs, uvec, ivec, hybrid_choice, extra = fitted
                     t0 = time.perf_counter()
                 else:

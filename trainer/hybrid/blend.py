@@ -35,12 +35,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from towerserve.server.core.csr import CSR
-from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
 from . import attributes as hybrid_attributes
 from . import ease as hybrid_ease
 from . import fit as hybrid_fit
 from . import model as hybrid
+from . import scoring
+from .rows import FeatureRows, as_rows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -127,38 +128,27 @@ def set_weights(model, weights: dict[str, float]) -> None:
     layer.weights_by_segment.assign(np.array([weights[s] for s in SEGMENTS], dtype=np.float32))
 
 
-def _segment_users(model, U: np.ndarray, train: CSR, segment: str, users: np.ndarray) -> np.ndarray:
+def _segment_users(model, U: FeatureRows, train: CSR, segment: str, users: np.ndarray) -> np.ndarray:
     """``users``' vectors as the segment sees them (popularity weights as the model has them)."""
-    n = len(users)
-    if segment == "known":
-        idx = hybrid.known_index(U.shape[0], hybrid_fit.known_users(train))[users]
-        hist = [train.row(int(u)) for u in users]
-    elif segment == "history":
-        idx, hist = np.zeros(n, np.int32), [train.row(int(u)) for u in users]
-    else:
-        idx, hist = np.zeros(n, np.int32), [np.zeros(0, np.int64)] * n
-    return hybrid.user_vectors(model, U[users], idx, hist)
+    return hybrid_fit.users_vectors(
+        model, U, train, users, ids=segment == "known", history=segment != "attributes"
+    )
 
 
-def _std(scores: np.ndarray) -> float:
-    """The mean over users (rows) of the standard deviation of their scores (1 when all are flat)."""
-    return float(np.mean(np.std(scores, axis=1))) or 1.0
+def _std(left: np.ndarray, right: np.ndarray) -> float:
+    """The mean over users of the standard deviation of their scores ``left @ right.T`` over the
+    catalogue (1 when all are flat), a block of users at a time: never users x items at once."""
+    return scoring.mean_row_std(lambda pos: left[pos] @ right.T, len(left), len(right))
 
 
 def _spread(uvec: np.ndarray, ivec: np.ndarray) -> float:
-    return _std(uvec[:, :-1] @ ivec[:, :-1].T)  # the popularity column left out
+    return _std(uvec[:, :-1], ivec[:, :-1])  # the popularity column left out
 
 
 def _sample(users: np.ndarray, seed: int) -> np.ndarray:
     if len(users) <= SPREAD_USERS:
         return users
     return np.sort(np.random.default_rng([seed, 41]).choice(users, SPREAD_USERS, replace=False))
-
-
-def _ndcg(scores: np.ndarray, users: np.ndarray, row_of: dict[int, int], fit: CSR, val: CSR) -> float:
-    """Validation NDCG@10 of ``scores`` (one row per ``users``; ``row_of``: user -> row)."""
-    fn = lambda us: scores[[row_of[int(u)] for u in us]]  # noqa: E731
-    return float(full_ranking_metrics(fn, val, fit, ks=(10,), users=users)["ndcg@10"])
 
 
 def _best(table: dict) -> object:
@@ -168,8 +158,8 @@ def _best(table: dict) -> object:
 
 def choose(
     model,
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     fit: CSR,
     val: CSR,
     seed: int,
@@ -182,43 +172,60 @@ def choose(
     the known users' popularity, with ``coding`` the attribute ridge's λ and multiplier jointly with
     the attributes segment's. Leaves the model's weights at 0.
 
+    Every grid point is a sum of a few score matrices (the towers', the parts', popularity) over the
+    judged users and the catalogue: each is built a block at a time, and one pass over the catalogue
+    ranks a segment's whole grid (trainer/hybrid/scoring.py).
+
     Long because it is one grid search per segment, in the order the shared weights need.
     """
+    U, I = as_rows(U), as_rows(I)
     set_popularity(model, fit)
     set_weights(model, {s: 0.0 for s in SEGMENTS})
     judged = hybrid_fit.judged_users(fit, val, seed)
-    ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(fit)))
+    ivec = hybrid_fit.catalogue_vectors(model, I, fit)
     pop = ivec[:, -1]
-    extra = attr_extra = attr_info = None
+    # The parts' scores at unit spread (a multiplier of the hybrid's spread applies as is), as
+    # functions of (judged positions, items lo..hi-1).
+    extra = attr_extra = attr_info = groups = None
     if ease is not None:
-        e = ease.user_part(fit, judged) @ ease.items.T
-        extra = e / _std(e)  # scaled to unit spread: a multiplier of the hybrid's spread applies as is
+        left = ease.user_part(fit, judged)
+        e_std = _std(left, ease.items)
+        extra = lambda pos, lo, hi: (left[pos] @ ease.items[lo:hi].T) / e_std  # noqa: E731
     if coding is not None:
-        lam, oof = hybrid_attributes.choose_lambda(coding.codes(U), fit, val, judged, seed)
-        attr_extra, attr_info = oof / _std(oof), {"lambda": lam, "width": coding.width}
-    row_of = {int(u): r for r, u in enumerate(judged)}
+        lam, oof = hybrid_attributes.choose_lambda(
+            lambda ids: coding.codes(U.take(ids)), fit, val, judged, seed
+        )
+        a_std = scoring.mean_row_std(oof.rows, len(judged), len(ivec), oof.groups)
+        attr_extra = lambda pos, lo, hi: oof.rows(pos, lo, hi) / a_std  # noqa: E731
+        attr_info, groups = {"lambda": lam, "width": coding.width}, oof.groups  # one fold's W at a time
     chosen, table, ease_m, ease_w, attr_m, attr_w = {}, {}, 0.0, 0.0, 0.0, 0.0
     for segment in _CHOICE_ORDER:
         uvec = _segment_users(model, U, fit, segment, judged)
         spread = _spread(uvec[:SPREAD_USERS], ivec)
-        base = uvec @ ivec.T
         joint = None  # (the part's unit-spread scores, its multipliers) where a part is weighed here
         if segment == "known" and extra is not None:
             joint = (extra, EASE_MULTIPLIERS)
         elif segment == "attributes" and attr_extra is not None:
             joint = (attr_extra, ATTRIBUTE_MULTIPLIERS)
+        fixed = []  # the history segment is judged with the parts' weights as they will be served
         if segment == "history":
-            base = base + ease_w * extra if extra is not None else base
-            base = base + attr_w * attr_extra if attr_extra is not None else base
+            fixed = [(w, t) for w, t in ((ease_w, extra), (attr_w, attr_extra)) if t is not None]
+        keys = [(mx, m) for mx in joint[1] for m in MULTIPLIERS] if joint else list(MULTIPLIERS)
+
+        def scores(pos, lo, hi, uvec=uvec, spread=spread, joint=joint, fixed=fixed, keys=keys):
+            base = uvec[pos] @ ivec[lo:hi].T
+            for w, term in fixed:
+                base = base + w * term(pos, lo, hi)
+            p = pop[None, lo:hi]
+            part = joint[0](pos, lo, hi) if joint else None
+            for key in keys:
+                if joint:
+                    yield base + (key[0] * spread) * part + (key[1] * spread) * p
+                else:
+                    yield base + (key * spread) * p
+
+        grid = dict(zip(keys, scoring.ndcg(scores, judged, fit, val, n_scorings=len(keys), groups=groups)))
         if joint is not None:
-            part, part_multipliers = joint
-            grid = {
-                (mx, m): _ndcg(
-                    base + (mx * spread) * part + (m * spread) * pop[None, :], judged, row_of, fit, val
-                )
-                for mx in part_multipliers
-                for m in MULTIPLIERS
-            }
             mx, chosen[segment] = _best(grid)
             # One weight for every user the part serves, set from this segment's spread as apply()
             # sets it: the history segment is judged with the weight it will be served.
@@ -229,9 +236,6 @@ def choose(
             table[segment] = {f"{a:g}/{m:g}": v for (a, m), v in grid.items()}
             best = grid[(mx, chosen[segment])]
         else:
-            grid = {
-                m: _ndcg(base + (m * spread) * pop[None, :], judged, row_of, fit, val) for m in MULTIPLIERS
-            }
             chosen[segment] = _best(grid)
             table[segment] = grid
             best = grid[chosen[segment]]
@@ -254,8 +258,8 @@ def choose(
 
 def apply(
     model,
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     train: CSR,
     blend: Blend,
     seed: int,
@@ -271,9 +275,10 @@ def apply(
     Returns:
         (the model to serve, ``blend`` with the weights).
     """
+    U, I = as_rows(U), as_rows(I)
     set_popularity(model, train)
     users = _sample(np.flatnonzero(hybrid_fit.known_users(train)), seed)
-    ivec = hybrid.item_vectors(model, I, hybrid.known_index(I.shape[0], hybrid_fit.known_items(train)))
+    ivec = hybrid_fit.catalogue_vectors(model, I, train)
     weights, spreads = {}, {}
     for segment in SEGMENTS:
         spreads[segment] = (
@@ -286,15 +291,17 @@ def apply(
     f = ridge = None
     if blend.ease_multiplier > 0 and len(users):
         f = hybrid_ease.factors(train, ease["lambda"], int(ease["rank"]))
-        e = f.user_part(train, users) @ f.items.T
-        ease["weight"] = float(blend.ease_multiplier * spreads["known"] / _std(e))
+        e_std = _std(f.user_part(train, users), f.items)
+        ease["weight"] = float(blend.ease_multiplier * spreads["known"] / e_std)
     if blend.attribute_multiplier > 0 and coding is not None and len(users):
-        codes = coding.codes(U)
+        codes = lambda ids: coding.codes(U.take(ids))  # noqa: E731 - a block of users at a time
         ridge = hybrid_attributes.fit_ridge(
             codes, train, np.flatnonzero(hybrid_fit.known_users(train)), attrs["lambda"]
         )
         attrs["weight"] = float(
-            blend.attribute_multiplier * spreads["attributes"] / _std(codes[users] @ ridge)
+            blend.attribute_multiplier
+            * spreads["attributes"]
+            / _std(hybrid_attributes.codes_in_blocks(codes, users), ridge.T)
         )
         attrs["width"] = coding.width
     if f is not None or ridge is not None:

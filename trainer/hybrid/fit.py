@@ -2,6 +2,11 @@
 
 Every choice (epochs, and the recipe in trainer/hybrid/search.py) is made on NDCG@10 over a validation
 split carved out of the TRAINING positives; the test split is never read here.
+
+Memory does not grow with users x features, items x features or users x history: a step builds its
+batch's feature rows (trainer/hybrid/rows.py) and padded histories (trainer/hybrid/histories.py), the
+vectors are computed a block of entities at a time, and validation ranks the catalogue in blocks
+(trainer/hybrid/scoring.py). What stays is O(users + items + positives) and the model's own ID tables.
 """
 
 from __future__ import annotations
@@ -13,15 +18,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from towerserve.server.core.csr import CSR
-from towerserve.server.core.ranking_metrics import full_ranking_metrics
 
-from ..evalsample import chunk_users
+from . import histories as hybrid_histories
 from . import model as hybrid
-from .config import HybridConfig
+from . import scoring
+from .config import FULL_SOFTMAX_MAX_ITEMS, HybridConfig
+from .rows import FeatureRows, as_rows
 
 _LOGGER = logging.getLogger(__name__)
 
 VALIDATION_MAX_USERS = 5_000  # users judged per epoch: enough to rank epochs and recipes, bounded
+# ...and at most this many users x items cells an evaluation, never under VALIDATION_MIN_USERS: a
+# judged user is scored against every item, so at 10⁶ items 5,000 users cost 5 x 10⁹ cells an epoch
+# (minutes); the cap leaves every catalogue up to 200,000 items at 5,000 (the seed scale untouched).
+VALIDATION_CELLS = 1_000_000_000
+VALIDATION_MIN_USERS = 1_000
+# Entities per tower pass over the catalogue (or every user): a block's feature rows (~100 MB at
+# 800 features) and hidden activations, never the whole entities x features matrix. The seed scale's
+# 1,000 items are one pass, as before.
+TOWER_BLOCK = 32_768
+USER_BATCH = 1024  # users a user-tower pass outside training, each batch padded to its longest history
 # A small data set (the real one: ~50,000 positives) still gets this many steps an epoch: the batch
 # shrinks (not below MIN_BATCH) instead of the recipe being tuned per data set.
 MIN_STEPS, MIN_BATCH = 100, 256
@@ -85,21 +101,58 @@ def full_softmax_loss(uvec, vall, targets, inv_t: float):
     return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=targets, logits=logits))
 
 
-def all_vectors(model, U: np.ndarray, I: np.ndarray, train: CSR) -> tuple[np.ndarray, np.ndarray]:
-    """(user vectors, item vectors) as served: known ids and training histories, unknown ids as 0."""
-    uidx = hybrid.known_index(U.shape[0], known_users(train))
-    iidx = hybrid.known_index(I.shape[0], known_items(train))
-    return hybrid.user_vectors(model, U, uidx, histories(train)), hybrid.item_vectors(model, I, iidx)
+def users_vectors(
+    model,
+    U: np.ndarray | FeatureRows,
+    train: CSR,
+    users: np.ndarray,
+    ids: bool = True,
+    history: bool = True,
+) -> np.ndarray:
+    """float32 [len(users), width]: ``users``' vectors as served (their ids where they have training
+    positives, their training histories; ``ids``/``history`` False: as if they had none), USER_BATCH
+    users a tower pass, each batch's feature rows and histories (padded to its longest) built for it
+    alone."""
+    U, users, batch = as_rows(U), np.asarray(users, dtype=np.int64), USER_BATCH
+    tower = model.get_layer("user_tower")
+    known = known_users(train) & ids
+    out = [np.zeros((0, tower.output.shape[-1]), dtype=np.float32)]
+    for s in range(0, len(users), batch):
+        u = users[s : s + batch]
+        idx = np.where(known[u], u + 1, 0).astype(np.int32)
+        hist = hybrid_histories.padded(train, u) if history else np.zeros((len(u), 1), np.int32)
+        out.append(np.asarray(tower([U.take(u), idx, hist], training=False), dtype=np.float32))
+    return np.concatenate(out)
+
+
+def catalogue_vectors(model, I: np.ndarray | FeatureRows, train: CSR) -> np.ndarray:
+    """float32 [n_items, width]: every item's vector as served (content path plus its ID row where it
+    has training positives), TOWER_BLOCK items a tower pass."""
+    I = as_rows(I)
+    iidx = hybrid.known_index(I.n, known_items(train))
+    parts = [hybrid.item_vectors(model, rows, iidx[ids]) for ids, rows in I.blocks(TOWER_BLOCK)]
+    return np.concatenate(parts) if parts else np.zeros((0, model.get_layer("item_id_embedding").dim))
+
+
+def all_vectors(model, U, I, train: CSR) -> tuple[np.ndarray, np.ndarray]:
+    """(user vectors, item vectors) as served: known ids and training histories, unknown ids as 0.
+    ``U``/``I``: feature matrices or FeatureRows."""
+    U = as_rows(U)
+    return users_vectors(model, U, train, np.arange(U.n)), catalogue_vectors(model, I, train)
 
 
 def validation_ndcg(model, U, I, fit: CSR, val: CSR, users: np.ndarray) -> float:
-    uvec, ivec = all_vectors(model, U, I, fit)
-    chunk = chunk_users(val.n_cols)  # 2,048 users up to ~10,000 items; fewer above, bounding memory
-    row = full_ranking_metrics(lambda u: uvec[u] @ ivec.T, val, fit, ks=(10,), users=users, chunk_users=chunk)
-    return float(row["ndcg@10"])
+    """NDCG@10 of ``users`` (sorted) on ``val``, ``fit``'s positives masked: their vectors alone, the
+    catalogue's in blocks, ranked in blocks (trainer/hybrid/scoring.py)."""
+    ivec = catalogue_vectors(model, I, fit)
+    uvec = users_vectors(model, U, fit, users)
+    return scoring.ndcg(lambda pos, lo, hi: [uvec[pos] @ ivec[lo:hi].T], users, fit, val)[0]
 
 
 def judged_users(fit: CSR, val: CSR, seed: int, max_users: int = VALIDATION_MAX_USERS) -> np.ndarray:
+    """Sorted users with fit and validation positives: at most ``max_users``, fewer on a catalogue
+    too big for that many (VALIDATION_CELLS), a seeded sample when there are more."""
+    max_users = min(max_users, max(VALIDATION_MIN_USERS, VALIDATION_CELLS // max(1, fit.n_cols)))
     judged = np.flatnonzero((val.row_lengths() > 0) & (fit.row_lengths() > 0))
     if len(judged) > max_users:
         judged = np.sort(np.random.default_rng([seed, 21]).choice(judged, size=max_users, replace=False))
@@ -117,18 +170,14 @@ def forget_unseen(model, train: CSR) -> None:
     model.get_layer("item_id_embedding").zero_rows(unseen_items)
 
 
-def _padded(train: CSR) -> np.ndarray:
-    return hybrid.pad_histories(histories(train))
-
-
-def _sampled(padded: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
-    """Up to ``cap`` random history items per user (all of them when the user has fewer)."""
-    if padded.shape[1] <= cap:
-        return padded
-    keys = rng.random(padded.shape, dtype=np.float32)
-    keys[padded == 0] = 2.0  # padding sorts last
-    pick = np.argpartition(keys, cap - 1, axis=1)[:, :cap]
-    return np.take_along_axis(padded, pick, axis=1)
+def unique_in_order(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """tf.unique's answer in numpy: (the distinct values in order of first appearance, each value's
+    position among them), both int32. The step gets a batch's distinct items with their feature rows."""
+    distinct, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    return distinct[order].astype(np.int32), rank[inverse.reshape(-1)]
 
 
 def user_batches(row_users: np.ndarray, batch: int, rng: np.random.Generator, chunk: int = 16):
@@ -203,8 +252,8 @@ def _content_model(user):
 
 
 def fit(
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     train: CSR,
     cfg: HybridConfig,
     seed: int,
@@ -216,6 +265,8 @@ def fit(
     """Trains a hybrid on ``train``'s positives.
 
     Args:
+        U, I: the users' and items' feature matrices, or FeatureRows: a step builds the rows of its
+            batch's users and distinct items alone.
         negatives: (users, items) sampled non-positives; required by the bce loss.
         val: validation positives (disjoint from ``train``): epochs stop on their NDCG@10 and the best
             epoch's weights are kept. Without it the model trains ``epochs`` (default cfg.epochs) epochs.
@@ -228,8 +279,9 @@ def fit(
     if cfg.loss == "bce" and negatives is None:
         raise ValueError("the bce loss needs sampled negatives (got none)")
     keras.utils.set_random_seed(seed)
+    U, I = as_rows(U), as_rows(I)
     n_users, n_items = train.n_rows, train.n_cols
-    model = hybrid.build_hybrid(U.shape[1], I.shape[1], n_users, n_items, cfg)
+    model = hybrid.build_hybrid(U.dim, I.dim, n_users, n_items, cfg)
     item_t = model.get_layer("item_tower")
     item_ids = model.get_layer("item_id_embedding")
     # A user's ID row takes part in few steps (one per chunk): Adam's second moment, decayed between
@@ -266,42 +318,57 @@ def fit(
         labels = np.concatenate([labels, np.zeros(len(nu), dtype=np.float32)])
         order = np.argsort(rows_u, kind="stable")
         rows_u, rows_i, labels = rows_u[order], rows_i[order], labels[order]
-    padded = _padded(train)
-    width = min(padded.shape[1], cfg.train_history)
-    hist_var = tf.Variable(np.zeros((n_users, width), np.int32), trainable=False)
-    user_feats, item_feats = tf.constant(U, tf.float32), tf.constant(I, tf.float32)
+    # Every history padded to this width, as the user tower saw them when all were held at once.
+    width = min(hybrid_histories.longest(train), cfg.train_history)
     batch = step_batch(len(rows_u), cfg.batch_size)
     log_q = tf.constant(inclusion_log_q(train, batch))
     inv_t = 1.0 / cfg.temperature
     full = cfg.loss == "softmax" and cfg.full_softmax(n_items)
     every_item = tf.range(1, n_items + 1, dtype=tf.int32)
+    # The full softmax runs the item tower on every item at every step, so it holds their rows: at
+    # most FULL_SOFTMAX_MAX_ITEMS of them under "auto"; "full" on a bigger catalogue holds them all.
+    all_items = tf.constant(I.take(np.arange(n_items))) if full else None
+    if full and n_items > FULL_SOFTMAX_MAX_ITEMS:
+        _LOGGER.warning(
+            "%s: negatives='full' over %d items holds their %d x %d feature rows (%.1f GB) and scores "
+            "every item at every step",
+            desc,
+            n_items,
+            n_items,
+            I.dim,
+            n_items * I.dim * 4 / 1e9,
+        )
+    no_items = np.zeros((0, I.dim), np.float32)
 
     vec = tf.TensorSpec([None], tf.int32)
     spec = [vec, vec, vec, tf.TensorSpec([None], tf.float32), tf.TensorSpec([None], tf.bool)]
     spec.append(tf.TensorSpec([n_items], tf.bool))
+    spec += [tf.TensorSpec([None, U.dim], tf.float32), tf.TensorSpec([None, width], tf.int32), vec, vec]
+    spec.append(tf.TensorSpec([None, I.dim], tf.float32))
 
     @tf.function(input_signature=spec)
-    def step(users, local, i, y, drop_user, drop_item):
+    def step(users, local, i, y, drop_user, drop_item, x_users, hist, cols, col_of_row, x_items):
+        """``x_users``/``hist``: the batch users' feature rows and padded history samples; ``cols``
+        (the batch's distinct items, in order of appearance), ``col_of_row`` (each row's position
+        among them) and ``x_items`` (their feature rows): each distinct item goes through the item
+        tower once, and for the softmax duplicates of a row's positive are not its negatives."""
         # A dropped user is a cold user: no id and no history.
-        hist = tf.where(tf.expand_dims(drop_user, 1), tf.zeros_like(hist_var[:1]), tf.gather(hist_var, users))
+        hist = tf.where(tf.expand_dims(drop_user, 1), tf.zeros_like(hist[:1]), hist)
         uid = tf.where(drop_user | (not cfg.user_ids), 0, users + 1)
-        # Each distinct item of the batch once: the item tower runs once per item, and for the
-        # softmax duplicates of a row's positive are not its negatives.
-        cols, col_of_row = tf.unique(i)
         iid = tf.where(tf.gather(drop_item, cols), 0, cols + 1)
         with tf.GradientTape() as tape:
-            uvec = grouped_user_vectors(model, tf.gather(user_feats, users), uid, hist, local, i)
+            uvec = grouped_user_vectors(model, x_users, uid, hist, local, i)
             if full:
-                vall = item_t(item_feats, training=True) + item_ids(tf.where(drop_item, 0, every_item))
+                vall = item_t(all_items, training=True) + item_ids(tf.where(drop_item, 0, every_item))
                 loss = full_softmax_loss(uvec, vall, i, inv_t)
             elif cfg.loss == "softmax":
-                vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
+                vvec = item_t(x_items, training=True) + item_ids(iid)
                 logits = tf.matmul(uvec, vvec, transpose_b=True) * inv_t - tf.gather(log_q, cols)[None, :]
                 loss = tf.reduce_mean(
                     tf.nn.sparse_softmax_cross_entropy_with_logits(labels=col_of_row, logits=logits)
                 )
             else:
-                vvec = item_t(tf.gather(item_feats, cols), training=True) + item_ids(iid)
+                vvec = item_t(x_items, training=True) + item_ids(iid)
                 logit = tf.reduce_sum(uvec * tf.gather(vvec, col_of_row), axis=1)
                 loss = tf.reduce_mean(tf.nn.sigmoid_cross_entropy_with_logits(labels=y, logits=logit))
             if cfg.l2:
@@ -333,22 +400,28 @@ def fit(
         alone = epoch < 0
         opt_content.learning_rate.assign(cfg.learning_rate if alone else content_lr)
         p_drop = 1.0 if alone else cfg.id_dropout
-        sample = _sampled(padded, width, rng)
+        sample = hybrid_histories.sample(train, width, rng)
         if cfg.history_dropout:
             # Each epoch sees a random part of every history: the item-item part cannot memorise
             # co-occurrences (what EASE's λ and a denoising autoencoder's input dropout prevent).
-            sample = np.where(rng.random(sample.shape) < cfg.history_dropout, 0, sample).astype(np.int32)
-        hist_var.assign(sample)
+            sample = hybrid_histories.drop(sample, width, cfg.history_dropout, rng)
         losses = []
         for users, rows, local in user_batches(rows_u, batch, rng, cfg.user_chunk):
+            items = rows_i[rows]
+            cols, col_of_row = unique_in_order(items)
             losses.append(
                 step(
                     users,
                     local,
-                    rows_i[rows],
+                    items,
                     labels[rows],
                     rng.random(len(users)) < p_drop,
                     rng.random(n_items) < p_drop,
+                    U.take(users),
+                    hybrid_histories.padded(sample, users, width),
+                    cols,
+                    col_of_row,
+                    no_items if full else I.take(cols),
                 )
             )
         history["loss"].append(float(np.mean([float(x) for x in losses])))

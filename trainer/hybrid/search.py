@@ -23,6 +23,7 @@ from . import blend as hybrid_blend
 from . import ease as hybrid_ease
 from . import fit as hybrid_fit
 from .config import HybridConfig
+from .rows import FeatureRows
 
 _LOGGER = logging.getLogger(__name__)
 
@@ -83,8 +84,8 @@ class Choice:
 
 
 def choose(
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     train: CSR,
     negatives: tuple[np.ndarray, np.ndarray],
     base: HybridConfig,
@@ -134,8 +135,8 @@ def choose(
 
 
 def train_split(
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     train: CSR,
     negatives: tuple[np.ndarray, np.ndarray],
     base: HybridConfig,

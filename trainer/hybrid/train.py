@@ -6,34 +6,41 @@ import logging
 
 import numpy as np
 
-from towerserve.server.core.ranking_metrics import full_ranking_metrics
-
 from .. import splits
 from . import fit as hybrid_fit
+from . import scoring
 from . import search as hybrid_search
 from .config import MAX_HISTORY
+from .rows import FeatureRows, as_rows
 
 _LOGGER = logging.getLogger(__name__)
 
 
-def _test_ndcg(model, U: np.ndarray, I: np.ndarray, split: splits.Split) -> float:
-    uvec, ivec = hybrid_fit.all_vectors(model, U, I, split.train)
-    return float(full_ranking_metrics(lambda u: uvec[u] @ ivec.T, split.test, split.train, (10,))["ndcg@10"])
+def _test_ndcg(model, U: FeatureRows, I: FeatureRows, split: splits.Split, users: np.ndarray | None) -> float:
+    """Test NDCG@10 of ``users`` (None: every user with a test positive): their vectors and the
+    catalogue's, ranked in blocks (trainer/hybrid/scoring.py)."""
+    judged = np.flatnonzero(split.test.row_lengths() > 0) if users is None else np.unique(users)
+    ivec = hybrid_fit.catalogue_vectors(model, I, split.train)
+    uvec = hybrid_fit.users_vectors(model, U, split.train, judged)
+    return scoring.ndcg(lambda pos, lo, hi: [uvec[pos] @ ivec[lo:hi].T], judged, split.train, split.test)[0]
 
 
 def fit_hybrid(
-    U: np.ndarray,
-    I: np.ndarray,
+    U: np.ndarray | FeatureRows,
+    I: np.ndarray | FeatureRows,
     split: splits.Split,
     cfg,
     choice: hybrid_search.Choice | None,
     desc: str,
     uspec=None,
+    users: np.ndarray | None = None,
 ):
     """Chooses the recipe on validation (unless ``choice`` is given: the cold split reuses the holdout's,
     since its validation users are warm and could not judge the cold path) and refits it on every
     training positive. ``cfg`` is the TrainConfig (hybrid, hybrid_search, seed); ``uspec`` the user
-    features' field specs (for the attribute ridge part, trainer/hybrid/attributes.py).
+    features' field specs (for the attribute ridge part, trainer/hybrid/attributes.py); ``U``/``I``
+    the feature matrices or, at scale, FeatureRows (a batch's rows built when needed); ``users`` the
+    run's evaluation sample, which the candidates' test NDCG@10 is measured on (None: every user).
 
     Returns:
         (model, history, seconds, user vectors, item vectors, the choice, extra) where extra holds
@@ -43,6 +50,7 @@ def fit_hybrid(
         validation, and never sees it.
     """
     searched = choice is None
+    U, I = as_rows(U), as_rows(I)
     final, choice, secs = hybrid_search.train_split(
         U,
         I,
@@ -60,7 +68,7 @@ def fit_hybrid(
     history = dict(final.history)
     if searched:
         for j, (cand, row) in enumerate(zip(choice.candidates, record["candidates"])):
-            row["test_ndcg@10"] = _test_ndcg(cand.model, U, I, split)
+            row["test_ndcg@10"] = _test_ndcg(cand.model, U, I, split, users)
             for key, values in cand.history.items():
                 history[f"search{j + 1}_{key}"] = values
     else:
@@ -68,8 +76,8 @@ def fit_hybrid(
         record["reused_from"] = "holdout"
     entry = {
         "ids_and_history": True,
-        "n_users": int(U.shape[0]),
-        "n_items": int(I.shape[0]),
+        "n_users": U.n,
+        "n_items": I.n,
         "history_split": split.name,
         "history_pooling": choice.config.pooling,
         "max_history": MAX_HISTORY,
