@@ -57,6 +57,7 @@ class Factors:
 
     def user_part(self, train: CSR, users: np.ndarray) -> np.ndarray:
         """float32 [len(users), r]: the mean of each user's training rows of P (0 without any)."""
+        # Dense users x items rows: EASE exists only up to collab.EASE_MAX_ITEMS items (5,000).
         x = train.dense_rows(np.asarray(users, dtype=np.int64)).astype(np.float32)
         return (x @ self.history) / np.maximum(x.sum(axis=1, keepdims=True), 1.0)
 

@@ -33,10 +33,10 @@ VALIDATION_MAX_USERS = 5_000  # users judged per epoch: enough to rank epochs an
 # (minutes); the cap leaves every catalogue up to 200,000 items at 5,000 (the seed scale untouched).
 VALIDATION_CELLS = 1_000_000_000
 VALIDATION_MIN_USERS = 1_000
-# Entities per tower pass over the catalogue (or every user): a block's feature rows (~100 MB at
-# 800 features) and hidden activations, never the whole entities x features matrix. The seed scale's
-# 1,000 items are one pass, as before.
-TOWER_BLOCK = 32_768
+# Items per tower pass over the catalogue: a block's feature rows (~40 MB at 1,153 features, and as
+# much again in the tensor TensorFlow makes of them) and hidden activations, never the whole items x
+# features matrix. The seed scale's 1,000 items are one pass, as before.
+TOWER_BLOCK = 8_192
 USER_BATCH = 1024  # users a user-tower pass outside training, each batch padded to its longest history
 # A small data set (the real one: ~50,000 positives) still gets this many steps an epoch: the batch
 # shrinks (not below MIN_BATCH) instead of the recipe being tuned per data set.

@@ -23,15 +23,17 @@ import numpy as np
 from towerserve.server.catalog.topk import top_k_rows
 from towerserve.server.core.csr import CSR
 
-# Cells of one score block (16 MB of float32); items per block. At the seed scale (1,000 items) a
-# block is every item, so nothing is merged.
-BLOCK_CELLS = 4_194_304
+# Cells of one score block (8 MB of float32: with its masks, top-k indices and argpartition's copy
+# a block holds ~50 MB); items per block. At the seed scale (1,000 items) a block is every item, so
+# nothing is merged.
+BLOCK_CELLS = 2_097_152
 ITEM_BLOCK = 65_536
 # Users per partial sum of the NDCG values, as full_ranking_metrics chunks them: the same float sums.
 SUM_CHUNK = 2048
 
 # (positions into the scored users, first item, end item) -> score blocks [len(positions), end - first],
-# one per scoring (a grid of blends is scored in one pass over the catalogue).
+# one per scoring (a grid of blends is scored in one pass over the catalogue). Each block must be a
+# fresh array: the search masks it in place.
 ScoreBlocks = Callable[[np.ndarray, int, int], Iterable[np.ndarray]]
 # (positions) -> whole score rows [len(positions), n_items].
 ScoreRows = Callable[[np.ndarray], np.ndarray]
@@ -85,11 +87,12 @@ def top_k(
             inside = (seen_cols >= lo) & (seen_cols < hi)
             r, c = seen_rows[inside], seen_cols[inside] - lo
             for j, s in enumerate(scores(pos, lo, hi)):
-                s = np.array(s, dtype=np.float32)  # a copy: masking writes into it
-                if np.isnan(s).any():
-                    raise ValueError("the scores hold NaN")
-                # A model's own -inf ranks below every finite score but above the masked items.
-                s[np.isneginf(s)] = np.finfo(np.float32).min
+                s = np.asarray(s, dtype=np.float32)
+                if not np.isfinite(s).all():
+                    if np.isnan(s).any():
+                        raise ValueError("the scores hold NaN")
+                    # A model's own -inf ranks below every finite score but above the masked items.
+                    s[np.isneginf(s)] = np.finfo(np.float32).min
                 s[r, c] = -np.inf
                 best[j] = _merge(best[j], s, lo, k)
         for j in range(n_scorings):
