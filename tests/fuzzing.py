@@ -231,9 +231,20 @@ def _case(w: World, name: str, request, expect: frozenset[str] = OK, defect: str
 Defect = Callable[[Callable, object], frozenset[str]]
 
 
-def _inject(draw, request, catalogue: dict[str, Defect]) -> tuple[str, frozenset[str]]:
-    """Half the time nothing (a valid case); else one defect of the catalogue, applied to ``request``."""
-    if draw(st.booleans()):
+def _only(catalogue: dict[str, Defect], prefix: str | None) -> dict[str, Defect]:
+    """The defects whose names start with ``prefix`` (all when None); none is a mistake in the test."""
+    if prefix is None:
+        return catalogue
+    chosen = {name: d for name, d in catalogue.items() if name.startswith(prefix)}
+    if not chosen:
+        raise ValueError(f"no defect starts with {prefix!r}: {sorted(catalogue)}")
+    return chosen
+
+
+def _inject(draw, request, catalogue: dict[str, Defect], always: bool = False) -> tuple[str, frozenset[str]]:
+    """Half the time nothing (a valid case), unless ``always``; else one defect of the catalogue,
+    applied to ``request``."""
+    if not always and draw(st.booleans()):
         return "", OK
     # Not one sampled_from: inside a composite, hypothesis gives each draw its simplest value (the
     # first entry) about a third of the time, and one defect took 40 % of the draws. The sum of four
@@ -411,7 +422,9 @@ def _history_defects(w: World, target: Callable) -> dict[str, Defect]:
 # -------------------------------------------------------------------------------------------- RPCs
 
 
-def recommend(w: World) -> st.SearchStrategy[Case]:
+def recommend(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
+    """Recommend cases; with ``only``, every case carries one of the defects named with that prefix."""
+
     def me(draw, req):
         return req
 
@@ -459,6 +472,7 @@ def recommend(w: World) -> st.SearchStrategy[Case]:
         **_user_defects(w, me),
         **_history_defects(w, me),
     }
+    defects = _only(defects, only)
 
     @st.composite
     def build(draw):
@@ -478,13 +492,15 @@ def recommend(w: World) -> st.SearchStrategy[Case]:
         req.exclude_item_ids.extend(draw(batches(_any_ids(w), w.limits["max_exclude_items"], empty=True)))
         if draw(st.booleans()):
             req.history.extend(draw(_history(w)))
-        defect, expect = _inject(draw, req, defects)
+        defect, expect = _inject(draw, req, defects, always=only is not None)
         return _case(w, "Recommend", req, expect, defect)
 
     return build()
 
 
-def score(w: World) -> st.SearchStrategy[Case]:
+def score(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
+    """Score cases; ``only`` as for recommend()."""
+
     def pair_of(draw, req):
         return _pick(draw, req.pairs)
 
@@ -519,6 +535,7 @@ def score(w: World) -> st.SearchStrategy[Case]:
         **_user_defects(w, pair_of),
         **_history_defects(w, pair_of),
     }
+    defects = _only(defects, only)
 
     @st.composite
     def pair(draw):
@@ -531,7 +548,7 @@ def score(w: World) -> st.SearchStrategy[Case]:
     @st.composite
     def build(draw):
         req = pb.ScoreRequest(pairs=draw(batches(pair(), w.limits["max_score_pairs"])))
-        defect, expect = _inject(draw, req, defects)
+        defect, expect = _inject(draw, req, defects, always=only is not None)
         return _case(w, "Score", req, expect, defect)
 
     return build()
