@@ -83,20 +83,6 @@ DOCUMENTED = {
     "DeleteItems": frozenset({"OK", "INVALID_ARGUMENT"}),
     "RecordInteractions": frozenset({"OK", "INVALID_ARGUMENT", "NOT_FOUND"}),
 }
-# Where docs/api.md and the server disagree, the docs win: these defects carry the documented code,
-# which the server does not answer yet, so they are not drawn (they would fail every run) until it
-# does. Found while tagging the cases (issue 25, #4); once the server answers one as documented,
-# move it into its RPC's catalogue.
-DISAGREEMENTS = {
-    # "an id over 200 characters" (Errors); the server ignores it as an unknown id: OK.
-    "Recommend exclude_item_ids: an id over 200 characters": INVALID,
-    # "ids of 1..200 characters (else INVALID_ARGUMENT)" (Histories); the server ignores "": OK.
-    "Recommend/Score history: an empty id": INVALID,
-    # "text empty where required"; the server looks "" up: NOT_FOUND.
-    "Evaluate interactions: an empty user_id or item_id": INVALID,
-    # "holding a NUL character (neither journal can store one)"; the server journals it: OK.
-    "DeleteItems item_ids: an id holding NUL": INVALID,
-}
 # Where the docs allow two readings, a case takes either code; each use says which two.
 EITHER_ID = frozenset({"INVALID_ARGUMENT", "NOT_FOUND"})
 EITHER_IGNORED = frozenset({"OK", "INVALID_ARGUMENT"})
@@ -315,8 +301,7 @@ def _blank_or_nul() -> st.SearchStrategy[str]:
 def _write_id(rpc: str) -> st.SearchStrategy[str]:
     """Mostly none; else a fresh printable-ASCII id, up to the 128-character limit. Prefixed by the
     RPC, so a drawn id is never another RPC's: a repeat within one RPC is answered from the journal
-    (OK), but a DeleteItems reusing an UpsertItems' write_id is answered INTERNAL today (the first
-    reply's fields do not fit a DeleteItemsResponse), a server bug left for its own fix."""
+    (OK), one of another RPC is INVALID_ARGUMENT (test_consistency.test_a_write_id_names_one_call)."""
     fresh = st.uuids().map(lambda u: f"{rpc}-{u}")
     return mostly(st.just(""), fresh | fresh.map(lambda x: stretch(x + "/", 128)))
 
@@ -405,6 +390,7 @@ def _history_defects(w: World, target: Callable) -> dict[str, Defect]:
 
     out = {
         "history: an id over 200 characters": one(_long(), INVALID),
+        "history: an empty id": one(st.just(""), INVALID),
         # The docs name no code for NUL in an id that is only looked up and ignored when unknown.
         "history: an id holding NUL": one(st.sampled_from(("\x00", "item_0001\x00")), EITHER_IGNORED),
     }
@@ -445,10 +431,10 @@ def recommend(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
 
         return apply
 
-    def odd_entry(field_name, value):
+    def odd_entry(field_name, value, expect=EITHER_IGNORED):
         def apply(draw, req):
             getattr(req, field_name).append(draw(value))
-            return EITHER_IGNORED
+            return expect
 
         return apply
 
@@ -469,6 +455,7 @@ def recommend(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
         "exclude_item_ids: an id empty or holding NUL": odd_entry(
             "exclude_item_ids", st.sampled_from(("", "\x00", "item_0001\x00"))
         ),
+        "exclude_item_ids: an id over 200 characters": odd_entry("exclude_item_ids", _long(), INVALID),
         **_user_defects(w, me),
         **_history_defects(w, me),
     }
@@ -596,9 +583,11 @@ def evaluate(w: World) -> st.SearchStrategy[Case]:
         "interactions: over max_inline_interactions": over("interactions", "max_inline_interactions", inter),
         "interactions: user_id unknown": interaction("user_id", unknown_ids(w), NOT_FOUND),
         "interactions: user_id over 200 characters": interaction("user_id", _long(), INVALID),
+        "interactions: user_id empty": interaction("user_id", st.just(""), INVALID),
         "interactions: user_id blank or holding NUL": interaction("user_id", _blank_or_nul(), EITHER_ID),
         "interactions: item_id unknown": interaction("item_id", unknown_ids(w), NOT_FOUND),
         "interactions: item_id over 200 characters": interaction("item_id", _long(), INVALID),
+        "interactions: item_id empty": interaction("item_id", st.just(""), INVALID),
         "interactions: item_id blank or holding NUL": interaction("item_id", _blank_or_nul(), EITHER_ID),
         # Inline pairs are judged against the exported catalogue (the recorded split's items): an
         # item UpsertItems added, present or deleted, is not one of them (server/engine/evaluation.py;
@@ -740,6 +729,7 @@ def delete(w: World) -> st.SearchStrategy[Case]:
         "item_ids: over max_delete_items": over,
         "item_ids: an empty id": one(st.just(""), INVALID),
         "item_ids: an id over 200 characters": one(_long(), INVALID),
+        "item_ids: an id holding NUL": one(st.sampled_from(("\x00", "fz_1\x00", "a\x00b")), INVALID),
         # Blank is not empty, and unknown ids are ignored; but UpsertItems refuses a blank id as empty.
         "item_ids: a blank id": one(st.sampled_from((" ", "\t\n\r")), EITHER_IGNORED),
         "write_id: over 128 characters or not printable ASCII": _set("write_id", _bad_write_id(), INVALID),

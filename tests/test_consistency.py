@@ -159,6 +159,27 @@ def test_a_bad_write_id_is_invalid_argument(serving):
         assert not first.repeated and again.repeated and again.inserted == first.inserted == 1
 
 
+@pytest.mark.parametrize("journal", ["sqlite", "none"], indirect=False)
+def test_a_write_id_names_one_call(serving, tmp_path, journal):
+    """A DeleteItems sent with an UpsertItems' write_id (and the other way round) is refused, naming
+    the first call, and applies nothing: answering it with the upsert's reply would say it deleted."""
+    where = {"state_dir": tmp_path / "state"} if journal == "sqlite" else {}
+    with running_server(serving, **where) as running, RecommenderClient(_target(running)) as c:
+        user = running.holder.get().user_ids[0]
+        assert c.upsert_items([_item("kept")], write_id="put-1").inserted == 1
+        with pytest.raises(TowerserveError) as err:
+            c.delete_items(["kept"], write_id="put-1")
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert "UpsertItems" in err.value.details and "put-1" in err.value.details
+        assert "kept" in _served(c, user)
+        assert c.delete_items(["kept"], write_id="del-1").deleted == 1
+        with pytest.raises(TowerserveError) as err:
+            c.upsert_items([_item("kept")], write_id="del-1")
+        assert err.value.code == grpc.StatusCode.INVALID_ARGUMENT and "DeleteItems" in err.value.details
+        assert "kept" not in _served(c, user)
+        assert c.delete_items(["kept"], write_id="del-1").repeated  # its own retry still answers OK
+
+
 FAST = PgTimeouts(connect_s=1.0, acquire_s=1.0, lock_s=1.0, statement_s=2.0, operation_s=3.0)
 
 

@@ -381,7 +381,7 @@ def test_unknown_and_repeated_history_ids_are_ignored_and_counted(served):
     a, c = b.trained_items(2)
     clean = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=[a, c]))
     noisy = stub.Recommend(
-        pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["no_such_item", a, c, a, ""])
+        pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["no_such_item", a, c, a])
     )
     assert (clean.history_used, noisy.history_used) == (2, 2)
     assert _ids(noisy) == _ids(clean) and _scores(noisy) == _scores(clean)
@@ -404,6 +404,7 @@ def test_history_limits(served):
             pb.RecommendRequest(user=b.attrs(0), top_n=5, history=["a", "i" * 201]),
             ("history[1]", "201", "200"),
         ),
+        (pb.RecommendRequest(user=b.attrs(0), top_n=5, history=["a", ""]), ("history[1]", "empty")),
     ]
     for request, says in cases:
         with pytest.raises(grpc.RpcError) as err:

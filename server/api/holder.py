@@ -73,6 +73,23 @@ def serving_error(err: JournalError) -> ServingError:
     return Unavailable(f"the catalogue journal failed, nothing was written: {err}")
 
 
+# The reply field only each write RPC records: a repeated write_id's journaled reply tells which RPC
+# first used it.
+REPLY_MARK = {"UpsertItems": "inserted", "DeleteItems": "deleted", "RecordInteractions": "created_users"}
+
+
+def same_kind(done: Journaled, write_id: str, rpc: str) -> None:
+    """Refuses (INVALID_ARGUMENT) a write_id the journal holds for another kind of write: a write_id
+    names one call, and answering a DeleteItems with an UpsertItems' reply would tell the client its
+    delete happened. Nothing was written: a repeat applies nothing."""
+    if done.reply is not None and REPLY_MARK[rpc] not in done.reply:
+        first = next((name for name, key in REPLY_MARK.items() if key in done.reply), "another write")
+        raise InvalidArgument(
+            f"write_id {write_id!r} names an earlier {first} call; a write_id names one call, so "
+            f"send this {rpc} with a fresh one (nothing was written)"
+        )
+
+
 class EngineHolder:
     """The engine currently served; swapped atomically on reload (readers take one reference).
 
@@ -325,6 +342,7 @@ class EngineHolder:
                 "item_count": engine.catalog.item_count + len(items) - known,
             }
             done = self._journal(lambda: self.store.upsert(items, write_id, reply), write_id, reply)
+            same_kind(done, write_id, "UpsertItems")
             if done.reply is None:
                 if self._fresh is not None:
                     self._fresh.update(i.item_id for i in items)
@@ -354,6 +372,8 @@ class EngineHolder:
             if not x:
                 raise InvalidArgument(f"item_ids[{j}] must not be empty")
             check_id(f"item_ids[{j}]", x)
+            if "\x00" in x:  # journaled: PostgreSQL's text cannot hold NUL, refused alike for SQLite
+                raise InvalidArgument(f"item_ids[{j}] must not contain NUL characters")
         ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             engine = self.get()
@@ -361,6 +381,7 @@ class EngineHolder:
             held = sum(engine.catalog.row(x) is not None for x in ids)
             reply = {"deleted": held, "item_count": engine.catalog.item_count - held}
             done = self._journal(lambda: self.store.delete(ids, write_id, reply), write_id, reply)
+            same_kind(done, write_id, "DeleteItems")
             if done.reply is None:
                 if self._fresh is not None:
                     self._fresh.update(ids)
@@ -420,6 +441,7 @@ class EngineHolder:
                 kept = [] if done.reply is not None else self._fresh_in_memory(events)
             else:
                 done, kept = self._guarded(lambda: self.store.record(events, write_id, reply))
+            same_kind(done, write_id, "RecordInteractions")
             if done.reply is None:
                 # In place: without a journal, the dict _journal remembered under write_id is this one.
                 reply.update(created_users=engine.record_interactions(kept, relist=True), recorded=len(kept))

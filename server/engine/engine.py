@@ -53,6 +53,7 @@ from .runtime import resolve_providers
 from .towers import WARM_UP_LENGTH, Tower, load_encoder, text_vectors
 from .validation import (
     check_id,
+    check_ids,
     show,
     validate_items,
     validate_recommend,
@@ -340,6 +341,7 @@ class Engine:
         reads no history too). A user's recorded interactions join the history the tower pools.
         """
         validate_recommend(top_n, price_min, price_max, self.limits, len(categories), len(exclude_item_ids))
+        check_ids("exclude_item_ids", exclude_item_ids)
         cat = self.catalog  # one snapshot for the whole request
         live = None
         if isinstance(user, str) and user not in self.user_index and user in self.created:

@@ -150,6 +150,9 @@ def _inline_split(
     for j, (uid, iid) in enumerate(inline):
         if j % INTERACTIONS_PER_CHECK == 0:
             check()
+        for field, value in (("user_id", uid), ("item_id", iid)):
+            if not value:  # required text: an empty id is a client's bug, not an unknown user or item
+                raise InvalidArgument(f"interactions[{j}].{field} must not be empty")
         u[j] = engine.user_index_of(uid)
         ii = cat.row(iid)
         if ii is None or ii >= n_items:

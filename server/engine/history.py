@@ -55,7 +55,7 @@ class HistoryIndex:
 
         Raises:
             InvalidArgument: more than ``max_history`` ids (for a model that reads them), or an id
-                over 200 characters (``name`` and the offending position are named).
+                empty or over 200 characters (``name`` and the offending position are named).
         """
         if not ids:
             return NO_HISTORY
@@ -63,9 +63,12 @@ class HistoryIndex:
             raise InvalidArgument(
                 f"{name} holds {len(ids)} items; the limit is {self.max_history} (GetModelInfo.max_history)"
             )
-        if max(map(len, ids)) > SHORT_TEXT_LIMIT:  # C-level loops: this runs on the event loop
-            j = next(j for j, x in enumerate(ids) if len(x) > SHORT_TEXT_LIMIT)
-            raise InvalidArgument(f"{name}[{j}] is {len(ids[j])} characters; the limit is {SHORT_TEXT_LIMIT}")
+        lengths = tuple(map(len, ids))  # C-level loops: this runs on the event loop
+        if max(lengths) > SHORT_TEXT_LIMIT:
+            j = next(j for j, n in enumerate(lengths) if n > SHORT_TEXT_LIMIT)
+            raise InvalidArgument(f"{name}[{j}] is {lengths[j]} characters; the limit is {SHORT_TEXT_LIMIT}")
+        if min(lengths) == 0:  # an id is 1..200 characters: an empty one is a client's bug, not an item
+            raise InvalidArgument(f"{name}[{lengths.index(0)}] is empty")
         if not self.max_history:  # the served model reads no history: ignored, nothing used
             return History((), len(ids))
         rows = dict.fromkeys(map(self.index.get, ids))  # distinct, order kept

@@ -56,6 +56,14 @@ def check_id(name: str, value: str) -> None:
         raise InvalidArgument(f"{name} is {len(value)} characters; the limit is {SHORT_TEXT_LIMIT}")
 
 
+def check_ids(name: str, ids: Sequence[str]) -> None:
+    """Ids only looked up, where an unknown one matches nothing (exclude_item_ids): each at most 200
+    characters all the same. C-level loops first: this runs on the event loop."""
+    if ids and max(map(len, ids)) > SHORT_TEXT_LIMIT:
+        j = next(j for j, x in enumerate(ids) if len(x) > SHORT_TEXT_LIMIT)
+        check_id(f"{name}[{j}]", ids[j])
+
+
 WRITE_ID_LIMIT = 128
 
 
