@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -219,9 +220,19 @@ def export_models(
             if ids_and_history(kind):
                 # Ids and histories: their own parity cases; catalogue vectors gain the ID rows.
                 recorded = load_recorded_split(artifacts / train["splits"][s.get("history_split", split)])
-                U, I = feature_matrix(uspec, tables, raw_user), feature_matrix(ispec, tables, raw_item)
                 uo, io = hybrid.check_split(
-                    f"{kind}/{split}", model, sess, U, I, recorded, users, io, cfg.atol, report, rng
+                    f"{kind}/{split}",
+                    model,
+                    sess,
+                    feature_matrix(uspec, tables, raw_user, users),
+                    functools.partial(feature_matrix, ispec, tables, raw_item),
+                    n_items,
+                    recorded,
+                    users,
+                    io,
+                    cfg.atol,
+                    report,
+                    rng,
                 )
                 ids = {
                     "id_input": hybrid.ID_INPUT,
@@ -229,7 +240,7 @@ def export_models(
                     "history_pooling": s.get("history_pooling", "mean"),
                     "max_history": int(s.get("max_history", 100)),
                 }
-            else:  # only the sampled users' and items' feature rows (the matrices: 7.7 GB at 10⁶ x 10⁶)
+            else:  # only the sampled users' and items' feature rows, as for the hybrid
                 Uu = feature_matrix(uspec, tables, raw_user, users)
                 uo = sess["user_tower"].run([USER_OUTPUT], {"user_features": Uu})[0]
                 report.allclose(

@@ -10,6 +10,7 @@ each known item's ID row; the exported item tower is the content path alone (ite
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,9 @@ def check_split(
     name: str,
     model,
     sessions: dict,
-    U: np.ndarray,
-    I: np.ndarray,
+    user_rows: np.ndarray,
+    item_rows: Callable[[np.ndarray], np.ndarray],
+    n_items: int,
     recorded: RecordedSplit,
     users: np.ndarray,
     content: np.ndarray,
@@ -59,7 +61,11 @@ def check_split(
     rng: np.random.Generator,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Checks the user tower on every case and the full graph; returns (user vectors of the sampled
-    users with their training histories, catalogue item vectors: ``content`` + ID rows)."""
+    users with their training histories, catalogue item vectors: ``content`` + ID rows).
+
+    ``user_rows`` are the feature rows of the sampled ``users``; ``item_rows(rows)`` builds those of
+    the given items: no users x features or items x features matrix is built (7.7 GB at 10⁶ x 10⁶).
+    """
     from towerserve.trainer.hybrid import fit as hybrid_fit
     from towerserve.trainer.hybrid import model as hybrid
 
@@ -67,22 +73,22 @@ def check_split(
     first = None
     cases = _batches(recorded, users, rng)
     for case, (idx, hist) in cases.items():
-        ref = np.asarray(user_k([U[users], idx, hist], training=False))
+        ref = np.asarray(user_k([user_rows, idx, hist], training=False))
         got = sessions["user_tower"].run(
-            [USER_OUTPUT], {"user_features": U[users], ID_INPUT: idx, HISTORY_INPUT: hist}
+            [USER_OUTPUT], {"user_features": user_rows, ID_INPUT: idx, HISTORY_INPUT: hist}
         )[0]
         report.allclose(f"{name} user_tower, {case} ({len(users)} users)", ref, got, atol)
         first = got if first is None else first
-    item_idx = hybrid.known_index(len(I), hybrid_fit.known_items(recorded.train))
+    item_idx = hybrid.known_index(n_items, hybrid_fit.known_items(recorded.train))
     ids = np.asarray(model.get_layer("item_id_embedding")(item_idx), dtype=np.float32)
     vectors = (content + ids).astype(np.float32)
     idx, hist = cases["training histories"]
-    pairs_i = rng.integers(0, len(I), size=len(users))
+    pairs_i = rng.integers(0, n_items, size=len(users))
     feeds = {
-        "user_features": U[users],
+        "user_features": user_rows,
         ID_INPUT: idx,
         HISTORY_INPUT: hist,
-        "item_features": I[pairs_i],
+        "item_features": item_rows(pairs_i),
         ITEM_INDEX: item_idx[pairs_i],
     }
     ref = np.asarray(model([feeds[k] for k in FULL_INPUTS], training=False)).reshape(-1)
