@@ -380,9 +380,7 @@ def test_unknown_and_repeated_history_ids_are_ignored_and_counted(served):
     b, stub = served.bundle, served.stub
     a, c = b.trained_items(2)
     clean = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=[a, c]))
-    noisy = stub.Recommend(
-        pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["no_such_item", a, c, a])
-    )
+    noisy = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["no_such_item", a, c, a]))
     assert (clean.history_used, noisy.history_used) == (2, 2)
     assert _ids(noisy) == _ids(clean) and _scores(noisy) == _scores(clean)
     only_unknown = stub.Recommend(pb.RecommendRequest(user=b.attrs(1), top_n=10, history=["ghost"]))
