@@ -22,6 +22,21 @@ def test_pairs_membership_and_difference_against_a_python_set():
     )
 
 
+def test_union_against_a_python_set():
+    """The merge of two sorted key runs: row-major, no duplicates, empty rows and sets included."""
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n_rows, n_cols = (int(x) for x in rng.integers(1, 25, 2))
+        sets = []
+        for n in rng.integers(0, 80, 2):
+            rows, cols = rng.integers(0, n_rows, n), rng.integers(0, n_cols, n)
+            sets.append((CSR.from_pairs(rows, cols, n_rows, n_cols), set(zip(rows.tolist(), cols.tolist()))))
+        (a, want_a), (b, want_b) = sets
+        both = a.union(b)
+        assert list(zip(*(x.tolist() for x in both.pairs()))) == sorted(want_a | want_b)
+        assert len(both.indptr) == n_rows + 1 and both.indices.dtype == np.int32
+
+
 def test_the_time_split_holds_out_each_users_latest_event():
     from towerserve.trainer.events import latest_per_user
 

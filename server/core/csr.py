@@ -45,13 +45,16 @@ class CSR:
         # One sort on the combined key gives row-major order and makes duplicates adjacent. (Not
         # np.unique: numpy >= 2.3 dedupes through a hash table first, which took 14.5 s instead of
         # 0.5 s on 5 million structured keys.)
-        key = np.sort(rows * n_cols + cols)
+        return cls._from_keys(np.sort(rows * n_cols + cols), n_rows, n_cols)
+
+    @classmethod
+    def _from_keys(cls, key: np.ndarray, n_rows: int, n_cols: int) -> CSR:
+        """The set of sorted keys row * n_cols + column (duplicates adjacent, collapsed here)."""
         if len(key):
             key = key[np.concatenate(([True], key[1:] != key[:-1]))]
-        r, c = np.divmod(key, n_cols)
-        indptr = np.zeros(n_rows + 1, dtype=np.int64)
-        np.cumsum(np.bincount(r, minlength=n_rows), out=indptr[1:])
-        return cls(indptr=indptr, indices=c.astype(np.int32), n_cols=int(n_cols))
+        # Row starts by binary search: no row-id array as long as the pairs.
+        indptr = np.searchsorted(key, np.arange(n_rows + 1, dtype=np.int64) * np.int64(n_cols))
+        return cls(indptr=indptr.astype(np.int64), indices=(key % n_cols).astype(np.int32), n_cols=int(n_cols))
 
     @classmethod
     def from_dense(cls, dense: np.ndarray) -> CSR:
@@ -62,11 +65,16 @@ class CSR:
     def row(self, u: int) -> np.ndarray:
         return self.indices[self.indptr[u] : self.indptr[u + 1]]
 
+    def keys(self) -> np.ndarray:
+        """row * n_cols + column for every pair: sorted, because columns are sorted within rows."""
+        starts = np.arange(self.n_rows, dtype=np.int64) * np.int64(self.n_cols)
+        out = np.repeat(starts, self.row_lengths())
+        out += self.indices
+        return out
+
     @cached_property
     def _keys(self) -> np.ndarray:
-        """row * n_cols + column for every pair: sorted, because columns are sorted within rows."""
-        rows, cols = self.pairs()
-        return rows * np.int64(self.n_cols) + cols
+        return self.keys()
 
     def contains(self, rows: np.ndarray, col: int) -> np.ndarray:
         """bool [len(rows)]: whether each row holds column ``col`` (a binary search each)."""
@@ -127,6 +135,9 @@ class CSR:
         """Returns the pairs in either set (same shape required)."""
         if (self.n_rows, self.n_cols) != (other.n_rows, other.n_cols):
             raise ValueError("shapes differ")
-        r1, c1 = self.pairs()
-        r2, c2 = other.pairs()
-        return CSR.from_pairs(np.concatenate([r1, r2]), np.concatenate([c1, c2]), self.n_rows, self.n_cols)
+        # Each set's keys are sorted already (columns sorted within rows), so the stable sort (timsort)
+        # of the two runs end to end is one merge pass: at 10⁸ pairs ~2 s and ~2.5 GB, where sorting
+        # the pairs afresh took 19 s and 5.4 GB, the longest step of a 10⁶-user server's start.
+        key = np.concatenate([self.keys(), other.keys()])
+        key.sort(kind="stable")
+        return CSR._from_keys(key, self.n_rows, self.n_cols)
