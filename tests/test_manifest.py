@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from towerserve.server.catalog import snapshot
 from towerserve.server.core.features import FieldSpec
 from towerserve.server.core.manifest import (
     MANIFEST_FILE,
@@ -441,24 +442,36 @@ def test_the_record_shares_nothing_with_the_parsed_json():
 # --- what the manifest cannot say: the catalogue files' columns ------------------------------------
 
 
-def test_a_catalogue_csv_without_a_needed_column_is_named(tmp_path):
-    from towerserve.server.catalog.snapshot import read_csv
-
+@pytest.mark.parametrize("reader", ["read_csv", "read_columns"])
+def test_a_catalogue_csv_without_a_needed_column_is_named(tmp_path, reader):
+    read = getattr(snapshot, reader)
     path = tmp_path / "users.csv"
     path.write_text("user_id,years\nu1,30\n")
     with pytest.raises(ArtifactError, match=r"lacks columns \['age'\] \(has \['user_id', 'years'\]\)") as err:
-        read_csv(path, ("user_id",), numeric=("age",))
+        read(path, ("user_id",), numeric=("age",))
     assert err.value.path == str(path)
 
 
-def test_a_non_number_in_a_numeric_column_is_named_with_its_row(tmp_path):
-    from towerserve.server.catalog.snapshot import read_csv
-
+@pytest.mark.parametrize("reader", ["read_csv", "read_columns"])
+def test_a_non_number_in_a_numeric_column_is_named_with_its_row(tmp_path, reader):
+    read = getattr(snapshot, reader)
     path = tmp_path / "items.csv"
     path.write_text("item_id,price\ni1,9.5\ni2,cheap\n")
     with pytest.raises(ArtifactError, match=r"row 2: price 'cheap' is not a number"):
-        read_csv(path, ("item_id",), numeric=("price",))
-    assert [r["price"] for r in read_csv(path, ("item_id",))] == ["9.5", "cheap"]  # not numeric: not checked
+        read(path, ("item_id",), numeric=("price",))
+    assert snapshot.read_columns(path, ("item_id",))["price"] == ["9.5", "cheap"]  # not numeric: not checked
+
+
+def test_columns_read_as_the_rows_say_and_a_short_row_is_named(tmp_path):
+    path = tmp_path / "items.csv"
+    path.write_text('item_id,price,description\ni1,9.5,"a, quoted\nline"\ni2,3,\n')
+    rows = snapshot.read_csv(path)
+    assert snapshot.read_columns(path) == {k: [r[k] for r in rows] for k in rows[0]}
+    path.write_text("item_id,price\n")
+    assert snapshot.read_columns(path, ("item_id",), numeric=("price",)) == {"item_id": [], "price": []}
+    path.write_text("item_id,price\ni1,1\ni2\n")
+    with pytest.raises(ArtifactError, match=r"row 2: 1 fields, the header names 2"):
+        snapshot.read_columns(path)
 
 
 # --- the hybrid model's user tower (ids and history) ---------------------------------------------------

@@ -10,6 +10,7 @@ Only one writer at a time (the engine's write lock).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -24,13 +25,51 @@ from ..core.wire import item_wire
 REUSE_AFTER = 30.0
 
 
+class WireRows:
+    """Each row's pre-serialised wire bytes (core/wire.py's ``item_wire``), built on first use.
+
+    Building them all at load took 4.8 s of a 10⁶-item server's start, for items most of which no
+    answer names soon. A row is built from the columns the first time an answer reads it, under a
+    lock; a write sets a row's bytes before it changes that row's columns, so a build never mixes an
+    item's old and new fields (a build that started before the write is overwritten by it).
+    """
+
+    def __init__(self, columns: ItemColumns, n: int):
+        self._columns = columns
+        self._rows: list[tuple[bytes, bytes] | None] = [None] * n
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, j: int) -> tuple[bytes, bytes]:
+        w = self._rows[j]
+        if w is None:
+            with self._lock:
+                w = self._rows[j]
+                if w is None:
+                    c = self._columns
+                    w = item_wire(c.ids[j], c.price_list[j], c.description[j], c.features[j], c.category[j])
+                    self._rows[j] = w
+        return w
+
+    def __setitem__(self, j: int, wire: tuple[bytes, bytes]) -> None:
+        with self._lock:
+            self._rows[j] = wire
+
+    def append(self, wire: tuple[bytes, bytes]) -> None:
+        with self._lock:
+            self._rows.append(wire)
+
+
 class ItemColumns:
     """Ids, attributes, pre-serialised wire bytes and vectors of every catalogue row.
 
     Attributes:
         n: rows written so far (a snapshot taken now holds them all).
         deleted: rows among them whose item was deleted (out of ``index``; snapshots mask them).
-        ids, category, description, features, wire, price_list, code_list: per-row lists (shared).
+        ids, category, description, features, price_list, code_list: per-row lists (shared).
+        wire: each row's pre-serialised bytes, built on first use (:class:`WireRows`, shared).
         index: item id -> row (shared; a snapshot checks ``row < its n``).
         categories, category_index: category names by code (first appearance) and name -> code.
         price, code, vectors, vectors64: arrays with capacity >= n (snapshots take ``[:n]`` views).
@@ -64,16 +103,9 @@ class ItemColumns:
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         self.vectors64 = self.vectors.astype(np.float64)
         self.price_list, self.code_list = self.price.tolist(), codes
-        self.wire = (
-            wire
-            if wire is not None
-            else [
-                item_wire(i, p, ds, f, c)
-                for i, p, ds, f, c in zip(
-                    self.ids, self.price_list, self.description, self.features, self.category
-                )
-            ]
-        )
+        self.wire = WireRows(self, n)
+        for j, w in enumerate(wire or ()):
+            self.wire[j] = w
 
     def _code(self, name: str) -> int:
         code = self.category_index.get(name)
@@ -118,6 +150,7 @@ class ItemColumns:
                 j = reusable.pop()
                 inserted += 1
                 self.deleted -= 1
+                self.wire[j] = wire  # before the columns it is built from (WireRows)
                 self.ids[j] = it.item_id
             if j is None:
                 j = self.n + appended
@@ -131,12 +164,13 @@ class ItemColumns:
                 self.price_list.append(it.price)
                 self.code_list.append(code)
             else:
+                self.wire[j] = wire  # before the columns it is built from (WireRows)
                 self.category[j], self.description[j], self.features[j] = (
                     it.category,
                     it.description,
                     it.features,
                 )
-                self.wire[j], self.price_list[j], self.code_list[j] = wire, it.price, code
+                self.price_list[j], self.code_list[j] = it.price, code
             self.price[j], self.code[j] = it.price, code
             self.vectors[j], self.vectors64[j] = v, v
             rows[k] = j

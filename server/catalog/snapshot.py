@@ -8,7 +8,9 @@ started; a replaced item's new values may show up in a request already running.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,7 @@ from ..core.csr import CSR
 from ..core.manifest import ArtifactError
 from ..core.types import NewItemData
 from . import candidates as candidates_mod
-from .columns import ItemColumns
+from .columns import ItemColumns, WireRows
 from .index import AnnIndex
 
 
@@ -49,7 +51,7 @@ class Catalog:
         return self.columns.ids
 
     @property
-    def wire(self) -> list[tuple[bytes, bytes]]:
+    def wire(self) -> WireRows:
         return self.columns.wire
 
     @property
@@ -134,14 +136,72 @@ def read_csv(path: Path, columns: Sequence[str] = (), numeric: Sequence[str] = (
     return rows
 
 
-def item_columns(rows: Sequence[dict[str, str]]) -> dict:
-    """items.csv rows as build_catalog's item columns (everything but the vectors)."""
+def read_columns(
+    path: Path, columns: Sequence[str] = (), numeric: Sequence[str] = ()
+) -> dict[str, list[str]]:
+    """A catalogue CSV as its columns (header name -> values), as :func:`read_csv` checks it.
+
+    Column-wise, without a dict per row: a server reads a million users and a million items at
+    start (4.2 s with csv.DictReader, 3.5 s so; most of the rest is parsing the quoted texts).
+
+    Raises:
+        ArtifactError: as :func:`read_csv`, or a row whose field count is not the header's.
+    """
+    try:
+        # The collector paused: a list per row, a million of them alive at once, kept it scanning them
+        # over and over (1M users: 2.7 s with it, 0.9 s without; they hold no cycles).
+        with open(path, newline="", encoding="utf-8") as fh, _collector_paused():
+            reader = csv.reader(fh)
+            header = next(reader, [])
+            rows = list(reader)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise ArtifactError(path, f"unreadable ({err})") from err
+    missing = [c for c in (*columns, *numeric) if c not in header]
+    if missing:
+        raise ArtifactError(path, f"lacks columns {missing} (has {header})")
+    if set(map(len, rows)) - {len(header)}:
+        j = next(j for j, r in enumerate(rows) if len(r) != len(header))
+        raise ArtifactError(path, f"row {j + 1}: {len(rows[j])} fields, the header names {len(header)}")
+    with _collector_paused():
+        values = dict(zip(header, map(list, zip(*rows)))) if rows else {c: [] for c in header}
+    del rows
+    for c in numeric:
+        try:
+            np.asarray(values[c], dtype=np.float64)
+        except ValueError:
+            j = next(j for j, v in enumerate(values[c]) if not _is_number(v))
+            raise ArtifactError(path, f"row {j + 1}: {c} {values[c][j]!r} is not a number") from None
+    return values
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Python's cyclic garbage collector off for the block (as it was before, after)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def item_columns(columns: dict[str, list[str]]) -> dict:
+    """items.csv's columns (:func:`read_columns`) as build_catalog's item columns (all but the vectors)."""
     return {
-        "ids": [r["item_id"] for r in rows],
-        "price": np.array([float(r["price"]) for r in rows]),
-        "category": [r["category"] for r in rows],
-        "description": [r["description"] for r in rows],
-        "features": [r["features"] for r in rows],
+        "ids": columns["item_id"],
+        "price": np.asarray(columns["price"], dtype=np.float64),
+        "category": columns["category"],
+        "description": columns["description"],
+        "features": columns["features"],
     }
 
 

@@ -54,7 +54,9 @@ class CSR:
             key = key[np.concatenate(([True], key[1:] != key[:-1]))]
         # Row starts by binary search: no row-id array as long as the pairs.
         indptr = np.searchsorted(key, np.arange(n_rows + 1, dtype=np.int64) * np.int64(n_cols))
-        return cls(indptr=indptr.astype(np.int64), indices=(key % n_cols).astype(np.int32), n_cols=int(n_cols))
+        return cls(
+            indptr=indptr.astype(np.int64), indices=(key % n_cols).astype(np.int32), n_cols=int(n_cols)
+        )
 
     @classmethod
     def from_dense(cls, dense: np.ndarray) -> CSR:

@@ -7,6 +7,7 @@ and a client-only install has no numpy.
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 
 from towerserve.v1 import recommender_pb2 as pb
 
@@ -48,7 +49,7 @@ def item_wire(
 
 
 def recommend_wire(
-    wire: list[tuple[bytes, bytes]],
+    wire: Sequence[tuple[bytes, bytes]],
     rows: list[int],
     scores: list[float],
     model_version: str,

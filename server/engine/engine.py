@@ -32,7 +32,7 @@ from ..catalog.snapshot import (
     build_catalog,
     deleted,
     item_columns,
-    read_csv,
+    read_columns,
     relisted,
     upserted,
 )
@@ -125,13 +125,14 @@ class Engine:
         self.user_fields = [s.name for s in self.serving.user_specs]
         self.item_fields = [s.name for s in self.serving.item_specs]
         users = self._load_users(m)
-        items = read_csv(self.root / m.catalog.items_file, ITEM_COLUMNS, numeric=("price",))
-        check_dims(self.root / m.catalog.items_file, "item rows", len(self.serving.item_vectors), len(items))
+        items = read_columns(self.root / m.catalog.items_file, ITEM_COLUMNS, numeric=("price",))
+        n_items = len(items["item_id"])
+        check_dims(self.root / m.catalog.items_file, "item rows", len(self.serving.item_vectors), n_items)
         self.splits: dict[str, RecordedSplit] = {
             s: _read_npz(load_recorded_split, self.root / e.file) for s, e in m.splits.items()
         }
         holdout = self.splits[SERVED_SPLIT]
-        check_dims(self.root / m.splits[SERVED_SPLIT].file, "users", len(users), holdout.train.n_rows)
+        check_dims(self.root / m.splits[SERVED_SPLIT].file, "users", len(self.user_ids), holdout.train.n_rows)
         self.seen: CSR = holdout.train.union(holdout.test)  # everything the user interacted with
         self.inputs = TowerInputs(
             self.tables,
@@ -142,7 +143,7 @@ class Engine:
             {s: r.train for s, r in self.splits.items()},
         )
         # Request histories name items of the exported catalogue (upserts never get a history row).
-        self.history_index = HistoryIndex([r["item_id"] for r in items], self.serving.max_history)
+        self.history_index = HistoryIndex(items["item_id"], self.serving.max_history)
         self.known_user_vectors()  # known users: one batched tower pass, at load
         # Recorded interactions (RecordInteractions), applied to users' vectors and exclusions as they come.
         self.live = LiveHistories(
@@ -154,7 +155,7 @@ class Engine:
         self.created: set[str] = set()  # users RecordInteractions created (create_users)
         self.profile = _population_profile(users, self.user_raw)
         self._write_lock = threading.Lock()
-        self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, len(items))
+        self.ann = self._load_index(entry.splits[SERVED_SPLIT].index, n_items)
         t_build = time.perf_counter()
         self.catalog = self._build_catalog(**item_columns(items), vectors=self.serving.item_vectors)
         # What keeping the candidate lists costs, measured on this machine and catalogue: a full
@@ -200,20 +201,20 @@ class Engine:
         )
         self.encoder_name = enc.name or Path(enc.model).name
 
-    def _load_users(self, m: ServingManifest) -> list[dict]:
-        """users.csv's rows; sets the known users' ids, index and numeric attributes."""
+    def _load_users(self, m: ServingManifest) -> dict[str, list[str]]:
+        """users.csv's columns; sets the known users' ids, index and numeric attributes."""
         embeddings_file = self.root / m.catalog.embeddings_file
         numeric = {s.name for t in self.towers.values() for s in t.user_specs if s.kind == MINMAX}
-        users = read_csv(self.root / m.catalog.users_file, ("user_id",), numeric=sorted(numeric))
-        self.user_ids = [r["user_id"] for r in users]
+        users = read_columns(self.root / m.catalog.users_file, ("user_id",), numeric=sorted(numeric))
+        self.user_ids = users["user_id"]
         self.user_index = {u: j for j, u in enumerate(self.user_ids)}
         # Numeric user attributes, for the user towers' minmax fields (the text ones are in the tables).
-        self.user_raw = {f: np.array([float(r[f]) for r in users]) for f in sorted(numeric)}
+        self.user_raw = {f: np.asarray(users[f], dtype=np.float64) for f in sorted(numeric)}
         for f in ("profession", "personality"):
-            if f in self.tables and len(self.tables[f].index) != len(users):
+            if f in self.tables and len(self.tables[f].index) != len(self.user_ids):
                 raise ArtifactError(  # either file may be the damaged one: name both
                     self.root / m.catalog.users_file,
-                    f"has {len(users)} users, but {embeddings_file.name} has {len(self.tables[f].index)} "
+                    f"has {len(self.user_ids)} users, but {embeddings_file.name} has {len(self.tables[f].index)} "
                     f"{f} rows (one per user)",
                 )
         return users
@@ -589,15 +590,15 @@ class Engine:
         self.encoder.encode(["warm up"], WARM_UP_LENGTH)
 
 
-def _population_profile(users: Sequence[dict], raw: dict[str, np.ndarray]) -> UserAttrs:
+def _population_profile(users: dict[str, list[str]], raw: dict[str, np.ndarray]) -> UserAttrs:
     """A user with an empty profile (one RecordInteractions created): the training users' median
     age and most common profession and personality, the attributes a tower most often saw."""
 
     def mode(field: str) -> str | None:
-        counts = Counter(r[field] for r in users if r.get(field))  # one pass: users.csv may hold millions
+        counts = Counter(filter(None, users.get(field, ())))  # C-level: users.csv may hold millions
         return counts.most_common(1)[0][0] if counts else None
 
     ages = raw.get("age")
     if ages is None:
-        ages = np.array([float(r["age"]) for r in users if r.get("age")] or [30.0])
+        ages = np.array([float(a) for a in users.get("age", ()) if a] or [30.0])
     return UserAttrs(float(np.median(ages)), mode("profession") or "unknown", mode("personality"))
