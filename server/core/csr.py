@@ -49,14 +49,21 @@ class CSR:
 
     @classmethod
     def _from_keys(cls, key: np.ndarray, n_rows: int, n_cols: int) -> CSR:
-        """The set of sorted keys row * n_cols + column (duplicates adjacent, collapsed here)."""
-        if len(key):
-            key = key[np.concatenate(([True], key[1:] != key[:-1]))]
+        """The set of sorted keys row * n_cols + column (duplicates adjacent, collapsed here). ``key``
+        is consumed (overwritten): callers pass an array of their own.
+
+        At 10⁸ pairs, first touches of fresh memory cost more than the arithmetic, so no array as long
+        as the pairs is made that is not needed: duplicates are copied out only where there are some,
+        and the columns are computed in place."""
+        if len(key) > 1:
+            dup = key[1:] == key[:-1]
+            if dup.any():
+                key = key[np.concatenate(([True], ~dup))]
+            del dup
         # Row starts by binary search: no row-id array as long as the pairs.
         indptr = np.searchsorted(key, np.arange(n_rows + 1, dtype=np.int64) * np.int64(n_cols))
-        return cls(
-            indptr=indptr.astype(np.int64), indices=(key % n_cols).astype(np.int32), n_cols=int(n_cols)
-        )
+        np.remainder(key, np.int64(n_cols), out=key)
+        return cls(indptr=indptr.astype(np.int64), indices=key.astype(np.int32), n_cols=int(n_cols))
 
     @classmethod
     def from_dense(cls, dense: np.ndarray) -> CSR:
