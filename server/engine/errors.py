@@ -102,7 +102,8 @@ ERROR_TABLE: list[tuple[str, grpc.StatusCode]] = [
     (
         "ks outside 1..1000, or more than max_ks (100) of them; unknown split/protocol value; duplicate "
         "ids in one UpsertItems; an id over 200 characters (history ids included); a write_id over 128 "
-        "characters or not printable ASCII",
+        "characters or not printable ASCII, or one the journal holds for another kind of write (an "
+        "UpsertItems' id sent with DeleteItems): nothing written",
         grpc.StatusCode.INVALID_ARGUMENT,
     ),
     (
