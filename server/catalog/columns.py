@@ -97,7 +97,9 @@ class ItemColumns:
         self.index = {x: j for j, x in enumerate(self.ids)}
         self.categories: list[str] = []
         self.category_index: dict[str, int] = {}
-        codes = [self._code(c) for c in self.category]
+        for name in dict.fromkeys(self.category):  # codes in order of first appearance, C-level loops
+            self._code(name)
+        codes = list(map(self.category_index.__getitem__, self.category))
         self.price = np.asarray(price, dtype=np.float64).copy()
         self.code = np.array(codes, dtype=np.int32)
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
