@@ -263,6 +263,26 @@ def _over(entries, limit: int, entry=None) -> None:
     entries.extend(sized(base, limit + 1))
 
 
+def _none(field: str) -> Defect:
+    """A defect that empties repeated field ``field`` (a batch that must hold at least one)."""
+
+    def apply(draw, request):
+        del getattr(request, field)[:]
+        return INVALID
+
+    return apply
+
+
+def _past(w: World, field: str, limit: str, entry=None) -> Defect:
+    """A defect that fills repeated field ``field`` to one past GetModelInfo's ``limit`` (:func:`_over`)."""
+
+    def apply(draw, request):
+        _over(getattr(request, field), w.limits[limit], entry)
+        return INVALID
+
+    return apply
+
+
 def _copy(msg):
     out = type(msg)()
     out.CopyFrom(msg)
@@ -424,13 +444,6 @@ def recommend(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
         req.price_range.min, req.price_range.max = low + draw(st.floats(1e-3, 1e6)), low
         return INVALID
 
-    def over(field_name, limit, entry):
-        def apply(draw, req):
-            _over(getattr(req, field_name), w.limits[limit], entry)
-            return INVALID
-
-        return apply
-
     def odd_entry(field_name, value, expect=EITHER_IGNORED):
         def apply(draw, req):
             getattr(req, field_name).append(draw(value))
@@ -442,9 +455,9 @@ def recommend(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
         "top_n: outside 1..max_top_n": _set("top_n", bad_int32s(1, w.limits["max_top_n"]), INVALID),
         "price_range: a bound NaN or infinite": price,
         "price_range: min above max": inverted,
-        "categories: over max_categories": over("categories", "max_categories", w.categories[0]),
-        "exclude_item_ids: over max_exclude_items": over(
-            "exclude_item_ids", "max_exclude_items", w.stable[0]
+        "categories: over max_categories": _past(w, "categories", "max_categories", w.categories[0]),
+        "exclude_item_ids: over max_exclude_items": _past(
+            w, "exclude_item_ids", "max_exclude_items", w.stable[0]
         ),
         # A filter name or an excluded id is only looked up ("names not in the catalogue match
         # nothing", "unknown ids are ignored"): the docs name no code for one empty, holding NUL or
@@ -491,14 +504,6 @@ def score(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
     def pair_of(draw, req):
         return _pick(draw, req.pairs)
 
-    def empty(draw, req):
-        del req.pairs[:]
-        return INVALID
-
-    def over(draw, req):
-        _over(req.pairs, w.limits["max_score_pairs"])
-        return INVALID
-
     def new_texts(draw, req):
         # Professions no table holds, one per pair, never sent before (the salt): each would need
         # the encoder, and one more than max_new_texts is refused before any is encoded.
@@ -512,8 +517,8 @@ def score(w: World, only: str | None = None) -> st.SearchStrategy[Case]:
         return INVALID
 
     defects = {
-        "pairs: none": empty,
-        "pairs: over max_score_pairs": over,
+        "pairs: none": _none("pairs"),
+        "pairs: over max_score_pairs": _past(w, "pairs", "max_score_pairs"),
         "pairs: over max_new_texts new texts": new_texts,
         "item_id: empty": _set("item_id", st.just(""), INVALID, pair_of),
         "item_id: unknown": _set("item_id", unknown_ids(w), NOT_FOUND, pair_of),
@@ -567,20 +572,15 @@ def evaluate(w: World) -> st.SearchStrategy[Case]:
         req.ks[draw(st.integers(0, len(req.ks) - 1))] = draw(bad_int32s(1, 1000))
         return INVALID
 
-    def over(name, limit, entry):
-        def apply(draw, req):
-            _over(getattr(req, name), w.limits[limit], entry)
-            return INVALID
-
-        return apply
-
     inter = pb.Interaction(user_id=w.users[0], item_id=w.stable[0])
     defects = {
-        "ks: over max_ks values": over("ks", "max_ks", 10),
+        "ks: over max_ks values": _past(w, "ks", "max_ks", 10),
         "ks: a k outside 1..1000": k,
         "protocol: unknown": _set("protocol", bad_int32s(0, 2), INVALID),
         "split: unknown": recorded(bad_int32s(0, 2)),
-        "interactions: over max_inline_interactions": over("interactions", "max_inline_interactions", inter),
+        "interactions: over max_inline_interactions": _past(
+            w, "interactions", "max_inline_interactions", inter
+        ),
         "interactions: user_id unknown": interaction("user_id", unknown_ids(w), NOT_FOUND),
         "interactions: user_id over 200 characters": interaction("user_id", _long(), INVALID),
         "interactions: user_id empty": interaction("user_id", st.just(""), INVALID),
@@ -662,17 +662,9 @@ def upsert(w: World) -> st.SearchStrategy[Case]:
         req.items[k].item_id = req.items[j].item_id
         return INVALID
 
-    def empty(draw, req):
-        del req.items[:]
-        return INVALID
-
-    def over(draw, req):
-        _over(req.items, w.limits["max_upsert_items"])
-        return INVALID
-
     defects = {
-        "items: none": empty,
-        "items: over max_upsert_items": over,
+        "items: none": _none("items"),
+        "items: over max_upsert_items": _past(w, "items", "max_upsert_items"),
         "items: a duplicate item_id": duplicate,
         "item_id: empty, blank, NUL or over 200 characters": text("item_id", SHORT),
         "description: empty, blank, NUL or over 5000 characters": text("description", LONG),
@@ -716,17 +708,9 @@ def delete(w: World) -> st.SearchStrategy[Case]:
 
         return apply
 
-    def empty(draw, req):
-        del req.item_ids[:]
-        return INVALID
-
-    def over(draw, req):
-        _over(req.item_ids, w.limits["max_delete_items"])
-        return INVALID
-
     defects = {
-        "item_ids: none": empty,
-        "item_ids: over max_delete_items": over,
+        "item_ids: none": _none("item_ids"),
+        "item_ids: over max_delete_items": _past(w, "item_ids", "max_delete_items"),
         "item_ids: an empty id": one(st.just(""), INVALID),
         "item_ids: an id over 200 characters": one(_long(), INVALID),
         "item_ids: an id holding NUL": one(st.sampled_from(("\x00", "fz_1\x00", "a\x00b")), INVALID),
@@ -782,17 +766,9 @@ def record(w: World) -> st.SearchStrategy[Case]:
         _pick(draw, req.events).user_id = draw(unknown_ids(w))
         return NOT_FOUND
 
-    def empty(draw, req):
-        del req.events[:]
-        return INVALID
-
-    def over(draw, req):
-        _over(req.events, w.limits["max_record_events"])
-        return INVALID
-
     defects = {
-        "events: none": empty,
-        "events: over max_record_events": over,
+        "events: none": _none("events"),
+        "events: over max_record_events": _past(w, "events", "max_record_events"),
         "user_id: empty, blank, NUL or over 200 characters": text("user_id", SHORT),
         "user_id: unknown, without create_users": stranger,
         "item_id: empty, blank, NUL or over 200 characters": text("item_id", SHORT),
