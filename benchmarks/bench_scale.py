@@ -67,7 +67,6 @@ def _catalog(items: np.ndarray, users: np.ndarray, seen: CSR, ann):
         description=empty,
         features=empty,
         vectors=items,
-        wire=[(b"", b"")] * n,
         users=users[:1],
         seen=seen,
         candidates=0,

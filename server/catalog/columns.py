@@ -83,7 +83,6 @@ class ItemColumns:
         description: Sequence[str],
         features: Sequence[str],
         vectors: np.ndarray,
-        wire: list[tuple[bytes, bytes]] | None = None,
     ):
         n, d = vectors.shape
         self.n = n
@@ -106,8 +105,6 @@ class ItemColumns:
         self.vectors64 = self.vectors.astype(np.float64)
         self.price_list, self.code_list = self.price.tolist(), codes
         self.wire = WireRows(self, n)
-        for j, w in enumerate(wire or ()):
-            self.wire[j] = w
 
     def _code(self, name: str) -> int:
         code = self.category_index.get(name)
@@ -148,12 +145,11 @@ class ItemColumns:
             j = self.index.get(it.item_id)
             code = self._code(it.category)
             wire = item_wire(it.item_id, it.price, it.description, it.features, it.category)
-            if j is None and reusable:  # a deleted item's row, free long enough: written in place
+            reused = j is None and bool(reusable)
+            if reused:  # a deleted item's row, free long enough: written in place
                 j = reusable.pop()
                 inserted += 1
                 self.deleted -= 1
-                self.wire[j] = wire  # before the columns it is built from (WireRows)
-                self.ids[j] = it.item_id
             if j is None:
                 j = self.n + appended
                 inserted += 1
@@ -167,6 +163,8 @@ class ItemColumns:
                 self.code_list.append(code)
             else:
                 self.wire[j] = wire  # before the columns it is built from (WireRows)
+                if reused:
+                    self.ids[j] = it.item_id
                 self.category[j], self.description[j], self.features[j] = (
                     it.category,
                     it.description,

@@ -212,7 +212,6 @@ def build_catalog(
     description: Sequence[str],
     features: Sequence[str],
     vectors: np.ndarray,
-    wire: list[tuple[bytes, bytes]] | None = None,
     *,
     users: np.ndarray,
     seen: CSR,
@@ -226,7 +225,6 @@ def build_catalog(
     Args:
         ids, price, category, description, features: one entry per item.
         vectors: float32 [n, d] item vectors of the served model.
-        wire: each item's pre-serialized fields (None: serialize them all now).
         users: float32 [n_users, d] known users' vectors (candidate lists, the user-independent order).
         seen: each known user's interacted items, never in their candidate lists.
         candidates: M, items kept per user (0: no candidate lists).
@@ -234,7 +232,7 @@ def build_catalog(
         ann: the approximate index over ``vectors`` (None: exact search).
         candidate_budget_mb: the most memory candidate lists may take (else none are kept).
     """
-    columns = ItemColumns(ids, price, category, description, features, vectors, wire)
+    columns = ItemColumns(ids, price, category, description, features, vectors)
     nan_rows = np.flatnonzero(~np.isfinite(columns.vectors).all(axis=1))
     cand = candidates_mod.build(
         users, columns.vectors64, seen, nan_rows, candidates, int(candidate_budget_mb * 2**20)
