@@ -37,7 +37,7 @@ from ..engine.deadline import Check, never
 from ..engine.engine import Engine
 from ..engine.errors import FailedPrecondition, InvalidArgument, ResourceExhausted, ServingError, Unavailable
 from ..engine.info import model_info
-from ..engine.validation import check_id, check_write_id, validate_events
+from ..engine.validation import SHORT_TEXT_LIMIT, check_text, check_write_id, validate_events
 
 _LOGGER = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -371,9 +371,8 @@ class EngineHolder:
         for j, x in enumerate(item_ids):
             if not x:
                 raise InvalidArgument(f"item_ids[{j}] must not be empty")
-            check_id(f"item_ids[{j}]", x)
-            if "\x00" in x:  # journaled: PostgreSQL's text cannot hold NUL, refused alike for SQLite
-                raise InvalidArgument(f"item_ids[{j}] must not contain NUL characters")
+            # Journaled, so held to what either journal can store (no NUL); blank is not empty here.
+            check_text(f"item_ids[{j}]", x, SHORT_TEXT_LIMIT, required=False)
         ids = list(dict.fromkeys(item_ids))
         with self._write_lock:
             engine = self.get()

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..core.csr import CSR
 from .errors import InvalidArgument
-from .validation import SHORT_TEXT_LIMIT
+from .validation import check_ids
 
 # The request limit when a manifest names a history input but records no max_history.
 DEFAULT_MAX_HISTORY = 200
@@ -63,12 +63,9 @@ class HistoryIndex:
             raise InvalidArgument(
                 f"{name} holds {len(ids)} items; the limit is {self.max_history} (GetModelInfo.max_history)"
             )
-        lengths = tuple(map(len, ids))  # C-level loops: this runs on the event loop
-        if max(lengths) > SHORT_TEXT_LIMIT:
-            j = next(j for j, n in enumerate(lengths) if n > SHORT_TEXT_LIMIT)
-            raise InvalidArgument(f"{name}[{j}] is {lengths[j]} characters; the limit is {SHORT_TEXT_LIMIT}")
-        if min(lengths) == 0:  # an id is 1..200 characters: an empty one is a client's bug, not an item
-            raise InvalidArgument(f"{name}[{lengths.index(0)}] is empty")
+        check_ids(name, ids)
+        if not all(ids):  # an id is 1..200 characters: an empty one is a client's bug, not an item
+            raise InvalidArgument(f"{name}[{next(j for j, x in enumerate(ids) if not x)}] is empty")
         if not self.max_history:  # the served model reads no history: ignored, nothing used
             return History((), len(ids))
         rows = dict.fromkeys(map(self.index.get, ids))  # distinct, order kept
