@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import NOTE, child_env, serving_dir, table, write_result  # noqa: E402
+from _common import NOTE, serving_dir, table, write_result  # noqa: E402
+from compare_revisions import install_revision, revision_env  # noqa: E402
 
 # The child: one load, one JSON line on stdout.
 CHILD = """
@@ -42,13 +42,11 @@ print(json.dumps({"load_s": t2 - t1, "imports_s": t1 - t0, "peak_rss_gb": hwm / 
 
 
 def load_once(bundle: Path, model: str, site: Path | None) -> dict:
-    env = child_env()
-    if site is not None:  # the older revision's code first on the path
-        env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
-    else:
-        env.pop("PYTHONPATH", None)
     proc = subprocess.run(
-        [sys.executable, "-c", CHILD, str(bundle), model], env=env, capture_output=True, text=True
+        [sys.executable, "-c", CHILD, str(bundle), model],
+        env=revision_env(site),
+        capture_output=True,
+        text=True,
     )
     if proc.returncode != 0:
         raise SystemExit(f"load failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
@@ -66,8 +64,6 @@ def main() -> None:
     bundle = serving_dir(args.artifacts)
     sides: dict[str, Path | None] = {"this revision": None}
     if args.rev:
-        from compare_revisions import install_revision
-
         args.cache.mkdir(parents=True, exist_ok=True)
         sides = {args.rev: install_revision(args.rev, args.cache)[1], **sides}
     runs: dict[str, list[dict]] = {s: [] for s in sides}

@@ -90,12 +90,19 @@ def install_revision(rev: str, cache: Path) -> tuple[Path, Path]:
     return tree, site
 
 
-def run_once(script: Path, site: Path | None, args: list[str]) -> dict:
+def revision_env(site: Path | None) -> dict[str, str]:
+    """A child's environment: an older revision's code (``site``, from :func:`install_revision`)
+    first on its path, or this checkout's alone."""
     env = child_env()
     if site is not None:
         env["PYTHONPATH"] = os.pathsep.join([str(site), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     else:
         env.pop("PYTHONPATH", None)
+    return env
+
+
+def run_once(script: Path, site: Path | None, args: list[str]) -> dict:
+    env = revision_env(site)
     proc = subprocess.run([sys.executable, str(script), *args], env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(
